@@ -1,0 +1,395 @@
+"""The game process's composition root: world + loader + scheduler, one frame at a time.
+
+Reads like a table of contents::
+
+    Engine(project)
+      world      — every entity and component (esper), checkpointed
+      history    — every version of every module, on disk in .engine/history
+      scheduler  — runs systems in order, timed, under the watchdog
+      loader     — prepares new module versions off the frame, swaps them between frames
+      watcher    — tells the loader (and the shader library) what changed on disk
+
+A frame (``step``): apply prepared swaps → sample the pose → run systems → apply the
+failure policy (probation rollback, strikes) → promote versions that passed probation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.loader.history import ProjectHistory, VersionHistory
+from engine.loader.loader import Loader, SwapRecord
+from engine.loader.watcher import COMMANDS_DIR, ProjectWatcher
+from engine.pose.base import PoseSample, PoseSource
+from engine.scheduler.pacing import Clock, FixedRatePacer, MonotonicClock
+from engine.scheduler.scheduler import Fault, SchedulePolicy, Scheduler
+from engine.world.world import World
+
+RUN_FILE = Path(".engine") / "run.json"
+
+
+@dataclass(frozen=True, slots=True)
+class FrameInfo:
+    """The current frame, as systems see it: ``world.resources[FrameInfo]``."""
+
+    frame: int
+    dt: float
+    time_ns: int
+    pose: PoseSample | None
+
+
+def builtin_systems_dir() -> Path | None:
+    """The engine's own system modules: packaged, or ``systems/`` of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "builtin_systems", here.parent.parent / "systems"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def bundled_example(name: str = "spinning_cubes") -> Path:
+    """A bundled example project (packaged, or ``examples/`` of a source checkout)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "examples" / name, here.parent.parent / "examples" / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"bundled example {name!r} not found")
+
+
+class Engine:
+    """A running game: a project folder's systems acting on one world.
+
+    Example:
+        >>> eng = Engine("examples/spinning_cubes")          # doctest: +SKIP
+        >>> eng.run(frames=90)                               # doctest: +SKIP
+        >>> eng.history("spin")[-1].status                   # doctest: +SKIP
+
+    Args:
+        project_dir: a folder with ``systems/*.py`` and optionally ``game.py``.
+        world: start from this world instead of a new one (``game.setup`` is skipped).
+        policy: budgets and failure policy.
+        clock: frame pacing clock (inject :class:`~engine.scheduler.pacing.ManualClock`
+            in tests).
+        pose_source: where head poses come from (None: no pose in ``FrameInfo``).
+        fixed_dt: hand systems this ``dt`` every frame instead of measured time.
+        report: console output for swaps and errors.
+    """
+
+    def __init__(
+        self,
+        project_dir: str | Path,
+        *,
+        world: World | None = None,
+        policy: SchedulePolicy | None = None,
+        clock: Clock | None = None,
+        pose_source: PoseSource | None = None,
+        fixed_dt: float | None = None,
+        rate_hz: float = 90.0,
+        report: Callable[[str], None] = print,
+        load_limit_s: float = 2.0,
+    ) -> None:
+        self.project_dir = Path(project_dir).resolve()
+        if not self.project_dir.is_dir():
+            raise FileNotFoundError(f"project folder {self.project_dir} does not exist")
+        self.report = report
+        self.clock: Clock = clock or MonotonicClock()
+        self.pacer = FixedRatePacer(self.clock, rate_hz)
+        self.pose_source = pose_source
+        self.fixed_dt = fixed_dt
+        self.history_store = ProjectHistory(self.project_dir)
+        self.scheduler = Scheduler(policy, on_hung=self._on_hung)
+        self.policy = self.scheduler.policy
+        is_new_world = world is None
+        self.world = world or World()
+        builtin = builtin_systems_dir()
+        self.loader = Loader(
+            self.project_dir,
+            self.history_store,
+            self.scheduler,
+            self.world,
+            builtin_dirs=[builtin] if builtin else [],
+            load_limit_s=load_limit_s,
+            report=report,
+        )
+        self.frame = 0
+        self.hung_reason: str | None = None
+        self.watcher: ProjectWatcher | None = None
+        self._main_calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._last_ns: int | None = None
+        #: Called after every frame with the engine (the supervisor hooks heartbeats here).
+        self.after_frame: list[Callable[[Engine], None]] = []
+        #: Called with ``(path, event_ns)`` when a shader file changes (render hooks in).
+        self.shader_listeners: list[Callable[[Path, int], None]] = []
+        #: Called between frames on the main thread, before systems run (shader swaps).
+        self.before_frame: list[Callable[[Engine], None]] = []
+        self.scheduler.watchdog.install()
+        self.loader.load_all(frame=0)
+        if is_new_world:
+            self._run_setup()
+
+    # -- set-up --------------------------------------------------------------------------
+    def _run_setup(self) -> None:
+        """Call ``game.py``'s ``setup(world)`` once, for a new world."""
+        path = self.project_dir / "game.py"
+        if not path.is_file():
+            return
+        namespace: dict[str, Any] = {"__name__": "game", "__file__": str(path)}
+        from engine.loader.modules import make_builtins
+
+        namespace["__builtins__"] = make_builtins(self.loader, "game")
+        code = compile(path.read_text(encoding="utf-8"), str(path), "exec")
+        exec(code, namespace)
+        setup = namespace.get("setup")
+        if callable(setup):
+            setup(self.world)
+
+    # -- the frame -----------------------------------------------------------------------
+    def step(self) -> list[Fault]:
+        """Run one frame now (no pacing). Returns the frame's faults."""
+        self.frame += 1
+        frame = self.frame
+        while not self._main_calls.empty():
+            self._main_calls.get_nowait()()
+        self.loader.apply_pending(frame)
+        for hook in self.before_frame:
+            hook(self)
+        now = self.clock.now_ns()
+        if self.fixed_dt is not None:
+            dt = self.fixed_dt
+        elif self._last_ns is None:
+            dt = self.pacer.period_ns / 1e9
+        else:
+            dt = min((now - self._last_ns) / 1e9, self.policy.max_dt_s)
+        self._last_ns = now
+        pose = (
+            self.pose_source.sample(frame, now + self.pacer.period_ns)
+            if self.pose_source is not None
+            else None
+        )
+        self.world.resources[FrameInfo] = FrameInfo(frame, dt, now, pose)
+        faults = self.scheduler.run_frame(self.world, dt, frame)
+        if faults:
+            self._apply_fault_policy(faults)
+        self.loader.tick(frame)
+        for hook in self.after_frame:
+            hook(self)
+        return faults
+
+    def _apply_fault_policy(self, faults: list[Fault]) -> None:
+        rolled: set[str] = set()
+        for f in faults:
+            h = f.handle
+            if f.kind != "budget" and self.loader.on_probation(h.module):
+                if h.module not in rolled:
+                    rolled.add(h.module)
+                    self.loader.rollback(h.module, f"{h.key}: {f.detail}")
+                continue
+            if f.kind == "exception":
+                self.report(f"engine: {h.key} raised (strike {h.strikes}): {f.detail}")
+                if h.strikes >= self.policy.strikes:
+                    self.scheduler.disable(
+                        h, "exception", f"raised {h.strikes} frames in a row: {f.detail}"
+                    )
+                    self.report(f"engine: {h.key} disabled: {f.detail}")
+            else:
+                self.report(f"engine: {h.key} disabled ({f.kind}): {f.detail}")
+
+    def run(self, frames: int | None = None, *, watch: bool = True) -> None:
+        """Run paced frames until ``frames`` have run or :meth:`stop` is called.
+
+        With ``watch``, edits to the project are picked up while it runs.
+        """
+        if watch:
+            self.start_watching()
+        self._write_run_file()
+        try:
+            target = None if frames is None else self.frame + frames
+            while not self._stop.is_set() and (target is None or self.frame < target):
+                self.pacer.wait()
+                self.step()
+        finally:
+            self._remove_run_file()
+            if watch:
+                self.stop_watching()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current frame (any thread)."""
+        self._stop.set()
+
+    def _on_hung(self, key: str) -> None:
+        self.hung_reason = f"{key} swallowed {self.policy.watchdog_max_interrupts} interrupts"
+        self.report(
+            f"engine: process declared hung: {self.hung_reason}; it needs to be "
+            "stopped from outside (the supervisor kills it)"
+        )
+
+    # -- watching ------------------------------------------------------------------------
+    def start_watching(self) -> None:
+        if self.watcher is not None:
+            return
+        self.watcher = ProjectWatcher(
+            self.project_dir,
+            on_systems=self._on_systems_changed,
+            on_shader=self._on_shader_changed,
+            on_command=self._on_command,
+        )
+        self.watcher.start()
+
+    def stop_watching(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
+
+    def _on_systems_changed(self, changes: dict[str, str | None], event_ns: int) -> None:
+        self.loader.prepare(changes, kind="edit", event_ns=event_ns)
+
+    def _on_shader_changed(self, path: Path, event_ns: int) -> None:
+        for listener in self.shader_listeners:
+            listener(path, event_ns)
+
+    def _on_command(self, path: Path) -> None:
+        try:
+            cmd = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return  # half-written; the final write raises another event
+        path.unlink(missing_ok=True)
+        result_path = path.with_name(f"{cmd.get('id', path.stem)}.result.json")
+
+        def answer(result: dict[str, Any]) -> None:
+            result_path.write_text(json.dumps(result))
+
+        op = cmd.get("op")
+        try:
+            if op in ("undo", "redo"):
+                version = self.loader.move(cmd["module"], op)
+                answer({"ok": True, "version": version})
+            elif op == "enable":
+
+                def enable() -> None:
+                    try:
+                        h = self.scheduler.enable(self.scheduler.find(cmd["system"]).key)
+                        answer({"ok": True, "system": h.key})
+                    except KeyError as exc:
+                        answer({"ok": False, "error": str(exc)})
+
+                self._main_calls.put(enable)
+            else:
+                answer({"ok": False, "error": f"unknown command {op!r}"})
+        except (LookupError, KeyError) as exc:
+            answer({"ok": False, "error": str(exc)})
+
+    # -- history and control -------------------------------------------------------------
+    def history(self, module: str) -> VersionHistory:
+        """The version history of a system module."""
+        return self.loader.unit(module)
+
+    def undo(self, module: str) -> int:
+        """Go back to the previous runnable version of ``module`` (live at the next frame)."""
+        return self.loader.move(module, "undo")
+
+    def redo(self, module: str) -> int:
+        """Go forward to the next runnable version of ``module`` (live at the next frame)."""
+        return self.loader.move(module, "redo")
+
+    def enable(self, system: str) -> None:
+        """Re-enable a disabled system by hand (on probation)."""
+        self.scheduler.enable(self.scheduler.find(system).key)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def checkpoint(self) -> bytes:
+        return self.world.checkpoint()
+
+    def restore(self, data: bytes) -> None:
+        """Replace the world's entities with a checkpoint's (classes resolved as loaded now)."""
+        self.world.restore_into(data, self.loader.resolve_component)
+
+    # -- reporting -----------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Everything ``engine run --stats-json`` writes."""
+        snap = self.scheduler.snapshot()
+        return {
+            "frames": self.frame,
+            "systems": snap["systems"],
+            "esper_cache": snap["esper_cache"],
+            "frame_ms_p50": snap["frame_ms_p50"],
+            "frame_ms_p99": snap["frame_ms_p99"],
+            "frames_over_budget": snap["frames_over_budget"],
+            "paced_frames_skipped": self.pacer.skipped,
+            "swaps": [s.to_json() for s in self.loader.swaps],
+            "world": {"entities": self.world.entity_count()},
+            "hung": self.hung_reason,
+        }
+
+    @property
+    def swaps(self) -> list[SwapRecord]:
+        return self.loader.swaps
+
+    # -- the run file (lets `engine undo` find a running game) ---------------------------
+    def _write_run_file(self) -> None:
+        path = self.project_dir / RUN_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"pid": os.getpid(), "started": time.time()}))
+
+    def _remove_run_file(self) -> None:
+        (self.project_dir / RUN_FILE).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Stop watching, give back SIGALRM and free the world's esper context."""
+        self.stop_watching()
+        self.scheduler.watchdog.uninstall()
+        self.world.delete()
+
+
+def running_pid(project_dir: Path) -> int | None:
+    """The pid of a game running on ``project_dir``, if one is alive."""
+    try:
+        info = json.loads((Path(project_dir) / RUN_FILE).read_text())
+        pid = int(info["pid"])
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def send_command(project_dir: Path, op: str, timeout_s: float = 5.0, **args: str) -> dict:
+    """Drop a command for a running game and wait for its answer."""
+    cmd_id = uuid.uuid4().hex
+    d = Path(project_dir) / COMMANDS_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{cmd_id}.tmp"
+    tmp.write_text(json.dumps({"id": cmd_id, "op": op, **args}))
+    os.replace(tmp, d / f"{cmd_id}.json")
+    result = d / f"{cmd_id}.result.json"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if result.exists():
+            try:
+                data = json.loads(result.read_text())
+            except ValueError:
+                time.sleep(0.01)
+                continue
+            result.unlink(missing_ok=True)
+            return data
+        time.sleep(0.01)
+    return {"ok": False, "error": f"the running game did not answer within {timeout_s} s"}
+
+
+def install_stop_signals(engine: Engine) -> None:
+    """SIGTERM/SIGINT stop the run loop cleanly (stats still get written)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        engine.stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,1 @@
+"""The launcher box: the ``engine`` command (and, later, the supervisor)."""

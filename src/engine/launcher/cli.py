@@ -1,0 +1,201 @@
+"""The ``engine`` console command.
+
+    engine run [PROJECT] [--frames N] [--stats-json PATH]   run a game (headless), live-editable
+    engine new DIR                                           scaffold a game project
+    engine history PROJECT MODULE                            list a module's versions
+    engine undo|redo PROJECT MODULE                          move the active version
+    engine enable PROJECT SYSTEM                             re-enable a disabled system
+
+``undo``, ``redo`` and ``enable`` act on a running game (through a command file it
+watches) or, when none runs, on the project's history directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from engine.game import Engine, bundled_example, install_stop_signals, running_pid, send_command
+from engine.loader.history import ProjectHistory
+
+SCAFFOLD_GAME = '''"""{name}: a game built on the All-Source Engine.
+
+``setup`` runs once, for a new world. Everything after that lives in systems/, which you
+can edit while the game runs.
+"""
+
+from engine.render.components import Material, Mesh, Transform
+from systems.motion import Spin
+
+
+def setup(world):
+    world.create_entity(
+        Transform(position=(0.0, 1.5, -3.0)),
+        Mesh("cube"),
+        Material(color=(0.9, 0.3, 0.2, 1.0)),
+        Spin(speed=1.0),
+    )
+'''
+
+SCAFFOLD_SYSTEM = '''"""A system module: edit it while the game runs; a broken save never stops play."""
+
+import engine
+from engine.render.components import Transform
+
+
+@engine.component
+class Bob:
+    height: float = 0.2
+    t: float = 0.0
+
+
+@engine.system(order=0)
+def bob(world, dt):
+    for _, (t, b) in world.get_components(Transform, Bob):
+        b.t += dt
+'''
+
+
+def _project(arg: str | None) -> Path:
+    return Path(arg) if arg else bundled_example()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.launcher.console import LiveConsole
+
+    project = _project(args.project)
+    engine = Engine(project, fixed_dt=args.fixed_dt)
+    install_stop_signals(engine)
+    print(
+        f"engine: running {project} at 90 Hz, headless; edit {project / 'systems'} live "
+        "(Ctrl-C to stop)"
+    )
+    live = LiveConsole(enabled=not args.quiet)
+    last = [0.0]
+
+    def show(eng: Engine) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 0.25:  # build the snapshot only when it may be drawn
+            last[0] = now
+            live.update({**eng.scheduler.snapshot(), "swaps": [s.to_json() for s in eng.swaps]})
+
+    engine.after_frame.append(show)
+    try:
+        with live:
+            engine.run(frames=args.frames, watch=not args.no_watch)
+    finally:
+        stats = engine.stats()
+        if args.stats_json:
+            Path(args.stats_json).write_text(json.dumps(stats, indent=1))
+            print(f"engine: stats written to {args.stats_json}")
+        print(
+            f"engine: {stats['frames']} frames, {stats['world']['entities']} entities, "
+            f"frame p99 {stats['frame_ms_p99']:.3f} ms, "
+            f"{stats['frames_over_budget']} over budget"
+        )
+        engine.close()
+    return 0
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    root = Path(args.dir)
+    if root.exists() and any(root.iterdir()):
+        print(f"engine: {root} exists and is not empty", file=sys.stderr)
+        return 2
+    (root / "systems").mkdir(parents=True, exist_ok=True)
+    (root / "shaders").mkdir(exist_ok=True)
+    (root / "game.py").write_text(SCAFFOLD_GAME.format(name=root.name))
+    (root / "systems" / "bob.py").write_text(SCAFFOLD_SYSTEM)
+    (root / ".gitignore").write_text(".engine/run.json\n.engine/commands/\n")
+    print(f"engine: new project in {root}; run it with: engine run {root}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    unit = ProjectHistory(Path(args.project)).unit("systems", args.module)
+    if not unit.versions:
+        print(f"engine: {args.module} has no history in {args.project}", file=sys.stderr)
+        return 1
+    for v in unit.versions:
+        mark = "*" if v.number == unit.active_number else " "
+        disk = " (on disk)" if v.number == unit.disk_number else ""
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.time))
+        why = f"  {v.why}" if v.why else ""
+        print(f"{mark} v{v.number:<4} {when}  {v.status:<9}{disk}{why}")
+    return 0
+
+
+def cmd_move(args: argparse.Namespace) -> int:
+    project = Path(args.project)
+    if running_pid(project) is not None:
+        result = send_command(project, args.command, module=args.module)
+        if not result.get("ok"):
+            print(f"engine: {args.command} failed: {result.get('error')}", file=sys.stderr)
+            return 1
+        print(f"engine: {args.module} -> v{result['version']} (live)")
+        return 0
+    unit = ProjectHistory(project).unit("systems", args.module)
+    target = unit.undo_target() if args.command == "undo" else unit.redo_target()
+    if target is None:
+        print(f"engine: {args.module}: nothing to {args.command}", file=sys.stderr)
+        return 1
+    unit.activate(target.number)
+    print(f"engine: {args.module} -> v{target.number} (used at the next start)")
+    return 0
+
+
+def cmd_enable(args: argparse.Namespace) -> int:
+    project = Path(args.project)
+    if running_pid(project) is None:
+        print("engine: systems start enabled; nothing to do for a stopped game")
+        return 0
+    result = send_command(project, "enable", system=args.system)
+    if not result.get("ok"):
+        print(f"engine: enable failed: {result.get('error')}", file=sys.stderr)
+        return 1
+    print(f"engine: {result['system']} enabled (on probation)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="engine", description="The All-Source Engine.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run a game project (default: the bundled example)")
+    r.add_argument("project", nargs="?")
+    r.add_argument("--frames", type=int, default=None, help="stop after N frames")
+    r.add_argument("--stats-json", help="write run statistics to this file at exit")
+    r.add_argument("--no-watch", action="store_true", help="do not watch for edits")
+    r.add_argument("--fixed-dt", type=float, default=None, help="constant dt per frame")
+    r.add_argument("--quiet", action="store_true", help="no live console table")
+    r.set_defaults(func=cmd_run)
+    n = sub.add_parser("new", help="scaffold a new game project")
+    n.add_argument("dir")
+    n.set_defaults(func=cmd_new)
+    h = sub.add_parser("history", help="list a module's versions")
+    h.add_argument("project")
+    h.add_argument("module")
+    h.set_defaults(func=cmd_history)
+    for name in ("undo", "redo"):
+        m = sub.add_parser(name, help=f"{name} the active version of a module")
+        m.add_argument("project")
+        m.add_argument("module")
+        m.set_defaults(func=cmd_move)
+    e = sub.add_parser("enable", help="re-enable a disabled system of a running game")
+    e.add_argument("project")
+    e.add_argument("system")
+    e.set_defaults(func=cmd_enable)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("PYGLET_HEADLESS", "1")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,294 @@
+"""The live systems table a user sees in the terminal while the game runs.
+
+The table is drawn from a plain dict, so it knows nothing of the scheduler object (and
+a test, or another process, can feed it). Snapshot shape — every key optional, a
+missing value is drawn as ``—``::
+
+    {
+        "systems": [                       # in schedule order; or {name: row}
+            {
+                "name": "physics",         # free-form ("esper cache rebuild" too)
+                "state": "enabled",        # "enabled" | "disabled" | "probation"
+                "version": 3,              # int or None
+                "mean_ms": 1.21,           # over the last 90 frames
+                "p99_ms": 2.05,
+                "share": 0.42,             # mean / this system's budget (0.42 = 42 %)
+                "strikes": 1,              # the scheduler's count against it
+                "reason": "",              # why it is disabled: text, or a dict
+                                           # {"limit": ..., "detail": ...}; "" or None
+                "last_error": "",          # shown when there is no reason
+                ...                        # anything else (e.g. the rest of
+            },                             # SystemStats.snapshot()) is ignored
+        ],
+        "esper_cache": {...},              # a SystemStats.snapshot(): last row
+        "frame": {                         # FrameStats.snapshot(); its keys may also
+            "frames": 5400,                # sit at the top level instead
+            "frame_ms_p50": 6.1, "frame_ms_p99": 9.8, "frames_over_budget": 3, ...
+        },
+        "swaps": [                         # oldest first; the last few are shown
+            {"module": "physics", "version": 3, "ok": True, "latency_ms": 12.5,
+             "error": None},               # error: short text when ok is False
+        ],
+    }
+
+A scheduler builds a row as ``{**stats.snapshot(), "state": ..., "version": ...,
+"strikes": ..., "reason": ...}``; ``Scheduler.snapshot()`` plus a ``"swaps"`` list
+is a valid snapshot as it is.
+
+:class:`SystemsTable` turns a snapshot into a ``rich`` table (pure). :class:`LiveConsole`
+redraws it in place at most 4 times a second; when the output is not a terminal (CI
+logs, a pipe) it prints one plain line every few seconds instead.
+
+Example::
+
+    with LiveConsole() as live:
+        while running:
+            step()
+            live.update(scheduler_snapshot())
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+Snapshot = Mapping[str, Any]
+
+_MISSING = "—"
+_STATE_STYLE = {"enabled": "green", "probation": "yellow", "disabled": "bold red"}
+
+
+def _ms(value: Any) -> str:
+    if value is None:
+        return _MISSING
+    return f"{value:.3f}" if value < 0.1 else f"{value:.2f}"  # keep tens of µs visible
+
+
+def _share_text(share: Any) -> Text:
+    if share is None:
+        return Text(_MISSING)
+    style = "bold red" if share > 1.0 else "yellow" if share > 0.5 else ""
+    return Text(f"{share * 100:.0f}%", style=style)
+
+
+def _swap_text(swap: Mapping[str, Any]) -> str:
+    outcome = "ok" if swap.get("ok") else f"error: {swap.get('error') or 'failed'}"
+    version = swap.get("version")
+    return (
+        f"{swap.get('module', '?')} v{version if version is not None else '?'} "
+        f"{outcome} {_ms(swap.get('latency_ms'))} ms"
+    )
+
+
+def system_rows(snapshot: Snapshot) -> list[Mapping[str, Any]]:
+    """The snapshot's systems as rows, each with a ``name``, then the esper cache row.
+
+    ``systems`` may be a list of rows or a dict of rows by name (a row's own ``name``
+    wins). The ``esper_cache`` entry, if any, comes last with state ``engine``.
+    """
+    systems = snapshot.get("systems") or []
+    if isinstance(systems, Mapping):
+        rows = [{"name": name, **row} for name, row in systems.items()]
+    else:
+        rows = list(systems)
+    cache = snapshot.get("esper_cache")
+    if cache:
+        rows.append({"name": "esper cache", "state": "engine", **cache})
+    return rows
+
+
+def reason_text(row: Mapping[str, Any]) -> str:
+    """Why a row is disabled (``limit: detail`` for a dict), else its last error, else ""."""
+    reason = row.get("reason")
+    if isinstance(reason, Mapping):
+        limit, detail = reason.get("limit"), reason.get("detail")
+        return ": ".join(str(part) for part in (limit, detail) if part)
+    return str(reason or row.get("last_error") or "")
+
+
+def frame_line(snapshot: Snapshot) -> str:
+    """Frame totals on one line: count, p50 and p99 frame time, frames over budget."""
+    frame = snapshot.get("frame") or snapshot
+    return " | ".join(
+        (
+            f"frames {frame.get('frames', 0)}",
+            f"frame p50 {_ms(frame.get('frame_ms_p50'))} ms",
+            f"p99 {_ms(frame.get('frame_ms_p99'))} ms",
+            f"over budget {frame.get('frames_over_budget', 0)}",
+        )
+    )
+
+
+def latest_swaps(snapshot: Snapshot, max_swaps: int = 3) -> list[str]:
+    """The newest ``max_swaps`` swaps, oldest of them first, one short text each."""
+    swaps = list(snapshot.get("swaps") or [])
+    return [_swap_text(s) for s in swaps[-max_swaps:]] if max_swaps > 0 else []
+
+
+def plain_line(snapshot: Snapshot, max_swaps: int = 3) -> str:
+    """The whole snapshot on one line, for logs: frame totals, then each system."""
+    systems = []
+    for row in system_rows(snapshot):
+        text = (
+            f"{row.get('name', '?')} {row.get('state', '?')} "
+            f"{_ms(row.get('mean_ms'))}/{_ms(row.get('p99_ms'))} ms"
+        )
+        if reason := reason_text(row):
+            text += f" ({reason})"
+        systems.append(text)
+    parts = [frame_line(snapshot)]
+    swaps = latest_swaps(snapshot, max_swaps)
+    if swaps:
+        parts.append("swaps: " + "; ".join(swaps))
+    if systems:
+        parts.append(", ".join(systems))
+    return " || ".join(parts)
+
+
+class SystemsTable:
+    """Builds the systems table from a snapshot dict (see the module docstring)."""
+
+    COLUMNS = ("system", "state", "version", "mean ms", "p99 ms", "share", "strikes", "reason")
+
+    def __init__(self, title: str = "systems", max_swaps: int = 3) -> None:
+        """``max_swaps``: how many of the latest swaps the footer lists (0 for none)."""
+        self.title = title
+        self.max_swaps = max_swaps
+
+    def render(self, snapshot: Snapshot) -> Table:
+        """Return a new table for ``snapshot``; nothing is printed or kept.
+
+        Names and reasons are shown literally (never parsed as rich markup). The reason
+        column shows :func:`reason_text`: normally only disabled rows have one.
+        """
+        # One footer line each, cut (not wrapped) at the table's width.
+        footer = [frame_line(snapshot)] + [
+            f"swap {text}" for text in latest_swaps(snapshot, self.max_swaps)
+        ]
+        table = Table(
+            title=self.title,
+            caption=Text("\n".join(footer), no_wrap=True, overflow="ellipsis"),
+            caption_justify="left",
+        )
+        for column in self.COLUMNS:
+            numeric = column in ("version", "mean ms", "p99 ms", "share", "strikes")
+            table.add_column(column, justify="right" if numeric else "left")
+        for row in system_rows(snapshot):
+            state = str(row.get("state") or _MISSING)
+            version = row.get("version")
+            table.add_row(
+                Text(str(row.get("name", "?"))),
+                Text(state, style=_STATE_STYLE.get(state, "")),
+                _MISSING if version is None else str(version),
+                _ms(row.get("mean_ms")),
+                _ms(row.get("p99_ms")),
+                _share_text(row.get("share")),
+                str(row.get("strikes", 0)),
+                Text(reason_text(row)),
+            )
+        return table
+
+
+class LiveConsole:
+    """Keeps the systems table on screen, redrawn at most ``max_hz`` times a second.
+
+    A context manager: nothing is drawn outside ``with`` (``update`` then only remembers
+    the snapshot), and ``enabled=False`` makes every call a no-op, so callers never need
+    an ``if``. Updates arriving faster than the limit are skipped; the newest skipped one
+    is drawn on exit, so the final state always shows.
+
+    On a terminal the table is redrawn in place (``rich.live.Live``, no refresh thread).
+    Otherwise (``console.is_terminal`` false, or ``plain=True``) one :func:`plain_line`
+    is printed per ``plain_every_s`` seconds. ``clock`` returns seconds; tests inject
+    their own.
+    """
+
+    def __init__(
+        self,
+        table: SystemsTable | None = None,
+        *,
+        console: Console | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_hz: float = 4.0,
+        plain_every_s: float = 5.0,
+        plain: bool | None = None,
+        enabled: bool = True,
+    ) -> None:
+        """Raise ``ValueError`` if ``max_hz`` is not positive."""
+        if max_hz <= 0:
+            raise ValueError(f"max_hz must be > 0, got {max_hz}")
+        self.table = table or SystemsTable()
+        self.console = console or Console()
+        self.clock = clock
+        self.plain = (not self.console.is_terminal) if plain is None else plain
+        self.min_interval_s = plain_every_s if self.plain else 1.0 / max_hz
+        self.enabled = enabled
+        self.draws = 0
+        self._live: Live | None = None
+        self._active = False
+        self._last_draw: float | None = None
+        self._pending: Snapshot | None = None
+
+    def __enter__(self) -> LiveConsole:
+        """Start drawing (on a terminal, take over the bottom of the screen)."""
+        if self.enabled:
+            self._active = True
+            if not self.plain:
+                self._live = Live(console=self.console, auto_refresh=False, transient=False)
+                self._live.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Draw the last skipped snapshot, if any, and give the terminal back."""
+        if not self._active:
+            return
+        if self._pending is not None:
+            self._draw(self._pending)
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+        self._active = False
+
+    def update(self, snapshot: Snapshot) -> bool:
+        """Offer a new snapshot; return True if it was drawn now.
+
+        Skipped (and kept for later) when the last draw was less than the minimum
+        interval ago, or when not inside ``with``.
+        """
+        if not self.enabled:
+            return False
+        self._pending = snapshot
+        if not self._active:
+            return False
+        now = self.clock()
+        if self._last_draw is not None and now - self._last_draw < self.min_interval_s:
+            return False
+        self._last_draw = now
+        self._draw(snapshot)
+        return True
+
+    def _draw(self, snapshot: Snapshot) -> None:
+        self._pending = None
+        self.draws += 1
+        if self._live is not None:
+            self._live.update(self.table.render(snapshot), refresh=True)
+        else:
+            # soft_wrap: one log line per snapshot however long, no markup parsing.
+            self.console.print(
+                plain_line(snapshot, self.table.max_swaps),
+                soft_wrap=True,
+                markup=False,
+                highlight=False,
+            )

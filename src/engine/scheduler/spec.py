@@ -1,0 +1,71 @@
+"""Declaring systems: ``@engine.system`` on a plain function ``(world, dt)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class SystemSpec:
+    """How a system wants to be scheduled.
+
+    Attributes:
+        name: unique within its module (defaults to the function name).
+        order: lower runs earlier; ties keep the module's definition order.
+        after: names of systems (``"name"`` in the same module or ``"module.name"``) that
+            must run before this one, whatever their ``order``.
+        budget_ms: this system's share of the frame; ``None`` means a fair share.
+    """
+
+    name: str
+    order: int = 0
+    after: tuple[str, ...] = ()
+    budget_ms: float | None = None
+
+
+@overload
+def system(fn: F) -> F: ...
+@overload
+def system(
+    fn: None = None,
+    *,
+    order: int = 0,
+    after: str | Sequence[str] = (),
+    budget_ms: float | None = None,
+    name: str | None = None,
+) -> Callable[[F], F]: ...
+
+
+def system(
+    fn: Any = None,
+    *,
+    order: int = 0,
+    after: str | Sequence[str] = (),
+    budget_ms: float | None = None,
+    name: str | None = None,
+) -> Any:
+    """Mark a function ``(world, dt) -> None`` as a system of its module.
+
+    Example:
+        >>> @system(order=10, budget_ms=1.0)
+        ... def gravity(world, dt):
+        ...     pass
+        >>> gravity.__engine_system__.budget_ms
+        1.0
+    """
+    if isinstance(after, str):
+        after = (after,)
+    if budget_ms is not None and budget_ms <= 0:
+        raise ValueError(f"budget_ms must be positive, got {budget_ms}")
+
+    def wrap(f: F) -> F:
+        f.__engine_system__ = SystemSpec(  # type: ignore[attr-defined]
+            name or f.__name__, order, tuple(after), budget_ms
+        )
+        return f
+
+    return wrap if fn is None else wrap(fn)

@@ -1,0 +1,167 @@
+"""Serializing a world to bytes and back, entity ids kept.
+
+A checkpoint stores, per entity, each component as ``(key, fields)`` — its class's stable
+key and its field values — never the class object, because the class may be reloaded
+between the checkpoint and the restore. Restoring builds each component from the class
+that the key resolves to *now* (with the migration rules), so a checkpoint taken under
+version 3 of a module restores into version 4.
+
+A key that resolves to nothing (its module is not loaded yet) becomes a
+:class:`PendingComponent` that keeps the fields; the loader turns it into the real class as
+soon as the module defining it is loaded. Nothing is dropped.
+
+Field values are pickled. Classes defined in system modules are pickled by key (through
+``persistent_id``), so values may hold them even across reloads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import itertools
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import esper
+
+from engine.world.components import REGISTRY, component_key
+from engine.world.migration import build_instance, component_state
+
+FORMAT = "engine-checkpoint"
+VERSION = 1
+
+Resolver = Callable[[str], "type | None"]
+
+
+class CheckpointError(Exception):
+    """The bytes are not a checkpoint this engine can read."""
+
+
+class PendingComponent:
+    """A component whose class is not loaded yet; ``fields`` waits for it."""
+
+    key: str = ""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __repr__(self) -> str:
+        return f"PendingComponent({self.key!r}, {self.fields!r})"
+
+
+_pending_types: dict[str, type[PendingComponent]] = {}
+
+
+def pending_type(key: str) -> type[PendingComponent]:
+    """One placeholder class per key, so an entity can hold several pending components."""
+    t = _pending_types.get(key)
+    if t is None:
+        t = type(f"Pending[{key}]", (PendingComponent,), {"key": key})
+        _pending_types[key] = t
+    return t
+
+
+def _is_reloadable(cls: type) -> bool:
+    return cls.__module__ == "systems" or cls.__module__.startswith("systems.")
+
+
+class _Pickler(pickle.Pickler):
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, type) and _is_reloadable(obj):
+            return ("type", component_key(obj))
+        return None
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, resolve: Resolver) -> None:
+        super().__init__(io.BytesIO(data))
+        self._resolve = resolve
+
+    def persistent_load(self, pid: Any) -> Any:
+        kind, key = pid
+        if kind != "type":
+            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+        cls = self._resolve(key)
+        return cls if cls is not None else pending_type(key)
+
+
+def default_resolver(key: str) -> type | None:
+    """A class marked ``@engine.component`` in this process, or one importable by name."""
+    cls = REGISTRY.get(key)
+    if cls is not None:
+        return cls
+    module_name, _, qualname = key.partition(":")
+    if _is_reloadable(type("_", (), {"__module__": module_name})):
+        return None  # system modules are found through the loader, never imported
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        return None
+    return obj if isinstance(obj, type) else None
+
+
+def dump_world(world: Any) -> bytes:
+    """Serialize every live entity of ``world`` (an :class:`engine.World`)."""
+    world.activate()
+    entities = []
+    max_id = 0
+    for entity, comps in esper._entities.items():
+        max_id = max(max_id, entity)
+        if entity in esper._dead_entities:
+            continue
+        items = []
+        for ctype, instance in comps.items():
+            if isinstance(instance, PendingComponent):
+                items.append((instance.key, instance.fields))
+            else:
+                items.append((component_key(ctype), component_state(instance)))
+        entities.append((entity, items))
+    # The id counter is private to esper; peek without consuming it.
+    counter = esper._entity_count
+    next_id = next(counter)
+    esper._entity_count = itertools.chain([next_id], counter)  # type: ignore[assignment]
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "next_entity": max(next_id, max_id + 1),
+        "entities": entities,
+    }
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(payload)
+    return buf.getvalue()
+
+
+def load_into(world: Any, data: bytes, resolve: Resolver = default_resolver) -> None:
+    """Replace ``world``'s entities with the checkpoint's (ids kept).
+
+    Raises :class:`CheckpointError` if ``data`` is not a readable checkpoint; the world is
+    left untouched in that case.
+    """
+    try:
+        payload = _Unpickler(data, resolve).load()
+    except Exception as exc:
+        raise CheckpointError(f"not a readable checkpoint: {exc!r}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError("not an engine checkpoint (bad format tag)")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint version {payload.get('version')} is not {VERSION}")
+    built: list[tuple[int, list[Any]]] = []
+    for entity, items in payload["entities"]:
+        comps = []
+        for key, fields in items:
+            cls = resolve(key)
+            comps.append(
+                build_instance(cls, fields) if cls is not None else pending_type(key)(fields)
+            )
+        built.append((int(entity), comps))
+    world.clear_database()
+    world.activate()
+    for entity, comps in built:
+        esper._entities[entity] = {}
+        for c in comps:
+            esper.add_component(entity, c)
+    esper._entity_count = itertools.count(int(payload["next_entity"]))  # type: ignore[assignment]
+    esper.clear_cache()

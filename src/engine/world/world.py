@@ -1,0 +1,245 @@
+"""The world: every entity and component of a game, in its own esper context.
+
+esper 3 keeps its database in module globals and switches between named contexts with
+``esper.switch_world``. Each :class:`World` owns one such context; its methods switch to it
+when needed and then call the esper function of the same name, so behaviour at the edges
+(what raises ``KeyError``, when deletions take effect) is esper's.
+
+Two additions, both for hot-swapping:
+
+* **class aliases** — when a component class is reloaded, its old class object is aliased
+  to the new one; queries and additions made with the old class (held by a module that
+  imported it before the reload) act on the new class. No cost while no alias exists.
+* **resources** — per-world singletons that are not components (the renderer, the frame's
+  pose), keyed by type: ``world.resources[Renderer]``. They are not checkpointed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+import esper
+
+C = TypeVar("C")
+
+_world_ids = itertools.count(1)
+
+
+class World:
+    """One esper world, owned by one engine.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass
+        ... class Position:
+        ...     x: float = 0.0
+        >>> world = World()
+        >>> e = world.create_entity(Position(1.0))
+        >>> world.component_for_entity(e, Position).x
+        1.0
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or f"engine-world-{next(_world_ids)}"
+        self.resources: dict[type, Any] = {}
+        self._aliases: dict[type, type] = {}
+        previous = esper.current_world
+        esper.switch_world(self.name)
+        if previous != self.name:
+            esper.switch_world(previous)
+
+    # -- context --------------------------------------------------------------------
+    def activate(self) -> None:
+        """Make this world esper's current context (for code that calls ``esper.*``)."""
+        if esper.current_world != self.name:
+            esper.switch_world(self.name)
+
+    def delete(self) -> None:
+        """Free this world's esper context. The world must not be used afterwards."""
+        if esper.current_world == self.name:
+            esper.switch_world("default")
+        if self.name in esper.list_worlds():
+            esper.delete_world(self.name)
+
+    # -- class aliases (component reloads) ------------------------------------------
+    def alias_component(self, old: type, new: type) -> None:
+        """Route every use of ``old`` to ``new`` from now on (and earlier aliases of ``old``)."""
+        for stale, target in list(self._aliases.items()):
+            if target is old:
+                self._aliases[stale] = new
+        if old is not new:
+            self._aliases[old] = new
+        self._aliases.pop(new, None)
+
+    def current_type(self, component_type: type[C]) -> type[C]:
+        """The class a (possibly stale) component class resolves to."""
+        return self._aliases.get(component_type, component_type)
+
+    def _resolve(self, types: tuple[type, ...]) -> tuple[type, ...]:
+        aliases = self._aliases
+        return tuple(aliases.get(t, t) for t in types)
+
+    # -- entities (esper-faithful) ---------------------------------------------------
+    def create_entity(self, *components: Any) -> int:
+        """Create an entity with optional components; returns its id (see ``esper``)."""
+        self.activate()
+        entity = esper.create_entity()
+        for component in components:
+            self.add_component(entity, component)
+        return entity
+
+    def delete_entity(self, entity: int, immediate: bool = False) -> None:
+        """Delete an entity; deferred to the end of the frame unless ``immediate``.
+
+        Raises ``KeyError`` if the entity does not exist (immediate) — as esper.
+        """
+        self.activate()
+        esper.delete_entity(entity, immediate)
+
+    def entity_exists(self, entity: int) -> bool:
+        self.activate()
+        return esper.entity_exists(entity)
+
+    def get_entities(self) -> list[int]:
+        """Ids of every entity, including ones marked for deletion this frame."""
+        self.activate()
+        return list(esper.get_entities())
+
+    def clear_dead_entities(self) -> None:
+        """Finish deferred deletions (the scheduler calls this at each frame boundary)."""
+        self.activate()
+        esper.clear_dead_entities()
+
+    def clear_database(self) -> None:
+        self.activate()
+        esper.clear_database()
+
+    # -- components (esper-faithful) -------------------------------------------------
+    def add_component(self, entity: int, component: Any, type_alias: type | None = None) -> None:
+        """Add or replace a component; raises ``KeyError`` for an unknown entity."""
+        self.activate()
+        if self._aliases:
+            component = self._upgrade(component)
+            if type_alias is not None:
+                type_alias = self._aliases.get(type_alias, type_alias)
+        esper.add_component(entity, component, type_alias)
+
+    def remove_component(self, entity: int, component_type: type[C]) -> C:
+        self.activate()
+        return esper.remove_component(entity, self._aliases.get(component_type, component_type))
+
+    def try_remove_component(self, entity: int, component_type: type[C]) -> C | None:
+        self.activate()
+        ct = self._aliases.get(component_type, component_type)
+        return esper.try_remove_component(entity, ct)
+
+    def component_for_entity(self, entity: int, component_type: type[C]) -> C:
+        """Raises ``KeyError`` if the entity or the component does not exist — as esper."""
+        self.activate()
+        return esper.component_for_entity(entity, self._aliases.get(component_type, component_type))
+
+    def components_for_entity(self, entity: int) -> tuple[Any, ...]:
+        self.activate()
+        return esper.components_for_entity(entity)
+
+    def has_component(self, entity: int, component_type: type) -> bool:
+        self.activate()
+        return esper.has_component(entity, self._aliases.get(component_type, component_type))
+
+    def has_components(self, entity: int, *component_types: type) -> bool:
+        self.activate()
+        return esper.has_components(entity, *self._resolve(component_types))
+
+    def get_component(self, component_type: type[C]) -> list[tuple[int, C]]:
+        """Every ``(entity, component)`` of a type; a cached list, do not mutate it."""
+        if esper.current_world != self.name:
+            esper.switch_world(self.name)
+        if self._aliases:
+            component_type = self._aliases.get(component_type, component_type)
+        return esper.get_component(component_type)
+
+    def get_components(self, *component_types: type) -> list[tuple[int, tuple[Any, ...]]]:
+        """Every ``(entity, (c1, c2, ...))`` having all the types; a cached list."""
+        if esper.current_world != self.name:
+            esper.switch_world(self.name)
+        if self._aliases:
+            component_types = self._resolve(component_types)
+        return esper.get_components(*component_types)
+
+    def try_component(self, entity: int, component_type: type[C]) -> C | None:
+        self.activate()
+        return esper.try_component(entity, self._aliases.get(component_type, component_type))
+
+    def try_components(self, entity: int, *component_types: type) -> tuple[Any, ...] | None:
+        self.activate()
+        return esper.try_components(entity, *self._resolve(component_types))
+
+    # -- checkpoints ------------------------------------------------------------------
+    def checkpoint(self) -> bytes:
+        """Every live entity and component as bytes; see :mod:`engine.world.checkpoint`."""
+        from engine.world.checkpoint import dump_world
+
+        return dump_world(self)
+
+    @classmethod
+    def restore(cls, data: bytes, resolve: Any = None, name: str | None = None) -> World:
+        """A new world holding a checkpoint's entities, with the same ids.
+
+        ``resolve(key) -> class | None`` finds component classes (default: the classes
+        marked with ``@engine.component`` in this process). Raises
+        :class:`~engine.world.checkpoint.CheckpointError` on unreadable bytes.
+        """
+        from engine.world.checkpoint import default_resolver, load_into
+
+        world = cls(name)
+        try:
+            load_into(world, data, resolve or default_resolver)
+        except BaseException:
+            world.delete()
+            raise
+        return world
+
+    def restore_into(self, data: bytes, resolve: Any = None) -> None:
+        """Replace this world's entities by a checkpoint's (resources are kept)."""
+        from engine.world.checkpoint import default_resolver, load_into
+
+        load_into(self, data, resolve or default_resolver)
+
+    def copy(self, resolve: Any = None) -> World:
+        """An independent copy of every entity (for running candidate code on it)."""
+        return World.restore(self.checkpoint(), resolve)
+
+    # -- whole-world views ------------------------------------------------------------
+    def entity_count(self) -> int:
+        self.activate()
+        return sum(1 for e in esper.get_entities() if esper.entity_exists(e))
+
+    def component_types(self) -> list[type]:
+        """Every component class currently stored in the world."""
+        self.activate()
+        return list(esper._components)
+
+    def entities_with(self, component_type: type) -> Iterable[int]:
+        self.activate()
+        return list(esper._components.get(component_type, ()))
+
+    def replace_components(self, old: type, replacements: dict[int, Any]) -> None:
+        """Swap every ``old`` instance for ``replacements[entity]`` (stored under its own class).
+
+        Used by component migration at a frame boundary; aliases are bypassed so the
+        exact class ``old`` is the one removed.
+        """
+        self.activate()
+        for entity, new_instance in replacements.items():
+            esper.remove_component(entity, old)
+            esper.add_component(entity, new_instance)
+
+    def _upgrade(self, component: Any) -> Any:
+        target = self._aliases.get(type(component))
+        if target is None:
+            return component
+        from engine.world.migration import migrate_instance
+
+        return migrate_instance(component, target)

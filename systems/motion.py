@@ -1,0 +1,53 @@
+"""Built-in motion: linear velocity and spin, integrated every frame.
+
+Import it from a game's module or ``game.py`` to use it (importing is what loads it)::
+
+    from systems.motion import Velocity, Spin
+"""
+
+import math
+
+import engine
+from engine.render.components import Transform
+
+
+@engine.component
+class Velocity:
+    """Metres per second, added to ``Transform.position`` each frame."""
+
+    linear: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+@engine.component
+class Spin:
+    """Turn about ``axis`` (unit vector) at ``speed`` radians per second."""
+
+    axis: tuple[float, float, float] = (0.0, 1.0, 0.0)
+    speed: float = 1.0
+
+
+@engine.system(order=-100)
+def integrate_velocity(world, dt):
+    for _, (t, v) in world.get_components(Transform, Velocity):
+        px, py, pz = t.position
+        vx, vy, vz = v.linear
+        t.position = (px + vx * dt, py + vy * dt, pz + vz * dt)
+
+
+@engine.system(order=-90)
+def integrate_spin(world, dt):
+    for _, (t, s) in world.get_components(Transform, Spin):
+        half = 0.5 * s.speed * dt
+        ax, ay, az = s.axis
+        sh = math.sin(half)
+        # q = dq * q, both (x, y, z, w)
+        bx, by, bz, bw = ax * sh, ay * sh, az * sh, math.cos(half)
+        x, y, z, w = t.rotation
+        q = (
+            bw * x + bx * w + by * z - bz * y,
+            bw * y - bx * z + by * w + bz * x,
+            bw * z + bx * y - by * x + bz * w,
+            bw * w - bx * x - by * y - bz * z,
+        )
+        n = math.sqrt(sum(c * c for c in q)) or 1.0
+        t.rotation = tuple(c / n for c in q)

@@ -1,0 +1,236 @@
+"""What a user sees of the scheduler's numbers: the live table and the frame-time PNG."""
+
+from __future__ import annotations
+
+import io
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from engine.launcher.console import LiveConsole, SystemsTable, plain_line
+from engine.scheduler.plot import band_colors, plot_frame_times
+from engine.scheduler.stats import FrameRecorder, FrameStats, SystemStats
+
+MS = 1_000_000
+
+
+def snapshot(frames: int = 5400) -> dict:
+    physics = SystemStats("physics", budget_ns=2 * MS)
+    for _ in range(90):
+        physics.record(1 * MS)
+    frame = FrameStats()
+    for _ in range(frames):
+        frame.record(6 * MS)
+    return {
+        "systems": [
+            {**physics.snapshot(), "state": "enabled", "version": 3, "strikes": 0},
+            {
+                "name": "spinner",
+                "state": "disabled",
+                "version": 7,
+                "mean_ms": 30.0,
+                "p99_ms": 45.5,
+                "share": 15.0,
+                "strikes": 3,
+                "reason": "over budget 3 frames in a row",
+            },
+            {"name": "esper cache rebuild", "state": "probation", "mean_ms": 0.1},
+        ],
+        "frame": frame.snapshot(),
+        "swaps": [
+            {"module": "old", "version": 1, "ok": True, "latency_ms": 9.0},
+            {"module": "physics", "version": 3, "ok": True, "latency_ms": 12.5},
+            {"module": "spinner", "version": 7, "ok": False, "latency_ms": 3.25,
+             "error": "ZeroDivisionError"},
+            {"module": "physics", "version": 4, "ok": True, "latency_ms": 8.0},
+        ],
+    }  # fmt: skip
+
+
+def rendered(table) -> str:
+    console = Console(record=True, width=160, file=io.StringIO())
+    console.print(table)
+    return console.export_text()
+
+
+def test_table_shows_each_system_with_state_version_times_share_and_reason():
+    text = rendered(SystemsTable().render(snapshot()))
+    rows = {line.split("│")[1].strip(): line for line in text.splitlines() if "│" in line}
+
+    physics = rows["physics"]
+    assert "enabled" in physics and "3" in physics
+    assert "1.00" in physics and "50%" in physics  # 1 ms of a 2 ms budget
+    spinner = rows["spinner"]
+    assert "disabled" in spinner and "45.50" in spinner and "1500%" in spinner
+    assert "over budget 3 frames in a row" in spinner and " 3 " in spinner
+    assert "probation" in rows["esper cache rebuild"]
+    assert "—" in rows["esper cache rebuild"]  # missing version and p99
+
+
+def test_footer_has_frame_totals_and_latest_swaps():
+    text = rendered(SystemsTable(max_swaps=3).render(snapshot()))
+    assert "frames 5400" in text
+    assert "frame p50 6.00 ms" in text and "p99 6.00 ms" in text
+    assert "over budget 0" in text
+    assert "physics v3 ok 12.50 ms" in text
+    assert "spinner v7 error: ZeroDivisionError 3.25 ms" in text
+    assert "physics v4 ok 8.00 ms" in text
+    assert "old v1" not in text  # only the latest three
+
+
+def test_names_and_reasons_are_not_parsed_as_markup():
+    snap = {"systems": [{"name": "[bold]x[/bold]", "state": "disabled", "reason": "[red]KeyError"}]}
+    text = rendered(SystemsTable().render(snap))
+    assert "[bold]x[/bold]" in text and "[red]KeyError" in text
+
+
+def test_scheduler_shaped_snapshot_with_systems_by_name_and_flat_frame_totals():
+    physics = SystemStats("physics.step", budget_ns=2 * MS)
+    physics.record(MS)
+    cache = SystemStats("esper cache", budget_ns=11_111_111)
+    cache.record(MS // 4)
+    frame = FrameStats()
+    frame.record(7 * MS)
+    snap = {
+        "systems": {
+            "physics.step": {**physics.snapshot(), "state": "enabled", "version": 2,
+                             "strikes": 1, "reason": None, "last_error": "KeyError: 'x'"},
+            "spin.run": {"state": "disabled", "version": 5, "strikes": 0,
+                         "reason": {"limit": "budget", "detail": "over 3 frames", "frame": 9}},
+        },
+        "esper_cache": cache.snapshot(),
+        **frame.snapshot(),
+    }  # fmt: skip
+
+    text = rendered(SystemsTable().render(snap))
+    rows = {line.split("│")[1].strip(): line for line in text.splitlines() if "│" in line}
+
+    assert "KeyError: 'x'" in rows["physics.step"] and "50%" in rows["physics.step"]
+    assert "budget: over 3 frames" in rows["spin.run"]
+    assert "engine" in rows["esper cache"] and "0.25" in rows["esper cache"]
+    assert "frames 1 | frame p50 7.00 ms" in text
+    assert "spin.run disabled —/— ms (budget: over 3 frames)" in plain_line(snap)
+
+
+def test_empty_snapshot_renders_a_table_with_zero_frames():
+    text = rendered(SystemsTable().render({}))
+    assert "system" in text and "frames 0" in text
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def terminal_console() -> tuple[Console, io.StringIO]:
+    out = io.StringIO()
+    return Console(file=out, force_terminal=True, width=160), out
+
+
+def test_updates_are_throttled_to_four_per_second():
+    clock = FakeClock()
+    console, out = terminal_console()
+    drawn = []
+    with LiveConsole(console=console, clock=clock, max_hz=4.0) as live:
+        assert not live.plain
+        for step in range(20):  # 2 s of updates at 10 Hz
+            clock.now = 100.0 + step * 0.1
+            drawn.append(live.update(snapshot(frames=step + 1)))
+        draws_in_loop = live.draws
+
+    assert drawn[:6] == [True, False, False, True, False, False]
+    assert draws_in_loop == 7  # t = 0, 0.3, 0.6, 0.9, 1.2, 1.5, 1.8
+    assert live.draws == 8  # the newest skipped snapshot is drawn on exit
+    assert "frames 20" in out.getvalue()
+    assert "spinner" in out.getvalue()
+
+
+def test_not_a_terminal_prints_plain_lines_every_few_seconds():
+    clock = FakeClock()
+    out = io.StringIO()
+    console = Console(file=out, width=80)  # a StringIO is not a terminal
+    with LiveConsole(console=console, clock=clock, plain_every_s=5.0) as live:
+        assert live.plain
+        for step in range(12):  # 12 s, one update a second
+            clock.now = 100.0 + step
+            live.update(snapshot(frames=step + 1))
+
+    lines = out.getvalue().splitlines()
+    assert [line.split(" | ")[0] for line in lines] == [
+        "frames 1",
+        "frames 6",
+        "frames 11",
+        "frames 12",  # flushed on exit
+    ]
+    assert lines[0] == plain_line(snapshot(frames=1))
+    assert "spinner disabled 30.00/45.50 ms (over budget 3 frames in a row)" in lines[0]
+    assert "\x1b[" not in out.getvalue()
+
+
+def test_disabled_or_unentered_console_draws_nothing():
+    out = io.StringIO()
+    console = Console(file=out, width=80)
+    idle = LiveConsole(console=console, clock=FakeClock())
+    assert idle.update(snapshot()) is False  # outside `with`
+    with LiveConsole(console=console, enabled=False) as off:
+        assert off.update(snapshot()) is False
+    assert out.getvalue() == "" and idle.draws == 0 and off.draws == 0
+
+
+def recorder_with_three_bands() -> FrameRecorder:
+    recorder = FrameRecorder(max_frames=1000)
+    for frame in range(300):
+        times = {"physics": 2 * MS, "render": 3 * MS, "audio": 4 * MS}
+        if 100 <= frame < 150:
+            del times["physics"]  # disabled for a while
+        recorder.record(times)
+    return recorder
+
+
+def read_png(path: Path) -> np.ndarray:
+    from matplotlib import image
+
+    return image.imread(path)
+
+
+def test_plot_writes_a_png_with_a_band_per_system(tmp_path):
+    path = plot_frame_times(recorder_with_three_bands(), tmp_path / "out" / "frames.png")
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])  # IHDR
+    assert (width, height) == (1000, 500)
+    pixels = read_png(path)[:, :, :3]
+
+    # Pixels per column painted in each band's colour: shape (3 bands, width).
+    painted = np.stack(
+        [
+            np.all(np.abs(pixels - np.array(c[:3])) < 0.02, axis=2).sum(axis=0)
+            for c in band_colors(3)
+        ]
+    )
+    assert np.all(painted[:, width * 3 // 4] > 20)  # frame ~225: all three bands stacked
+    physics_off = (painted[0] == 0) & (painted[1] > 20) & (painted[2] > 20)
+    assert physics_off.sum() > 50  # frames 100-149: render and audio still drawn
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10  # not blank
+
+
+def test_plot_of_nothing_recorded_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no frames"):
+        plot_frame_times(FrameRecorder(10), tmp_path / "x.png")
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
+    for name in list(sys.modules):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import` raise
+    with pytest.raises(RuntimeError, match=r"pip install all-source-engine\[bench\]"):
+        plot_frame_times(recorder_with_three_bands(), tmp_path / "x.png")
