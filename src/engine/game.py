@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from engine.loader.history import ProjectHistory, VersionHistory
 from engine.loader.loader import Loader, SwapRecord
@@ -36,6 +36,14 @@ from engine.scheduler.scheduler import Fault, SchedulePolicy, Scheduler
 from engine.world.world import World
 
 RUN_FILE = Path(".engine") / "run.json"
+
+
+class Pacer(Protocol):
+    """What the frame loop waits on: ``wait()`` returns when the next frame may start."""
+
+    period_ns: int
+
+    def wait(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +90,10 @@ class Engine:
             in tests).
         pose_source: where head poses come from (None: no pose in ``FrameInfo``).
         fixed_dt: hand systems this ``dt`` every frame instead of measured time.
+        pacer: what each frame waits on (default: a fixed 90 Hz rate on ``clock``; under
+            the compositor, its pose handoff). Needs ``wait() -> int`` and ``period_ns``.
+        blame_probation: on start, a version still on probation (the game died while it
+            was new) is marked bad and its last good version is loaded instead.
         report: console output for swaps and errors.
     """
 
@@ -97,13 +109,15 @@ class Engine:
         rate_hz: float = 90.0,
         report: Callable[[str], None] = print,
         load_limit_s: float = 2.0,
+        pacer: Pacer | None = None,
+        blame_probation: bool = False,
     ) -> None:
         self.project_dir = Path(project_dir).resolve()
         if not self.project_dir.is_dir():
             raise FileNotFoundError(f"project folder {self.project_dir} does not exist")
         self.report = report
         self.clock: Clock = clock or MonotonicClock()
-        self.pacer = FixedRatePacer(self.clock, rate_hz)
+        self.pacer: Pacer = pacer or FixedRatePacer(self.clock, rate_hz)
         self.pose_source = pose_source
         self.fixed_dt = fixed_dt
         self.history_store = ProjectHistory(self.project_dir)
@@ -134,7 +148,7 @@ class Engine:
         #: Called between frames on the main thread, before systems run (shader swaps).
         self.before_frame: list[Callable[[Engine], None]] = []
         self.scheduler.watchdog.install()
-        self.loader.load_all(frame=0)
+        self.loader.load_all(frame=0, blame_probation=blame_probation)
         if is_new_world:
             self._run_setup()
 

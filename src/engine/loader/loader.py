@@ -493,12 +493,26 @@ class Loader:
         return target.number
 
     # -- start-up ----------------------------------------------------------------------------
-    def load_all(self, frame: int = 0) -> list[SwapRecord]:
+    def load_all(self, frame: int = 0, blame_probation: bool = False) -> list[SwapRecord]:
         """Load every project module (the active version of each) and swap them in now.
 
         A module whose file changed while the game was stopped gets a new version. A module
-        that fails to load falls back to its last good version, if it has one.
+        that fails to load falls back to its last good version, if it has one. With
+        ``blame_probation`` (a restart after a crash), an active version still on
+        probation is marked bad — it was new when the game died — and its last good
+        version is loaded instead (or the module is left out if it has none).
         """
+        if blame_probation:
+            for name in self.project_modules():
+                unit = self.unit(name)
+                active = unit.active
+                if active is not None and active.status is VersionStatus.PROBATION:
+                    why = "the game process died while this version was on probation"
+                    unit.mark(active.number, VersionStatus.BAD, why)
+                    good = unit.last_good()
+                    unit.activate(good.number if good else None)
+                    self.report(f"engine: blamed {name} v{active.number} for the crash; "
+                                + (f"back to v{good.number}" if good else "left out"))
         sources: dict[str, str | None] = {}
         versions: dict[str, int] = {}
         for name in self.project_modules():
@@ -510,6 +524,13 @@ class Loader:
                 continue
             unit = self.unit(name)
             active = unit.active
+            if (
+                active is None
+                and unit.disk_number is not None
+                and unit.get(unit.disk_number).status is VersionStatus.BAD
+                and unit.get(unit.disk_number).sha256 == _sha(source)
+            ):
+                continue  # proven bad, nothing good to run: left out until the file changes
             if (
                 active is not None
                 and unit.disk_number is not None

@@ -1,0 +1,56 @@
+"""Shared fixtures: real project folders on disk, engines that are always closed."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PYGLET_HEADLESS", "1")
+
+from engine import Engine  # noqa: E402
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "systems").mkdir()
+    return tmp_path
+
+
+@pytest.fixture
+def make_engine() -> Iterator[Callable[..., Engine]]:
+    engines: list[Engine] = []
+
+    def make(project_dir: Path, **kw) -> Engine:
+        kw.setdefault("report", lambda msg: None)
+        kw.setdefault("fixed_dt", 1 / 90)
+        eng = Engine(project_dir, **kw)
+        engines.append(eng)
+        return eng
+
+    yield make
+    for eng in engines:
+        eng.close()
+
+
+def run_until(eng: Engine, cond: Callable[[], bool], timeout_s: float = 10.0) -> int:
+    """Step the engine (sleeping a little between frames) until ``cond()``; frames run."""
+    deadline = time.monotonic() + timeout_s
+    frames = 0
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        eng.step()
+        frames += 1
+        time.sleep(0.002)
+    return frames

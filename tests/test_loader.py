@@ -1,0 +1,556 @@
+"""Hot-swapping system modules in a running engine: real files, the real watcher."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_until, write
+from engine import SchedulePolicy, SystemState, VersionStatus
+
+COUNTER = """
+import engine
+
+@engine.component
+class Counter:
+    value: int = 0
+
+@engine.system
+def count(world, dt):
+    for _, (c,) in world.get_components(Counter):
+        c.value += {step}
+"""
+
+GAME = """
+from systems.counter import Counter
+
+def setup(world):
+    world.create_entity(Counter())
+"""
+
+
+def counter_project(project: Path, step: int = 1) -> Path:
+    write(project / "systems" / "counter.py", COUNTER.format(step=step))
+    write(project / "game.py", GAME)
+    return project
+
+
+def counter_value(eng) -> int:
+    cls = eng.loader.active["counter"].components["systems.counter:Counter"]
+    ((_, c),) = eng.world.get_component(cls)
+    return c.value
+
+
+def swapped(eng, module: str, n: int) -> bool:
+    return sum(1 for s in eng.swaps if s.module == module and s.kind != "load") >= n
+
+
+def test_edit_swaps_new_code_and_keeps_world_state(project, make_engine) -> None:
+    eng = make_engine(counter_project(project))
+    eng.start_watching()
+    for _ in range(5):
+        eng.step()
+    assert counter_value(eng) == 5
+    (entity,) = eng.world.get_entities()
+    write(project / "systems" / "counter.py", COUNTER.format(step=100))
+    run_until(eng, lambda: swapped(eng, "counter", 1))
+    before = counter_value(eng)
+    eng.step()
+    assert counter_value(eng) == before + 100  # new code runs on the old state
+    assert eng.world.get_entities() == [entity]
+    rec = eng.swaps[-1]
+    assert rec.ok and rec.version == 2 and rec.latency_ms is not None
+    assert eng.history("counter").active_number == 2
+
+
+@pytest.mark.parametrize(
+    ("broken", "line", "message"),
+    [
+        ("import engine\n\ndef oops(:\n    pass\n", 3, "SyntaxError"),
+        ("import engine\nimport no_such_module_xyz\n", 2, "ModuleNotFoundError"),
+        ("import engine\nx = 1\nraise RuntimeError('boom at import')\n", 3, "boom at import"),
+        ("import engine\nfrom systems.nowhere import Thing\n", 2, "nowhere"),
+    ],
+    ids=["syntax", "import", "raise-at-import", "missing-system-module"],
+)
+def test_broken_module_keeps_last_good_version(project, make_engine, broken, line, message) -> None:
+    eng = make_engine(counter_project(project))
+    eng.start_watching()
+    eng.step()
+    entities = eng.world.get_entities()
+    counter_cls = eng.loader.active["counter"].components["systems.counter:Counter"]
+    path = write(project / "systems" / "counter.py", broken)
+    frames = run_until(eng, lambda: any(not s.ok for s in eng.swaps))
+    rec = eng.swaps[-1]
+    assert not rec.ok
+    assert f"{path}:{line}" in rec.error and message in rec.error
+    # The failed swap changed nothing: same entities, same classes, the old version
+    # still counting once per frame.
+    assert eng.world.get_entities() == entities
+    assert eng.loader.active["counter"].components["systems.counter:Counter"] is counter_cls
+    assert counter_value(eng) == 1 + frames
+    assert eng.history("counter").active_number == 1
+    v2 = eng.history("counter").get(2)
+    assert v2.status is VersionStatus.ERROR and f":{line}" in v2.why
+
+
+def test_infinite_loop_at_import_is_a_failed_load(project, make_engine) -> None:
+    eng = make_engine(counter_project(project), load_limit_s=0.3)
+    eng.start_watching()
+    eng.step()
+    write(project / "systems" / "counter.py", "import engine\nwhile True:\n    pass\n")
+    frames = run_until(eng, lambda: any(not s.ok for s in eng.swaps))
+    assert "LoadTimeout" in eng.swaps[-1].error
+    assert f"{project / 'systems' / 'counter.py'}:2" in eng.swaps[-1].error
+    assert counter_value(eng) == 1 + frames  # the old version kept counting meanwhile
+
+
+def test_raise_during_probation_rolls_back_to_last_good(project, make_engine) -> None:
+    eng = make_engine(counter_project(project), policy=SchedulePolicy(probation_frames=3))
+    eng.start_watching()
+    for _ in range(5):  # v1 passes its probation: it is good
+        eng.step()
+    assert eng.history("counter").get(1).status is VersionStatus.GOOD
+    bad = COUNTER.format(step=1).replace("c.value += 1", "c.value += 1\n        1 / 0")
+    write(project / "systems" / "counter.py", bad)
+    run_until(eng, lambda: swapped(eng, "counter", 2))  # the edit, then the rollback
+    eng.step()
+    h = eng.history("counter")
+    assert h.get(2).status is VersionStatus.BAD and "ZeroDivisionError" in h.get(2).why
+    assert h.active_number == 1
+    assert eng.swaps[-1].kind == "rollback" and eng.swaps[-1].version == 1
+    value = counter_value(eng)
+    eng.step()
+    assert counter_value(eng) == value + 1
+
+
+def test_first_version_raising_with_nothing_to_fall_back_to_is_disabled(
+    project, make_engine
+) -> None:
+    write(
+        project / "systems" / "bad.py",
+        """
+        import engine
+
+        @engine.system
+        def explode(world, dt):
+            raise ValueError("always")
+    """,
+    )
+    eng = make_engine(counter_project(project))
+    eng.step()
+    h = eng.scheduler.handles["bad.explode"]
+    assert h.state is SystemState.DISABLED and h.reason.limit == "rolled-back"
+    assert eng.history("bad").get(1).status is VersionStatus.BAD
+    eng.step()
+    assert counter_value(eng) == 2  # the rest of the game goes on
+
+
+def test_after_probation_a_system_is_disabled_only_if_it_keeps_raising(
+    project, make_engine
+) -> None:
+    write(
+        project / "systems" / "flaky.py",
+        """
+        import engine
+        from systems.counter import Counter
+
+        @engine.system
+        def flaky(world, dt):
+            for _, (c,) in world.get_components(Counter):
+                if c.value >= 10 and c.value % 7 == 0:
+                    raise RuntimeError("once in a while")
+                if c.value >= 20:
+                    raise RuntimeError("now always")
+    """,
+    )
+    policy = SchedulePolicy(probation_frames=5, strikes=3)
+    eng = make_engine(counter_project(project), policy=policy)
+    h = eng.scheduler.handles["flaky.flaky"]
+    for _ in range(15):
+        eng.step()
+    assert h.state is SystemState.ENABLED and h.strikes == 0  # raised once at 14, recovered
+    for _ in range(8):
+        eng.step()
+    assert h.state is SystemState.DISABLED and h.reason.limit == "exception"
+    assert "now always" in h.reason.detail
+    # A new version re-enables it (on probation).
+    eng.start_watching()
+    write(
+        project / "systems" / "flaky.py",
+        "import engine\n\n@engine.system\ndef flaky(w, dt):\n    pass\n",
+    )
+    run_until(eng, lambda: swapped(eng, "flaky", 1))
+    assert h.state is SystemState.PROBATION and h.reason is None
+
+
+def test_delete_unloads_and_recreate_loads_again(project, make_engine) -> None:
+    hooks = project / "hooks.log"
+    write(
+        project / "systems" / "hooked.py",
+        f"""
+        import engine
+
+        def on_load(world):
+            open({str(hooks)!r}, "a").write("load\\n")
+
+        def on_unload(world):
+            open({str(hooks)!r}, "a").write("unload\\n")
+
+        @engine.system
+        def tick(world, dt):
+            pass
+    """,
+    )
+    source = (project / "systems" / "hooked.py").read_text()
+    eng = make_engine(counter_project(project))
+    eng.start_watching()
+    eng.step()
+    assert "hooked.tick" in eng.scheduler.handles
+    (project / "systems" / "hooked.py").unlink()
+    run_until(eng, lambda: "hooked.tick" not in eng.scheduler.handles)
+    assert "hooked" not in eng.loader.active
+    assert hooks.read_text().split() == ["load", "unload"]
+    (project / "systems" / "hooked.py").write_text(source)
+    run_until(eng, lambda: "hooked.tick" in eng.scheduler.handles)
+    assert hooks.read_text().split() == ["load", "unload", "load"]
+    eng.step()
+    assert counter_value(eng) >= 2  # the world was never touched
+
+
+def test_new_file_appearing_is_loaded(project, make_engine) -> None:
+    eng = make_engine(counter_project(project))
+    eng.start_watching()
+    write(
+        project / "systems" / "fresh.py",
+        """
+        import engine
+        from systems.counter import Counter
+
+        @engine.system(after="counter.count")
+        def double(world, dt):
+            for _, (c,) in world.get_components(Counter):
+                c.value *= 2
+    """,
+    )
+    run_until(eng, lambda: "fresh.double" in eng.scheduler.handles)
+    keys = [h.key for h in eng.scheduler.order]
+    assert keys.index("counter.count") < keys.index("fresh.double")
+
+
+# -- what editors really do -------------------------------------------------------------
+
+
+def save_in_place(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+def save_atomic_rename(path: Path, text: str) -> None:  # JetBrains "safe write", many tools
+    tmp = path.with_name(path.name + ".___jb_tmp___")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_vim_style(path: Path, text: str) -> None:  # backup by rename, write new, drop backup
+    backup = path.with_name(path.name + "~")
+    os.rename(path, backup)
+    path.write_text(text)
+    backup.unlink()
+
+
+def save_truncate_then_write(path: Path, text: str) -> None:  # VS Code
+    with open(path, "w") as f:  # truncates
+        f.flush()
+        os.fsync(f.fileno())
+        time.sleep(0.02)  # the watcher may well see the empty file first
+        f.write(text)
+
+
+def save_with_sed(path: Path, text: str) -> None:
+    subprocess.run(["sed", "-i", "s/c.value += 1$/c.value += 7/", str(path)], check=True)
+
+
+@pytest.mark.parametrize(
+    "save",
+    [save_in_place, save_atomic_rename, save_vim_style, save_truncate_then_write, save_with_sed],
+)
+def test_editor_save_patterns_all_swap_once_to_the_final_text(project, make_engine, save) -> None:
+    eng = make_engine(counter_project(project))
+    eng.start_watching()
+    eng.step()
+    path = project / "systems" / "counter.py"
+    save(path, COUNTER.format(step=7))
+    run_until(eng, lambda: eng.history("counter").active_number not in (None, 1))
+    time.sleep(0.1)  # let any stray events of the same save arrive
+    for _ in range(3):
+        eng.step()
+    h = eng.history("counter")
+    assert all(v.status is not VersionStatus.ERROR for v in h.versions)
+    assert h.source(h.active_number) == path.read_text()
+    assert not [s for s in eng.swaps if not s.ok]
+    before = counter_value(eng)
+    eng.step()
+    assert counter_value(eng) == before + 7
+
+
+def test_several_saves_within_milliseconds_end_on_the_last(project, make_engine) -> None:
+    eng = make_engine(counter_project(project))
+    eng.start_watching()
+    path = project / "systems" / "counter.py"
+    for step in (2, 3, 4, 5):
+        path.write_text(COUNTER.format(step=step))
+        time.sleep(0.001)
+    run_until(
+        eng,
+        lambda: (
+            "c.value += 5"
+            in eng.history("counter").source(eng.history("counter").active_number or 1)
+        ),
+    )
+    before = counter_value(eng)
+    eng.step()
+    assert counter_value(eng) == before + 5
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+def test_git_checkout_of_many_files_swaps_them_in_the_same_frame(project, make_engine) -> None:
+    def module(name: str, n: int) -> str:
+        return f"import engine\n\n@engine.system\ndef {name}(world, dt):\n    return {n}\n"
+
+    names = ["alpha", "beta", "gamma", "delta"]
+    for n in names:
+        write(project / "systems" / f"{n}.py", module(n, 1))
+    git = ["git", "-C", str(project), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "systems"], check=True)
+    subprocess.run([*git, "commit", "-qm", "v1"], check=True)
+    subprocess.run([*git, "checkout", "-qb", "other"], check=True)
+    for n in names:
+        write(project / "systems" / f"{n}.py", module(n, 2))
+    subprocess.run([*git, "commit", "-qam", "v2"], check=True)
+    subprocess.run([*git, "checkout", "-q", "-"], check=True)  # back to v1 files
+
+    eng = make_engine(project)
+    eng.start_watching()
+    eng.step()
+    subprocess.run([*git, "checkout", "-q", "other"], check=True)
+    run_until(eng, lambda: all(eng.history(n).active_number == 2 for n in names))
+    frames = {s.frame for s in eng.swaps if s.kind == "edit"}
+    assert len(frames) == 1, f"swapped over several frames: {eng.swaps}"
+    for n in names:
+        assert eng.scheduler.handles[f"{n}.{n}"].fn(None, 0) == 2
+
+
+# -- undo / redo and the persisted history ------------------------------------------------
+
+
+def test_undo_redo_move_the_active_version_and_survive_a_restart(project, make_engine) -> None:
+    eng = make_engine(counter_project(project))
+    eng.start_watching()
+    eng.step()
+    write(project / "systems" / "counter.py", COUNTER.format(step=10))
+    run_until(eng, lambda: eng.history("counter").active_number == 2)
+    assert eng.undo("counter") == 1
+    eng.step()
+    before = counter_value(eng)
+    eng.step()
+    assert counter_value(eng) == before + 1
+    assert eng.redo("counter") == 2
+    eng.step()
+    before = counter_value(eng)
+    eng.step()
+    assert counter_value(eng) == before + 10
+    eng.undo("counter")
+    eng.step()
+    eng.close()
+
+    restarted = make_engine(project)  # the file still says step=10; history says v1
+    assert restarted.history("counter").active_number == 1
+    restarted.step()
+    before = counter_value(restarted)
+    restarted.step()
+    assert counter_value(restarted) == before + 1
+    assert [v.number for v in restarted.history("counter").versions] == [1, 2]
+
+
+def test_undo_skips_versions_that_never_ran(project, make_engine) -> None:
+    eng = make_engine(counter_project(project))
+    eng.start_watching()
+    for text in (COUNTER.format(step=2), "syntax error(", COUNTER.format(step=3)):
+        n = len(eng.swaps)
+        write(project / "systems" / "counter.py", text)
+        run_until(eng, lambda n=n: len(eng.swaps) > n)
+    h = eng.history("counter")
+    assert [v.status for v in h.versions][2] is VersionStatus.ERROR
+    assert h.active_number == 4
+    assert eng.undo("counter") == 2  # v3 never ran: skipped
+    eng.step()
+    assert eng.undo("counter") == 1
+    eng.step()
+    with pytest.raises(LookupError):
+        eng.undo("counter")
+    assert eng.redo("counter") == 2
+    eng.step()
+    assert eng.redo("counter") == 4
+
+
+# -- components across reloads -------------------------------------------------------------
+
+COMPONENTS_V1 = """
+import engine
+
+@engine.component
+class Body:
+    x: float = 0.0
+    old_field: str = "gone soon"
+"""
+
+
+def test_component_migration_keeps_fields_defaults_new_drops_removed(project, make_engine) -> None:
+    write(project / "systems" / "bodies.py", COMPONENTS_V1)
+    write(
+        project / "systems" / "mover.py",
+        """
+        import engine
+        from systems.bodies import Body   # imported before the reload: a stale class later
+
+        @engine.system
+        def move(world, dt):
+            for _, (b,) in world.get_components(Body):
+                b.x += 1
+    """,
+    )
+    eng = make_engine(project)
+    old_cls = eng.loader.active["bodies"].components["systems.bodies:Body"]
+    ids = [eng.world.create_entity(old_cls(x=float(i))) for i in range(3)]
+    eng.start_watching()
+    eng.step()
+    write(
+        project / "systems" / "bodies.py",
+        """
+        import engine
+
+        @engine.component
+        class Body:
+            x: float = 0.0
+            y: float = 42.0
+    """,
+    )
+    run_until(eng, lambda: eng.history("bodies").active_number == 2)
+    new_cls = eng.loader.active["bodies"].components["systems.bodies:Body"]
+    assert new_cls is not old_cls
+    found = dict(eng.world.get_component(new_cls))
+    assert sorted(found) == ids
+    xs = [found[e].x for e in ids]
+    assert xs == [xs[0] + i for i in range(3)] and xs[0] >= 1  # fields kept
+    for e in ids:
+        assert found[e].y == 42.0  # new field defaulted
+        assert not hasattr(found[e], "old_field")  # removed field dropped
+    eng.step()  # mover still holds the old class: it acts on the migrated entities
+    assert [found[e].x for e in ids] == [x + 1 for x in xs]
+
+
+def test_migrate_hook_and_refused_migration(project, make_engine) -> None:
+    write(project / "systems" / "bodies.py", COMPONENTS_V1)
+    eng = make_engine(project)
+    cls = eng.loader.active["bodies"].components["systems.bodies:Body"]
+    e = eng.world.create_entity(cls(x=3.0))
+    eng.start_watching()
+    write(
+        project / "systems" / "bodies.py",
+        """
+        import engine
+
+        @engine.component
+        class Body:
+            x: float = 0.0
+            speed: float = 0.0
+
+            @classmethod
+            def migrate(cls, old):
+                return cls(x=old.x * 10, speed=len(old.old_field))
+    """,
+    )
+    run_until(eng, lambda: eng.history("bodies").active_number == 2)
+    new = eng.loader.active["bodies"].components["systems.bodies:Body"]
+    body = eng.world.component_for_entity(e, new)
+    assert (body.x, body.speed) == (30.0, 9.0)
+    state = eng.world.checkpoint()
+    write(
+        project / "systems" / "bodies.py",
+        """
+        import engine
+
+        @engine.component
+        class Body:
+            x: float
+            needs_a_value: int
+    """,
+    )
+    run_until(eng, lambda: any(not s.ok for s in eng.swaps))
+    assert "needs_a_value" in eng.swaps[-1].error
+    assert eng.history("bodies").active_number == 2
+    assert eng.world.checkpoint() == state  # entities untouched by the refused reload
+
+
+def test_on_load_failure_restores_the_world(project, make_engine) -> None:
+    eng = make_engine(counter_project(project))
+    eng.start_watching()
+    eng.step()
+    eng.scheduler.disable(eng.scheduler.handles["counter.count"], "manual", "freeze the world")
+    state = eng.world.checkpoint()
+    write(
+        project / "systems" / "counter.py",
+        COUNTER.format(step=1)
+        + """
+def on_load(world):
+    for e in list(world.get_entities()):
+        world.delete_entity(e, immediate=True)
+    raise RuntimeError("half done")
+""",
+    )
+    run_until(eng, lambda: any(not s.ok for s in eng.swaps))
+    assert "on_load failed" in eng.swaps[-1].error and "half done" in eng.swaps[-1].error
+    assert eng.world.checkpoint() == state  # every entity is back
+    assert eng.history("counter").active_number == 1
+
+
+def test_esper_processor_subclasses_run_as_systems(project, make_engine) -> None:
+    write(
+        project / "systems" / "legacy.py",
+        """
+        import esper
+        import engine
+        from systems.counter import Counter
+
+        class Doubler(esper.Processor):
+            priority = 5
+            def process(self, dt):
+                for _, (c,) in esper.get_components(Counter):
+                    c.value = c.value * 2 + (dt > 0)
+    """,
+    )
+    eng = make_engine(counter_project(project))
+    eng.step()
+    eng.step()
+    assert "legacy.Doubler" in eng.scheduler.handles
+    # Doubler (priority 5 -> runs first) then count: v -> 2v+1 -> 2v+2
+    assert counter_value(eng) == 6
+
+
+def test_stats_report_frames_systems_swaps_world(project, make_engine) -> None:
+    eng = make_engine(counter_project(project))
+    for _ in range(4):
+        eng.step()
+    stats = eng.stats()
+    assert stats["frames"] == 4
+    assert stats["systems"]["counter.count"]["calls"] == 4
+    assert stats["systems"]["counter.count"]["state"] == "probation"
+    assert stats["systems"]["counter.count"]["version"] == 1
+    assert stats["swaps"][0]["module"] == "counter" and stats["swaps"][0]["ok"]
+    assert stats["world"] == {"entities": 1}
