@@ -454,7 +454,8 @@ class Loader:
         target = unit.last_good()
         if target is None or target.number == loaded.version:
             for h in self.scheduler.handles.values():
-                if h.module == name:
+                # A system the scheduler already disabled keeps its own, sharper reason.
+                if h.module == name and h.state is not SystemState.DISABLED:
                     self.scheduler.disable(
                         h,
                         "rolled-back",
@@ -511,8 +512,10 @@ class Loader:
                     unit.mark(active.number, VersionStatus.BAD, why)
                     good = unit.last_good()
                     unit.activate(good.number if good else None)
-                    self.report(f"engine: blamed {name} v{active.number} for the crash; "
-                                + (f"back to v{good.number}" if good else "left out"))
+                    self.report(
+                        f"engine: blamed {name} v{active.number} for the crash; "
+                        + (f"back to v{good.number}" if good else "left out")
+                    )
         sources: dict[str, str | None] = {}
         versions: dict[str, int] = {}
         for name in self.project_modules():

@@ -282,6 +282,8 @@ class Scheduler:
                 continue
             if esper._cache_dirty:
                 self._rebuild_query_cache()
+            if wd.interrupts:
+                wd.interrupts = 0
             t0 = clock()
             wd.call_start_ns = t0
             wd.key = h.key
@@ -291,7 +293,8 @@ class Scheduler:
             except Overrun as exc:
                 wd.key = None
                 elapsed = clock() - t0
-                faults.append(Fault(h, "hard-limit", str(exc), elapsed, exc))
+                kind = "c-call" if exc.in_c_call else "hard-limit"
+                faults.append(Fault(h, kind, str(exc), elapsed, exc))
                 h.stats.record(elapsed)
                 continue
             except (Exception, SystemExit) as exc:
@@ -305,15 +308,17 @@ class Scheduler:
                 h.strikes = 0
             if h.stats.record(elapsed):
                 if elapsed > hard:
-                    faults.append(
-                        Fault(
-                            h,
+                    if wd.interrupts:  # it caught every Overrun and returned late anyway
+                        kind, why = "hard-limit", f"swallowed {wd.interrupts} interrupts"
+                    else:
+                        kind, why = (
                             "c-call",
-                            "a call returned over the hard limit: long "
-                            "C-level work the watchdog cannot interrupt",
-                            elapsed,
+                            (
+                                "a call returned over the hard limit: long C-level work the "
+                                "watchdog cannot interrupt"
+                            ),
                         )
-                    )
+                    faults.append(Fault(h, kind, why, elapsed))
                 elif h.stats.consecutive_overruns >= k_budget:
                     faults.append(
                         Fault(

@@ -36,6 +36,10 @@ from typing import Any
 import esper
 
 
+#: A handler that runs this long after its timer fired was held up by a C call.
+C_CALL_LATE_NS = 2_000_000
+
+
 class Overrun(BaseException):  # noqa: N818 - a control-flow signal, like KeyboardInterrupt
     """Raised inside a system call that ran past the hard limit.
 
@@ -43,15 +47,29 @@ class Overrun(BaseException):  # noqa: N818 - a control-flow signal, like Keyboa
     not swallow it.
     """
 
-    def __init__(self, key: str, elapsed_ns: int, limit_ns: int, attempt: int = 1) -> None:
+    def __init__(
+        self, key: str, elapsed_ns: int, limit_ns: int, attempt: int = 1, late_ns: int = 0
+    ) -> None:
         super().__init__(
             f"{key} ran {elapsed_ns / 1e6:.2f} ms, over the hard limit of {limit_ns / 1e6:.2f} ms"
             + (f" (interrupt #{attempt})" if attempt > 1 else "")
+            + (
+                f"; the interrupt waited {late_ns / 1e6:.1f} ms for a C call to return"
+                if late_ns >= C_CALL_LATE_NS
+                else ""
+            )
         )
         self.key = key
         self.elapsed_ns = elapsed_ns
         self.limit_ns = limit_ns
         self.attempt = attempt
+        #: How long after the timer fired the handler could run: large when the call was
+        #: stuck inside C code, which Python cannot interrupt.
+        self.late_ns = late_ns
+
+    @property
+    def in_c_call(self) -> bool:
+        return self.late_ns >= C_CALL_LATE_NS
 
 
 class LoadTimeout(BaseException):  # noqa: N818
@@ -104,6 +122,7 @@ class FrameWatchdog:
         self.interrupts = 0
         self.hung = False
         self.fired = 0  # handler invocations, for tests and stats
+        self._alarm_at_ns = 0  # when the armed timer is due
         self._installed = False
         self._previous_handler: Any = None
         self._protected = _protected_files()
@@ -134,9 +153,13 @@ class FrameWatchdog:
         return self._installed
 
     # -- per frame / per call -------------------------------------------------------------
+    def _arm(self, delay_ns: int) -> None:
+        self._alarm_at_ns = self.clock_ns() + delay_ns
+        signal.setitimer(signal.ITIMER_REAL, delay_ns / 1e9)
+
     def start_frame(self) -> None:
         if self._installed:
-            signal.setitimer(signal.ITIMER_REAL, self.hard_limit_ns / 1e9)
+            self._arm(self.hard_limit_ns)
 
     def end_frame(self) -> None:
         if self._installed:
@@ -154,7 +177,7 @@ class FrameWatchdog:
         """Arm for a single call outside the frame loop (``on_load`` hooks)."""
         self.enter(key, self.clock_ns())
         if self._installed:
-            signal.setitimer(signal.ITIMER_REAL, (limit_ns or self.hard_limit_ns) / 1e9)
+            self._arm(limit_ns or self.hard_limit_ns)
 
     def disarm_once(self) -> None:
         self.key = None
@@ -168,18 +191,15 @@ class FrameWatchdog:
         if key is None:
             return  # between calls: the frame's own code is never interrupted
         now = self.clock_ns()
+        late = now - self._alarm_at_ns
         elapsed = now - self.call_start_ns
-        due = (
-            self.hard_limit_ns
-            if self.interrupts == 0
-            else self.hard_limit_ns + (self.interrupts * self.retry_ns)
-        )
+        due = self.hard_limit_ns + self.interrupts * self.retry_ns
         if elapsed < due:
-            signal.setitimer(signal.ITIMER_REAL, max(due - elapsed, 50_000) / 1e9)
+            self._arm(max(due - elapsed, 50_000))
             return
         if frame is not None and os.path.realpath(frame.f_code.co_filename) in self._protected:
             # Inside esper / the world wrapper / the scheduler: let it finish its update.
-            signal.setitimer(signal.ITIMER_REAL, 100e-6)
+            self._arm(100_000)
             return
         self.interrupts += 1
         if self.interrupts > self.max_interrupts and not self.hung:
@@ -187,9 +207,8 @@ class FrameWatchdog:
             if self.on_hung is not None:
                 self.on_hung(key)
         # Keep interrupting a call that swallows it; slower once it is declared hung.
-        retry = self.retry_ns if not self.hung else 50 * self.retry_ns
-        signal.setitimer(signal.ITIMER_REAL, retry / 1e9)
-        raise Overrun(key, elapsed, self.hard_limit_ns, self.interrupts)
+        self._arm(self.retry_ns if not self.hung else 50 * self.retry_ns)
+        raise Overrun(key, elapsed, self.hard_limit_ns, self.interrupts, late)
 
 
 class ThreadWatchdog:

@@ -1,0 +1,384 @@
+"""The budgeted scheduler and the watchdog, with real systems in a real engine.
+
+Each runaway test keeps a counter system counting every frame and checks that the
+world's other components are untouched. Budget policy tests inject a clock, so they do
+not depend on this machine's speed; the interrupt tests measure the real interrupt.
+"""
+
+from __future__ import annotations
+
+import signal
+import types
+from pathlib import Path
+
+import esper
+import pytest
+
+from conftest import write
+from engine import SchedulePolicy, SystemState, World
+from engine.scheduler.scheduler import CACHE_LINE, Scheduler
+from engine.scheduler.spec import SystemSpec, system
+from engine.scheduler.watchdog import FrameWatchdog, Overrun
+
+HARD_MS = 20  # a short hard limit keeps these tests quick; the default is the frame
+
+BASE = """
+import engine
+
+@engine.component
+class Counter:
+    value: int = 0
+
+@engine.component
+class Treasure:
+    gold: int = 7
+
+@engine.system(order=-10)
+def count(world, dt):
+    for _, (c,) in world.get_components(Counter):
+        c.value += 1
+"""
+
+GAME = """
+from systems.base import Counter, Treasure
+
+def setup(world):
+    world.create_entity(Counter())
+    world.create_entity(Treasure(), Counter(value=1000))
+"""
+
+
+def make_project(project: Path, offender: str) -> Path:
+    write(project / "systems" / "base.py", BASE)
+    write(project / "systems" / "offender.py", offender)
+    write(project / "game.py", GAME)
+    return project
+
+
+def world_values(eng) -> tuple[list[int], list[int]]:
+    mod = eng.loader.active["base"].components
+    counters = sorted(c.value for _, c in eng.world.get_component(mod["systems.base:Counter"]))
+    gold = [t.gold for _, t in eng.world.get_component(mod["systems.base:Treasure"])]
+    return counters, gold
+
+
+def run_offender(project: Path, make_engine, offender: str, frames: int = 6, **policy):
+    policy.setdefault("hard_limit_ns", HARD_MS * 1_000_000)
+    eng = make_engine(make_project(project, offender), policy=SchedulePolicy(**policy))
+    assert eng.scheduler.watchdog.installed
+    for _ in range(frames):
+        eng.step()
+    counters, gold = world_values(eng)
+    assert counters == [frames, 1000 + frames], "the counter missed a frame"
+    assert gold == [7], "the offender touched the world's other components"
+    return eng, eng.scheduler.handles["offender.bad"]
+
+
+def test_infinite_loop_is_interrupted_and_disabled_at_once(project, make_engine) -> None:
+    eng, h = run_offender(
+        project,
+        make_engine,
+        """
+        import engine
+
+        @engine.system
+        def bad(world, dt):
+            while True:
+                pass
+    """,
+    )
+    assert h.state is SystemState.DISABLED
+    assert h.reason.limit == "hard-limit" and h.stats.calls == 1
+    assert h.reason.version == 1
+    assert "hard limit" in h.reason.detail
+
+
+def test_sleep_is_interrupted(project, make_engine) -> None:
+    eng, h = run_offender(
+        project,
+        make_engine,
+        """
+        import time
+        import engine
+
+        @engine.system
+        def bad(world, dt):
+            time.sleep(1)
+    """,
+    )
+    assert h.state is SystemState.DISABLED and h.reason.limit == "hard-limit"
+    assert h.stats.max_ns < 500_000_000  # it did not sleep its second
+
+
+def test_swallowed_interrupts_are_repeated_then_the_process_is_declared_hung(
+    project, make_engine
+) -> None:
+    eng, h = run_offender(
+        project,
+        make_engine,
+        """
+        import engine
+
+        @engine.system
+        def bad(world, dt):
+            swallowed = 0
+            while swallowed < 5:       # gives up eventually, so the test can end
+                try:
+                    while True:
+                        pass
+                except BaseException:
+                    swallowed += 1
+    """,
+    )
+    assert h.state is SystemState.DISABLED and h.reason.limit == "hard-limit"
+    assert h.reason.detail == "swallowed 5 interrupts"
+    assert eng.hung_reason is not None and "offender.bad" in eng.hung_reason
+    assert eng.stats()["hung"] == eng.hung_reason
+
+
+def test_long_c_call_is_detected_and_disabled(project, make_engine) -> None:
+    eng, h = run_offender(
+        project,
+        make_engine,
+        """
+        import numpy as np
+        import engine
+
+        A = np.random.default_rng(0).random((1500, 1500))
+
+        @engine.system
+        def bad(world, dt):
+            for _ in range(8):
+                A @ A    # each product is one long call inside BLAS
+    """,
+        hard_limit_ns=2_000_000,
+    )
+    assert h.state is SystemState.DISABLED
+    assert h.reason.limit in ("c-call", "hard-limit")
+    assert h.stats.max_ns > 2_000_000
+
+
+def test_c_call_returning_over_the_limit_is_recorded_as_c_call() -> None:
+    # Without the signal (a call on a thread, or a C call that returns before the handler
+    # ran) the scheduler still sees the call's time and disables the system.
+    clock = FakeClock()
+    sched = Scheduler(SchedulePolicy(hard_limit_ns=10_000_000), clock_ns=clock)
+
+    def long_c_call(world, dt):
+        clock.t += 50_000_000
+
+    sched.set_module_systems("m", 1, [(SystemSpec("c"), long_c_call)], frame=0)
+    w = World()
+    faults = sched.run_frame(w, 0.011, 1)
+    assert [f.kind for f in faults] == ["c-call"]
+    assert sched.handles["m.c"].state is SystemState.DISABLED
+    assert sched.handles["m.c"].reason.over_ms == pytest.approx(40.0)
+    w.delete()
+
+
+def test_infinite_loop_at_module_import_keeps_the_last_version(project, make_engine) -> None:
+    eng = make_engine(make_project(project, "import engine\n"), load_limit_s=0.2)
+    eng.start_watching()
+    eng.step()
+    write(project / "systems" / "base.py", BASE + "\nwhile True:\n    pass\n")
+    from conftest import run_until
+
+    frames = run_until(eng, lambda: any(not s.ok for s in eng.swaps))
+    assert "LoadTimeout" in eng.swaps[-1].error
+    counters, gold = world_values(eng)
+    assert counters == [1 + frames, 1001 + frames] and gold == [7]
+
+
+def test_raising_system_is_abandoned_and_the_frame_goes_on(project, make_engine) -> None:
+    eng, h = run_offender(
+        project,
+        make_engine,
+        """
+        import engine
+
+        @engine.system(order=-20)
+        def bad(world, dt):
+            raise KeyError("no such thing")
+    """,
+    )
+    assert h.state is SystemState.DISABLED and h.reason.limit == "rolled-back"
+    assert "KeyError" in h.reason.detail
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0
+
+    def __call__(self) -> int:
+        return self.t
+
+
+def scheduler_with(policy: SchedulePolicy, *systems) -> tuple[Scheduler, FakeClock, World]:
+    clock = FakeClock()
+    sched = Scheduler(policy, clock_ns=clock)
+    sched.set_module_systems(
+        "m", 1, [(SystemSpec(f.__name__, budget_ms=b), f) for f, b in systems], frame=0
+    )
+    return sched, clock, World()
+
+
+def test_system_over_budget_k_frames_in_a_row_is_disabled() -> None:
+    policy = SchedulePolicy(over_budget_frames=3)
+    calls = {"n": 0}
+
+    def slow(world, dt):  # 2x its 1 ms budget, for 5 frames, then fast
+        calls["n"] += 1
+        clock.t += 2_000_000 if calls["n"] <= 5 else 100_000
+
+    def counter(world, dt):
+        clock.t += 10_000
+
+    sched, clock, w = scheduler_with(policy, (slow, 1.0), (counter, None))
+    kinds = [[f.kind for f in sched.run_frame(w, 0.011, i)] for i in range(1, 7)]
+    assert kinds[:3] == [[], [], ["budget"]]
+    h = sched.handles["m.slow"]
+    assert h.state is SystemState.DISABLED and h.reason.limit == "budget"
+    assert h.reason.over_ms == pytest.approx(1.0)
+    assert calls["n"] == 3  # not called once disabled
+    assert sched.handles["m.counter"].stats.calls == 6
+    sched.enable("m.slow")  # by hand: back on probation
+    assert sched.handles["m.slow"].state is SystemState.PROBATION
+    w.delete()
+
+
+def test_over_budget_but_not_in_a_row_is_tolerated() -> None:
+    n = {"i": 0}
+
+    def spiky(world, dt):
+        n["i"] += 1
+        clock.t += 3_000_000 if n["i"] % 2 else 10_000
+
+    sched, clock, w = scheduler_with(SchedulePolicy(over_budget_frames=3), (spiky, 1.0))
+    for i in range(1, 21):
+        sched.run_frame(w, 0.011, i)
+    assert sched.handles["m.spiky"].enabled
+    assert sched.handles["m.spiky"].stats.overruns == 10
+    w.delete()
+
+
+def test_fair_share_budget_and_explicit_budgets() -> None:
+    sched, clock, w = scheduler_with(
+        SchedulePolicy(), (lambda w, dt: None, 5.0), *[(system(lambda w, dt: None), None)] * 0
+    )
+    a = [(SystemSpec("a", budget_ms=5.0), lambda w, dt: None)]
+    b = [(SystemSpec(n), lambda w, dt: None) for n in "bcd"]
+    sched.set_module_systems("m", 1, a + b, frame=0)
+    budgets = {h.name: h.budget_ns for h in sched.order}
+    assert budgets["a"] == 5_000_000
+    share = (sched.policy.frame_ns - 5_000_000) // 3
+    assert budgets["b"] == budgets["c"] == budgets["d"] == share
+    w.delete()
+
+
+def test_order_and_after_constraints() -> None:
+    sched = Scheduler()
+    noop = lambda w, dt: None  # noqa: E731
+    sched.set_module_systems(
+        "m",
+        1,
+        [
+            (SystemSpec("late", order=10), noop),
+            (SystemSpec("early", order=-10, after=("late",)), noop),
+            (SystemSpec("mid"), noop),
+        ],
+        frame=0,
+    )
+    assert [h.name for h in sched.order] == ["mid", "late", "early"]
+
+
+def test_esper_cache_rebuild_is_charged_to_its_own_line() -> None:
+    w = World()
+    from dataclasses import dataclass
+
+    @dataclass
+    class P:
+        x: int = 0
+
+    for i in range(2000):
+        w.create_entity(P(i))
+
+    clock = FakeClock()
+
+    def spawner(world, dt):
+        world.create_entity(P())  # a structural change: esper's cache is now dirty
+        clock.t += 1000
+
+    def reader(world, dt):
+        n = len(world.get_component(P))  # would rebuild the cache inside this system
+        assert n > 0
+        clock.t += 1000
+
+    sched = Scheduler(clock_ns=clock)
+    sched.set_module_systems(
+        "m", 1, [(SystemSpec("spawner"), spawner), (SystemSpec("reader"), reader)], frame=0
+    )
+    real_clear = esper._clear_cache_now
+
+    def slow_clear() -> None:  # make the rebuild visible on the fake clock
+        clock.t += 500_000
+        real_clear()
+
+    esper._clear_cache_now = slow_clear
+    try:
+        for i in range(1, 4):
+            sched.run_frame(w, 0.011, i)
+    finally:
+        esper._clear_cache_now = real_clear
+    assert sched.handles["m.reader"].stats.max_ns == 1000  # never charged the rebuild
+    assert sched.cache_stats.max_ns >= 500_000
+    assert sched.snapshot()["esper_cache"]["name"] == CACHE_LINE
+    w.delete()
+
+
+def test_interrupt_never_fires_outside_the_call_it_was_armed_for(project, make_engine) -> None:
+    # Four calls of 12 ms each: the frame (48 ms) passes the 30 ms hard limit, no call does.
+    write(
+        project / "systems" / "steady.py",
+        """
+        import time
+        import engine
+
+        def _busy(ms):
+            end = time.perf_counter() + ms / 1000
+            while time.perf_counter() < end:
+                pass
+
+        @engine.system
+        def a(world, dt): _busy(12)
+        @engine.system
+        def b(world, dt): _busy(12)
+        @engine.system
+        def c(world, dt): _busy(12)
+        @engine.system
+        def d(world, dt): _busy(12)
+    """,
+    )
+    eng = make_engine(
+        project, policy=SchedulePolicy(hard_limit_ns=30_000_000, over_budget_frames=1000)
+    )
+    for _ in range(4):
+        assert eng.step() == []
+    assert eng.scheduler.watchdog.fired >= 4  # it fired each frame, and only re-armed
+
+
+def test_handler_defers_inside_engine_and_esper_code() -> None:
+    wd = FrameWatchdog(1_000_000, clock_ns=lambda: 10_000_000)
+    wd.enter("m.s", 0)
+    inside_esper = types.SimpleNamespace(f_code=types.SimpleNamespace(co_filename=esper.__file__))
+    wd._installed = False  # do not touch the real timer from this unit test
+    signal_setitimer = signal.setitimer
+    signal.setitimer = lambda *a: None
+    try:
+        wd._on_alarm(signal.SIGALRM, inside_esper)  # would be mid-update: no raise
+        user = types.SimpleNamespace(f_code=types.SimpleNamespace(co_filename="/game/x.py"))
+        with pytest.raises(Overrun):
+            wd._on_alarm(signal.SIGALRM, user)
+        wd.leave()
+        wd._on_alarm(signal.SIGALRM, user)  # nothing armed: no raise
+    finally:
+        signal.setitimer = signal_setitimer
