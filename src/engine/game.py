@@ -33,6 +33,7 @@ from engine.loader.watcher import COMMANDS_DIR, ProjectWatcher
 from engine.pose.base import PoseSample, PoseSource
 from engine.scheduler.pacing import Clock, FixedRatePacer, MonotonicClock
 from engine.scheduler.scheduler import Fault, SchedulePolicy, Scheduler
+from engine.scheduler.stats import FrameRecorder
 from engine.world.world import World
 
 RUN_FILE = Path(".engine") / "run.json"
@@ -137,6 +138,8 @@ class Engine:
         )
         self.frame = 0
         self.hung_reason: str | None = None
+        #: Set to a ``FrameRecorder`` to keep every frame's per-system times (for plots).
+        self.recorder: FrameRecorder | None = None
         self.watcher: ProjectWatcher | None = None
         self._main_calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -193,6 +196,8 @@ class Engine:
         )
         self.world.resources[FrameInfo] = FrameInfo(frame, dt, now, pose)
         faults = self.scheduler.run_frame(self.world, dt, frame)
+        if self.recorder is not None:
+            self.recorder.record(self.scheduler.last_frame_times())
         if faults:
             self._apply_fault_policy(faults)
         self.loader.tick(frame)

@@ -84,11 +84,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             live.update({**eng.scheduler.snapshot(), "swaps": [s.to_json() for s in eng.swaps]})
 
     engine.after_frame.append(show)
+    if args.plot:
+        from engine.scheduler.stats import FrameRecorder
+
+        engine.recorder = FrameRecorder(args.frames or 90 * 600)
     try:
         with live:
             engine.run(frames=args.frames, watch=not args.no_watch)
     finally:
         stats = engine.stats()
+        if args.plot and engine.recorder is not None and len(engine.recorder):
+            from engine.scheduler.plot import plot_frame_times
+
+            plot_frame_times(engine.recorder, Path(args.plot))
+            print(f"engine: per-system frame times plotted to {args.plot}")
         if args.stats_json:
             Path(args.stats_json).write_text(json.dumps(stats, indent=1))
             print(f"engine: stats written to {args.stats_json}")
@@ -171,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-watch", action="store_true", help="do not watch for edits")
     r.add_argument("--fixed-dt", type=float, default=None, help="constant dt per frame")
     r.add_argument("--quiet", action="store_true", help="no live console table")
+    r.add_argument("--plot", help="write a PNG of per-system frame times at exit")
     r.set_defaults(func=cmd_run)
     n = sub.add_parser("new", help="scaffold a new game project")
     n.add_argument("dir")

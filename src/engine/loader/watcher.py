@@ -44,7 +44,7 @@ class ProjectWatcher:
         on_systems: Callable[[dict[str, str | None], int], None],
         on_shader: Callable[[Path, int], None] | None = None,
         on_command: Callable[[Path], None] | None = None,
-        step_ms: int = 5,
+        step_ms: int = 3,
         debounce_ms: int = 200,
     ) -> None:
         self.project_dir = Path(project_dir).resolve()

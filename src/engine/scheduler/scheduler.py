@@ -363,6 +363,14 @@ class Scheduler:
         self.cache_stats.record(self.clock_ns() - t0)
 
     # -- reporting -----------------------------------------------------------------------------
+    def last_frame_times(self) -> dict[str, int]:
+        """Each system's time in the frame just run (ns), for per-frame recording."""
+        out = {}
+        for h in self.order:
+            if h.stats.calls and h.stats.window.count:
+                out[h.key] = h.stats.window.samples(last=1)[0]
+        return out
+
     def snapshot(self) -> dict[str, Any]:
         systems = {}
         for h in self.order:

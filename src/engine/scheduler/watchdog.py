@@ -35,7 +35,6 @@ from typing import Any
 
 import esper
 
-
 #: A handler that runs this long after its timer fired was held up by a C call.
 C_CALL_LATE_NS = 2_000_000
 

@@ -1,0 +1,144 @@
+"""The ``engine`` command, run as a user would: real subprocesses on real project folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import write
+from engine.loader.history import ProjectHistory
+
+ENV = {**os.environ, "PYGLET_HEADLESS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def engine_cmd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "engine.launcher.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+    )
+
+
+def wait_for(cond, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_new_project_runs_and_writes_stats(tmp_path: Path) -> None:
+    proj = tmp_path / "game"
+    assert engine_cmd("new", str(proj)).returncode == 0
+    assert (proj / "systems" / "bob.py").exists() and (proj / "game.py").exists()
+    stats_path = tmp_path / "stats.json"
+    r = engine_cmd("run", str(proj), "--frames", "45", "--stats-json", str(stats_path), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "swap bob v1 (load) ok" in r.stdout
+    stats = json.loads(stats_path.read_text())
+    assert stats["frames"] == 45
+    assert stats["world"]["entities"] == 1
+    bob = stats["systems"]["bob.bob"]
+    assert bob["calls"] == 45 and bob["state"] in ("probation", "enabled") and bob["version"] == 1
+    for key in ("mean_ms", "p99_ms", "max_ms", "overruns", "reason"):
+        assert key in bob
+    for key in ("frame_ms_p50", "frame_ms_p99", "frames_over_budget"):
+        assert key in stats
+    assert {"module", "version", "ok", "error", "latency_ms"} <= set(stats["swaps"][0])
+    assert engine_cmd("new", str(proj)).returncode == 2  # refuses a non-empty folder
+
+
+def test_bundled_demo_runs_by_default(tmp_path: Path) -> None:
+    stats_path = tmp_path / "s.json"
+    r = engine_cmd(
+        "run", "--frames", "20", "--stats-json", str(stats_path), "--quiet", "--no-watch"
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(stats_path.read_text())["world"]["entities"] >= 5
+
+
+COUNTER = """
+import engine
+
+@engine.component
+class Counter:
+    value: int = 0
+
+@engine.system
+def count(world, dt):
+    for _, (c,) in world.get_components(Counter):
+        c.value += {step}
+"""
+
+
+def test_history_undo_redo_on_a_stopped_game(tmp_path: Path) -> None:
+    write(tmp_path / "systems" / "counter.py", COUNTER.format(step=1))
+    assert engine_cmd("run", str(tmp_path), "--frames", "2", "--quiet").returncode == 0
+    write(tmp_path / "systems" / "counter.py", COUNTER.format(step=2))
+    assert engine_cmd("run", str(tmp_path), "--frames", "2", "--quiet").returncode == 0
+    r = engine_cmd("history", str(tmp_path), "counter")
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("* v2")
+    r = engine_cmd("undo", str(tmp_path), "counter")
+    assert r.returncode == 0 and "v1" in r.stdout
+    assert ProjectHistory(tmp_path).unit("systems", "counter").active_number == 1
+    assert engine_cmd("undo", str(tmp_path), "counter").returncode == 1  # nothing before v1
+    assert engine_cmd("redo", str(tmp_path), "counter").returncode == 0
+    assert ProjectHistory(tmp_path).unit("systems", "counter").active_number == 2
+
+
+def test_undo_and_enable_reach_a_running_game(tmp_path: Path) -> None:
+    write(tmp_path / "systems" / "counter.py", COUNTER.format(step=1))
+    write(
+        tmp_path / "systems" / "bad.py",
+        """
+        import engine
+
+        @engine.system
+        def explode(world, dt):
+            raise RuntimeError("always")
+    """,
+    )
+    stats_path = tmp_path / "stats.json"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine.launcher.cli",
+            "run",
+            str(tmp_path),
+            "--quiet",
+            "--stats-json",
+            str(stats_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+    )
+    try:
+        wait_for(lambda: (tmp_path / ".engine" / "run.json").exists())
+        unit = lambda: ProjectHistory(tmp_path).unit("systems", "counter")  # noqa: E731
+        write(tmp_path / "systems" / "counter.py", COUNTER.format(step=5))
+        wait_for(lambda: unit().active_number == 2)
+        r = engine_cmd("undo", str(tmp_path), "counter")
+        assert r.returncode == 0 and "live" in r.stdout, r.stdout + r.stderr
+        wait_for(lambda: unit().active_number == 1)
+        r = engine_cmd("enable", str(tmp_path), "bad.explode")
+        assert r.returncode == 0 and "bad.explode enabled" in r.stdout, r.stdout + r.stderr
+        r = engine_cmd("enable", str(tmp_path), "no_such_system")
+        assert r.returncode == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    stats = json.loads(stats_path.read_text())
+    kinds = [(s["module"], s["kind"]) for s in stats["swaps"]]
+    assert ("counter", "undo") in kinds
+    assert not (tmp_path / ".engine" / "run.json").exists()
