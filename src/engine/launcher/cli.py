@@ -41,7 +41,10 @@ def setup(world):
     )
 '''
 
-SCAFFOLD_SYSTEM = '''"""A system module: edit it while the game runs; a broken save never stops play."""
+SCAFFOLD_SYSTEM = '''"""A system module: edit it while the game runs.
+
+A broken save never stops play: the last working version keeps running.
+"""
 
 import engine
 from engine.render.components import Transform
