@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import threading
 import time
@@ -25,7 +26,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.loader.history import ProjectHistory, VersionHistory
 from engine.loader.loader import Loader, SwapRecord
@@ -35,6 +36,9 @@ from engine.scheduler.pacing import Clock, FixedRatePacer, MonotonicClock
 from engine.scheduler.scheduler import Fault, SchedulePolicy, Scheduler
 from engine.scheduler.stats import FrameRecorder
 from engine.world.world import World
+
+if TYPE_CHECKING:
+    from engine.render.stage import RenderSettings, RenderStage
 
 RUN_FILE = Path(".engine") / "run.json"
 
@@ -75,6 +79,23 @@ def bundled_example(name: str = "spinning_cubes") -> Path:
     raise FileNotFoundError(f"bundled example {name!r} not found")
 
 
+def user_copy_of_example(name: str = "spinning_cubes") -> Path:
+    """A copy of a bundled example in the user's data folder, made on first use.
+
+    The engine writes its history into a project, and a user edits its systems, so the
+    demo runs from a copy (``$XDG_DATA_HOME/all-source-engine/examples/<name>``), never
+    from the installed package.
+    """
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    target = base / "all-source-engine" / "examples" / name
+    if not target.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(
+            bundled_example(name), target, ignore=shutil.ignore_patterns(".engine", "__pycache__")
+        )
+    return target
+
+
 class Engine:
     """A running game: a project folder's systems acting on one world.
 
@@ -95,6 +116,10 @@ class Engine:
             the compositor, its pose handoff). Needs ``wait() -> int`` and ``period_ns``.
         blame_probation: on start, a version still on probation (the game died while it
             was new) is marked bad and its last good version is loaded instead.
+        render: draw both eyes every frame (headless GL) into a layer; with no
+            ``pose_source`` a simulated headset moves the head.
+        layer_fd: the layer block to publish into (made by the compositor); default: the
+            render stage makes its own.
         report: console output for swaps and errors.
     """
 
@@ -112,6 +137,8 @@ class Engine:
         load_limit_s: float = 2.0,
         pacer: Pacer | None = None,
         blame_probation: bool = False,
+        render: RenderSettings | None = None,
+        layer_fd: int | None = None,
     ) -> None:
         self.project_dir = Path(project_dir).resolve()
         if not self.project_dir.is_dir():
@@ -150,12 +177,37 @@ class Engine:
         self.shader_listeners: list[Callable[[Path, int], None]] = []
         #: Called between frames on the main thread, before systems run (shader swaps).
         self.before_frame: list[Callable[[Engine], None]] = []
+        self.shader_swaps: list[Any] = []
         self.scheduler.watchdog.install()
+        self.render_stage: RenderStage | None = None
+        if render is not None:
+            self._start_rendering(render, layer_fd)
         self.loader.load_all(frame=0, blame_probation=blame_probation)
+        if render is not None:
+            self.loader.require("render")
         if is_new_world:
             self._run_setup()
+        if self.render_stage is not None:
+            self.render_stage.warm_up(self.world)
 
     # -- set-up --------------------------------------------------------------------------
+    def _start_rendering(self, settings: RenderSettings, layer_fd: int | None) -> None:
+        from engine.render.stage import RenderStage
+
+        stage = RenderStage(settings, self.project_dir, self.history_store, layer_fd)
+        self.render_stage = stage
+        self.world.resources[RenderStage] = stage
+        if self.pose_source is None:
+            from engine.pose.simulated import SimulatedHeadset
+
+            self.pose_source = SimulatedHeadset(fov=settings.fov)
+        self.shader_listeners.append(stage.shaders.queue_change)
+        self.before_frame.append(lambda eng: self._apply_shader_swaps(stage))
+
+    def _apply_shader_swaps(self, stage: RenderStage) -> None:
+        for swap in stage.shaders.apply_pending():
+            self.shader_swaps.append(swap)
+
     def _run_setup(self) -> None:
         """Call ``game.py``'s ``setup(world)`` once, for a new world."""
         path = self.project_dir / "game.py"
@@ -366,6 +418,9 @@ class Engine:
     def close(self) -> None:
         """Stop watching, give back SIGALRM and free the world's esper context."""
         self.stop_watching()
+        if self.render_stage is not None:
+            self.render_stage.close()
+            self.render_stage = None
         self.scheduler.watchdog.uninstall()
         self.world.delete()
 

@@ -19,7 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-from engine.game import Engine, bundled_example, install_stop_signals, running_pid, send_command
+from engine.game import (
+    Engine,
+    install_stop_signals,
+    running_pid,
+    send_command,
+    user_copy_of_example,
+)
 from engine.loader.history import ProjectHistory
 
 SCAFFOLD_GAME = '''"""{name}: a game built on the All-Source Engine.
@@ -64,18 +70,31 @@ def bob(world, dt):
 
 
 def _project(arg: str | None) -> Path:
-    return Path(arg) if arg else bundled_example()
+    return Path(arg) if arg else user_copy_of_example()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.launcher.console import LiveConsole
+    from engine.render.stage import RenderSettings
 
     project = _project(args.project)
-    engine = Engine(project, fixed_dt=args.fixed_dt)
+    render = None if args.no_render else RenderSettings.parse_size(args.size)
+    try:
+        engine = Engine(project, fixed_dt=args.fixed_dt, render=render)
+    except Exception as exc:  # no EGL/GL here: the game still runs, without pictures
+        if render is None:
+            raise
+        print(
+            f"engine: rendering is off: {type(exc).__name__}: {exc}\n"
+            "  (headless GL needs EGL and Mesa: apt-get install libegl1 libgl1-mesa-dri)"
+        )
+        engine = Engine(project, fixed_dt=args.fixed_dt)
     install_stop_signals(engine)
+    stage = engine.render_stage
+    drawing = f"drawing 2x{stage.spec.width}x{stage.spec.height}" if stage else "not drawing"
     print(
-        f"engine: running {project} at 90 Hz, headless; edit {project / 'systems'} live "
-        "(Ctrl-C to stop)"
+        f"engine: running {project} at 90 Hz, headless, {drawing}; "
+        f"edit {project / 'systems'} live (Ctrl-C to stop)"
     )
     live = LiveConsole(enabled=not args.quiet)
     last = [0.0]
@@ -96,6 +115,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             engine.run(frames=args.frames, watch=not args.no_watch)
     finally:
         stats = engine.stats()
+        if args.capture and engine.render_stage is not None:
+            engine.render_stage.capture(args.capture)
+            print(f"engine: last frame (both eyes) written to {args.capture}")
         if args.plot and engine.recorder is not None and len(engine.recorder):
             from engine.scheduler.plot import plot_frame_times
 
@@ -184,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fixed-dt", type=float, default=None, help="constant dt per frame")
     r.add_argument("--quiet", action="store_true", help="no live console table")
     r.add_argument("--plot", help="write a PNG of per-system frame times at exit")
+    r.add_argument("--size", default="640x480", help="per-eye render size (default 640x480)")
+    r.add_argument("--no-render", action="store_true", help="run without drawing")
+    r.add_argument("--capture", help="write the last frame, both eyes side by side, to a PNG")
     r.set_defaults(func=cmd_run)
     n = sub.add_parser("new", help="scaffold a new game project")
     n.add_argument("dir")

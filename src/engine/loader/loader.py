@@ -176,6 +176,10 @@ class Loader:
             self.dependents.setdefault(stem, set()).add(importer)
         return module
 
+    def require(self, stem: str) -> LoadedModule:
+        """The active version of ``stem``, loading it now if needed (main thread)."""
+        return self.active.get(stem) or self._load_now(stem)
+
     def _load_now(self, stem: str) -> LoadedModule:
         """Load a module that is imported before it was loaded (``game.py`` importing a
         built-in). Only between frames on the main thread: it goes live immediately."""

@@ -1,0 +1,135 @@
+"""How much does handing a rendered stereo frame to the compositor cost?
+
+For each eye size, renders a small scene (a floor, a ring of cubes, a few spheres) for
+both eyes headless, reads each eye straight into a shared-memory layer image and
+publishes it. Per-frame medians, in milliseconds:
+
+* ``draw``: issuing the draws of both eyes and waiting for them (``glFinish``);
+* ``readback``: ``glReadPixels`` of both eyes straight into the layer's shared memory;
+* ``publish``: ``LayerWriter.acquire`` + ``publish`` (pose records and seqlocks);
+* ``floor``: a bare ``numpy`` copy of the same bytes into shared memory, the least any
+  hand-off from private memory can cost;
+* ``via copy``: the path we avoid, reading back into a private array, then copying;
+* ``ratio``: (readback + publish) / floor. Target: <= 1.2.
+
+Run: ``python bench/render_layer.py [frames]`` (default 100; a few seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+import esper
+import numpy as np
+
+from engine.compositor.layer import LayerSpec, LayerWriter, create_layer_fd
+from engine.pose.simulated import SimulatedHeadset
+from engine.render import Material, Mesh, Renderer, ShaderLibrary, Transform
+from engine.render.context import gl_description
+
+SIZES = [(1280, 720), (1440, 1600)]
+
+
+def build_scene() -> None:
+    esper.switch_world("bench-render-layer")
+    esper.create_entity(
+        Transform((0.0, 0.0, -3.0), scale=(10.0, 1.0, 10.0)),
+        Mesh("plane"),
+        Material((0.3, 0.3, 0.35, 1)),
+    )
+    for i in range(12):
+        angle = 2 * np.pi * i / 12
+        position = (2.5 * np.sin(angle), 1.2 + 0.3 * np.sin(3 * angle), -3.0 - 2.5 * np.cos(angle))
+        color = (0.5 + 0.5 * np.sin(angle), 0.5 + 0.5 * np.cos(angle), 0.6, 1.0)
+        esper.create_entity(
+            Transform(position, scale=(0.4, 0.4, 0.4)), Mesh("cube"), Material(color)
+        )
+    for x in (-1.0, 0.0, 1.0):
+        esper.create_entity(
+            Transform((x, 1.5, -4.0), scale=(0.6, 0.6, 0.6)),
+            Mesh("sphere"),
+            Material((0.9, 0.8, 0.2, 1)),
+        )
+
+
+def median_ms(samples: list[int]) -> float:
+    return statistics.median(samples) / 1e6
+
+
+def bench_size(width: int, height: int, frames: int) -> dict[str, float]:
+    renderer = Renderer(width, height, ShaderLibrary())
+    spec = LayerSpec(width=width, height=height, eyes=2)
+    fd = create_layer_fd(spec, name="bench")
+    writer = LayerWriter(fd, spec)
+    headset = SimulatedHeadset()
+    private = np.empty(spec.shape, dtype=np.uint8)
+    draw, readback, publish, floor, via_copy = [], [], [], [], []
+
+    def frame(n: int) -> None:
+        sample = headset.sample(n, n * 11_111_111)
+        t0 = time.perf_counter_ns()
+        slot = writer.acquire()
+        t1 = time.perf_counter_ns()
+        timings = renderer.render(esper, sample.eyes, (slot.address(0), slot.address(1)))
+        t2 = time.perf_counter_ns()
+        writer.publish(slot, frame=n, eyes=sample.eyes, completed_ns=t2)
+        t3 = time.perf_counter_ns()
+        draw.append(timings.draw_ns)
+        readback.append(timings.readback_ns)
+        publish.append((t1 - t0) + (t3 - t2))
+
+    # Warm up: compile, upload, and touch every image of the ring once (first-touch page
+    # faults are a start-up cost, not a per-frame one).
+    for n in range(spec.images * 2):
+        frame(n)
+        private[:] = writer.acquire().pixels
+    draw.clear(), readback.clear(), publish.clear()
+
+    for n in range(frames):
+        frame(n)
+        # The floor: the same bytes, already in private memory, copied into a layer image.
+        slot = writer.acquire()
+        t0 = time.perf_counter_ns()
+        np.copyto(slot.pixels, private)
+        floor.append(time.perf_counter_ns() - t0)
+        # The avoided path: read back into private memory, then copy into the layer.
+        sample = headset.sample(n, n * 11_111_111)
+        timings = renderer.render(esper, sample.eyes, (private[0], private[1]))
+        t0 = time.perf_counter_ns()
+        np.copyto(slot.pixels, private)
+        via_copy.append(timings.readback_ns + time.perf_counter_ns() - t0)
+        writer.publish(slot, frame=n, eyes=sample.eyes, completed_ns=0)
+
+    renderer.close()
+    writer.close()
+    os.close(fd)
+    result = {
+        "draw": median_ms(draw),
+        "readback": median_ms(readback),
+        "publish": median_ms(publish),
+        "floor": median_ms(floor),
+        "via copy": median_ms(via_copy),
+    }
+    result["ratio"] = (result["readback"] + result["publish"]) / result["floor"]
+    return result
+
+
+def main() -> None:
+    frames = int(sys.argv[1]) if len(sys.argv) > 1 else 100
+    build_scene()
+    print(f"render_layer: {gl_description()}; {frames} frames per size, medians in ms")
+    columns = ["draw", "readback", "publish", "floor", "via copy", "ratio"]
+    print(f"{'eyes':>13} {'MB':>5} " + " ".join(f"{c:>9}" for c in columns))
+    for width, height in SIZES:
+        result = bench_size(width, height, frames)
+        mb = 2 * width * height * 4 / 1e6
+        cells = " ".join(f"{result[c]:9.2f}" for c in columns)
+        print(f"{f'2x{width}x{height}':>13} {mb:5.1f} {cells}")
+    print("ratio = (readback + publish) / floor; target <= 1.2")
+
+
+if __name__ == "__main__":
+    main()

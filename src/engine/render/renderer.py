@@ -1,0 +1,357 @@
+"""Draw the world once per eye into offscreen framebuffers and read each eye back.
+
+One frame, as :meth:`Renderer.render` does it:
+
+1. gather every entity with ``Transform``, ``Mesh`` and ``Material`` (one query), compute
+   all model and normal matrices in one vectorised numpy pass, sort by shader and mesh;
+2. for each eye: bind that eye's framebuffer (RGBA8 colour + 24-bit depth), clear, set the
+   per-eye uniforms once per program, then per entity set model, normal matrix and colour
+   and draw its indexed triangles;
+3. ``glFinish`` (so ``draw_ns`` holds the whole drawing, on a GPU or on llvmpipe);
+4. for each eye, ``glReadPixels`` straight into the caller's destination: a writable
+   C-contiguous ``(height, width, 4)`` uint8 numpy array or a raw address (e.g. a slot of a
+   shared-memory layer). Rows arrive bottom-to-top, as GL stores them.
+
+Nothing is copied between the framebuffer and the destination. Instancing (one draw per
+mesh and shader, per-entity data in an instance buffer) would remove the per-entity
+uniform calls; it needs user shaders to read model matrices from attributes, so it waits
+until scenes are big enough to need it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+# context first: it picks headless EGL before pyglet.gl is loaded by anyone.
+from engine.render.context import gl, offscreen_context
+
+# isort: split
+from pyglet.graphics.shader import ShaderProgram
+
+from engine.pose.base import EyeView
+from engine.render.camera import (
+    DEFAULT_FAR,
+    DEFAULT_NEAR,
+    model_matrices,
+    normal_matrices,
+    projection_matrix,
+    view_matrix,
+)
+from engine.render.components import Material, Mesh, Transform
+from engine.render.meshes import GpuMesh, MeshBuffers
+from engine.render.shaders import ShaderLibrary
+
+#: A place one eye's pixels go: a numpy array (h, w, 4) uint8, or an address of h*w*4 bytes.
+Destination = np.ndarray | int
+
+#: Towards the light (world space): from above, a little right and in front.
+DEFAULT_LIGHT_DIRECTION = (0.3, 1.0, 0.5)
+
+
+class DrawableWorld(Protocol):
+    """What the renderer needs of a world: esper's ``get_components`` (or the module)."""
+
+    def get_components(self, *component_types: type) -> list[tuple[int, tuple[Any, ...]]]: ...
+
+
+@dataclass(frozen=True)
+class RenderTimings:
+    """Where one frame's time went, in nanoseconds of wall clock on the render thread.
+
+    ``draw_ns``: gathering the scene, issuing every eye's draws and waiting for them
+    (``glFinish``). ``readback_ns``: copying every eye into its destination.
+    ``drawn``: entities drawn per eye (those skipped for an unloadable mesh are not counted).
+    """
+
+    draw_ns: int
+    readback_ns: int
+    drawn: int
+
+
+class _EyeTarget:
+    """One eye's framebuffer: an RGBA8 colour renderbuffer and a depth renderbuffer."""
+
+    def __init__(self, width: int, height: int) -> None:
+        handle = gl.GLuint()
+        gl.glGenFramebuffers(1, ctypes.byref(handle))
+        self.fbo = handle.value
+        buffers = (gl.GLuint * 2)()
+        gl.glGenRenderbuffers(2, buffers)
+        self.color, self.depth = buffers[0], buffers[1]
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, self.fbo)
+        for rb, fmt, attachment in (
+            (self.color, gl.GL_RGBA8, gl.GL_COLOR_ATTACHMENT0),
+            (self.depth, gl.GL_DEPTH_COMPONENT24, gl.GL_DEPTH_ATTACHMENT),
+        ):
+            gl.glBindRenderbuffer(gl.GL_RENDERBUFFER, rb)
+            gl.glRenderbufferStorage(gl.GL_RENDERBUFFER, fmt, width, height)
+            gl.glFramebufferRenderbuffer(gl.GL_FRAMEBUFFER, attachment, gl.GL_RENDERBUFFER, rb)
+        status = gl.glCheckFramebufferStatus(gl.GL_FRAMEBUFFER)
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+        if status != gl.GL_FRAMEBUFFER_COMPLETE:
+            self.delete()
+            raise RuntimeError(f"eye framebuffer {width}x{height} incomplete (status {status:#x})")
+
+    def delete(self) -> None:
+        gl.glDeleteFramebuffers(1, ctypes.byref(gl.GLuint(self.fbo)))
+        gl.glDeleteRenderbuffers(2, (gl.GLuint * 2)(self.color, self.depth))
+
+
+class _ProgramSlots:
+    """Uniform and attribute locations of one linked program, looked up once."""
+
+    UNIFORMS = (
+        "u_model",
+        "u_view",
+        "u_projection",
+        "u_normal_matrix",
+        "u_color",
+        "u_light_direction",
+        "u_ambient",
+        "u_time",
+        "u_camera_position",
+    )
+
+    def __init__(self, program: ShaderProgram) -> None:
+        self.program_id = program.id  # not the program: the cache holding us is weak on it
+        uniforms = program.uniforms
+        for name in self.UNIFORMS:
+            setattr(self, name, uniforms[name]["location"] if name in uniforms else -1)
+        attributes = program.attributes
+        self.position = attributes.get("position", {}).get("location", -1)
+        self.normal = attributes.get("normal", {}).get("location", -1)
+
+
+def _mat4(m: np.ndarray) -> ctypes.Array:
+    return (gl.GLfloat * 16).from_buffer(np.ascontiguousarray(m, dtype=np.float32))
+
+
+_FLOAT_P = ctypes.POINTER(gl.GLfloat)
+
+
+def _row_pointers(rows: np.ndarray) -> ctypes.Array:
+    """A ``float*`` to each row of a C-contiguous float32 array, written in one numpy pass.
+
+    Indexing the result gives a pointer the GL functions accept, about 10x cheaper than a
+    ctypes array per row. The pointers do not keep ``rows`` alive: the caller must.
+    """
+    pointers = (_FLOAT_P * len(rows))()
+    stride = rows[0].nbytes
+    addresses = rows.ctypes.data + np.arange(len(rows), dtype=np.uintp) * stride
+    np.frombuffer(pointers, dtype=np.uintp)[:] = addresses
+    return pointers
+
+
+@dataclass
+class _DrawList:
+    """One frame's draws, grouped by program, and the arrays their pointers point into."""
+
+    batches: list[tuple[_ProgramSlots, list]]
+    drawn: int
+    keep_alive: tuple[np.ndarray, ...]
+
+
+class Renderer:
+    """Draws a world's meshes for each eye and reads the pixels back to the caller.
+
+    All methods run on the thread owning the GL context (the first call makes the shared
+    offscreen context current on the calling thread). Attributes that may change between
+    frames: ``clear_color`` (RGBA 0..1), ``light_direction`` (towards the light, any
+    length), ``ambient`` (0..1), ``near``/``far`` (clip planes, metres).
+
+    Example:
+        >>> renderer = Renderer(1280, 720, ShaderLibrary())                 # doctest: +SKIP
+        >>> left = np.empty((720, 1280, 4), np.uint8); right = left.copy()   # doctest: +SKIP
+        >>> renderer.render(esper, sample.eyes, (left, right))              # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        shaders: ShaderLibrary,
+        *,
+        clear_color: Sequence[float] = (0.05, 0.05, 0.08, 1.0),
+        light_direction: Sequence[float] = DEFAULT_LIGHT_DIRECTION,
+        ambient: float = 0.25,
+    ) -> None:
+        """Raises ``ValueError`` for a non-positive size (or one beyond the GL limit)."""
+        if width <= 0 or height <= 0:
+            raise ValueError(f"render size must be positive, got {width}x{height}")
+        offscreen_context()
+        limit = gl.GLint()
+        gl.glGetIntegerv(gl.GL_MAX_RENDERBUFFER_SIZE, ctypes.byref(limit))
+        if max(width, height) > limit.value:
+            raise ValueError(f"render size {width}x{height} exceeds GL limit {limit.value}")
+        self.width, self.height = width, height
+        self.shaders = shaders
+        self.clear_color = tuple(clear_color)
+        self.light_direction = tuple(light_direction)
+        self.ambient = ambient
+        self.near, self.far = DEFAULT_NEAR, DEFAULT_FAR
+        self.meshes = MeshBuffers()
+        self._targets: list[_EyeTarget] = []
+        # Locations per linked program; a swapped-out program drops out by itself.
+        self._slots: weakref.WeakKeyDictionary[ShaderProgram, _ProgramSlots] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # -- per frame --------------------------------------------------------------------
+    def render(
+        self,
+        world: DrawableWorld,
+        eyes: Sequence[EyeView],
+        destinations: Sequence[Destination],
+        *,
+        time_s: float = 0.0,
+    ) -> RenderTimings:
+        """Draw ``world`` once per eye and read eye ``i`` into ``destinations[i]``.
+
+        ``time_s`` reaches shaders as ``u_time``. Raises ``ValueError`` (before drawing
+        anything) if the counts differ or a numpy destination is not a writable
+        C-contiguous ``(height, width, 4)`` uint8 array; an int is trusted to address
+        ``width * height * 4`` writable bytes. Entities whose mesh cannot be loaded are
+        skipped (reported once); an unknown shader name draws with ``basic``.
+        """
+        if len(eyes) != len(destinations):
+            raise ValueError(f"{len(eyes)} eyes but {len(destinations)} destinations")
+        addresses = [self._address(d) for d in destinations]
+        t0 = time.perf_counter_ns()
+        self._prepare(len(eyes))
+        draw_list = self._gather(world)
+        for eye, target in zip(eyes, self._targets, strict=False):
+            self._draw_eye(eye, target, draw_list.batches, time_s)
+        gl.glFinish()
+        t1 = time.perf_counter_ns()
+        gl.glPixelStorei(gl.GL_PACK_ALIGNMENT, 1)
+        for address, target in zip(addresses, self._targets, strict=False):
+            gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, target.fbo)
+            gl.glReadPixels(0, 0, self.width, self.height, gl.GL_RGBA, gl.GL_UNSIGNED_BYTE, address)
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+        t2 = time.perf_counter_ns()
+        return RenderTimings(t1 - t0, t2 - t1, draw_list.drawn)
+
+    def _address(self, destination: Destination) -> int:
+        if isinstance(destination, np.ndarray):
+            shape = (self.height, self.width, 4)
+            ok = (
+                destination.dtype == np.uint8
+                and destination.shape == shape
+                and destination.flags.c_contiguous
+                and destination.flags.writeable
+            )
+            if not ok:
+                raise ValueError(
+                    f"destination must be a writable C-contiguous uint8 array of shape {shape}, "
+                    f"got {destination.dtype} {destination.shape}"
+                )
+            return destination.ctypes.data
+        if isinstance(destination, int) and destination != 0:
+            return destination
+        raise ValueError(
+            f"destination must be a numpy array or a non-null address, got {destination!r}"
+        )
+
+    def _prepare(self, eye_count: int) -> None:
+        offscreen_context()
+        while len(self._targets) < eye_count:
+            self._targets.append(_EyeTarget(self.width, self.height))
+        gl.glEnable(gl.GL_DEPTH_TEST)
+        gl.glDepthFunc(gl.GL_LESS)
+        gl.glEnable(gl.GL_CULL_FACE)
+        gl.glCullFace(gl.GL_BACK)
+        gl.glFrontFace(gl.GL_CCW)
+        gl.glDisable(gl.GL_BLEND)
+        gl.glViewport(0, 0, self.width, self.height)
+
+    def _gather(self, world: DrawableWorld) -> _DrawList:
+        """The frame's draw list: per program, ``(gpu mesh, model, normal, colour)`` items.
+
+        Items are sorted by mesh within a program so consecutive draws share a VAO.
+        """
+        rows = world.get_components(Transform, Mesh, Material)
+        if not rows:
+            return _DrawList([], 0, ())
+        transforms = [t for _, (t, _, _) in rows]
+        positions = np.array([t.position for t in transforms], dtype=np.float64).reshape(-1, 3)
+        rotations = np.array([t.rotation for t in transforms], dtype=np.float64).reshape(-1, 4)
+        scales = np.array([t.scale for t in transforms], dtype=np.float64).reshape(-1, 3)
+        models = model_matrices(positions, rotations, scales)
+        normals = normal_matrices(rotations, scales)
+        colors = np.array([mat.color for _, (_, _, mat) in rows], dtype=np.float32).reshape(-1, 4)
+        model_p, normal_p, color_p = (_row_pointers(a) for a in (models, normals, colors))
+
+        by_program: dict[int, tuple[_ProgramSlots, list]] = {}
+        drawn = 0
+        for i, (_, (_, mesh, material)) in enumerate(rows):
+            gpu = self.meshes.get(mesh)
+            if gpu is None:
+                continue
+            slots = self._slots_for(self.shaders.program(material.shader))
+            entry = by_program.setdefault(slots.program_id, (slots, []))
+            entry[1].append((gpu, model_p[i], normal_p[i], color_p[i]))
+            drawn += 1
+        batches = list(by_program.values())
+        for _, items in batches:
+            items.sort(key=lambda item: id(item[0]))
+        return _DrawList(batches, drawn, (models, normals, colors))
+
+    def _slots_for(self, program: ShaderProgram) -> _ProgramSlots:
+        slots = self._slots.get(program)
+        if slots is None:
+            slots = self._slots[program] = _ProgramSlots(program)
+        return slots
+
+    def _draw_eye(self, eye: EyeView, target: _EyeTarget, batches: list, time_s: float) -> None:
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, target.fbo)
+        gl.glClearColor(*self.clear_color)
+        gl.glClear(gl.GL_COLOR_BUFFER_BIT | gl.GL_DEPTH_BUFFER_BIT)
+        view = _mat4(view_matrix(eye.pose))
+        projection = _mat4(projection_matrix(eye.fov, self.near, self.far))
+        light = np.asarray(self.light_direction, dtype=np.float64)
+        light = light / (np.linalg.norm(light) or 1.0)
+        set_mat4, set_mat3, set_vec4 = gl.glUniformMatrix4fv, gl.glUniformMatrix3fv, gl.glUniform4fv
+        draw, triangles, uint = gl.glDrawElements, gl.GL_TRIANGLES, gl.GL_UNSIGNED_INT
+        for slots, items in batches:
+            gl.glUseProgram(slots.program_id)
+            gl.glUniformMatrix4fv(slots.u_view, 1, gl.GL_TRUE, view)
+            gl.glUniformMatrix4fv(slots.u_projection, 1, gl.GL_TRUE, projection)
+            gl.glUniform3f(slots.u_light_direction, *light)
+            gl.glUniform1f(slots.u_ambient, self.ambient)
+            gl.glUniform1f(slots.u_time, time_s)
+            gl.glUniform3f(slots.u_camera_position, *eye.pose.position)
+            # Uniform calls with location -1 are no-ops in GL, so absent uniforms cost nothing.
+            u_model, u_normal, u_color = slots.u_model, slots.u_normal_matrix, slots.u_color
+            bound: GpuMesh | None = None
+            for gpu, model, normal, color in items:
+                if gpu is not bound:
+                    gl.glBindVertexArray(gpu.vao(slots.position, slots.normal))
+                    bound = gpu
+                set_mat4(u_model, 1, True, model)
+                set_mat3(u_normal, 1, True, normal)
+                set_vec4(u_color, 1, color)
+                draw(triangles, gpu.index_count, uint, None)
+        gl.glBindVertexArray(0)
+        gl.glUseProgram(0)
+
+    # -- lifetime ---------------------------------------------------------------------
+    def resize(self, width: int, height: int) -> None:
+        """Change the per-eye size; framebuffers are remade on the next frame."""
+        if width <= 0 or height <= 0:
+            raise ValueError(f"render size must be positive, got {width}x{height}")
+        self.close()
+        self.width, self.height = width, height
+
+    def close(self) -> None:
+        """Free the framebuffers (meshes and programs stay; they belong to the context)."""
+        offscreen_context()
+        for target in self._targets:
+            target.delete()
+        self._targets = []

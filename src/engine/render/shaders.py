@@ -1,0 +1,498 @@
+"""Live-editable GLSL shader programs, versioned in the project history.
+
+A *program* has a name (``basic``) and two stages, each read from the first file found:
+
+1. the project's ``shaders/<name>.vert`` (vertex) or ``shaders/<name>.frag`` (fragment);
+2. the project's ``shaders/<name>.glsl``: both stages in one file, compiled twice with
+   ``#define VERTEX_SHADER`` or ``#define FRAGMENT_SHADER`` inserted after ``#version``;
+3. the same names among the built-in shaders (``engine/render/shaders/``);
+4. the built-in ``basic`` stage, so a project may write only a fragment shader.
+
+Edits arrive from a watcher thread through :meth:`ShaderLibrary.queue_change` and are
+applied on the GL thread, between frames, by :meth:`ShaderLibrary.apply_pending`. A new
+program is compiled and linked *beside* the running one and swapped in only if both
+stages compile and link, so a broken edit never reaches the screen: the last good program
+keeps drawing, the version is marked ``error`` in the history, and the driver's message is
+printed and returned with the file and line it points at.
+
+Every project shader file is a history unit (kind ``shaders``, name = file name);
+:meth:`ShaderLibrary.undo` / :meth:`ShaderLibrary.redo` move its active version and swap.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+# context first: it picks headless EGL before pyglet.gl is loaded by anyone.
+from engine.render.context import gl, offscreen_context
+
+# isort: split
+from pyglet.graphics.shader import Shader, ShaderException, ShaderProgram
+
+from engine.loader.history import ProjectHistory, VersionHistory, VersionStatus
+
+BUILTIN_DIR = Path(__file__).with_name("shaders")
+#: File suffix -> the stages it provides.
+STAGE_SUFFIXES = {".vert": ("vertex",), ".frag": ("fragment",), ".glsl": ("vertex", "fragment")}
+STAGES = ("vertex", "fragment")
+_STAGE_SUFFIX = {"vertex": ".vert", "fragment": ".frag"}
+_STAGE_DEFINE = {"vertex": "VERTEX_SHADER", "fragment": "FRAGMENT_SHADER"}
+DEFAULT_PROGRAM = "basic"
+
+# Info-log line formats: Mesa "0:12(3): error: ...", NVIDIA "0(12) : error C0000: ...",
+# AMD/Intel "ERROR: 0:12: ...".
+_LOG_LINE = re.compile(r"^\s*(?:ERROR:\s*)?\d+[:(](\d+)\)?(?:\(\d+\))?\s*:\s*(.*)$")
+
+
+@dataclass(frozen=True)
+class ShaderError:
+    """Why a shader did not compile or link: where (file, line) and the driver's words.
+
+    ``line`` is the line in ``path`` as the user sees it (1-based), or ``None`` when the
+    driver gave none (link errors). ``log`` is the driver's whole info log.
+    """
+
+    path: Path
+    line: int | None
+    message: str
+    log: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else f"{self.path}"
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ShaderSwap:
+    """What happened to one program after an edit, an undo or a redo.
+
+    ``ok`` means the new program is drawing now; otherwise ``error`` says why and the
+    previous program is still drawing. ``versions`` maps each project file involved to the
+    history version that was tried. ``event_time_ns`` is when the watcher saw the edit
+    (``None`` for undo/redo); ``applied_ns`` when the swap (or the refusal) happened.
+    """
+
+    program: str
+    ok: bool
+    versions: dict[str, int] = field(default_factory=dict)
+    error: ShaderError | None = None
+    event_time_ns: int | None = None
+    applied_ns: int = 0
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """The source one stage of a program was (or is about to be) built from."""
+
+    stage: str
+    path: Path
+    source: str
+    version: int | None = None  # history version; None for built-ins
+
+    @property
+    def file_name(self) -> str:
+        return self.path.name
+
+    def text(self) -> tuple[str, Callable[[int], int]]:
+        """The text to compile, and a map from compiled line numbers back to the file's.
+
+        pyglet strips leading blank lines (and needs ``#version`` first); a ``.glsl`` file
+        gets one ``#define`` line inserted after ``#version``. Both shift line numbers.
+        """
+        leading = len(self.source) - len(self.source.lstrip())
+        skipped = self.source[:leading].count("\n")
+        if self.path.suffix != ".glsl":
+            return self.source, lambda n: n + skipped
+        first, _, rest = self.source.lstrip().partition("\n")
+        text = f"{first}\n#define {_STAGE_DEFINE[self.stage]} 1\n{rest}"
+        return text, lambda n: (n - 1 if n > 2 else n) + skipped
+
+
+@dataclass
+class _Running:
+    """A program that is drawing now, and the stages it was built from."""
+
+    program: ShaderProgram
+    stages: dict[str, _Stage]
+
+
+class _BuildFailed(Exception):
+    def __init__(self, error: ShaderError, stage: _Stage | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.stage = stage  # the stage at fault; None for a link error
+
+
+def parse_info_log(log: str) -> tuple[int | None, str]:
+    """The line number and message of the first error in a GLSL info log.
+
+    Understands Mesa's ``0:12(3): error: ...``, NVIDIA's ``0(12) : error ...`` and
+    AMD/Intel's ``ERROR: 0:12: ...``. Without a recognisable line, returns ``None`` and the
+    first non-empty line of the log.
+    """
+    found: list[tuple[int, str]] = []
+    for raw in log.splitlines():
+        m = _LOG_LINE.match(raw)
+        if m:
+            found.append((int(m.group(1)), m.group(2).strip()))
+    for line, message in found:
+        if "error" in message.lower():
+            return line, message
+    if found:
+        return found[0]
+    first = next((s.strip() for s in log.splitlines() if s.strip()), "unknown shader error")
+    return None, first
+
+
+def _driver_log(exc: BaseException) -> str:
+    """The driver's info log inside one of pyglet's ShaderException messages."""
+    text = str(exc)
+    for marker in ("shader: \n", "Error linking shader program:\n"):
+        if marker in text:
+            return text.split(marker, 1)[1].strip()
+    return text.strip()
+
+
+def _compile(stages: dict[str, _Stage]) -> ShaderProgram:
+    """Compile both stages and link them; raises :class:`_BuildFailed` saying where."""
+    if gl.current_context is None:
+        offscreen_context()
+    shaders = []
+    for stage in stages.values():
+        text, to_file_line = stage.text()
+        try:
+            shaders.append(Shader(text, stage.stage))
+        except ShaderException as exc:  # a BaseException: must be caught by name
+            log = _driver_log(exc)
+            line, message = parse_info_log(log)
+            line = to_file_line(line) if line is not None else None
+            raise _BuildFailed(ShaderError(stage.path, line, message, log), stage) from None
+    try:
+        return ShaderProgram(*shaders)
+    except ShaderException as exc:
+        log = _driver_log(exc)
+        _, message = parse_info_log(log)
+        # Which file to name is up to the caller (it knows which stage is new).
+        raise _BuildFailed(ShaderError(stages["fragment"].path, None, message, log), None) from None
+    finally:
+        for shader in shaders:
+            shader.delete()  # a linked program keeps its own copy
+
+
+class ShaderLibrary:
+    """The shader programs of one project (or the built-ins alone), live-editable.
+
+    Thread use: :meth:`queue_change` and :meth:`handles` from any thread; everything else
+    on the thread that owns the GL context, between frames.
+
+    Example:
+        >>> shaders = ShaderLibrary(Path("my_game"))              # doctest: +SKIP
+        >>> shaders.program("basic").use()                         # doctest: +SKIP
+        >>> shaders.queue_change(Path("my_game/shaders/basic.frag"), 0)  # doctest: +SKIP
+        >>> [swap.ok for swap in shaders.apply_pending()]                  # doctest: +SKIP
+        [True]
+    """
+
+    def __init__(
+        self,
+        project_dir: Path | None = None,
+        history: ProjectHistory | None = None,
+        *,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        """``history`` defaults to the project's own; without a project only built-ins exist."""
+        self.project_dir = Path(project_dir) if project_dir is not None else None
+        self.shader_dir = self.project_dir / "shaders" if self.project_dir is not None else None
+        if history is None and self.project_dir is not None:
+            history = ProjectHistory(self.project_dir)
+        self.history = history
+        self._clock = clock
+        self._running: dict[str, _Running] = {}
+        self._unknown: set[str] = set()  # names reported as missing, to report once
+        self._errors: dict[str, ShaderError] = {}
+        self._lock = threading.Lock()
+        self._pending: dict[Path, int] = {}
+
+    # -- lookups ----------------------------------------------------------------------
+    def program(self, name: str) -> ShaderProgram:
+        """The program drawing as ``name`` now, built on first use.
+
+        A name with no shader files, or whose files have never compiled, gets the
+        ``basic`` program (reported once). Raises ``RuntimeError`` only if the built-in
+        ``basic`` program itself cannot be built.
+        """
+        running = self._running.get(name)
+        if running is not None:
+            return running.program
+        if name not in self._unknown:
+            self._update(name, changed=set(), event_time_ns=None)
+            running = self._running.get(name)
+            if running is not None:
+                return running.program
+            self._unknown.add(name)
+            print(f"engine: shader program {name!r} unavailable; drawing with {DEFAULT_PROGRAM!r}")
+        if name == DEFAULT_PROGRAM:
+            raise RuntimeError(f"the built-in {DEFAULT_PROGRAM!r} shader program does not build")
+        return self.program(DEFAULT_PROGRAM)
+
+    def last_error(self, name: str) -> ShaderError | None:
+        """The error of the last failed build of program ``name``, cleared by a good one."""
+        return self._errors.get(name)
+
+    def names(self) -> list[str]:
+        """Program names with a shader file, built-in or in the project."""
+        dirs = [BUILTIN_DIR] + ([self.shader_dir] if self.shader_dir else [])
+        found = {p.stem for d in dirs if d.is_dir() for p in d.iterdir() if self._is_shader(p)}
+        return sorted(found)
+
+    def handles(self, path: Path | str) -> bool:
+        """Whether ``path`` is a shader file of this project (``shaders/*.vert|frag|glsl``).
+
+        The file need not exist (a deletion is a change too).
+        """
+        if self.shader_dir is None:
+            return False
+        path = Path(path)
+        return path.suffix in STAGE_SUFFIXES and _same_path(path.parent, self.shader_dir)
+
+    @staticmethod
+    def _is_shader(path: Path) -> bool:
+        return path.suffix in STAGE_SUFFIXES and not path.name.startswith(".")
+
+    # -- changes ----------------------------------------------------------------------
+    def queue_change(self, path: Path | str, event_time_ns: int) -> None:
+        """Note that ``path`` changed (or was created or deleted); cheap and thread-safe.
+
+        Paths this library does not handle are ignored. Several events for one file before
+        the next :meth:`apply_pending` count once, with the earliest time.
+        """
+        path = Path(path)
+        if not self.handles(path):
+            return
+        with self._lock:
+            self._pending[path] = min(event_time_ns, self._pending.get(path, event_time_ns))
+
+    def apply_pending(self) -> list[ShaderSwap]:
+        """Rebuild every program whose files changed since the last call; GL thread only.
+
+        Returns one :class:`ShaderSwap` per rebuilt program (failures included, after
+        printing them). A deleted file changes nothing: its program keeps drawing as it was.
+        """
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        by_program: dict[str, dict[str, int]] = {}
+        for path, t in pending.items():
+            if not path.exists():
+                if path.stem in self._running:
+                    print(f"engine: shader {path} deleted; keeping the last good program")
+                continue
+            by_program.setdefault(path.stem, {})[path.name] = t
+            # A program without its own stage borrows basic's file: rebuild it too.
+            for name, running in self._running.items():
+                if any(_same_path(st.path, path) for st in running.stages.values()):
+                    by_program.setdefault(name, {})[path.name] = t
+        swaps = []
+        for name, files in sorted(by_program.items()):
+            self._unknown.discard(name)
+            swap = self._update(name, changed=set(files), event_time_ns=min(files.values()))
+            if swap is not None:
+                swaps.append(swap)
+        return swaps
+
+    def undo(self, file_name: str) -> ShaderSwap | None:
+        """Run the previous runnable version of project shader ``file_name`` (``basic.frag``).
+
+        Returns ``None`` when there is nothing to undo to; a failed swap (the other stage no
+        longer fits this version) leaves everything as it was and says why.
+        """
+        return self._move(file_name, "undo")
+
+    def redo(self, file_name: str) -> ShaderSwap | None:
+        """Run the next runnable version of ``file_name`` after an undo; ``None`` if none."""
+        return self._move(file_name, "redo")
+
+    # -- internals --------------------------------------------------------------------
+    def _unit(self, path: Path) -> VersionHistory | None:
+        if self.history is None or not self._in_project(path):
+            return None
+        return self.history.unit("shaders", path.name, suffix=path.suffix)
+
+    def _in_project(self, path: Path) -> bool:
+        return self.shader_dir is not None and _same_path(path.parent, self.shader_dir)
+
+    def _resolve(self, name: str, stage: str) -> Path | None:
+        """The file stage ``stage`` of program ``name`` comes from (see the module doc)."""
+        candidates = []
+        for directory in [self.shader_dir, BUILTIN_DIR]:
+            if directory is not None:
+                candidates += [
+                    directory / f"{name}{_STAGE_SUFFIX[stage]}",
+                    directory / f"{name}.glsl",
+                ]
+        for path in candidates:
+            if path.is_file():
+                return path
+        return None
+
+    def _disk_stage(self, path: Path, stage: str, *, first_load: bool) -> _Stage:
+        """The stage as the file on disk has it, recorded in the history if it is the project's.
+
+        On first load an unchanged file resumes its active version, so an undo survives a
+        restart. Raises ``OSError``/``UnicodeDecodeError`` if the file cannot be read.
+        """
+        source = path.read_text(encoding="utf-8")
+        unit = self._unit(path)
+        if unit is None:
+            return _Stage(stage, path, source)
+        previous = unit.latest
+        version = unit.record(source)
+        if first_load and version is previous and unit.active is not None:
+            version = unit.active
+            source = unit.source(version.number)
+        return _Stage(stage, path, source, version.number)
+
+    def _untried(self, stage: _Stage) -> _Stage:
+        """A running project stage, or the untried version on disk beside it.
+
+        When both stages are saved together and one fails, the other stays ``pending``;
+        it is tried again along with the next edit of its companion.
+        """
+        unit = self._unit(stage.path)
+        if unit is None or unit.disk_number is None or unit.disk_number == stage.version:
+            return stage
+        disk = unit.get(unit.disk_number)
+        if disk.status is not VersionStatus.PENDING:
+            return stage
+        return _Stage(stage.stage, stage.path, unit.source(disk.number), disk.number)
+
+    def _update(self, name: str, changed: set[str], event_time_ns: int | None) -> ShaderSwap | None:
+        """Build program ``name`` from the changed files plus its running stages, then swap.
+
+        Returns ``None`` when there is nothing to build (no file of that name, or files
+        saved without changes).
+        """
+        if name != DEFAULT_PROGRAM and not any(self._resolve(name, s) for s in STAGES):
+            return None
+        running = self._running.get(name)
+        stages: dict[str, _Stage] = {}
+        fallback: dict[str, _Stage] = {}
+        try:
+            for stage in STAGES:
+                path = self._resolve(name, stage) or self._resolve(DEFAULT_PROGRAM, stage)
+                if path is None:
+                    raise FileNotFoundError(f"no {stage} shader for {name!r}")
+                if running is not None and path.name not in changed:
+                    stages[stage] = self._untried(running.stages[stage])
+                    continue
+                stages[stage] = self._disk_stage(path, stage, first_load=running is None)
+                fallback[stage] = self._last_good(path, stage)
+        except (OSError, UnicodeDecodeError) as exc:
+            path = Path(getattr(exc, "filename", None) or name)
+            return self._report(
+                ShaderSwap(
+                    name,
+                    False,
+                    {},
+                    ShaderError(path, None, str(exc), str(exc)),
+                    event_time_ns,
+                    self._clock(),
+                )
+            )
+        if running is not None and all(stages[s] == running.stages[s] for s in STAGES):
+            return None
+        swap = self._try(name, stages, event_time_ns)
+        if not swap.ok and running is None and fallback and fallback != stages:
+            # First load failed: run the last good versions (or the built-ins) meanwhile.
+            self._try(name, fallback, event_time_ns)
+        return self._report(swap)
+
+    def _last_good(self, path: Path, stage: str) -> _Stage:
+        """What a stage falls back to on first load: its active version, else the built-in."""
+        unit = self._unit(path)
+        if unit is not None and unit.active is not None:
+            return _Stage(stage, path, unit.source(unit.active_number), unit.active_number)
+        builtin = BUILTIN_DIR / path.name
+        if not builtin.is_file():
+            builtin = self._resolve(DEFAULT_PROGRAM, stage) or builtin
+        return _Stage(stage, builtin, builtin.read_text(encoding="utf-8"))
+
+    def _try(self, name: str, stages: dict[str, _Stage], event_time_ns: int | None) -> ShaderSwap:
+        """Build ``stages``; swap and mark them good, or mark the culprit ``error``."""
+        versions = {s.file_name: s.version for s in stages.values() if s.version is not None}
+        try:
+            program = _compile(stages)
+        except _BuildFailed as failed:
+            running = self._running.get(name)
+            # The running stages compiled and linked before: only new ones are to blame.
+            new = [
+                s for s in stages.values() if running is None or running.stages.get(s.stage) != s
+            ]
+            at_fault = [failed.stage] if failed.stage is not None else new
+            error = failed.error
+            if failed.stage is None and new:
+                error = replace(error, path=new[0].path)  # a link error: name the new file
+            for stage in at_fault:
+                unit = self._unit(stage.path)
+                if unit is not None and stage.version is not None:
+                    unit.mark(stage.version, VersionStatus.ERROR, str(error))
+            return ShaderSwap(name, False, versions, error, event_time_ns, self._clock())
+        for stage in stages.values():
+            unit = self._unit(stage.path)
+            if unit is not None and stage.version is not None:
+                unit.mark(stage.version, VersionStatus.GOOD)
+                unit.activate(stage.version)
+        old = self._running.get(name)
+        self._running[name] = _Running(program, dict(stages))
+        if old is not None:
+            old.program.delete()
+        return ShaderSwap(name, True, versions, None, event_time_ns, self._clock())
+
+    def _report(self, swap: ShaderSwap) -> ShaderSwap:
+        """Remember and print a failed swap's error; clear it after a good one."""
+        if swap.ok or swap.error is None:
+            self._errors.pop(swap.program, None)
+            return swap
+        self._errors[swap.program] = swap.error
+        keeping = (
+            "keeps drawing its last good version"
+            if swap.program in self._running
+            else "is not available"
+        )
+        print(f"engine: shader error: {swap.error}\n        (program {swap.program!r} {keeping})")
+        return swap
+
+    def _move(self, file_name: str, direction: str) -> ShaderSwap | None:
+        if self.shader_dir is None or self.history is None:
+            return None
+        path = self.shader_dir / file_name
+        if path.suffix not in STAGE_SUFFIXES:
+            raise ValueError(f"{file_name!r} is not a shader file name")
+        name = path.stem
+        self.program(name)  # make sure it is running, so there is something to move from
+        running = self._running.get(name)
+        unit = self._unit(path)
+        if running is None or unit is None:
+            return None
+        target = unit.undo_target() if direction == "undo" else unit.redo_target()
+        if target is None:
+            return None
+        source = unit.source(target.number)
+        stages = dict(running.stages)
+        for stage in STAGE_SUFFIXES[path.suffix]:
+            if stages[stage].path == path:
+                stages[stage] = _Stage(stage, path, source, target.number)
+        if stages == running.stages:
+            return None  # this file does not feed the running program
+        return self._report(self._try(name, stages, None))
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False

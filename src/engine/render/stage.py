@@ -1,0 +1,149 @@
+"""The game side of rendering: the renderer, its shaders and the layer it publishes into.
+
+One :class:`RenderStage` lives in the world as a resource (``world.resources[RenderStage]``);
+the built-in render system (``systems/render.py``) calls :meth:`RenderStage.draw` once per
+frame. Keeping the GL objects here, not in the system module, means the render system can
+be edited and hot-swapped like any other while the context, buffers and layer stay put.
+
+Each frame both eyes are drawn with the frame's pose and read back straight into a free
+image of the layer (no intermediate copy), which is then published with that pose.
+Standalone, the stage creates its own layer; under the compositor, the compositor creates
+it and hands over its file descriptor.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.compositor.layer import LayerReader, LayerSpec, LayerWriter, create_layer_fd
+from engine.loader.history import ProjectHistory
+from engine.pose.base import EyeView, Fov, Pose
+from engine.render.camera import eyes_from_head
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Per-eye size, clear colour, and the default view when no pose source is set."""
+
+    width: int = 640
+    height: int = 480
+    clear_color: tuple[float, float, float, float] = (0.05, 0.05, 0.08, 1.0)
+    default_head: Pose = Pose((0.0, 1.6, 0.0))
+    fov: Fov = Fov()
+
+    @classmethod
+    def parse_size(cls, text: str) -> RenderSettings:
+        """``"1280x720"`` → settings of that per-eye size; ``ValueError`` otherwise."""
+        try:
+            w, h = (int(v) for v in text.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"size must look like 1280x720, got {text!r}") from None
+        return cls(width=w, height=h)
+
+
+@dataclass(frozen=True)
+class RenderFrameTimes:
+    """The last frame's cost, split as the render bench reports it."""
+
+    draw_ns: int = 0
+    readback_ns: int = 0
+    publish_ns: int = 0
+    drawn: int = 0
+
+
+class RenderStage:
+    """Renderer + shader library + layer writer for one engine.
+
+    Args:
+        settings: size and defaults.
+        project_dir: where ``shaders/`` live (and their history).
+        history: the project's history (shader versions join it).
+        layer_fd: a layer block made by the compositor; ``None`` makes one here.
+    """
+
+    def __init__(
+        self,
+        settings: RenderSettings,
+        project_dir: Path | None = None,
+        history: ProjectHistory | None = None,
+        layer_fd: int | None = None,
+    ) -> None:
+        from engine.render.renderer import Renderer
+        from engine.render.shaders import ShaderLibrary
+
+        self.settings = settings
+        self.shaders = ShaderLibrary(project_dir, history)
+        self.renderer = Renderer(
+            settings.width, settings.height, self.shaders, clear_color=settings.clear_color
+        )
+        self.spec = LayerSpec(settings.width, settings.height, eyes=2)
+        self.owns_layer = layer_fd is None
+        self.layer_fd = create_layer_fd(self.spec, "game") if layer_fd is None else layer_fd
+        self.writer = LayerWriter(self.layer_fd, self.spec)
+        self.frames = 0
+        self.last = RenderFrameTimes()
+
+    def warm_up(self, world: object) -> None:
+        """Draw once without publishing: context, programs and meshes are made now, not
+        inside the first frame (where their one-time cost would trip the watchdog)."""
+        scratch = [np.empty(self.spec.shape[1:], np.uint8) for _ in range(self.spec.eyes)]
+        self.renderer.render(world, self.eyes_for(None), scratch)
+
+    def eyes_for(self, pose_eyes: tuple[EyeView, ...] | None) -> tuple[EyeView, ...]:
+        if pose_eyes:
+            return pose_eyes
+        return eyes_from_head(self.settings.default_head, fov=self.settings.fov)
+
+    def draw(self, world: object, frame: int, eyes: tuple[EyeView, ...] | None) -> None:
+        """Draw both eyes into a free layer image and publish it with the pose used."""
+        views = self.eyes_for(eyes)
+        slot = self.writer.acquire()
+        timings = self.renderer.render(world, views, [slot.eye(i) for i in range(len(views))])
+        t0 = time.perf_counter_ns()
+        self.writer.publish(slot, frame=frame, eyes=tuple(views), completed_ns=time.monotonic_ns())
+        self.last = RenderFrameTimes(
+            timings.draw_ns, timings.readback_ns, time.perf_counter_ns() - t0, timings.drawn
+        )
+        self.frames += 1
+
+    def latest_image(self) -> np.ndarray | None:
+        """The newest published frame, both eyes side by side, top row first (a copy)."""
+        reader = LayerReader(self.layer_fd)
+        try:
+            frame = reader.read()
+            if frame is None:
+                return None
+            eyes = np.array(frame.pixels)  # (eyes, h, w, 4), rows bottom-to-top
+        finally:
+            reader.close()
+        return np.concatenate(list(eyes), axis=1)[::-1].copy()
+
+    def capture(self, path: str | Path) -> Path:
+        """Write the newest published frame to a PNG (both eyes side by side)."""
+        image = self.latest_image()
+        if image is None:
+            raise RuntimeError("nothing has been rendered yet")
+        return write_png(image, Path(path))
+
+    def close(self) -> None:
+        self.writer.close()
+        self.renderer.close()
+        if self.owns_layer:
+            os.close(self.layer_fd)
+
+
+def write_png(image: np.ndarray, path: Path) -> Path:
+    """Save an (h, w, 4) uint8 RGBA image, top row first, as PNG (pyglet's own encoder)."""
+    import pyglet
+
+    h, w = image.shape[:2]
+    # pyglet's ImageData rows run bottom-to-top; a negative pitch says "top row first".
+    data = pyglet.image.ImageData(w, h, "RGBA", np.ascontiguousarray(image).tobytes(), -w * 4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data.save(str(path))
+    return path
