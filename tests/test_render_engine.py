@@ -102,7 +102,18 @@ def test_shader_edits_swap_live_and_broken_ones_keep_the_last_good(project, make
     assert str(frag) in str(error) and ":9:" in str(error)  # the line of `oops`
     h = eng.history_store.unit("shaders", "basic.frag", suffix=".frag")
     assert [v.status for v in h.versions][-1] is VersionStatus.ERROR
-    assert eng.history_store.unit("shaders", "basic.frag").active is not None
+    assert h.active_number == 1
+    # Shaders share the modules' undo: back to the built-in look, then forward again.
+    with pytest.raises(LookupError):
+        eng.undo("basic.frag")  # v1 is the first project version: nothing before it
+    frag.write_text(GREEN.replace("0.0, 1.0, 0.0", "0.0, 0.0, 1.0"))
+    run_until(eng, lambda: latest_centre() == (0, 0, 255))
+    assert eng.undo("basic.frag") == 1
+    eng.step()
+    assert latest_centre() == (0, 255, 0)
+    assert eng.redo("basic.frag") == 3
+    eng.step()
+    assert latest_centre() == (0, 0, 255)
 
 
 def test_cli_capture_writes_a_png_of_both_eyes(project, tmp_path) -> None:

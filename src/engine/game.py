@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.loader.history import ProjectHistory, VersionHistory
 from engine.loader.loader import Loader, SwapRecord
-from engine.loader.watcher import COMMANDS_DIR, ProjectWatcher
+from engine.loader.watcher import COMMANDS_DIR, SHADER_SUFFIXES, ProjectWatcher
 from engine.pose.base import PoseSample, PoseSource
 from engine.scheduler.pacing import Clock, FixedRatePacer, MonotonicClock
 from engine.scheduler.scheduler import Fault, SchedulePolicy, Scheduler
@@ -342,7 +342,16 @@ class Engine:
 
         op = cmd.get("op")
         try:
-            if op in ("undo", "redo"):
+            if op in ("undo", "redo") and str(cmd["module"]).endswith(SHADER_SUFFIXES):
+
+                def move_shader() -> None:  # GL work: on the main thread, between frames
+                    try:
+                        answer({"ok": True, "version": self._move(cmd["module"], op)})
+                    except LookupError as exc:
+                        answer({"ok": False, "error": str(exc)})
+
+                self._main_calls.put(move_shader)
+            elif op in ("undo", "redo"):
                 version = self.loader.move(cmd["module"], op)
                 answer({"ok": True, "version": version})
             elif op == "enable":
@@ -366,12 +375,31 @@ class Engine:
         return self.loader.unit(module)
 
     def undo(self, module: str) -> int:
-        """Go back to the previous runnable version of ``module`` (live at the next frame)."""
-        return self.loader.move(module, "undo")
+        """Go back to the previous runnable version of a module or shader file.
+
+        ``module`` is a system module name (``"physics"``; live at the next frame) or a
+        shader file name (``"basic.frag"``; swapped now, on the GL thread). Returns the
+        version now active; raises ``LookupError`` when there is nothing to undo to.
+        """
+        return self._move(module, "undo")
 
     def redo(self, module: str) -> int:
-        """Go forward to the next runnable version of ``module`` (live at the next frame)."""
-        return self.loader.move(module, "redo")
+        """Go forward to the next runnable version (see :meth:`undo`)."""
+        return self._move(module, "redo")
+
+    def _move(self, name: str, direction: str) -> int:
+        if not name.endswith(SHADER_SUFFIXES):
+            return self.loader.move(name, direction)
+        if self.render_stage is None:
+            raise LookupError(f"{name}: rendering is off, so there are no shaders to {direction}")
+        shaders = self.render_stage.shaders
+        swap = shaders.undo(name) if direction == "undo" else shaders.redo(name)
+        if swap is None:
+            raise LookupError(f"{name}: nothing to {direction}")
+        self.shader_swaps.append(swap)
+        if not swap.ok:
+            raise LookupError(f"{name}: {swap.error}")
+        return swap.versions[name]
 
     def enable(self, system: str) -> None:
         """Re-enable a disabled system by hand (on probation)."""

@@ -26,7 +26,8 @@ from engine.game import (
     send_command,
     user_copy_of_example,
 )
-from engine.loader.history import ProjectHistory
+from engine.loader.history import ProjectHistory, VersionHistory
+from engine.loader.watcher import SHADER_SUFFIXES
 
 SCAFFOLD_GAME = '''"""{name}: a game built on the All-Source Engine.
 
@@ -71,6 +72,13 @@ def bob(world, dt):
 
 def _project(arg: str | None) -> Path:
     return Path(arg) if arg else user_copy_of_example()
+
+
+def _unit(project: Path, name: str) -> VersionHistory:
+    """The history of a system module (``physics``) or a shader file (``basic.frag``)."""
+    if name.endswith(SHADER_SUFFIXES):
+        return ProjectHistory(project).unit("shaders", name, suffix=Path(name).suffix)
+    return ProjectHistory(project).unit("systems", name)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -150,7 +158,7 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    unit = ProjectHistory(Path(args.project)).unit("systems", args.module)
+    unit = _unit(Path(args.project), args.module)
     if not unit.versions:
         print(f"engine: {args.module} has no history in {args.project}", file=sys.stderr)
         return 1
@@ -172,7 +180,7 @@ def cmd_move(args: argparse.Namespace) -> int:
             return 1
         print(f"engine: {args.module} -> v{result['version']} (live)")
         return 0
-    unit = ProjectHistory(project).unit("systems", args.module)
+    unit = _unit(project, args.module)
     target = unit.undo_target() if args.command == "undo" else unit.redo_target()
     if target is None:
         print(f"engine: {args.module}: nothing to {args.command}", file=sys.stderr)
@@ -218,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("module")
     h.set_defaults(func=cmd_history)
     for name in ("undo", "redo"):
-        m = sub.add_parser(name, help=f"{name} the active version of a module")
+        m = sub.add_parser(name, help=f"{name} the active version of a module or shader file")
         m.add_argument("project")
         m.add_argument("module")
         m.set_defaults(func=cmd_move)
