@@ -90,7 +90,8 @@ class FixedRatePacer:
             behind = (now - self.next_ns) // self.period_ns
             self.skipped += behind
             self.next_ns += behind * self.period_ns
-            if now > self.next_ns:
+            if now > self.next_ns:  # this slot has begun too: start at the next one
                 self.next_ns += self.period_ns
+                self.skipped += 1
         self.clock.sleep_until(self.next_ns)
         return self.next_ns
