@@ -21,6 +21,21 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+#: A system module with one component and one system adding ``step`` to it every frame.
+COUNTER = """
+import engine
+
+@engine.component
+class Counter:
+    value: int = 0
+
+@engine.system
+def count(world, dt):
+    for _, (c,) in world.get_components(Counter):
+        c.value += {step}
+"""
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     (tmp_path / "systems").mkdir()

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import write
+from conftest import COUNTER, write
 from engine.loader.history import ProjectHistory
 
 ENV = {**os.environ, "PYGLET_HEADLESS": "1", "PYTHONUNBUFFERED": "1"}
@@ -61,20 +61,6 @@ def test_bundled_demo_runs_by_default(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(stats_path.read_text())["world"]["entities"] >= 5
-
-
-COUNTER = """
-import engine
-
-@engine.component
-class Counter:
-    value: int = 0
-
-@engine.system
-def count(world, dt):
-    for _, (c,) in world.get_components(Counter):
-        c.value += {step}
-"""
 
 
 def test_history_undo_redo_on_a_stopped_game(tmp_path: Path) -> None:

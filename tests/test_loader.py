@@ -10,21 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_until, write
+from conftest import COUNTER, run_until, write
 from engine import SchedulePolicy, SystemState, VersionStatus
-
-COUNTER = """
-import engine
-
-@engine.component
-class Counter:
-    value: int = 0
-
-@engine.system
-def count(world, dt):
-    for _, (c,) in world.get_components(Counter):
-        c.value += {step}
-"""
 
 GAME = """
 from systems.counter import Counter
