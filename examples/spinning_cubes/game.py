@@ -14,14 +14,14 @@ def setup(world):
     colors = [(0.9, 0.2, 0.2, 1), (0.2, 0.8, 0.3, 1), (0.2, 0.4, 0.9, 1), (0.9, 0.8, 0.2, 1)]
     for i, color in enumerate(colors):
         world.create_entity(
-            Transform(position=(1.5 * i - 2.25, 1.5, -4.0), scale=(0.6, 0.6, 0.6)),
+            Transform(position=(0.9 * i - 1.35, 1.45, -3.0), scale=(0.4, 0.4, 0.4)),
             Mesh("cube"),
             Material(color=color),
             Spin(axis=(0.0, 1.0, 0.0), speed=0.5 + 0.5 * i),
-            Pulse(base=0.6, amount=0.1, rate=1.0 + i),
+            Pulse(base=0.4, amount=0.08, rate=1.0 + i),
         )
     world.create_entity(
-        Transform(position=(0.0, 0.0, -4.0), scale=(10.0, 1.0, 10.0)),
+        Transform(position=(0.0, 0.0, -3.0), scale=(8.0, 1.0, 8.0)),
         Mesh("plane"),
         Material(color=(0.35, 0.35, 0.4, 1)),
     )

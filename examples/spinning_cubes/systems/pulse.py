@@ -8,7 +8,7 @@ from engine.render.components import Transform
 
 @engine.component
 class Pulse:
-    base: float = 0.6
+    base: float = 0.4
     amount: float = 0.1
     rate: float = 1.0
     phase: float = 0.0
