@@ -541,3 +541,23 @@ def test_stats_report_frames_systems_swaps_world(project, make_engine) -> None:
     assert stats["systems"]["counter.count"]["version"] == 1
     assert stats["swaps"][0]["module"] == "counter" and stats["swaps"][0]["ok"]
     assert stats["world"] == {"entities": 1}
+
+
+def test_checkpoint_restored_before_its_modules_load_is_completed_by_the_load(
+    project, make_engine
+) -> None:
+    eng = make_engine(counter_project(project))
+    for _ in range(3):
+        eng.step()
+    data = eng.checkpoint()
+    eng.close()
+    from engine import PendingComponent, World
+
+    world = World.restore(data, resolve=lambda key: None)  # no module loaded yet
+    (entity,) = world.get_entities()
+    assert isinstance(world.components_for_entity(entity)[0], PendingComponent)
+    again = make_engine(project, world=world)  # setup() is skipped for a given world
+    assert world.get_entities() == [entity]
+    assert counter_value(again) == 3
+    again.step()
+    assert counter_value(again) == 4

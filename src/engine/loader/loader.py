@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.loader.history import ProjectHistory, VersionHistory, VersionStatus
+from engine.loader.history import ProjectHistory, VersionHistory, VersionStatus, source_hash
 from engine.loader.modules import (
     PACKAGE,
     LoadedModule,
@@ -36,7 +36,7 @@ from engine.scheduler.scheduler import Scheduler, SystemState
 from engine.scheduler.watchdog import Overrun
 from engine.world.checkpoint import PendingComponent, default_resolver
 from engine.world.components import component_key
-from engine.world.migration import MigrationError, migrate_instance
+from engine.world.migration import MigrationError, build_instance, migrate_instance
 
 KIND = "systems"
 
@@ -286,9 +286,6 @@ class Loader:
         self.report(f"engine: {name} v{version} failed to load{still}\n  {err}")
 
     # -- swapping (main thread, between frames) ----------------------------------------------
-    def has_pending(self) -> bool:
-        return bool(self._pending)
-
     def apply_pending(self, frame: int) -> list[SwapRecord]:
         """Swap in every prepared module; call only between frames, on the main thread."""
         if not self._pending:
@@ -400,8 +397,6 @@ class Loader:
             for entity in self.world.entities_with(old_cls):
                 instance = self.world.component_for_entity(entity, old_cls)
                 if isinstance(instance, PendingComponent):
-                    from engine.world.migration import build_instance
-
                     converted.append((entity, build_instance(new_cls, instance.fields)))
                 else:
                     converted.append((entity, migrate_instance(instance, new_cls)))
@@ -535,13 +530,13 @@ class Loader:
                 active is None
                 and unit.disk_number is not None
                 and unit.get(unit.disk_number).status is VersionStatus.BAD
-                and unit.get(unit.disk_number).sha256 == _sha(source)
+                and unit.get(unit.disk_number).sha256 == source_hash(source)
             ):
                 continue  # proven bad, nothing good to run: left out until the file changes
             if (
                 active is not None
                 and unit.disk_number is not None
-                and unit.get(unit.disk_number).sha256 == _sha(source)
+                and unit.get(unit.disk_number).sha256 == source_hash(source)
                 and active.status not in (VersionStatus.BAD, VersionStatus.ERROR)
             ):
                 sources[name] = unit.source(active.number)
@@ -560,9 +555,3 @@ class Loader:
         if retry:
             self.prepare(retry, kind="load", versions=versions)
         return self.apply_pending(frame)
-
-
-def _sha(source: str) -> str:
-    from engine.loader.history import source_hash
-
-    return source_hash(source)
