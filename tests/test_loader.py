@@ -561,3 +561,21 @@ def test_checkpoint_restored_before_its_modules_load_is_completed_by_the_load(
     assert counter_value(again) == 3
     again.step()
     assert counter_value(again) == 4
+
+
+def test_broken_game_py_is_reported_and_the_game_starts_anyway(project, make_engine) -> None:
+    write(project / "systems" / "counter.py", COUNTER.format(step=1))
+    game = write(
+        project / "game.py",
+        """
+        from systems.counter import Counter
+
+        def setup(world):
+            world.create_entity(Counter())
+            undefined_name
+    """,
+    )
+    eng = make_engine(project)
+    assert eng.setup_error.startswith(f"{game}:5: NameError")
+    eng.step()
+    assert counter_value(eng) == 1  # what setup made before failing is kept and runs

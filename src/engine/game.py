@@ -165,6 +165,7 @@ class Engine:
         )
         self.frame = 0
         self.hung_reason: str | None = None
+        self.setup_error: str | None = None
         #: Set to a ``FrameRecorder`` to keep every frame's per-system times (for plots).
         self.recorder: FrameRecorder | None = None
         self.watcher: ProjectWatcher | None = None
@@ -209,19 +210,28 @@ class Engine:
             self.shader_swaps.append(swap)
 
     def _run_setup(self) -> None:
-        """Call ``game.py``'s ``setup(world)`` once, for a new world."""
+        """Call ``game.py``'s ``setup(world)`` once, for a new world.
+
+        A broken ``game.py`` (syntax error, a raise in ``setup``) is reported with its file
+        and line and the game starts anyway, with whatever ``setup`` made before failing:
+        the systems still load and can be fixed live.
+        """
         path = self.project_dir / "game.py"
         if not path.is_file():
             return
-        namespace: dict[str, Any] = {"__name__": "game", "__file__": str(path)}
-        from engine.loader.modules import make_builtins
+        from engine.loader.modules import error_from_exception, make_builtins
 
+        namespace: dict[str, Any] = {"__name__": "game", "__file__": str(path)}
         namespace["__builtins__"] = make_builtins(self.loader, "game")
-        code = compile(path.read_text(encoding="utf-8"), str(path), "exec")
-        exec(code, namespace)
-        setup = namespace.get("setup")
-        if callable(setup):
-            setup(self.world)
+        try:
+            code = compile(path.read_text(encoding="utf-8"), str(path), "exec")
+            exec(code, namespace)
+            setup = namespace.get("setup")
+            if callable(setup):
+                setup(self.world)
+        except Exception as exc:
+            self.setup_error = str(error_from_exception("game", path, exc))
+            self.report(f"engine: game.py setup failed; starting anyway\n  {self.setup_error}")
 
     # -- the frame -----------------------------------------------------------------------
     def step(self) -> list[Fault]:
