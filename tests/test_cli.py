@@ -38,7 +38,17 @@ def test_new_project_runs_and_writes_stats(tmp_path: Path) -> None:
     assert engine_cmd("new", str(proj)).returncode == 0
     assert (proj / "systems" / "bob.py").exists() and (proj / "game.py").exists()
     stats_path = tmp_path / "stats.json"
-    r = engine_cmd("run", str(proj), "--frames", "45", "--stats-json", str(stats_path), "--quiet")
+    r = engine_cmd(
+        "run",
+        str(proj),
+        "--frames",
+        "45",
+        "--stats-json",
+        str(stats_path),
+        "--quiet",
+        "--single-process",
+        "--no-render",
+    )
     assert r.returncode == 0, r.stderr
     assert "swap bob v1 (load) ok" in r.stdout
     stats = json.loads(stats_path.read_text())
@@ -54,20 +64,51 @@ def test_new_project_runs_and_writes_stats(tmp_path: Path) -> None:
     assert engine_cmd("new", str(proj)).returncode == 2  # refuses a non-empty folder
 
 
-def test_bundled_demo_runs_by_default(tmp_path: Path) -> None:
+def test_bundled_demo_runs_under_the_compositor_from_a_user_copy(tmp_path: Path) -> None:
+    env = {**ENV, "XDG_DATA_HOME": str(tmp_path / "data")}
     stats_path = tmp_path / "s.json"
-    r = engine_cmd(
-        "run", "--frames", "20", "--stats-json", str(stats_path), "--quiet", "--no-watch"
+    capture = tmp_path / "frame.png"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine.launcher.cli",
+            "run",
+            "--frames",
+            "120",
+            "--quiet",
+            "--size",
+            "160x120",
+            "--stats-json",
+            str(stats_path),
+            "--capture",
+            str(capture),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
-    assert r.returncode == 0, r.stderr
-    assert json.loads(stats_path.read_text())["world"]["entities"] >= 5
+    assert r.returncode == 0, r.stdout + r.stderr
+    stats = json.loads(stats_path.read_text())
+    assert stats["compositor"]["frames"] >= 120
+    assert stats["world"]["entities"] >= 5  # the game's own stats, written as it stopped
+    assert stats["systems"]["render.render"]["calls"] > 0
+    assert stats["restarts"] == []
+    assert capture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    copy = tmp_path / "data" / "all-source-engine" / "examples" / "spinning_cubes"
+    assert (copy / "systems" / "pulse.py").exists()
+    assert (copy / ".engine" / "history").is_dir()  # the history lives with the copy
+    bundled = Path(__file__).parent.parent / "examples" / "spinning_cubes"
+    assert not (bundled / ".engine").exists()
 
 
 def test_history_undo_redo_on_a_stopped_game(tmp_path: Path) -> None:
+    args = ("--frames", "2", "--quiet", "--single-process", "--no-render")
     write(tmp_path / "systems" / "counter.py", COUNTER.format(step=1))
-    assert engine_cmd("run", str(tmp_path), "--frames", "2", "--quiet").returncode == 0
+    assert engine_cmd("run", str(tmp_path), *args).returncode == 0
     write(tmp_path / "systems" / "counter.py", COUNTER.format(step=2))
-    assert engine_cmd("run", str(tmp_path), "--frames", "2", "--quiet").returncode == 0
+    assert engine_cmd("run", str(tmp_path), *args).returncode == 0
     r = engine_cmd("history", str(tmp_path), "counter")
     lines = r.stdout.splitlines()
     assert len(lines) == 2 and lines[1].startswith("* v2")

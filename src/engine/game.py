@@ -201,7 +201,7 @@ class Engine:
         if self.pose_source is None:
             from engine.pose.simulated import SimulatedHeadset
 
-            self.pose_source = SimulatedHeadset(fov=settings.fov)
+            self.pose_source = SimulatedHeadset(fov=settings.view_fov)
         self.shader_listeners.append(stage.shaders.queue_change)
         self.before_frame.append(lambda eng: self._apply_shader_swaps(stage))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -82,7 +83,73 @@ def _unit(project: Path, name: str) -> VersionHistory:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from engine.launcher.console import LiveConsole
+    """Run under the supervisor: a compositor process and a restartable game process."""
+    if args.single_process:
+        return cmd_run_single(args)
+    from engine.compositor.process import CompositorConfig
+    from engine.launcher.game_process import DEFAULT_RENDER, RENDER_SYSTEM
+    from engine.launcher.supervisor import Supervisor
+    from engine.render.stage import RenderSettings
+
+    project = _project(args.project)
+    size = RenderSettings.parse_size(args.size)
+    supervisor = Supervisor(
+        project,
+        render=DEFAULT_RENDER if args.no_render else RENDER_SYSTEM,
+        compositor=CompositorConfig(
+            eye_width=size.width,
+            eye_height=size.height,
+            capture_path=args.capture,
+            window=args.window,
+        ),
+        watch=not args.no_watch,
+        console=not args.quiet,
+        plot_path=args.plot,
+        resume=args.resume,
+    )
+    print(
+        f"engine: running {project} under the compositor at 90 Hz, 2x{size.width}x"
+        f"{size.height}, {'a mirror window' if args.window else 'headless'}; edit "
+        f"{project / 'systems'} live (Ctrl-C to stop)"
+    )
+    install_supervisor_signals(supervisor)
+    stats = flatten_stats(supervisor.run(frames=args.frames))
+    if args.stats_json:
+        Path(args.stats_json).write_text(json.dumps(stats, indent=1))
+        print(f"engine: stats written to {args.stats_json}")
+    comp = stats.get("compositor") or {}
+    print(
+        f"engine: compositor {comp.get('frames', 0)} frames ({comp.get('missed', 0)} missed), "
+        f"game {stats.get('frames', 0)} frames, {len(stats.get('restarts', []))} restarts"
+    )
+    if args.capture:
+        print(f"engine: last composited frame written to {args.capture}")
+    return 0 if not stats.get("compositor_failure") else 1
+
+
+def flatten_stats(supervised: dict) -> dict:
+    """The game's own stats at the top (``frames``, ``systems``, ``swaps``, ``world``) plus
+    the supervisor's (``compositor``, ``restarts``, …), as ``--stats-json`` writes them."""
+    game = supervised.get("game") or {}
+    engine_stats = game.get("engine") or {}
+    out = {**engine_stats, **{k: v for k, v in supervised.items() if k != "game"}}
+    out["game"] = {k: v for k, v in game.items() if k != "engine"}
+    out.setdefault("frames", game.get("frames", 0))
+    return out
+
+
+def install_supervisor_signals(supervisor: object) -> None:
+    """SIGTERM stops the supervisor like Ctrl-C (its run loop catches KeyboardInterrupt)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_run_single(args: argparse.Namespace) -> int:
+    """Everything in this process (no compositor, no restarts): for debugging and profiling."""
+    from engine.launcher.console import attach_live_console
     from engine.render.stage import RenderSettings
 
     project = _project(args.project)
@@ -101,19 +168,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     stage = engine.render_stage
     drawing = f"drawing 2x{stage.spec.width}x{stage.spec.height}" if stage else "not drawing"
     print(
-        f"engine: running {project} at 90 Hz, headless, {drawing}; "
+        f"engine: running {project} at 90 Hz in one process, {drawing}; "
         f"edit {project / 'systems'} live (Ctrl-C to stop)"
     )
-    live = LiveConsole(enabled=not args.quiet)
-    last = [0.0]
-
-    def show(eng: Engine) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 0.25:  # build the snapshot only when it may be drawn
-            last[0] = now
-            live.update({**eng.scheduler.snapshot(), "swaps": [s.to_json() for s in eng.swaps]})
-
-    engine.after_frame.append(show)
+    live = attach_live_console(engine, enabled=not args.quiet)
     if args.plot:
         from engine.scheduler.stats import FrameRecorder
 
@@ -217,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--size", default="640x480", help="per-eye render size (default 640x480)")
     r.add_argument("--no-render", action="store_true", help="run without drawing")
     r.add_argument("--capture", help="write the last frame, both eyes side by side, to a PNG")
+    r.add_argument("--window", action="store_true", help="show both eyes in a mirror window")
+    r.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    r.add_argument(
+        "--single-process",
+        action="store_true",
+        help="run the game in this process, without the compositor (debugging, profiling)",
+    )
     r.set_defaults(func=cmd_run)
     n = sub.add_parser("new", help="scaffold a new game project")
     n.add_argument("dir")

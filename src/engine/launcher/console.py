@@ -292,3 +292,23 @@ class LiveConsole:
                 markup=False,
                 highlight=False,
             )
+
+
+def attach_live_console(engine: Any, enabled: bool = True, every_s: float = 0.25) -> LiveConsole:
+    """Show ``engine``'s systems table while it runs: use the result as a context manager.
+
+    The snapshot is built at most every ``every_s`` (building it costs more than drawing),
+    from an ``after_frame`` hook, so it never runs inside a system's time.
+    """
+    live = LiveConsole(enabled=enabled)
+    last = [float("-inf")]
+
+    def show(eng: Any) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s:
+            last[0] = now
+            live.update({**eng.scheduler.snapshot(), "swaps": [s.to_json() for s in eng.swaps]})
+
+    if enabled:
+        engine.after_frame.append(show)
+    return live

@@ -57,6 +57,9 @@ class Version:
     status: VersionStatus
     why: str = ""
     file_name: str = ""
+    #: How this version last went live: ``load`` (at start-up) or a live swap (``edit``,
+    #: ``undo``, ``redo``, ``rollback``). Only a live swap can be blamed for a crash.
+    went_live: str = ""
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -72,6 +75,7 @@ class Version:
             status=VersionStatus(d["status"]),
             why=str(d.get("why", "")),
             file_name=str(d.get("file_name", "")),
+            went_live=str(d.get("went_live", "")),
         )
 
 
@@ -206,9 +210,13 @@ class VersionHistory:
         self.save()
         return version
 
-    def mark(self, number: int, status: VersionStatus, why: str = "") -> None:
+    def mark(
+        self, number: int, status: VersionStatus, why: str = "", went_live: str | None = None
+    ) -> None:
         v = self.get(number)
         v.status = status
+        if went_live is not None:
+            v.went_live = went_live
         if why or status in (VersionStatus.GOOD, VersionStatus.PROBATION):
             v.why = why
         self.save()

@@ -345,8 +345,10 @@ class Loader:
         if p.version is not None:
             unit = self.unit(p.name)
             unit.activate(p.version)
-            if unit.get(p.version).status is not VersionStatus.GOOD:
-                unit.mark(p.version, VersionStatus.PROBATION)
+            status = unit.get(p.version).status
+            if status is not VersionStatus.GOOD:
+                status = VersionStatus.PROBATION
+            unit.mark(p.version, status, went_live=p.kind)
         self.probation[p.name] = frame + self.scheduler.policy.probation_frames
         self.errors.pop(p.name, None)
         return SwapRecord(p.name, p.version, True, None, self._latency(p), p.kind, frame)
@@ -506,7 +508,11 @@ class Loader:
             for name in self.project_modules():
                 unit = self.unit(name)
                 active = unit.active
-                if active is not None and active.status is VersionStatus.PROBATION:
+                if (
+                    active is not None
+                    and active.status is VersionStatus.PROBATION
+                    and active.went_live not in ("load", "")
+                ):
                     why = "the game process died while this version was on probation"
                     unit.mark(active.number, VersionStatus.BAD, why)
                     good = unit.last_good()

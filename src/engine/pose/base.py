@@ -58,6 +58,21 @@ class Fov:
     def as_tuple(self) -> tuple[float, float, float, float]:
         return (self.left, self.right, self.up, self.down)
 
+    @classmethod
+    def for_image(cls, width: int, height: int, horizontal_deg: float = 90.0) -> Fov:
+        """A symmetric field of view whose shape matches a ``width`` x ``height`` image.
+
+        Square pixels need ``tan(up) / tan(right) == height / width``; a square field of
+        view drawn into a 16:9 image looks stretched.
+
+        Example:
+            >>> round(math.degrees(Fov.for_image(1280, 720).up * 2), 1)
+            58.7
+        """
+        half_h = math.radians(horizontal_deg) / 2
+        half_v = math.atan(math.tan(half_h) * height / width)
+        return cls(-half_h, half_h, half_v, -half_v)
+
 
 @dataclass(frozen=True, slots=True)
 class EyeView:

@@ -28,13 +28,20 @@ from engine.render.camera import eyes_from_head
 
 @dataclass(frozen=True)
 class RenderSettings:
-    """Per-eye size, clear colour, and the default view when no pose source is set."""
+    """Per-eye size, clear colour, and the default view when no pose source is set.
+
+    ``fov`` defaults to 90° across, with the height that keeps pixels square at this size.
+    """
 
     width: int = 640
     height: int = 480
     clear_color: tuple[float, float, float, float] = (0.05, 0.05, 0.08, 1.0)
     default_head: Pose = Pose((0.0, 1.6, 0.0))
-    fov: Fov = Fov()
+    fov: Fov | None = None
+
+    @property
+    def view_fov(self) -> Fov:
+        return self.fov or Fov.for_image(self.width, self.height)
 
     @classmethod
     def parse_size(cls, text: str) -> RenderSettings:
@@ -86,6 +93,7 @@ class RenderStage:
         self.layer_fd = create_layer_fd(self.spec, "game") if layer_fd is None else layer_fd
         self.writer = LayerWriter(self.layer_fd, self.spec)
         self.frames = 0
+        self.last_frame = -1  # the frame number last published
         self.last = RenderFrameTimes()
 
     def warm_up(self, world: object) -> None:
@@ -97,7 +105,7 @@ class RenderStage:
     def eyes_for(self, pose_eyes: tuple[EyeView, ...] | None) -> tuple[EyeView, ...]:
         if pose_eyes:
             return pose_eyes
-        return eyes_from_head(self.settings.default_head, fov=self.settings.fov)
+        return eyes_from_head(self.settings.default_head, fov=self.settings.view_fov)
 
     def draw(self, world: object, frame: int, eyes: tuple[EyeView, ...] | None) -> None:
         """Draw both eyes into a free layer image and publish it with the pose used."""
@@ -110,6 +118,7 @@ class RenderStage:
             timings.draw_ns, timings.readback_ns, time.perf_counter_ns() - t0, timings.drawn
         )
         self.frames += 1
+        self.last_frame = frame
 
     def latest_image(self) -> np.ndarray | None:
         """The newest published frame, both eyes side by side, top row first (a copy)."""

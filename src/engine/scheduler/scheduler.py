@@ -119,6 +119,8 @@ class SystemHandle:
     reason: DisableReason | None = None
     last_error: str = ""
     budget_ns: int = FRAME_NS
+    hard_ns: int = FRAME_NS  # this system's hard limit (the policy's unless it sets one)
+    max_over_budget: int = 3  # frames in a row over budget that disable it
     after: tuple[str, ...] = field(default=())
 
     @property
@@ -239,6 +241,10 @@ class Scheduler:
         for h in ordered:
             h.budget_ns = round(h.spec.budget_ms * 1e6) if h.spec.budget_ms else share
             h.stats.budget_ns = h.budget_ns
+            limit = h.spec.hard_limit_ms
+            h.hard_ns = round(limit * 1e6) if limit else self.policy.hard_ns
+            k = h.spec.over_budget_frames
+            h.max_over_budget = k if k is not None else self.policy.over_budget_frames
 
     # -- enabling and disabling --------------------------------------------------------------
     def disable(self, handle: SystemHandle, limit: str, detail: str, over_ms: float = 0.0) -> None:
@@ -272,8 +278,6 @@ class Scheduler:
         world.activate()
         clock = self.clock_ns
         wd = self.watchdog
-        hard = self.policy.hard_ns
-        k_budget = self.policy.over_budget_frames
         faults: list[Fault] = []
         frame_start = clock()
         wd.start_frame()
@@ -286,6 +290,7 @@ class Scheduler:
                 wd.interrupts = 0
             t0 = clock()
             wd.call_start_ns = t0
+            wd.call_limit_ns = h.hard_ns
             wd.key = h.key
             try:
                 h.fn(world, dt)
@@ -307,7 +312,7 @@ class Scheduler:
             if h.strikes:
                 h.strikes = 0
             if h.stats.record(elapsed):
-                if elapsed > hard:
+                if elapsed > h.hard_ns:
                     if wd.interrupts:  # it caught every Overrun and returned late anyway
                         kind, why = "hard-limit", f"swallowed {wd.interrupts} interrupts"
                     else:
@@ -319,7 +324,7 @@ class Scheduler:
                             ),
                         )
                     faults.append(Fault(h, kind, why, elapsed))
-                elif h.stats.consecutive_overruns >= k_budget:
+                elif h.stats.consecutive_overruns >= h.max_over_budget:
                     faults.append(
                         Fault(
                             h,
@@ -341,8 +346,7 @@ class Scheduler:
     def _apply_policy(self, f: Fault) -> None:
         h = f.handle
         over_ms = (
-            f.elapsed_ns
-            - (self.policy.hard_ns if f.kind in ("hard-limit", "c-call") else h.budget_ns)
+            f.elapsed_ns - (h.hard_ns if f.kind in ("hard-limit", "c-call") else h.budget_ns)
         ) / 1e6
         if f.kind in ("hard-limit", "c-call", "budget"):
             self.disable(h, f.kind, f.detail, max(over_ms, 0.0))

@@ -19,12 +19,19 @@ class SystemSpec:
         after: names of systems (``"name"`` in the same module or ``"module.name"``) that
             must run before this one, whatever their ``order``.
         budget_ms: this system's share of the frame; ``None`` means a fair share.
+        hard_limit_ms: longest one call may run before the watchdog stops it; ``None``
+            means the policy's hard limit (the whole frame). For work that may overrun a
+            frame now and then without being a runaway (the render system).
+        over_budget_frames: frames in a row over budget that disable it; ``None`` means
+            the policy's. For a system whose slowness is better than its absence.
     """
 
     name: str
     order: int = 0
     after: tuple[str, ...] = ()
     budget_ms: float | None = None
+    hard_limit_ms: float | None = None
+    over_budget_frames: int | None = None
 
 
 @overload
@@ -36,6 +43,8 @@ def system(
     order: int = 0,
     after: str | Sequence[str] = (),
     budget_ms: float | None = None,
+    hard_limit_ms: float | None = None,
+    over_budget_frames: int | None = None,
     name: str | None = None,
 ) -> Callable[[F], F]: ...
 
@@ -46,6 +55,8 @@ def system(
     order: int = 0,
     after: str | Sequence[str] = (),
     budget_ms: float | None = None,
+    hard_limit_ms: float | None = None,
+    over_budget_frames: int | None = None,
     name: str | None = None,
 ) -> Any:
     """Mark a function ``(world, dt) -> None`` as a system of its module.
@@ -59,12 +70,13 @@ def system(
     """
     if isinstance(after, str):
         after = (after,)
-    if budget_ms is not None and budget_ms <= 0:
-        raise ValueError(f"budget_ms must be positive, got {budget_ms}")
+    for label, value in (("budget_ms", budget_ms), ("hard_limit_ms", hard_limit_ms)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{label} must be positive, got {value}")
 
     def wrap(f: F) -> F:
         f.__engine_system__ = SystemSpec(  # type: ignore[attr-defined]
-            name or f.__name__, order, tuple(after), budget_ms
+            name or f.__name__, order, tuple(after), budget_ms, hard_limit_ms, over_budget_frames
         )
         return f
 

@@ -118,6 +118,7 @@ class FrameWatchdog:
         self.on_hung = on_hung
         self.key: str | None = None
         self.call_start_ns = 0
+        self.call_limit_ns = hard_limit_ns  # the running call's own hard limit
         self.interrupts = 0
         self.hung = False
         self.fired = 0  # handler invocations, for tests and stats
@@ -164,9 +165,10 @@ class FrameWatchdog:
         if self._installed:
             signal.setitimer(signal.ITIMER_REAL, 0)
 
-    def enter(self, key: str, start_ns: int) -> None:
+    def enter(self, key: str, start_ns: int, limit_ns: int | None = None) -> None:
         self.interrupts = 0
         self.call_start_ns = start_ns
+        self.call_limit_ns = limit_ns or self.hard_limit_ns
         self.key = key
 
     def leave(self) -> None:
@@ -174,9 +176,9 @@ class FrameWatchdog:
 
     def arm_once(self, key: str, limit_ns: int | None = None) -> None:
         """Arm for a single call outside the frame loop (``on_load`` hooks)."""
-        self.enter(key, self.clock_ns())
+        self.enter(key, self.clock_ns(), limit_ns)
         if self._installed:
-            self._arm(limit_ns or self.hard_limit_ns)
+            self._arm(self.call_limit_ns)
 
     def disarm_once(self) -> None:
         self.key = None
@@ -192,7 +194,7 @@ class FrameWatchdog:
         now = self.clock_ns()
         late = now - self._alarm_at_ns
         elapsed = now - self.call_start_ns
-        due = self.hard_limit_ns + self.interrupts * self.retry_ns
+        due = self.call_limit_ns + self.interrupts * self.retry_ns
         if elapsed < due:
             self._arm(max(due - elapsed, 50_000))
             return
@@ -207,7 +209,7 @@ class FrameWatchdog:
                 self.on_hung(key)
         # Keep interrupting a call that swallows it; slower once it is declared hung.
         self._arm(self.retry_ns if not self.hung else 50 * self.retry_ns)
-        raise Overrun(key, elapsed, self.hard_limit_ns, self.interrupts, late)
+        raise Overrun(key, elapsed, self.call_limit_ns, self.interrupts, late)
 
 
 class ThreadWatchdog:

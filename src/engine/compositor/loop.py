@@ -1,0 +1,352 @@
+"""The compositor's frame loop, as pure logic: clock, pose source, layers, composer and sink
+are all injected, so every transition is tested with a manual clock and no GL.
+
+One display frame (:meth:`CompositorLoop.step`):
+
+1. pick the next slot whose compose deadline is still ahead (slots already passed are
+   counted as missed, never composed late one after another) and sleep until it;
+2. sample the head pose *now*, for that slot's display time;
+3. read the newest valid image of each layer and update its deadline watchdog
+   (:class:`LayerWatch`): fresh, reprojected from a stale image, or excluded;
+4. compose: the fallback floor and horizon when the base layer is not shown, then every
+   shown layer in order, each timewarped from the pose it was rendered with;
+5. present to the sink and time it (on time if done by the slot's display time);
+6. publish the pose predicted for the *next* slot to clients (the pose handoff).
+
+Nothing in a frame waits on a client: reading a layer is a header check and a view, the
+composer uploads at most one image per layer, and the loop never blocks on a socket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from engine.compositor.clock import DisplaySchedule
+from engine.pose.base import EyeView, PoseSample, PoseSource
+from engine.scheduler.pacing import Clock
+from engine.scheduler.stats import RollingWindow, summarize
+
+#: Samples kept for the percentiles: about 12 minutes at 90 Hz.
+STATS_WINDOW = 65_536
+
+
+class LayerImage(Protocol):
+    """What the loop needs of an image read from a layer (``LayerFrame`` has it)."""
+
+    index: int
+    seq: int
+    frame: int
+    eyes: tuple[EyeView, ...]
+
+
+class LayerSource(Protocol):
+    """A layer's reading side (``LayerReader``): the newest valid image, never raising."""
+
+    def read(self) -> LayerImage | None: ...
+
+    def still_valid(self, frame: Any) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LayerDraw:
+    """One layer to draw this frame: its position, the image, and where it came from."""
+
+    layer: int
+    image: LayerImage
+    source: LayerSource
+    stale: bool
+
+
+class Composer(Protocol):
+    """Draws a frame's layers for both eyes (the GL one lives in the compositor process)."""
+
+    def compose(
+        self, draws: Sequence[LayerDraw], eyes: tuple[EyeView, EyeView], fallback: bool
+    ) -> None: ...
+
+
+class Sink(Protocol):
+    """Where composed frames go (see :mod:`engine.compositor.sinks`)."""
+
+    def present(self, frame: int, display_time_ns: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class PoseHandoff(Protocol):
+    """Publishes the pose clients should render the next frame with."""
+
+    def publish(self, sample: PoseSample, period_ns: int, published_ns: int) -> None: ...
+
+
+class LayerState(enum.StrEnum):
+    WAITING = "waiting"  # no image yet (the game is starting)
+    FRESH = "fresh"  # newest image within its deadline
+    REPROJECTED = "reprojected"  # past the deadline, within the grace: last image, warped
+    EXCLUDED = "excluded"  # past deadline + grace: not drawn until a new image arrives
+
+
+@dataclass
+class LayerWatch:
+    """The deadline watchdog of one layer.
+
+    An image's age is measured from when the compositor first saw it (its own clock; the
+    producer's timestamps are never trusted for this). Up to ``deadline_ns`` old it is
+    fresh; up to ``deadline_ns + grace_ns`` it is reprojected from its last image; older,
+    the layer is excluded. Any new image (a different ring index or sequence number)
+    makes it fresh again at once.
+    """
+
+    name: str
+    deadline_ns: int
+    grace_ns: int
+    state: LayerState = LayerState.WAITING
+    image: LayerImage | None = None
+    arrived_ns: int = 0
+    fresh_frames: int = 0
+    reprojected_frames: int = 0
+    excluded_frames: int = 0
+    waiting_frames: int = 0
+    exclusions: int = 0
+    restorations: int = 0
+    last_error: str | None = None
+
+    def update(self, image: LayerImage | None, now_ns: int) -> LayerState:
+        """Take this frame's read (``None``: nothing valid) and return the layer's state."""
+        if image is not None and (
+            self.image is None or (image.index, image.seq) != (self.image.index, self.image.seq)
+        ):
+            if self.state is LayerState.EXCLUDED:
+                self.restorations += 1
+            self.image, self.arrived_ns = image, now_ns
+        previous = self.state
+        if self.image is None:
+            self.state = LayerState.WAITING
+            self.waiting_frames += 1
+            return self.state
+        age = now_ns - self.arrived_ns
+        if age <= self.deadline_ns:
+            self.state = LayerState.FRESH
+            self.fresh_frames += 1
+        elif age <= self.deadline_ns + self.grace_ns:
+            self.state = LayerState.REPROJECTED
+            self.reprojected_frames += 1
+        else:
+            self.state = LayerState.EXCLUDED
+            self.excluded_frames += 1
+            if previous is not LayerState.EXCLUDED:
+                self.exclusions += 1
+        return self.state
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "state": str(self.state),
+            "fresh_frames": self.fresh_frames,
+            "reprojected_frames": self.reprojected_frames,
+            "excluded_frames": self.excluded_frames,
+            "waiting_frames": self.waiting_frames,
+            "exclusions": self.exclusions,
+            "restorations": self.restorations,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRecord:
+    """What happened in one display frame (times in ns on the loop's clock)."""
+
+    frame: int
+    slot: int
+    skipped_slots: int
+    woke_ns: int
+    pose_sampled_ns: int  # when sampling returned; it was called at ``woke_ns``
+    presented_ns: int
+    display_time_ns: int
+    on_time: bool
+    states: tuple[LayerState, ...]
+    fallback: bool
+
+
+@dataclass
+class LoopStats:
+    """Counters and rolling samples; :meth:`as_dict` is the ``compositor`` stats entry."""
+
+    frames: int = 0
+    late_presents: int = 0
+    skipped_slots: int = 0
+    fallback_frames: int = 0
+    intervals: RollingWindow = field(default_factory=lambda: RollingWindow(STATS_WINDOW))
+    compose: RollingWindow = field(default_factory=lambda: RollingWindow(STATS_WINDOW))
+    pose_age: RollingWindow = field(default_factory=lambda: RollingWindow(STATS_WINDOW))
+
+    @property
+    def missed(self) -> int:
+        """Display refreshes without an on-time frame: late presents plus skipped slots."""
+        return self.late_presents + self.skipped_slots
+
+
+class CompositorLoop:
+    """Paces, samples, watches layers, composes and presents; see the module doc.
+
+    Args:
+        clock: time and sleeping (``MonotonicClock`` in the process, ``ManualClock`` in tests).
+        schedule: the display timetable.
+        pose_source: sampled once per frame right after the wait, for the slot's vsync.
+        layers: ``(name, source)`` pairs, bottom first.
+        composer: draws the frame; sink: presents it.
+        handoff: where the next slot's predicted pose goes (``None``: nowhere).
+        deadline_ns: a layer image older than this is stale (default 2 periods).
+        grace_ns: how long a stale layer is reprojected before it is excluded.
+        adapt_lead: every ``ADAPT_EVERY`` frames, set the compose lead to what the last
+            ``ADAPT_WINDOW`` frames needed (99th percentile of deadline-to-present, plus
+            ``lead_margin_ns``), between 1 ms and one period less 1 ms: a slow renderer
+            then starts earlier and samples a slightly older pose instead of missing
+            refreshes; a fast one samples later.
+    """
+
+    ADAPT_EVERY = 30
+    ADAPT_WINDOW = 270  # 3 s at 90 Hz: its p99 ignores the two or three worst stalls
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        schedule: DisplaySchedule,
+        pose_source: PoseSource,
+        layers: Sequence[tuple[str, LayerSource]],
+        composer: Composer,
+        sink: Sink,
+        handoff: PoseHandoff | None = None,
+        deadline_ns: int | None = None,
+        grace_ns: int = 500_000_000,
+        adapt_lead: bool = False,
+        lead_margin_ns: int = 1_000_000,
+    ) -> None:
+        self.clock = clock
+        self.schedule = schedule
+        self.pose_source = pose_source
+        self.sources = [source for _, source in layers]
+        deadline = deadline_ns if deadline_ns is not None else 2 * schedule.period_ns
+        self.watches = [LayerWatch(name, deadline, grace_ns) for name, _ in layers]
+        self.composer = composer
+        self.sink = sink
+        self.handoff = handoff
+        self.frame = 0
+        self.slot: int | None = None
+        self.stats = LoopStats()
+        self.adapt_lead = adapt_lead
+        self.lead_margin_ns = lead_margin_ns
+        self._needed = RollingWindow(self.ADAPT_WINDOW)  # deadline -> present, per frame
+        self._last_present_ns: int | None = None
+
+    def step(self) -> FrameRecord:
+        """Compose and present one frame at the next slot still ahead."""
+        now = self.clock.now_ns()
+        earliest = self.schedule.first_slot_not_before(now)
+        skipped = 0 if self.slot is None else max(0, earliest - self.slot - 1)
+        slot = earliest if self.slot is None else max(self.slot + 1, earliest)
+        self.clock.sleep_until(self.schedule.compose_deadline(slot))
+        woke = self.clock.now_ns()
+        display_ns = self.schedule.vsync(slot)
+
+        self.frame += 1
+        pose = self.pose_source.sample(self.frame, display_ns)
+        sampled = self.clock.now_ns()
+
+        draws: list[LayerDraw] = []
+        states = []
+        for i, (watch, source) in enumerate(zip(self.watches, self.sources, strict=True)):
+            image = source.read()
+            watch.last_error = None if image is not None else getattr(source, "last_error", None)
+            state = watch.update(image, sampled)
+            states.append(state)
+            if state in (LayerState.FRESH, LayerState.REPROJECTED) and watch.image is not None:
+                draws.append(LayerDraw(i, watch.image, source, state is LayerState.REPROJECTED))
+        fallback = not draws or draws[0].layer != 0
+        self.composer.compose(draws, pose.eyes, fallback)
+        self.sink.present(self.frame, display_ns)
+        presented = self.clock.now_ns()
+
+        on_time = presented <= display_ns
+        s = self.stats
+        s.frames += 1
+        s.skipped_slots += skipped
+        s.late_presents += 0 if on_time else 1
+        s.fallback_frames += 1 if fallback else 0
+        s.compose.add(presented - sampled)  # reading layers, drawing, presenting
+        s.pose_age.add(presented - woke)  # the pose was sampled the moment the loop woke
+        if self._last_present_ns is not None:
+            s.intervals.add(presented - self._last_present_ns)
+        self._last_present_ns = presented
+        self.slot = slot
+        self._needed.add(presented - self.schedule.compose_deadline(slot))
+        if self.adapt_lead and self.frame % self.ADAPT_EVERY == 0:
+            self._adapt_lead()
+
+        if self.handoff is not None:
+            # The game starts now and its image is composed at the next slot.
+            next_display = self.schedule.vsync(slot + 1)
+            prediction = self.pose_source.sample(self.frame + 1, next_display)
+            self.handoff.publish(prediction, self.schedule.period_ns, self.clock.now_ns())
+
+        return FrameRecord(
+            self.frame,
+            slot,
+            skipped,
+            woke,
+            sampled,
+            presented,
+            display_ns,
+            on_time,
+            tuple(states),
+            fallback,
+        )
+
+    def _adapt_lead(self) -> None:
+        # A missed refresh is a visible judder; a pose older by a millisecond is not, so
+        # the lead covers nearly every frame, not the typical one.
+        needed = sorted(self._needed.samples())
+        p99 = needed[min(len(needed) - 1, (99 * len(needed) + 99) // 100 - 1)]
+        period = self.schedule.period_ns
+        lead = min(max(p99 + self.lead_margin_ns, 1_000_000), period - 1_000_000)
+        if abs(lead - self.schedule.compose_lead_ns) > 250_000:  # no churn over noise
+            self.schedule = dataclasses.replace(self.schedule, compose_lead_ns=lead)
+
+    def run(self, frames: int | None = None, stop: Callable[[], bool] | None = None) -> None:
+        """Step until ``frames`` frames have run or ``stop()`` is true (checked every frame)."""
+        target = None if frames is None else self.frame + frames
+        while (target is None or self.frame < target) and not (stop and stop()):
+            self.step()
+
+    def stats_dict(self) -> dict[str, Any]:
+        """The ``compositor`` entry of the supervisor's stats (times in milliseconds)."""
+        s = self.stats
+        interval = s.intervals.summary(self.schedule.period_ns)
+        period = self.schedule.period_ns
+        errors = [abs(x - period) for x in s.intervals.samples()]
+        interval_error = summarize(errors, period)
+        compose = s.compose.summary(self.schedule.period_ns)
+        pose_age = s.pose_age.summary(self.schedule.period_ns)
+        return {
+            "frames": s.frames,
+            "missed": s.missed,
+            "late_presents": s.late_presents,
+            "skipped_slots": s.skipped_slots,
+            "fallback_frames": s.fallback_frames,
+            "period_ms": self.schedule.period_ns / 1e6,
+            "compose_lead_ms": self.schedule.compose_lead_ns / 1e6,
+            "interval_ms_p50": interval.p50_ms,
+            "interval_ms_p99": interval.p99_ms,
+            "interval_ms_max": interval.max_ms,
+            "interval_error_ms_p50": interval_error.p50_ms,
+            "interval_error_ms_p99": interval_error.p99_ms,
+            "compose_ms_p50": compose.p50_ms,
+            "compose_ms_p99": compose.p99_ms,
+            "pose_age_ms_p50": pose_age.p50_ms,
+            "pose_age_ms_p99": pose_age.p99_ms,
+            "layers": {w.name: w.stats() for w in self.watches},
+        }

@@ -1,0 +1,500 @@
+"""The compositor process: its entry point, its GL composer, and the parent's handle on it.
+
+The process never imports or runs user code. What it holds:
+
+* the layers it reads: it creates each block itself (:func:`create_layer_fd`, sealed) and
+  sends the fds to its parent over the control socket, which hands them to producers;
+* the pose handoff block, whose fd the parent passes in; the process writes it each frame;
+* a control socket (``SOCK_SEQPACKET``, one JSON object per message): ``ready`` once at
+  start (priorities granted, GL renderer), and ``{"op": "stop"}`` answered by the final
+  stats. It is polled without blocking once per frame; a parent that goes away (socket
+  closed) stops the compositor too.
+
+Start-up order matters: priority first (threads created later inherit it), then the
+headless choice, then GL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.compositor.clock import DEFAULT_COMPOSE_LEAD_NS, DisplaySchedule
+from engine.compositor.handoff import PassedFd, PoseHandoffWriter
+from engine.compositor.layer import (
+    LayerReader,
+    LayerSpec,
+    create_layer_fd,
+    recv_layer_fd,
+    send_layer_fd,
+)
+from engine.compositor.loop import CompositorLoop, LayerDraw
+from engine.compositor.priority import gpu_context_priority, raise_cpu_priority
+from engine.compositor.timewarp import fov_tangents, rotation_delta
+from engine.pose.base import EyeView, Fov
+from engine.scheduler.pacing import MonotonicClock
+
+SPAWN = multiprocessing.get_context("spawn")
+MESSAGE_BYTES = 1 << 20  # the stats JSON is a few KiB; a SEQPACKET message must fit whole
+
+
+@dataclass(frozen=True)
+class CompositorConfig:
+    """Everything the compositor process is started with (picklable).
+
+    ``layers`` are ``(name, width, height)``, bottom first; each gets 2 eyes and 3 images.
+    ``pose`` is ``"simulated"`` (the scripted headset) or ``"trace:PATH"`` (a recorded
+    head trace, looped).
+    """
+
+    display_hz: float = 90.0
+    eye_width: int = 1280
+    eye_height: int = 720
+    layers: tuple[tuple[str, int, int], ...] = (("game", 1280, 720),)
+    deadline_periods: float = 2.0
+    grace_s: float = 0.5
+    compose_lead_ns: int = DEFAULT_COMPOSE_LEAD_NS  # the start; adapted unless adapt_lead=False
+    adapt_lead: bool = True
+    filter: str = "linear"  # or "nearest": half the sampling cost on a CPU renderer
+    spin_ns: int = 1_000_000
+    capture_path: str | None = None
+    window: bool = False
+    realtime: bool = True
+    pose: str = "simulated"
+    frames: int | None = None  # stop by itself after this many frames (benchmarks)
+
+    def layer_specs(self) -> list[LayerSpec]:
+        return [LayerSpec(width=w, height=h) for _, w, h in self.layers]
+
+
+# --- control messages -----------------------------------------------------------------
+
+
+def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
+    sock.send(json.dumps(message).encode())
+
+
+def recv_message(sock: socket.socket, timeout_s: float | None) -> dict[str, Any] | None:
+    """The next JSON message, or ``None`` on timeout. Raises ``ConnectionError`` if closed."""
+    sock.settimeout(timeout_s)
+    try:
+        data = sock.recv(MESSAGE_BYTES)
+    except TimeoutError:
+        return None
+    if not data:
+        raise ConnectionError("the other end closed the control socket")
+    return json.loads(data)
+
+
+# --- the GL composer ------------------------------------------------------------------
+
+
+@dataclass
+class _LayerTextures:
+    """Two sets of per-eye textures per layer: the set shown and the set uploaded into.
+
+    One plain 2D texture per eye rather than an array texture: llvmpipe samples 2D
+    textures about a fifth faster, and the timewarp pass is the compositor's main cost.
+    """
+
+    spec: LayerSpec
+    textures: list[list[int]]  # [set][eye]
+    front: int = 0
+    front_key: tuple[int, int] | None = None
+    failed_key: tuple[int, int] | None = None
+    eyes: tuple[EyeView, ...] = field(default_factory=tuple)
+
+
+class GLComposer:
+    """Composites layers for two eyes into offscreen textures with the timewarp pass.
+
+    Each new layer image is uploaded once, into the texture not being shown, and checked
+    with the layer's seqlock afterwards; an image the producer overwrote during the upload
+    is dropped and the previous one stays on screen (``torn_uploads`` counts them). The
+    image stays in the texture after the producer is gone, which is what lets a dead game's
+    last frame be reprojected through the grace period.
+    """
+
+    def __init__(
+        self,
+        eye_width: int,
+        eye_height: int,
+        layer_specs: Sequence[LayerSpec],
+        filter: str = "linear",
+    ):
+        """``filter`` is how layers are sampled: ``"linear"`` (smooth), or ``"nearest"``
+        (half the cost on a CPU renderer, at the price of shimmering edges as the head
+        moves). Raises ``ValueError`` for anything else."""
+        if filter not in ("linear", "nearest"):
+            raise ValueError(f"filter must be 'linear' or 'nearest', got {filter!r}")
+        from engine.compositor.fallback import FallbackPass
+        from engine.compositor.timewarp import TimewarpPass
+        from engine.render.context import gl, offscreen_context
+
+        offscreen_context()
+        self.gl = gl
+        self.eye_width, self.eye_height = eye_width, eye_height
+        self._filter = gl.GL_LINEAR if filter == "linear" else gl.GL_NEAREST
+        self._eye_textures = [
+            self._texture(eye_width, eye_height, gl.GL_LINEAR, gl.GL_CLAMP_TO_EDGE)
+            for _ in range(2)
+        ]
+        self._fbos = []
+        for texture in self._eye_textures:
+            fbo = gl.GLuint()
+            gl.glGenFramebuffers(1, ctypes.byref(fbo))
+            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo.value)
+            gl.glFramebufferTexture2D(
+                gl.GL_FRAMEBUFFER, gl.GL_COLOR_ATTACHMENT0, gl.GL_TEXTURE_2D, texture, 0
+            )
+            self._fbos.append(fbo.value)
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+        # Layers clamp to their (transparent) border: beyond the rendered image the timewarp
+        # shows the layers below, not the image's edge pixels smeared outwards.
+        border = gl.GL_CLAMP_TO_BORDER
+        self._layers = [
+            _LayerTextures(
+                spec,
+                [
+                    [
+                        self._texture(spec.width, spec.height, self._filter, border)
+                        for _ in range(spec.eyes)
+                    ]
+                    for _ in range(2)
+                ],
+            )
+            for spec in layer_specs
+        ]
+        self.timewarp = TimewarpPass()
+        self.fallback = FallbackPass()
+        self.uploads = 0
+        self.torn_uploads = 0
+        self.rejected_images = 0
+
+    def _texture(self, width: int, height: int, filter: int, wrap: int) -> int:
+        gl = self.gl
+        name = gl.GLuint()
+        gl.glGenTextures(1, ctypes.byref(name))
+        gl.glBindTexture(gl.GL_TEXTURE_2D, name.value)
+        gl.glTexImage2D(
+            gl.GL_TEXTURE_2D, 0, gl.GL_RGBA8, width, height, 0, gl.GL_RGBA,
+            gl.GL_UNSIGNED_BYTE, None,
+        )  # fmt: skip
+        for pname, value in (
+            (gl.GL_TEXTURE_MIN_FILTER, filter),
+            (gl.GL_TEXTURE_MAG_FILTER, filter),
+            (gl.GL_TEXTURE_WRAP_S, wrap),
+            (gl.GL_TEXTURE_WRAP_T, wrap),
+        ):
+            gl.glTexParameteri(gl.GL_TEXTURE_2D, pname, value)
+        gl.glBindTexture(gl.GL_TEXTURE_2D, 0)
+        return name.value
+
+    def _upload(self, draw: LayerDraw) -> None:
+        gl, layer, image = self.gl, self._layers[draw.layer], draw.image
+        key = (image.index, image.seq)
+        if key in (layer.front_key, layer.failed_key):
+            return
+        pixels = getattr(image, "pixels", None)
+        if pixels is None or pixels.shape != layer.spec.shape or pixels.dtype != np.uint8:
+            # The producer re-described the block with another size: not what we allocated.
+            layer.failed_key = key
+            self.rejected_images += 1
+            return
+        back = 1 - layer.front
+        gl.glPixelStorei(gl.GL_UNPACK_ALIGNMENT, 1)
+        spec = layer.spec
+        for eye, texture in enumerate(layer.textures[back]):
+            gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
+            gl.glTexSubImage2D(
+                gl.GL_TEXTURE_2D, 0, 0, 0, spec.width, spec.height, gl.GL_RGBA,
+                gl.GL_UNSIGNED_BYTE, ctypes.c_void_p(pixels[eye].ctypes.data),
+            )  # fmt: skip
+        gl.glBindTexture(gl.GL_TEXTURE_2D, 0)
+        # glTexSubImage2D has copied the client memory when it returns: check it is whole.
+        if draw.source.still_valid(image):
+            layer.front, layer.front_key, layer.eyes = back, key, tuple(image.eyes)
+            self.uploads += 1
+        else:
+            layer.failed_key = key
+            self.torn_uploads += 1
+
+    def compose(
+        self, draws: Sequence[LayerDraw], eyes: tuple[EyeView, EyeView], fallback: bool
+    ) -> None:
+        gl = self.gl
+        for draw in draws:
+            self._upload(draw)
+        gl.glBlendFunc(gl.GL_SRC_ALPHA, gl.GL_ONE_MINUS_SRC_ALPHA)
+        for e, (eye, fbo) in enumerate(zip(eyes, self._fbos, strict=True)):
+            out_tan = fov_tangents(eye.fov)
+            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
+            gl.glViewport(0, 0, self.eye_width, self.eye_height)
+            gl.glDisable(gl.GL_DEPTH_TEST)
+            gl.glDisable(gl.GL_BLEND)
+            gl.glClearColor(0.0, 0.0, 0.0, 1.0)
+            gl.glClear(gl.GL_COLOR_BUFFER_BIT)
+            if fallback:
+                self.fallback.draw(eye, out_tan)
+            for i, draw in enumerate(draws):
+                layer = self._layers[draw.layer]
+                if layer.front_key is None:
+                    continue  # nothing whole uploaded yet
+                # The base layer over a plain clear needs no blending: on a CPU renderer
+                # blending is a read-modify-write of every pixel, a third of the pass.
+                if i == 0 and draw.layer == 0 and not fallback:
+                    gl.glDisable(gl.GL_BLEND)
+                else:
+                    gl.glEnable(gl.GL_BLEND)
+                source_eye = min(e, len(layer.eyes) - 1)
+                rendered = layer.eyes[source_eye]
+                delta = rotation_delta(rendered.pose.orientation, eye.pose.orientation)
+                self.timewarp.draw(
+                    layer.textures[layer.front][source_eye],
+                    delta,
+                    out_tan,
+                    fov_tangents(rendered.fov),
+                )
+            gl.glDisable(gl.GL_BLEND)
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+
+    def warm_up(self, eyes: tuple[EyeView, EyeView]) -> None:
+        """Draw every pass once (fallback, each layer's empty texture) and wait for it.
+
+        llvmpipe compiles a shader's machine code at its first draw (tens of ms); doing
+        that before the first slot keeps it out of the frame times.
+        """
+        gl = self.gl
+        for layer in self._layers:
+            for e, fbo in enumerate(self._fbos):
+                gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
+                gl.glViewport(0, 0, self.eye_width, self.eye_height)
+                tan = fov_tangents(eyes[e].fov)
+                self.timewarp.draw(layer.textures[0][0], np.eye(3), tan, tan)
+        self.compose([], eyes, fallback=True)
+        self.finish()
+
+    # -- EyeSurface (what sinks use) ---------------------------------------------------
+    def finish(self) -> None:
+        self.gl.glFinish()
+
+    def read_eyes(self) -> np.ndarray:
+        gl = self.gl
+        out = np.empty((2, self.eye_height, self.eye_width, 4), np.uint8)
+        gl.glPixelStorei(gl.GL_PACK_ALIGNMENT, 1)
+        for e, fbo in enumerate(self._fbos):
+            gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, fbo)
+            gl.glReadPixels(
+                0, 0, self.eye_width, self.eye_height, gl.GL_RGBA, gl.GL_UNSIGNED_BYTE,
+                ctypes.c_void_p(out[e].ctypes.data),
+            )  # fmt: skip
+        gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, 0)
+        return out
+
+    def eye_textures(self) -> tuple[int, int]:
+        return (self._eye_textures[0], self._eye_textures[1])
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "uploads": self.uploads,
+            "torn_uploads": self.torn_uploads,
+            "rejected_images": self.rejected_images,
+        }
+
+
+# --- the process ----------------------------------------------------------------------
+
+
+def make_pose_source(spec: str, fov: Fov | None = None) -> Any:
+    """``"simulated"`` or ``"trace:PATH"`` as a pose source. Raises ``ValueError`` otherwise.
+
+    ``fov`` is each eye's field of view (default: 90° across and square pixels at the eye
+    size the compositor presents).
+    """
+    from engine.pose.simulated import SimulatedHeadset, TracePoseSource
+
+    fov = fov or Fov()
+    if spec == "simulated":
+        return SimulatedHeadset(fov=fov)
+    if spec.startswith("trace:"):
+        return TracePoseSource.load(spec[len("trace:") :], loop=True, fov=fov)
+    raise ValueError(f"unknown pose source {spec!r} (use 'simulated' or 'trace:PATH')")
+
+
+def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.socket) -> None:
+    """The compositor process's entry point (run with the ``spawn`` context).
+
+    Runs until told to stop, until ``config.frames`` frames, or until the parent closes
+    the control socket. Exceptions at start-up propagate (the process exits non-zero and
+    the parent sees the socket close); once running, nothing a client does can raise here.
+    """
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cpu = raise_cpu_priority(config.realtime)
+    import pyglet  # choose headless before anything loads pyglet.gl
+
+    pyglet.options["headless"] = not config.window
+    os.environ["PYGLET_HEADLESS"] = "0" if config.window else "1"
+    specs = config.layer_specs()
+    readers = []
+    for (name, _, _), spec in zip(config.layers, specs, strict=True):
+        fd = create_layer_fd(spec, name=f"layer-{name}")
+        readers.append(LayerReader(fd))
+        send_layer_fd(control, fd, spec)
+        os.close(fd)  # the reader's mapping and the parent's copy keep the block alive
+
+    from engine.compositor.sinks import HeadlessSink, MirrorWindowSink
+    from engine.render.context import gl_description
+
+    composer = GLComposer(config.eye_width, config.eye_height, specs, config.filter)
+    sink = (
+        MirrorWindowSink(composer, config.capture_path)
+        if config.window
+        else HeadlessSink(composer, config.capture_path)
+    )
+    gpu = gpu_context_priority()
+    pose_source = make_pose_source(config.pose, Fov.for_image(config.eye_width, config.eye_height))
+    composer.warm_up(pose_source.sample(0, time.monotonic_ns()).eyes)
+    clock = MonotonicClock(spin_ns=config.spin_ns)
+    period_ns = round(1e9 / config.display_hz)
+    schedule = DisplaySchedule(
+        period_ns, clock.now_ns() + 2 * period_ns, min(config.compose_lead_ns, period_ns - 1)
+    )
+    loop = CompositorLoop(
+        clock=clock,
+        schedule=schedule,
+        pose_source=pose_source,
+        layers=list(zip([name for name, _, _ in config.layers], readers, strict=True)),
+        composer=composer,
+        sink=sink,
+        handoff=PoseHandoffWriter(pose_fd),
+        deadline_ns=round(config.deadline_periods * period_ns),
+        grace_ns=round(config.grace_s * 1e9),
+        adapt_lead=config.adapt_lead,
+    )
+    priority = {"cpu": cpu, "gpu": gpu}
+    send_message(control, {"op": "ready", "priority": priority, "gl": gl_description()})
+    control.setblocking(False)
+    stop_requested = False
+
+    def should_stop() -> bool:
+        nonlocal stop_requested
+        try:
+            data = control.recv(MESSAGE_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+        if not data:
+            return True  # the parent is gone
+        stop_requested = json.loads(data).get("op") == "stop"
+        return stop_requested
+
+    started = time.monotonic()
+    loop.run(frames=config.frames, stop=should_stop)
+    sink.close()
+    stats = {
+        **loop.stats_dict(),
+        "seconds": time.monotonic() - started,
+        "priority": priority,
+        "gl": composer.stats(),
+        "capture": str(getattr(sink, "captured", None) or "") or None,
+        "capture_error": getattr(sink, "capture_error", None),
+    }
+    try:
+        control.setblocking(True)
+        send_message(control, {"op": "stats", "stats": stats})
+    except OSError:
+        pass  # nobody is listening any more
+
+
+class CompositorHandle:
+    """The parent's side of a running compositor process.
+
+    Example:
+        >>> handle = CompositorHandle.start(CompositorConfig(), pose_fd)     # doctest: +SKIP
+        >>> handle.layers          # [(fd, LayerSpec)] to hand to producers  # doctest: +SKIP
+        >>> stats = handle.stop()                                           # doctest: +SKIP
+    """
+
+    def __init__(self, process: Any, control: socket.socket) -> None:
+        self.process = process
+        self.control = control
+        self.layers: list[tuple[int, LayerSpec]] = []
+        self.ready: dict[str, Any] = {}
+
+    @classmethod
+    def start(
+        cls, config: CompositorConfig, pose_fd: int, timeout_s: float = 60.0
+    ) -> CompositorHandle:
+        """Spawn the process and wait for its layers and ``ready``.
+
+        Raises ``RuntimeError`` if it dies or is not ready within ``timeout_s``.
+        """
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        process = SPAWN.Process(
+            target=compositor_main,
+            args=(config, PassedFd(pose_fd), child),
+            name="engine-compositor",
+            daemon=True,
+        )
+        process.start()
+        child.close()
+        handle = cls(process, parent)
+        try:
+            parent.settimeout(timeout_s)
+            for _ in config.layers:
+                handle.layers.append(recv_layer_fd(parent))
+            ready = recv_message(parent, timeout_s)
+        except (OSError, ConnectionError, ValueError) as exc:
+            handle.kill()
+            raise RuntimeError(f"the compositor did not start: {exc}") from exc
+        if not ready or ready.get("op") != "ready":
+            handle.kill()
+            raise RuntimeError(f"the compositor did not start (got {ready!r})")
+        handle.ready = ready
+        return handle
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def stop(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """Ask it to stop and return its final stats (``{}`` if it could not say)."""
+        stats: dict[str, Any] = {}
+        try:
+            send_message(self.control, {"op": "stop"})
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                message = recv_message(self.control, max(0.0, deadline - time.monotonic()))
+                if message is None:
+                    break
+                if message.get("op") == "stats":
+                    stats = message["stats"]
+                    break
+        except (OSError, ConnectionError, ValueError):
+            pass
+        self.process.join(timeout_s)
+        self.kill()
+        return stats
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5.0)
+        for fd, _ in self.layers:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.layers = []
+        self.control.close()

@@ -1,0 +1,157 @@
+"""Where composed frames go, behind one small interface (:class:`~engine.compositor.loop.Sink`).
+
+* :class:`HeadlessSink` — no display: waits for the frame to be finished, counts it, and on
+  close can save the last frame (both eyes side by side) as a PNG (``--capture``).
+* :class:`MirrorWindowSink` — a desktop window showing both eyes, for a machine with a
+  display, asked for with ``--window``. Not exercised in CI (there is no display there).
+* An OpenXR swapchain sink belongs here too, once a runtime is present.
+
+A sink gets the composed eyes from an :class:`EyeSurface` (the GL composer).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+class EyeSurface(Protocol):
+    """The composer's output as a sink sees it."""
+
+    eye_width: int
+    eye_height: int
+
+    def finish(self) -> None:
+        """Block until every drawing command of the frame has completed."""
+
+    def read_eyes(self) -> np.ndarray:
+        """The composed eyes, ``uint8 (2, height, width, 4)``, rows bottom-to-top."""
+        ...
+
+    def eye_textures(self) -> tuple[int, int]:
+        """GL texture names of the left and right composed eye."""
+        ...
+
+
+def side_by_side(eyes: np.ndarray) -> np.ndarray:
+    """``(2, h, w, 4)`` eyes as one ``(h, 2w, 4)`` image, left eye on the left."""
+    return np.concatenate(list(eyes), axis=1)
+
+
+def save_png(image: np.ndarray, path: str | Path) -> Path:
+    """Write ``image`` (h, w, 4) uint8, rows bottom-to-top, as a PNG (top row first).
+
+    Raises ``OSError`` if the file cannot be written.
+    """
+    import pyglet  # the caller's process has already chosen headless or not
+
+    h, w = image.shape[:2]
+    data = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A positive pitch tells pyglet the rows are bottom-to-top; it flips them for the PNG.
+    pyglet.image.ImageData(w, h, "RGBA", data, pitch=w * 4).save(str(path))
+    return path
+
+
+class HeadlessSink:
+    """Counts presented frames; optionally captures the last one to ``capture_path`` on close.
+
+    ``present`` waits for the GPU (or llvmpipe) to finish the frame, which is what a swap
+    would wait for, so the compositor's compose time includes the drawing itself.
+    """
+
+    def __init__(self, surface: EyeSurface | None = None, capture_path: str | Path | None = None):
+        self.surface = surface
+        self.capture_path = Path(capture_path) if capture_path else None
+        self.frames = 0
+        self.captured: Path | None = None
+
+    def present(self, frame: int, display_time_ns: int) -> None:
+        if self.surface is not None:
+            self.surface.finish()
+        self.frames += 1
+
+    def capture(self, path: str | Path) -> Path:
+        """Save the last composed frame now. Raises ``RuntimeError`` without a surface."""
+        if self.surface is None:
+            raise RuntimeError("a headless sink without a surface has nothing to capture")
+        image = side_by_side(self.surface.read_eyes())
+        image[..., 3] = 255  # what a display shows: uncovered (transparent) pixels are black
+        return save_png(image, path)
+
+    def close(self) -> None:
+        """Capture (if asked to and something was presented). Never raises for a bad path;
+        the failure is kept in ``capture_error``."""
+        self.capture_error: str | None = None
+        if self.capture_path and self.frames and self.surface is not None:
+            try:
+                self.captured = self.capture(self.capture_path)
+            except OSError as exc:
+                self.capture_error = f"cannot write {self.capture_path}: {exc}"
+
+
+class MirrorWindowSink(HeadlessSink):
+    """A visible pyglet window showing both composed eyes side by side.
+
+    Needs a display and a process started with ``PYGLET_HEADLESS=0`` (the compositor
+    process sets that when asked for a window). Presents without vsync: the compositor's
+    own clock paces it, the window only mirrors. Closing the window just stops mirroring.
+    """
+
+    def __init__(
+        self,
+        surface: EyeSurface,
+        capture_path: str | Path | None = None,
+        scale: float = 0.5,
+    ) -> None:
+        super().__init__(surface, capture_path)
+        from engine.compositor.timewarp import FullscreenProgram
+        from engine.render.context import mirror_window, offscreen_context
+
+        w = max(1, int(surface.eye_width * scale))
+        h = max(1, int(surface.eye_height * scale))
+        self._offscreen_context = offscreen_context
+        self.window = mirror_window(2 * w, h, "All-Source Engine - compositor mirror")
+        self.window.set_vsync(False)
+        self._blit = FullscreenProgram(_BLIT_SHADER)  # made in the window's context
+        self.open = True
+
+        @self.window.event
+        def on_close() -> None:
+            self.open = False
+
+        offscreen_context()
+
+    def present(self, frame: int, display_time_ns: int) -> None:
+        super().present(frame, display_time_ns)
+        if not self.open:
+            return
+        from pyglet import gl
+
+        self.window.switch_to()
+        self.window.dispatch_events()
+        w, h = self.window.get_framebuffer_size()
+        for i, texture in enumerate(self.surface.eye_textures()):
+            gl.glViewport(i * w // 2, 0, w // 2, h)
+            gl.glActiveTexture(gl.GL_TEXTURE0)
+            gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
+            self._blit.draw(u_eye=0)
+        self.window.flip()
+        self._offscreen_context()
+
+    def close(self) -> None:
+        super().close()
+        if self.open:
+            self.window.close()
+
+
+_BLIT_SHADER = """
+#version 330 core
+in vec2 v_ndc;
+out vec4 out_color;
+uniform sampler2D u_eye;
+void main() { out_color = texture(u_eye, (v_ndc + 1.0) * 0.5); }
+"""

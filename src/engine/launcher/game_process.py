@@ -1,0 +1,304 @@
+"""The game process: an :class:`~engine.game.Engine` paced by the compositor.
+
+What it does each frame, on top of the engine's own frame (``Engine.after_frame``):
+
+1. draw into a free image of its layer with the pluggable ``render(frame, eyes, slot)``
+   and publish it with the eye poses it was drawn for;
+2. beat: write its frame number and time to the heartbeat block (the supervisor's proof
+   of life);
+3. every ``checkpoint_interval_s`` or more, serialize the world at this frame boundary and
+   hand the bytes to a writer thread, which replaces the checkpoint file atomically (tmp +
+   ``os.replace``), so a frame pays only for the serialization.
+
+The frame starts when the compositor publishes a new display frame (:class:`HandoffPacer`)
+and samples the pose the compositor predicted for that frame's display
+(:class:`HandoffPoseSource`). Started after a crash (``restarted``), the engine blames the
+module version that was on probation and the world is restored from the checkpoint.
+
+A render callable may raise: the frame then publishes nothing (the compositor reprojects
+and later excludes the layer; the supervisor restarts a game that stops publishing).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import importlib
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.compositor.handoff import (
+    HandoffPacer,
+    HandoffPoseSource,
+    HeartbeatWriter,
+    PoseHandoffReader,
+)
+from engine.compositor.layer import ImageSlot, LayerSpec, LayerWriter
+from engine.game import Engine, FrameInfo, install_stop_signals
+from engine.pose.base import EyeView
+from engine.scheduler.scheduler import SchedulePolicy
+from engine.world.checkpoint import CheckpointError
+
+#: Draws one frame: ``render(frame, eyes, slot)`` fills ``slot`` (both eyes) for ``eyes``.
+Render = Callable[[int, tuple[EyeView, ...], ImageSlot], None]
+#: Makes a game's render callable once the engine exists: ``factory(engine, spec)``.
+RenderFactory = Callable[[Engine, LayerSpec], Render]
+
+DEFAULT_RENDER = "engine.launcher.game_process:fill_renderer"
+#: ``GameConfig.render`` value that draws with the engine's own render system
+#: (``systems/render.py``: every Transform + Mesh + Material, both eyes, live shaders).
+RENDER_SYSTEM = "system"
+
+
+@dataclass(frozen=True)
+class GameConfig:
+    """How the supervisor starts a game process (picklable).
+
+    ``render`` is :data:`RENDER_SYSTEM` (the engine's render system) or names a
+    :data:`RenderFactory` as ``"module:attribute"``.
+    ``probation_frames`` overrides the scheduler's probation length (tests shorten it).
+    ``console`` shows the live systems table; ``plot_path`` writes per-system frame times
+    as a PNG when the game stops.
+    """
+
+    project_dir: str
+    checkpoint_path: str
+    restarted: bool = False
+    render: str = DEFAULT_RENDER
+    checkpoint_interval_s: float = 1.0
+    probation_frames: int | None = None
+    watch: bool = True
+    pacer_timeout_s: float = 0.1
+    console: bool = False
+    plot_path: str | None = None
+    stats_path: str | None = None  # where the engine's stats go when it stops cleanly
+
+
+def load_render_factory(path: str) -> RenderFactory:
+    """Import ``"module:attribute"``. Raises ``ImportError``/``AttributeError`` if absent."""
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def fill_renderer(engine: Engine, spec: LayerSpec) -> Render:
+    """A CPU stand-in for the render system: a fixed test pattern plus a moving bar.
+
+    Costs one copy of the image per frame (about 2 ms for two 1280x720 eyes here), which
+    is roughly what reading back a GPU-rendered frame costs.
+    """
+    h, w = spec.height, spec.width
+    pattern = np.zeros(spec.shape, np.uint8)
+    pattern[..., 0] = np.linspace(40, 200, w, dtype=np.uint8)[None, None, :]
+    pattern[..., 1] = np.linspace(40, 160, h, dtype=np.uint8)[None, :, None]
+    pattern[..., 2] = 90
+    pattern[:, :: max(1, h // 12), :, :3] = 230  # a grid, so warps are visible
+    pattern[:, :, :: max(1, w // 16), :3] = 230
+    pattern[..., 3] = 255
+    bar = max(1, w // 64)
+
+    def render(frame: int, eyes: tuple[EyeView, ...], slot: ImageSlot) -> None:
+        np.copyto(slot.pixels, pattern)
+        x = (frame * bar) % w
+        slot.pixels[:, :, x : x + bar, :3] = 255
+
+    return render
+
+
+def gl_renderer(engine: Engine, spec: LayerSpec) -> Render:
+    """The render system (:class:`engine.render.Renderer`) drawing the engine's world.
+
+    Renders each eye offscreen with llvmpipe or a GPU and reads it straight into the slot.
+    """
+    from engine.render import Renderer, ShaderLibrary
+
+    renderer = Renderer(spec.width, spec.height, ShaderLibrary(engine.project_dir))
+    start = time.monotonic()
+
+    def render(frame: int, eyes: tuple[EyeView, ...], slot: ImageSlot) -> None:
+        destinations = [slot.address(i) for i in range(len(eyes))]
+        engine.world.activate()
+        renderer.render(engine.world, eyes, destinations, time_s=time.monotonic() - start)
+
+    return render
+
+
+class Checkpointer:
+    """Takes a checkpoint at most every ``interval_ns`` and writes it off the frame.
+
+    :meth:`maybe_take` serializes on the calling (main) thread, at a frame boundary, and
+    hands the bytes to a writer thread; if the writer is still busy with an older one,
+    the older one is simply replaced. The file is written to ``path.tmp`` then renamed,
+    so a reader (the next game process) sees the old checkpoint or the new one, never
+    half of one.
+    """
+
+    def __init__(self, path: Path, interval_ns: int) -> None:
+        self.path = path
+        self.interval_ns = interval_ns
+        self.last_ns: int | None = None
+        self.taken = 0
+        self.last_dump_ns = 0
+        self.last_bytes = 0
+        self._pending: bytes | None = None
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._write_loop, name="checkpoint", daemon=True)
+        self._thread.start()
+
+    def maybe_take(self, engine: Engine, now_ns: int) -> bool:
+        """Serialize the world if the interval has passed since the last one."""
+        if self.last_ns is not None and now_ns - self.last_ns < self.interval_ns:
+            return False
+        t0 = time.perf_counter_ns()
+        data = engine.checkpoint()
+        self.last_dump_ns = time.perf_counter_ns() - t0
+        self.last_ns, self.last_bytes = now_ns, len(data)
+        self.taken += 1
+        with self._wake:
+            self._pending = data
+            self._wake.notify()
+        return True
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._wake:
+                while self._pending is None and not self._closed:
+                    self._wake.wait()
+                data, self._pending = self._pending, None
+                if data is None:
+                    return
+            write_atomically(self.path, data)
+
+    def close(self, final: bytes | None = None) -> None:
+        """Write ``final`` (if given) after anything pending, then stop the thread."""
+        with self._wake:
+            if final is not None:
+                self._pending = final
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(10.0)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data``: readers see the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class LayerPublisher:
+    """The after-frame hook: render and publish the layer, beat, maybe checkpoint."""
+
+    def __init__(
+        self,
+        writer: LayerWriter | None,
+        render: Render | None,
+        heartbeat: HeartbeatWriter,
+        checkpointer: Checkpointer,
+    ) -> None:
+        self.writer = writer
+        self.render = render
+        self.heartbeat = heartbeat
+        self.checkpointer = checkpointer
+        self.render_errors = 0
+
+    def __call__(self, engine: Engine) -> None:
+        info = engine.world.resources.get(FrameInfo)
+        stage = engine.render_stage
+        if stage is not None:  # the render system drew and published during the frame
+            if stage.frames and stage.last_frame == engine.frame:
+                self.heartbeat.published_frame = engine.frame
+        elif self.writer is not None and self.render and info is not None and info.pose:
+            eyes = info.pose.eyes[: self.writer.spec.eyes]
+            slot = self.writer.acquire()
+            try:
+                self.render(engine.frame, eyes, slot)
+            except Exception as exc:  # a broken renderer must not stop the heartbeat
+                self.render_errors += 1
+                if self.render_errors == 1:
+                    engine.report(f"game: render failed, not publishing: {exc!r}")
+            else:
+                self.writer.publish(slot, engine.frame, eyes, time.monotonic_ns())
+                self.heartbeat.published_frame = engine.frame
+        now = time.monotonic_ns()
+        if self.checkpointer.maybe_take(engine, now):
+            hb = self.heartbeat
+            hb.checkpoints, hb.checkpoint_frame = self.checkpointer.taken, engine.frame
+            hb.checkpoint_ns = self.checkpointer.last_dump_ns
+            hb.checkpoint_bytes = self.checkpointer.last_bytes
+        self.heartbeat.beat(engine.frame, now)
+
+
+def game_main(
+    config: GameConfig, pose_fd: int, heartbeat_fd: int, layer_fd: int, spec: LayerSpec
+) -> None:
+    """The game process's entry point (``spawn`` context). Runs until SIGTERM/SIGINT.
+
+    Exceptions before the first frame propagate: the process exits non-zero and the
+    supervisor treats it like any other death.
+    """
+    faulthandler.enable()  # a segfault leaves a Python traceback on stderr
+    # Ctrl-C in a terminal reaches the whole process group: the supervisor stops the game
+    # (SIGTERM) when it decides to, so the game does not also stop on its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.setdefault("PYGLET_HEADLESS", "1")
+    reader = PoseHandoffReader(pose_fd)
+    policy = SchedulePolicy()
+    if config.probation_frames is not None:
+        policy.probation_frames = config.probation_frames
+    use_render_system = config.render == RENDER_SYSTEM
+    if use_render_system:
+        from engine.render.stage import RenderSettings
+
+        render_settings = RenderSettings(spec.width, spec.height)
+    engine = Engine(
+        config.project_dir,
+        policy=policy,
+        pacer=HandoffPacer(reader, timeout_ns=round(config.pacer_timeout_s * 1e9)),
+        pose_source=HandoffPoseSource(reader),
+        blame_probation=config.restarted,
+        render=render_settings if use_render_system else None,
+        layer_fd=layer_fd if use_render_system else None,
+    )
+    checkpoint_path = Path(config.checkpoint_path)
+    if checkpoint_path.is_file():
+        try:
+            engine.restore(checkpoint_path.read_bytes())
+            engine.report(f"game: world restored from {checkpoint_path}")
+        except (CheckpointError, OSError) as exc:
+            engine.report(f"game: checkpoint unusable, starting fresh: {exc}")
+    writer = None if use_render_system else LayerWriter(layer_fd, spec)
+    checkpointer = Checkpointer(checkpoint_path, round(config.checkpoint_interval_s * 1e9))
+    checkpointer.last_ns = time.monotonic_ns()  # the restored state is already on disk
+    heartbeat = HeartbeatWriter(heartbeat_fd)
+    render = None if use_render_system else load_render_factory(config.render)(engine, spec)
+    engine.after_frame.append(LayerPublisher(writer, render, heartbeat, checkpointer))
+    install_stop_signals(engine)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # SIGTERM only, as above
+    from engine.launcher.console import attach_live_console
+
+    live = attach_live_console(engine, enabled=config.console)
+    if config.plot_path:
+        from engine.scheduler.stats import FrameRecorder
+
+        engine.recorder = FrameRecorder(90 * 600)
+    try:
+        with live:
+            engine.run(watch=config.watch)
+    finally:
+        checkpointer.close(final=engine.checkpoint())
+        if config.stats_path:
+            write_atomically(Path(config.stats_path), json.dumps(engine.stats()).encode())
+        if config.plot_path and engine.recorder is not None and len(engine.recorder):
+            from engine.scheduler.plot import plot_frame_times
+
+            plot_frame_times(engine.recorder, Path(config.plot_path))
+        engine.close()

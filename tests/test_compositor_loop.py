@@ -1,0 +1,253 @@
+"""The compositor loop's logic with a manual clock: pacing, late pose sampling, the deadline
+watchdog (fresh -> reprojected -> excluded -> restored), missed frames and the handoff.
+
+Nothing here sleeps or draws: the clock, pose source, layers, composer and sink are fakes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from engine.compositor.clock import DisplaySchedule
+from engine.compositor.loop import CompositorLoop, LayerState, LayerWatch
+from engine.pose.base import EyeView, Pose, PoseSample
+from engine.scheduler.pacing import ManualClock
+
+PERIOD = 10_000_000  # 100 Hz keeps the arithmetic readable
+LEAD = 2_000_000
+
+
+@dataclass
+class Image:
+    index: int
+    seq: int
+    frame: int
+    eyes: tuple[EyeView, ...] = (EyeView(Pose()), EyeView(Pose()))
+
+
+class FakeLayer:
+    """A layer whose newest image the test sets (``None``: nothing valid)."""
+
+    def __init__(self) -> None:
+        self.image: Image | None = None
+        self.count = 0
+        self.last_error = "nothing published yet"
+
+    def publish(self) -> Image:
+        self.count += 1
+        self.image = Image(self.count % 3, 2 * self.count, self.count)
+        return self.image
+
+    def read(self) -> Image | None:
+        return self.image
+
+    def still_valid(self, frame: object) -> bool:
+        return True
+
+
+class RecordingPoseSource:
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self.calls: list[tuple[int, int, int]] = []  # (frame, display_time, clock at call)
+
+    def sample(self, frame: int, display_time_ns: int) -> PoseSample:
+        self.calls.append((frame, display_time_ns, self.clock.now_ns()))
+        eyes = (EyeView(Pose()), EyeView(Pose()))
+        return PoseSample(frame, display_time_ns, Pose(), eyes)
+
+
+@dataclass
+class RecordingComposer:
+    clock: ManualClock
+    cost_ns: int = 0
+    calls: list[tuple[list[int], bool]] = field(default_factory=list)
+
+    def compose(self, draws, eyes, fallback):  # noqa: ANN001
+        self.calls.append(([d.layer for d in draws], fallback))
+        self.clock.advance(self.cost_ns)
+
+
+class CountingSink:
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, int]] = []
+
+    def present(self, frame: int, display_time_ns: int) -> None:
+        self.frames.append((frame, display_time_ns))
+
+    def close(self) -> None:
+        pass
+
+
+class RecordingHandoff:
+    def __init__(self) -> None:
+        self.published: list[PoseSample] = []
+
+    def publish(self, sample: PoseSample, period_ns: int, published_ns: int) -> None:
+        self.published.append(sample)
+
+
+def make_loop(
+    layers: int = 1, grace_ns: int = 5 * PERIOD, compose_cost_ns: int = 0, adapt: bool = False
+):
+    clock = ManualClock(0)
+    schedule = DisplaySchedule(PERIOD, origin_ns=PERIOD, compose_lead_ns=LEAD)
+    sources = [FakeLayer() for _ in range(layers)]
+    pose = RecordingPoseSource(clock)
+    composer = RecordingComposer(clock, compose_cost_ns)
+    sink = CountingSink()
+    handoff = RecordingHandoff()
+    loop = CompositorLoop(
+        clock=clock,
+        schedule=schedule,
+        pose_source=pose,
+        layers=[(f"layer{i}", s) for i, s in enumerate(sources)],
+        composer=composer,
+        sink=sink,
+        handoff=handoff,
+        deadline_ns=2 * PERIOD,
+        grace_ns=grace_ns,
+        adapt_lead=adapt,
+    )
+    return loop, clock, sources, pose, composer, sink, handoff
+
+
+def test_pose_is_sampled_after_the_wait_for_the_slots_display_time():
+    loop, clock, _, pose, _, _, _ = make_loop()
+    for _ in range(3):
+        record = loop.step()
+        frame, display, sampled_at = pose.calls[-2]  # the last call is the handoff's
+        assert sampled_at == loop.schedule.compose_deadline(record.slot)
+        assert display == loop.schedule.vsync(record.slot) == record.display_time_ns
+        assert frame == record.frame
+
+
+def test_slots_follow_each_other_at_the_display_rate():
+    loop, *_ = make_loop()
+    slots = [loop.step().slot for _ in range(5)]
+    assert slots == [0, 1, 2, 3, 4]
+    assert loop.stats.missed == 0
+    assert loop.stats.intervals.samples() == [PERIOD] * 4
+
+
+def test_a_fresh_layer_is_drawn_without_the_fallback():
+    loop, _, (layer,), _, composer, _, _ = make_loop()
+    layer.publish()
+    record = loop.step()
+    assert record.states == (LayerState.FRESH,)
+    assert composer.calls[-1] == ([0], False)
+
+
+def test_no_image_yet_shows_the_fallback_and_counts_waiting_not_excluded():
+    loop, _, _, _, composer, _, _ = make_loop()
+    for _ in range(4):
+        assert loop.step().states == (LayerState.WAITING,)
+    assert composer.calls[-1] == ([], True)
+    watch = loop.watches[0]
+    assert (watch.waiting_frames, watch.excluded_frames) == (4, 0)
+
+
+def test_stale_layer_is_reprojected_then_excluded_then_restored_by_a_fresh_image():
+    loop, _, (layer,), _, composer, _, _ = make_loop(grace_ns=3 * PERIOD)
+    layer.publish()
+    states = [loop.step().states[0] for _ in range(7)]
+    # Arrived at frame 1; age 0,1,2 periods fresh; 3,4,5 reprojected; then excluded.
+    assert states == ["fresh"] * 3 + ["reprojected"] * 3 + ["excluded"]
+    assert composer.calls[5] == ([0], False)  # reprojected: still drawn, from the old image
+    assert composer.calls[6] == ([], True)  # excluded: the fallback instead
+    layer.publish()
+    assert loop.step().states == (LayerState.FRESH,)
+    watch = loop.watches[0]
+    assert (watch.reprojected_frames, watch.excluded_frames) == (3, 1)
+    assert (watch.exclusions, watch.restorations) == (1, 1)
+
+
+def test_an_invalid_read_keeps_the_last_image_until_its_grace_runs_out():
+    loop, _, (layer,), _, composer, _, _ = make_loop(grace_ns=2 * PERIOD)
+    layer.publish()
+    loop.step()
+    layer.image = None  # e.g. the producer restarted and re-initialised the block
+    states = [loop.step().states[0] for _ in range(5)]
+    assert states == ["fresh", "fresh", "reprojected", "reprojected", "excluded"]
+    assert loop.watches[0].last_error == "nothing published yet"
+
+
+def test_each_layer_has_its_own_watchdog_and_an_excluded_base_layer_brings_the_fallback():
+    loop, _, (base, overlay), _, composer, _, _ = make_loop(layers=2, grace_ns=0)
+    base.publish()
+    overlay.publish()
+    loop.step()
+    for _ in range(3):
+        overlay.publish()  # only the overlay keeps up
+        loop.step()
+    assert composer.calls[-1] == ([1], True)
+    stats = loop.stats_dict()["layers"]
+    assert stats["layer0"]["excluded_frames"] == 1
+    assert stats["layer1"]["excluded_frames"] == 0
+
+
+def test_a_late_present_counts_as_missed():
+    loop, clock, *_ = make_loop()
+    loop.step()
+    loop.composer.cost_ns = LEAD + 1  # finishes just after the refresh
+    record = loop.step()
+    assert not record.on_time
+    assert (loop.stats.late_presents, loop.stats.skipped_slots, loop.stats.missed) == (1, 0, 1)
+
+
+def test_a_stall_skips_the_passed_slots_instead_of_composing_them_late():
+    loop, clock, *_ = make_loop()
+    loop.step()  # slot 0, composed at 8 ms
+    clock.advance(3 * PERIOD)  # descheduled until 38 ms: slots 1 and 2 have passed
+    record = loop.step()
+    assert record.slot == 3 and record.skipped_slots == 2
+    assert loop.stats.missed == 2
+    assert loop.step().slot == 4
+
+
+def test_the_handoff_predicts_the_next_slot():
+    loop, _, _, _, _, _, handoff = make_loop()
+    record = loop.step()
+    sample = handoff.published[-1]
+    assert sample.frame == record.frame + 1
+    assert sample.display_time_ns == loop.schedule.vsync(record.slot + 1)
+
+
+def test_stats_report_percentiles_in_milliseconds():
+    loop, *_ = make_loop(compose_cost_ns=1_000_000)
+    loop.run(frames=10)
+    stats = loop.stats_dict()
+    assert stats["frames"] == 10
+    assert stats["compose_ms_p50"] == pytest.approx(1.0)
+    assert stats["pose_age_ms_p99"] == pytest.approx(1.0)
+    assert stats["interval_ms_p50"] == pytest.approx(PERIOD / 1e6)
+
+
+def test_layer_watch_treats_same_image_as_not_new():
+    watch = LayerWatch("x", deadline_ns=10, grace_ns=10)
+    image = Image(0, 2, 1)
+    assert watch.update(image, 0) is LayerState.FRESH
+    assert watch.update(Image(0, 2, 1), 15) is LayerState.REPROJECTED
+    assert watch.update(Image(0, 4, 2), 16) is LayerState.FRESH  # same index, new seq
+
+
+def test_schedule_rejects_a_lead_longer_than_the_period():
+    with pytest.raises(ValueError):
+        DisplaySchedule(PERIOD, 0, compose_lead_ns=PERIOD)
+
+
+def test_a_slow_composer_makes_the_lead_grow_until_presents_are_on_time():
+    loop, *_ = make_loop(compose_cost_ns=5_000_000, adapt=True)  # lead is 2 ms
+    first = [loop.step().on_time for _ in range(loop.ADAPT_EVERY)]
+    assert not any(first)
+    later = [loop.step().on_time for _ in range(60)]
+    assert all(later)
+    assert loop.schedule.compose_lead_ns == 6_000_000  # 5 ms needed + 1 ms margin
+
+
+def test_a_fast_composer_makes_the_lead_shrink_so_the_pose_is_fresher():
+    loop, *_ = make_loop(compose_cost_ns=0, adapt=True)
+    loop.schedule = DisplaySchedule(PERIOD, PERIOD, compose_lead_ns=8_000_000)
+    loop.run(frames=loop.ADAPT_EVERY)
+    assert loop.schedule.compose_lead_ns == 1_000_000

@@ -1,0 +1,135 @@
+"""The compositor as a real process: it presents with or without a producer, shows what a
+producer publishes, survives a producer that scribbles over its layer, captures PNGs and
+reports the priority it was granted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine.compositor.handoff import PoseHandoffReader, create_block_fd
+from engine.compositor.layer import LayerWriter
+from engine.compositor.process import CompositorConfig, CompositorHandle
+
+SMALL = CompositorConfig(eye_width=64, eye_height=48, layers=(("game", 32, 24),), grace_s=0.05)
+TIMEOUT_S = 30
+
+
+def wait_for(predicate, timeout_s: float = TIMEOUT_S) -> bool:  # noqa: ANN001
+    give_up = time.monotonic() + timeout_s
+    while time.monotonic() < give_up:
+        if predicate():
+            return True
+        time.sleep(0.002)
+    return False
+
+
+def publish_frames(handle: CompositorHandle, pose: PoseHandoffReader, count: int, color) -> None:  # noqa: ANN001
+    fd, spec = handle.layers[0]
+    writer = LayerWriter(fd, spec)
+    published, last = 0, None
+    give_up = time.monotonic() + TIMEOUT_S
+    while published < count and time.monotonic() < give_up:
+        record = pose.read()
+        if record is None or record.frame == last:
+            time.sleep(0.001)
+            continue
+        last = record.frame
+        slot = writer.acquire()
+        slot.pixels[...] = color
+        writer.publish(slot, record.frame, record.sample.eyes, time.monotonic_ns())
+        published += 1
+    writer.close()
+    assert published == count
+
+
+def load_png(path: Path) -> np.ndarray:
+    import pyglet
+
+    from engine.render.context import gl  # noqa: F401  (headless pyglet before pyglet.image)
+
+    image = pyglet.image.load(str(path))
+    data = image.get_image_data().get_data("RGBA", image.width * 4)
+    return np.frombuffer(data, np.uint8).reshape(image.height, image.width, 4)
+
+
+def test_compositor_presents_shows_a_layer_and_captures_both_eyes(tmp_path):
+    pose_fd = create_block_fd("pose")
+    pose = PoseHandoffReader(pose_fd)
+    capture = tmp_path / "capture.png"
+    handle = CompositorHandle.start(
+        CompositorConfig(**{**SMALL.__dict__, "capture_path": str(capture)}), pose_fd
+    )
+    try:
+        assert handle.ready["priority"]["cpu"]  # SCHED_FIFO, a nice value, or a refusal
+        assert handle.ready["priority"]["gpu"].startswith(("not offered", "offered", "unknown"))
+        assert wait_for(lambda: (pose.read() or 0) and pose.read().frame > 5)
+        publish_frames(handle, pose, 20, (200, 30, 40, 255))
+        frame = pose.read().frame
+        assert wait_for(lambda: pose.read().frame > frame + 20)  # past deadline + grace
+        stats = handle.stop()
+    finally:
+        handle.kill()
+    assert stats["frames"] > 20
+    assert stats["layers"]["game"]["fresh_frames"] > 0
+    assert stats["gl"]["uploads"] > 0
+    assert stats["capture"] == str(capture)
+    image = load_png(capture)
+    assert image.shape == (48, 128, 4)  # two eyes side by side
+    # After the producer stopped the layer was excluded: the capture shows the fallback
+    # (sky on top, floor below), not the last red frame.
+    assert stats["layers"]["game"]["state"] == "excluded"
+    assert not np.all(image[5, 32, :3] == (200, 30, 40))
+
+
+def test_a_fresh_layer_is_what_the_capture_shows(tmp_path):
+    pose_fd = create_block_fd("pose")
+    pose = PoseHandoffReader(pose_fd)
+    capture = tmp_path / "capture.png"
+    config = CompositorConfig(**{**SMALL.__dict__, "capture_path": str(capture), "grace_s": 60})
+    handle = CompositorHandle.start(config, pose_fd)
+    try:
+        publish_frames(handle, pose, 10, (200, 30, 40, 255))
+        stats = handle.stop()
+    finally:
+        handle.kill()
+    assert stats["layers"]["game"]["state"] in ("fresh", "reprojected")
+    image = load_png(capture)
+    for x in (32, 96):  # the centre of each eye
+        assert tuple(image[24, x, :3]) == (200, 30, 40)
+
+
+def test_a_scribbled_layer_is_excluded_and_the_compositor_goes_on():
+    pose_fd = create_block_fd("pose")
+    pose = PoseHandoffReader(pose_fd)
+    handle = CompositorHandle.start(SMALL, pose_fd)
+    try:
+        publish_frames(handle, pose, 5, (0, 255, 0, 255))
+        import mmap
+
+        fd, spec = handle.layers[0]
+        block = mmap.mmap(fd, spec.block_size)
+        block[:4096] = np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes()
+        frame = pose.read().frame
+        # Deadline (2 periods) + grace (0.05 s) is about 7 frames; leave plenty of room.
+        assert wait_for(lambda: pose.read().frame > frame + 60)
+        stats = handle.stop()
+    finally:
+        handle.kill()
+    layer = stats["layers"]["game"]
+    assert layer["state"] == "excluded" and layer["excluded_frames"] > 0
+    assert layer["last_error"]  # why it could not be read
+
+
+def test_the_compositor_process_never_imports_the_game_or_the_loader():
+    code = (
+        "import sys, engine.compositor.process\n"
+        "bad = [m for m in sys.modules if m.startswith(('engine.game', 'engine.loader'))]\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
