@@ -382,3 +382,41 @@ def test_handler_defers_inside_engine_and_esper_code() -> None:
         wd._on_alarm(signal.SIGALRM, user)  # nothing armed: no raise
     finally:
         signal.setitimer = signal_setitimer
+
+
+def test_a_system_can_have_its_own_hard_limit_and_budget_patience() -> None:
+    clock = FakeClock()
+
+    def slow_renderer(world, dt):  # 30 ms: over the frame, but under its own 50 ms limit
+        clock.t += 30_000_000
+
+    def plain(world, dt):
+        clock.t += 30_000_000
+
+    sched = Scheduler(SchedulePolicy(over_budget_frames=3), clock_ns=clock)
+    sched.set_module_systems(
+        "m",
+        1,
+        [
+            (
+                SystemSpec("render", budget_ms=8.0, hard_limit_ms=50.0, over_budget_frames=90),
+                slow_renderer,
+            ),
+            (SystemSpec("plain", budget_ms=8.0), plain),
+        ],
+        frame=0,
+    )
+    w = World()
+    for i in range(1, 11):
+        sched.run_frame(w, 0.011, i)
+    render, other = sched.handles["m.render"], sched.handles["m.plain"]
+    assert render.enabled and render.stats.calls == 10  # patient: 90 slow frames allowed
+    assert other.state is SystemState.DISABLED and other.reason.limit == "c-call"
+    w.delete()
+
+
+def test_system_decorator_rejects_nonsense_limits() -> None:
+    with pytest.raises(ValueError):
+        system(budget_ms=0)(lambda w, dt: None)
+    with pytest.raises(ValueError):
+        system(hard_limit_ms=-1)(lambda w, dt: None)

@@ -123,3 +123,14 @@ def test_a_malformed_trace_names_the_line(tmp_path):
         TracePoseSource.load(path)
     with pytest.raises(ValueError):
         TracePoseSource([(2, Pose()), (1, Pose())])
+
+
+def test_fov_for_image_keeps_pixels_square() -> None:
+    import math
+
+    from engine.pose.base import Fov
+
+    fov = Fov.for_image(1280, 720, horizontal_deg=90.0)
+    assert math.tan(fov.right) == pytest.approx(1.0)
+    assert math.tan(fov.up) / math.tan(fov.right) == pytest.approx(720 / 1280)
+    assert fov.left == -fov.right and fov.down == -fov.up

@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.loader.history import ProjectHistory, VersionHistory, VersionStatus, source_hash
+from engine.loader.history import (
+    RUNNABLE,
+    ProjectHistory,
+    VersionHistory,
+    VersionStatus,
+    source_hash,
+)
 from engine.loader.modules import (
     PACKAGE,
     LoadedModule,
@@ -187,8 +193,11 @@ class Loader:
             raise ModuleNotFoundError(f"No module named '{PACKAGE}.{stem}'")
         if threading.current_thread() is not threading.main_thread():
             raise ModuleNotFoundError(f"'{PACKAGE}.{stem}' is not loaded yet")
-        source = self.source_path(stem).read_text(encoding="utf-8")  # type: ignore[union-attr]
-        self.prepare({stem: source}, kind="load")
+        chosen = self.startup_source(stem)
+        if chosen is None:
+            raise ModuleNotFoundError(f"'{PACKAGE}.{stem}' is left out (its version was bad)")
+        source, number = chosen
+        self.prepare({stem: source}, kind="load", versions={stem: number} if number else None)
         self.apply_pending(self.frame)
         if stem not in self.active:
             raise ModuleNotFoundError(f"'{PACKAGE}.{stem}' failed to load: {self.errors.get(stem)}")
@@ -202,9 +211,15 @@ class Loader:
         path = self.source_path(stem)
         if path is None:
             raise ModuleNotFoundError(f"No module named '{PACKAGE}.{stem}'")
-        source = path.read_text(encoding="utf-8")
-        version = self.unit(stem).record(source, from_disk=path.parent == self.systems_dir)
-        batch.sources[stem] = (source, version.number)
+        chosen = self.startup_source(stem)
+        if chosen is None:
+            raise ModuleNotFoundError(f"'{PACKAGE}.{stem}' is left out (its version was bad)")
+        source, number = chosen
+        if number is None:
+            number = (
+                self.unit(stem).record(source, from_disk=path.parent == self.systems_dir).number
+            )
+        batch.sources[stem] = (source, number)
         return self._prepare_one(batch, stem).module
 
     def _prepare_one(self, batch: _Batch, name: str) -> LoadedModule:
@@ -500,55 +515,19 @@ class Loader:
 
         A module whose file changed while the game was stopped gets a new version. A module
         that fails to load falls back to its last good version, if it has one. With
-        ``blame_probation`` (a restart after a crash), an active version still on
-        probation is marked bad — it was new when the game died — and its last good
-        version is loaded instead (or the module is left out if it has none).
+        ``blame_probation`` (a restart after a crash), see :meth:`blame_probation`.
         """
         if blame_probation:
-            for name in self.project_modules():
-                unit = self.unit(name)
-                active = unit.active
-                if (
-                    active is not None
-                    and active.status is VersionStatus.PROBATION
-                    and active.went_live not in ("load", "")
-                ):
-                    why = "the game process died while this version was on probation"
-                    unit.mark(active.number, VersionStatus.BAD, why)
-                    good = unit.last_good()
-                    unit.activate(good.number if good else None)
-                    self.report(
-                        f"engine: blamed {name} v{active.number} for the crash; "
-                        + (f"back to v{good.number}" if good else "left out")
-                    )
+            self.blame_probation()
         sources: dict[str, str | None] = {}
         versions: dict[str, int] = {}
         for name in self.project_modules():
-            path = self.systems_dir / f"{name}.py"
-            try:
-                source = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                self.report(f"engine: cannot read {path}: {exc}")
+            chosen = self.startup_source(name)
+            if chosen is None:
                 continue
-            unit = self.unit(name)
-            active = unit.active
-            if (
-                active is None
-                and unit.disk_number is not None
-                and unit.get(unit.disk_number).status is VersionStatus.BAD
-                and unit.get(unit.disk_number).sha256 == source_hash(source)
-            ):
-                continue  # proven bad, nothing good to run: left out until the file changes
-            if (
-                active is not None
-                and unit.disk_number is not None
-                and unit.get(unit.disk_number).sha256 == source_hash(source)
-                and active.status not in (VersionStatus.BAD, VersionStatus.ERROR)
-            ):
-                sources[name] = unit.source(active.number)
-                versions[name] = active.number
-            else:
-                sources[name] = source
+            sources[name], number = chosen
+            if number is not None:
+                versions[name] = number
         self.prepare(sources, kind="load", versions=versions)
         # Fall back to the last good version for whatever failed.
         retry: dict[str, str | None] = {}
@@ -561,3 +540,56 @@ class Loader:
         if retry:
             self.prepare(retry, kind="load", versions=versions)
         return self.apply_pending(frame)
+
+    def blame_probation(self) -> None:
+        """After a crash: mark bad each version that was swapped in live and was still on
+        probation (it was new when the game died) and make the version that ran before it
+        active — the last good one, else the newest runnable one before it — or leave the
+        module out if there is none. Versions only loaded at start-up are not blamed: a
+        crash they cause repeats, and the supervisor's crash-loop back-off reports it."""
+        for name in self.project_modules():
+            unit = self.unit(name)
+            active = unit.active
+            if (
+                active is None
+                or active.status is not VersionStatus.PROBATION
+                or active.went_live in ("load", "")
+            ):
+                continue
+            why = "the game process died while this version was on probation"
+            unit.mark(active.number, VersionStatus.BAD, why)
+            before = unit.last_good(before=active.number) or next(
+                (v for v in reversed(unit.versions[: active.number - 1]) if v.status in RUNNABLE),
+                None,
+            )
+            unit.activate(before.number if before else None)
+            self.report(
+                f"engine: blamed {name} v{active.number} for the crash; "
+                + (f"back to v{before.number}" if before else "left out")
+            )
+
+    def startup_source(self, name: str) -> tuple[str, int | None] | None:
+        """Which source a module starts with: ``(source, version)``, ``version`` None for
+        new text (recorded when prepared), or None when the module is left out.
+
+        The history's active version runs if the file still holds the text it last saw
+        (an undo survives a restart); a file changed while the game was stopped is new; a
+        file whose text was proven bad, with nothing else to run, is left out until edited.
+        """
+        path = self.source_path(name)
+        if path is None:
+            return None
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            self.report(f"engine: cannot read {path}: {exc}")
+            return None
+        unit = self.unit(name)
+        active = unit.active
+        on_disk = unit.get(unit.disk_number) if unit.disk_number is not None else None
+        unchanged = on_disk is not None and on_disk.sha256 == source_hash(source)
+        if active is None and unchanged and on_disk.status is VersionStatus.BAD:
+            return None
+        if active is not None and unchanged and active.status in RUNNABLE:
+            return unit.source(active.number), active.number
+        return source, None
