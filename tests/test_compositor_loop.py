@@ -68,6 +68,9 @@ class RecordingComposer:
         self.calls.append(([d.layer for d in draws], fallback))
         self.clock.advance(self.cost_ns)
 
+    def finish(self) -> None:
+        pass
+
 
 class CountingSink:
     def __init__(self) -> None:
@@ -198,8 +201,8 @@ def test_a_late_present_counts_as_missed():
 
 def test_a_stall_skips_the_passed_slots_instead_of_composing_them_late():
     loop, clock, *_ = make_loop()
-    loop.step()  # slot 0, composed at 8 ms
-    clock.advance(3 * PERIOD)  # descheduled until 38 ms: slots 1 and 2 have passed
+    loop.step()  # slot 0, composed at 8 ms, presented at its vsync (10 ms)
+    clock.advance(3 * PERIOD - LEAD)  # descheduled until 38 ms: slots 1 and 2 have passed
     record = loop.step()
     assert record.slot == 3 and record.skipped_slots == 2
     assert loop.stats.missed == 2
@@ -220,7 +223,8 @@ def test_stats_report_percentiles_in_milliseconds():
     stats = loop.stats_dict()
     assert stats["frames"] == 10
     assert stats["compose_ms_p50"] == pytest.approx(1.0)
-    assert stats["pose_age_ms_p99"] == pytest.approx(1.0)
+    # The pose is sampled at the compose deadline and shown at the vsync: one lead later.
+    assert stats["pose_age_ms_p99"] == pytest.approx(LEAD / 1e6)
     assert stats["interval_ms_p50"] == pytest.approx(PERIOD / 1e6)
 
 
@@ -251,3 +255,13 @@ def test_a_fast_composer_makes_the_lead_shrink_so_the_pose_is_fresher():
     loop.schedule = DisplaySchedule(PERIOD, PERIOD, compose_lead_ns=8_000_000)
     loop.run(frames=loop.ADAPT_EVERY)
     assert loop.schedule.compose_lead_ns == 1_000_000
+
+
+def test_a_frame_composed_in_time_is_presented_at_its_vsync_and_a_late_one_at_once():
+    loop, clock, *_ = make_loop(compose_cost_ns=1_000_000)
+    record = loop.step()
+    assert record.on_time and record.presented_ns == record.display_time_ns
+    late, clock2, *_ = make_loop(compose_cost_ns=LEAD + 3_000_000)  # misses its vsync
+    record = late.step()
+    assert not record.on_time and record.presented_ns == record.display_time_ns + 3_000_000
+    assert late.stats.missed == 1

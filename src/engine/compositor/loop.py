@@ -68,6 +68,10 @@ class Composer(Protocol):
         self, draws: Sequence[LayerDraw], eyes: tuple[EyeView, EyeView], fallback: bool
     ) -> None: ...
 
+    def finish(self) -> None:
+        """Wait until the frame is really drawn (GL queues work; this is its glFinish)."""
+        ...
+
 
 class Sink(Protocol):
     """Where composed frames go (see :mod:`engine.compositor.sinks`)."""
@@ -206,6 +210,9 @@ class CompositorLoop:
             ``lead_margin_ns``), between 1 ms and one period less 1 ms: a slow renderer
             then starts earlier and samples a slightly older pose instead of missing
             refreshes; a fast one samples later.
+        latch_at_vsync: present a frame composed in time at its slot's display time, as a
+            swap with vsync does (the display shows it then, not when drawing ended); a
+            late frame is presented at once and counted as missed.
     """
 
     ADAPT_EVERY = 30
@@ -225,6 +232,7 @@ class CompositorLoop:
         grace_ns: int = 500_000_000,
         adapt_lead: bool = False,
         lead_margin_ns: int = 1_000_000,
+        latch_at_vsync: bool = True,
     ) -> None:
         self.clock = clock
         self.schedule = schedule
@@ -240,6 +248,7 @@ class CompositorLoop:
         self.stats = LoopStats()
         self.adapt_lead = adapt_lead
         self.lead_margin_ns = lead_margin_ns
+        self.latch_at_vsync = latch_at_vsync
         self._needed = RollingWindow(self.ADAPT_WINDOW)  # deadline -> present, per frame
         self._last_present_ns: int | None = None
 
@@ -268,30 +277,34 @@ class CompositorLoop:
                 draws.append(LayerDraw(i, watch.image, source, state is LayerState.REPROJECTED))
         fallback = not draws or draws[0].layer != 0
         self.composer.compose(draws, pose.eyes, fallback)
-        self.sink.present(self.frame, display_ns)
-        presented = self.clock.now_ns()
-
-        on_time = presented <= display_ns
-        s = self.stats
-        s.frames += 1
-        s.skipped_slots += skipped
-        s.late_presents += 0 if on_time else 1
-        s.fallback_frames += 1 if fallback else 0
-        s.compose.add(presented - sampled)  # reading layers, drawing, presenting
-        s.pose_age.add(presented - woke)  # the pose was sampled the moment the loop woke
-        if self._last_present_ns is not None:
-            s.intervals.add(presented - self._last_present_ns)
-        self._last_present_ns = presented
-        self.slot = slot
-        self._needed.add(presented - self.schedule.compose_deadline(slot))
-        if self.adapt_lead and self.frame % self.ADAPT_EVERY == 0:
-            self._adapt_lead()
-
+        self.composer.finish()
+        composed = self.clock.now_ns()
+        on_time = composed <= display_ns
         if self.handoff is not None:
             # The game starts now and its image is composed at the next slot.
             next_display = self.schedule.vsync(slot + 1)
             prediction = self.pose_source.sample(self.frame + 1, next_display)
             self.handoff.publish(prediction, self.schedule.period_ns, self.clock.now_ns())
+        if on_time and self.latch_at_vsync:
+            # A display shows a frame at its refresh, not when drawing ended: like a swap
+            # with vsync, hold the present until the slot's display time.
+            self.clock.sleep_until(display_ns)
+        self.sink.present(self.frame, display_ns)
+        presented = self.clock.now_ns()
+        s = self.stats
+        s.frames += 1
+        s.skipped_slots += skipped
+        s.late_presents += 0 if on_time else 1
+        s.fallback_frames += 1 if fallback else 0
+        s.compose.add(composed - sampled)  # reading layers and drawing
+        s.pose_age.add(presented - woke)  # the pose was sampled the moment the loop woke
+        if self._last_present_ns is not None:
+            s.intervals.add(presented - self._last_present_ns)
+        self._last_present_ns = presented
+        self.slot = slot
+        self._needed.add(composed - self.schedule.compose_deadline(slot))
+        if self.adapt_lead and self.frame % self.ADAPT_EVERY == 0:
+            self._adapt_lead()
 
         return FrameRecord(
             self.frame,
