@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(game and crashes at 2 x {GAME_EYE[0]}x{GAME_EYE[1]}, the others at 2 x 1280x720)")
     print(
         "(ms; err = |interval between presents - period|; missed = refreshes without an "
-        "on-time frame, % of refreshes; cmp = pose sample to frame drawn; age = pose age at present)"
+        "on-time frame, % of refreshes; cmp = pose sample to frame drawn; "
+        "age = pose age at present)"
     )
     crashes = results["crashes"]
     restart_ms = crashes["restart_ms"]
