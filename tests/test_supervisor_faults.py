@@ -301,3 +301,29 @@ def test_ctrl_c_stops_the_whole_tree_without_a_restart(tmp_path):
     assert stats["compositor"]["frames"] > 0
     assert stats["game"]["frames"] >= 20
     assert stats["game"]["engine"]["frames"] >= 20  # the game's own stats, written at exit
+
+
+def test_a_compositor_that_dies_is_restarted_with_the_game_from_its_checkpoint(tmp_path):
+    """The compositor must never die; if it does (a driver crash), the tree comes back."""
+    project = make_project(tmp_path / "game")
+    messages: list[str] = []
+    with make_supervisor(project, messages) as sup:
+        sup.start()
+        assert sup.run_until(lambda: len(counter_log(project)) > 30, TIMEOUT_S), messages
+        before = sup.compositor_frame
+        os.kill(sup.compositor.process.pid, signal.SIGKILL)
+        assert sup.run_until(lambda: bool(sup.compositor_restarts), TIMEOUT_S), messages
+        rows = len(counter_log(project))
+        assert sup.run_until(lambda: sup.compositor_frame > before + 60, TIMEOUT_S), messages
+        assert sup.run_until(lambda: len(counter_log(project)) > rows + 30, TIMEOUT_S)
+        assert sup.compositor_failure is None
+        assert sup.restarts == []  # the game did nothing wrong: nothing blamed
+        stats = sup.stop()
+    assert stats["compositor_restarts"][0]["cause"] == "compositor died (signal SIGKILL)"
+    log = counter_log(project)
+    first_pid = log[0][0]
+    last_old = max(value for pid, value in log if pid == first_pid)
+    first_new = next(value for pid, value in log if pid != first_pid)
+    # The old game wrote a final checkpoint as it was stopped; the new one continues it.
+    assert first_new == last_old + 1
+    assert fault_history(project).get(1).status is not VersionStatus.BAD

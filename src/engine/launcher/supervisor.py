@@ -237,6 +237,9 @@ class Supervisor:
         self.compositor: CompositorHandle | None = None
         self.compositor_stats: dict[str, Any] = {}
         self.compositor_failure: str | None = None
+        self.compositor_restarts: list[dict[str, Any]] = []
+        self._compositor_frames_before = 0  # frames presented by compositors that died
+        self._compositor_policy = RestartPolicy()
         self.game_engine_stats: dict[str, Any] | None = None  # the last game's Engine.stats()
         self.game: _Game | None = None
         self.game_frames = 0  # frames of finished game processes, plus the current one's
@@ -260,6 +263,10 @@ class Supervisor:
         self.game_stats_path.unlink(missing_ok=True)
         if not self.resume:
             self.checkpoint_path.unlink(missing_ok=True)
+        self._start_compositor()
+        self._start_game(restarted=False)
+
+    def _start_compositor(self) -> None:
         self._pose_fd = create_block_fd("pose-handoff")
         self._pose_reader = PoseHandoffReader(self._pose_fd)
         self.compositor = CompositorHandle.start(self.compositor_config, self._pose_fd)
@@ -267,6 +274,43 @@ class Supervisor:
             "supervisor: compositor up, priority "
             f"{self.compositor.ready['priority']}, {self.compositor.ready['gl']}"
         )
+
+    def _close_compositor(self) -> None:
+        """Release a compositor that is gone (or stop one that is not) and its pose block."""
+        if self.compositor is not None:
+            if self.compositor.alive():
+                self.compositor_stats = self.compositor.stop()
+            else:
+                self.compositor.kill()
+            self.compositor = None
+        if self._pose_reader is not None:
+            self._pose_reader.close()
+            self._pose_reader = None
+        if self._pose_fd is not None:
+            os.close(self._pose_fd)
+            self._pose_fd = None
+
+    def _on_compositor_death(self, now: int) -> None:
+        """The compositor must never die; if it does anyway, bring the tree back.
+
+        The game is stopped cleanly (it writes a final checkpoint: it did nothing wrong, so
+        nothing is blamed), a new compositor starts with new layer and pose blocks, and the
+        game starts again from that checkpoint. A compositor that keeps dying (the same
+        crash-loop rule as the game's) is given up on: ``compositor_failure`` says why.
+        """
+        code = self.compositor.process.exitcode if self.compositor else None
+        cause = f"compositor died ({describe_exit(code) if code is not None else 'unknown'})"
+        self.compositor_restarts.append({"cause": cause, "at_s": (now - self._started_ns) / S})
+        self._compositor_frames_before = self.compositor_frame
+        if self.game is not None:
+            self._end_game(self.game, kill=False)
+        self._close_compositor()
+        if self._compositor_policy.on_fault("compositor", now):
+            self.compositor_failure = f"{cause}; it keeps dying, giving up"
+            self.report(f"supervisor: {self.compositor_failure}")
+            return
+        self.report(f"supervisor: {cause}; restarting it and the game from its checkpoint")
+        self._start_compositor()
         self._start_game(restarted=False)
 
     def _start_game(self, restarted: bool) -> None:
@@ -299,11 +343,8 @@ class Supervisor:
         """One supervision step: check the compositor and the game, restart if due."""
         now = self.clock()
         if self.compositor is not None and not self.compositor.alive():
-            if self.compositor_failure is None:
-                code = self.compositor.process.exitcode
-                how = describe_exit(code) if code is not None else "unknown"
-                self.compositor_failure = f"compositor died ({how})"
-                self.report(f"supervisor: {self.compositor_failure}")
+            self._on_compositor_death(now)
+            return
         game = self.game
         if game is None:
             if self._restart_at is not None and now >= self._restart_at:
@@ -372,9 +413,10 @@ class Supervisor:
     # -- running -------------------------------------------------------------------------
     @property
     def compositor_frame(self) -> int:
-        """The newest frame the compositor has presented (0 before its first)."""
+        """Frames presented so far (0 before the first), across compositor restarts."""
         record = self._pose_reader.read() if self._pose_reader else None
-        return record.frame - 1 if record else 0  # it publishes frame + 1 for the game
+        current = record.frame - 1 if record else 0  # it publishes frame + 1 for the game
+        return self._compositor_frames_before + current
 
     @property
     def game_pid(self) -> int | None:
@@ -428,15 +470,7 @@ class Supervisor:
             self.game_engine_stats = json.loads(self.game_stats_path.read_text())
         except (OSError, ValueError):
             self.game_engine_stats = None
-        if self.compositor is not None:
-            self.compositor_stats = self.compositor.stop()
-            self.compositor = None
-        if self._pose_reader is not None:
-            self._pose_reader.close()
-            self._pose_reader = None
-        if self._pose_fd is not None:
-            os.close(self._pose_fd)
-            self._pose_fd = None
+        self._close_compositor()
         return self.stats()
 
     def stats(self) -> dict[str, Any]:
@@ -444,6 +478,7 @@ class Supervisor:
         return {
             "compositor": self.compositor_stats,
             "compositor_failure": self.compositor_failure,
+            "compositor_restarts": self.compositor_restarts,
             "restarts": [asdict(r) for r in self.restarts],
             "crash_loop": self.crash_loop,
             "game": {
