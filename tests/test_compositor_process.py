@@ -4,12 +4,15 @@ reports the priority it was granted."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from engine.compositor.handoff import PoseHandoffReader, create_block_fd
 from engine.compositor.layer import LayerWriter
@@ -133,3 +136,45 @@ def test_the_compositor_process_never_imports_the_game_or_the_loader():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+@pytest.fixture
+def virtual_display(monkeypatch):  # noqa: ANN001, ANN201
+    """A real X server (Xvfb) for the mirror window; skipped where Xvfb is not installed."""
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed (apt-get install xvfb)")
+    display = f":{150 + os.getpid() % 100}"
+    server = subprocess.Popen(
+        ["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    socket_path = Path(f"/tmp/.X11-unix/X{display[1:]}")
+    if not wait_for(socket_path.exists, 10):
+        server.kill()
+        pytest.skip("Xvfb did not start")
+    monkeypatch.setenv("DISPLAY", display)
+    yield display
+    server.terminate()
+    server.wait(5)
+
+
+def test_the_mirror_window_shows_the_composed_eyes_on_a_real_display(tmp_path, virtual_display):
+    pose_fd = create_block_fd("pose")
+    pose = PoseHandoffReader(pose_fd)
+    capture = tmp_path / "capture.png"
+    config = CompositorConfig(
+        **{**SMALL.__dict__, "capture_path": str(capture), "grace_s": 60, "window": True}
+    )
+    handle = CompositorHandle.start(config, pose_fd)
+    try:
+        assert "GLX" in handle.ready["priority"]["gpu"]  # a windowed (GLX) context, not EGL
+        publish_frames(handle, pose, 10, (30, 200, 40, 255))
+        frame = pose.read().frame
+        assert wait_for(lambda: pose.read().frame > frame + 10)  # it keeps presenting
+        stats = handle.stop()
+    finally:
+        handle.kill()
+    assert stats["frames"] > 10
+    image = load_png(capture)
+    assert tuple(image[24, 32, :3]) == (30, 200, 40)
