@@ -239,6 +239,7 @@ class Supervisor:
         self.compositor_failure: str | None = None
         self.compositor_restarts: list[dict[str, Any]] = []
         self._compositor_frames_before = 0  # frames presented by compositors that died
+        self._compositor_frame_now = 0  # the running compositor's newest frame
         self._compositor_policy = RestartPolicy()
         self.game_engine_stats: dict[str, Any] | None = None  # the last game's Engine.stats()
         self.game: _Game | None = None
@@ -302,6 +303,7 @@ class Supervisor:
         cause = f"compositor died ({describe_exit(code) if code is not None else 'unknown'})"
         self.compositor_restarts.append({"cause": cause, "at_s": (now - self._started_ns) / S})
         self._compositor_frames_before = self.compositor_frame
+        self._compositor_frame_now = 0
         if self.game is not None:
             self._end_game(self.game, kill=False)
         self._close_compositor()
@@ -415,8 +417,9 @@ class Supervisor:
     def compositor_frame(self) -> int:
         """Frames presented so far (0 before the first), across compositor restarts."""
         record = self._pose_reader.read() if self._pose_reader else None
-        current = record.frame - 1 if record else 0  # it publishes frame + 1 for the game
-        return self._compositor_frames_before + current
+        if record is not None:  # None: the writer was mid-record; keep the last value seen
+            self._compositor_frame_now = record.frame - 1  # it publishes frame + 1
+        return self._compositor_frames_before + self._compositor_frame_now
 
     @property
     def game_pid(self) -> int | None:
