@@ -32,7 +32,6 @@ seqlock needs. (On a weakly ordered CPU the writer would need fences; Python giv
 
 from __future__ import annotations
 
-import fcntl
 import math
 import mmap
 import os
@@ -43,6 +42,7 @@ from multiprocessing import reduction
 
 import numpy as np
 
+from engine.compositor.layer import sealed_memfd
 from engine.pose.base import EyeView, Fov, Pose, PoseSample
 from engine.render.camera import eyes_from_head
 from engine.scheduler.pacing import Clock, MonotonicClock
@@ -70,15 +70,7 @@ def create_block_fd(name: str) -> int:
     Its size is sealed, so no process holding it can shrink it under a reader's mapping
     (which would kill the reader with SIGBUS).
     """
-    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        os.ftruncate(fd, BLOCK_BYTES)
-        seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return sealed_memfd(name, BLOCK_BYTES)
 
 
 def read_only_fd(fd: int) -> int:

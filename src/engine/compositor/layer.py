@@ -206,9 +206,18 @@ def create_layer_fd(spec: LayerSpec, name: str = "layer") -> int:
     pass it on with :func:`send_layer_fd` or ``subprocess.Popen(..., pass_fds=[fd])``. The
     caller owns the fd and closes it. Raises ``OSError`` if the kernel refuses.
     """
+    return sealed_memfd(name, spec.block_size)
+
+
+def sealed_memfd(name: str, size: int) -> int:
+    """A close-on-exec memfd of ``size`` bytes whose size can never change again.
+
+    Sealed against shrinking and growing (and against removing the seals), so no process
+    holding it can truncate it under another's mapping. Raises ``OSError`` if refused.
+    """
     fd = os.memfd_create(name, os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
     try:
-        os.ftruncate(fd, spec.block_size)
+        os.ftruncate(fd, size)
         seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
     except BaseException:
