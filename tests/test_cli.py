@@ -169,3 +169,33 @@ def test_undo_and_enable_reach_a_running_game(tmp_path: Path) -> None:
     kinds = [(s["module"], s["kind"]) for s in stats["swaps"]]
     assert ("counter", "undo") in kinds
     assert not (tmp_path / ".engine" / "run.json").exists()
+
+
+def test_shader_files_have_a_history_the_command_shows(tmp_path: Path) -> None:
+    frag = Path(__file__).parent.parent / "src" / "engine" / "render" / "shaders" / "basic.frag"
+    write(tmp_path / "shaders" / "basic.frag", frag.read_text())
+    (tmp_path / "systems").mkdir()
+    write(
+        tmp_path / "game.py",
+        """
+        from engine.render.components import Material, Mesh, Transform
+
+        def setup(world):
+            world.create_entity(Transform(position=(0.0, 1.6, -2.0)), Mesh("cube"), Material())
+    """,
+    )
+    r = engine_cmd(
+        "run",
+        str(tmp_path),
+        "--frames",
+        "3",
+        "--size",
+        "32x24",
+        "--quiet",
+        "--single-process",
+        "--no-watch",
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = engine_cmd("history", str(tmp_path), "basic.frag")
+    assert r.returncode == 0 and r.stdout.startswith("* v1"), r.stdout + r.stderr
+    assert engine_cmd("undo", str(tmp_path), "basic.frag").returncode == 1  # nothing before

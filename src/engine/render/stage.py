@@ -111,7 +111,8 @@ class RenderStage:
         """Draw both eyes into a free layer image and publish it with the pose used."""
         views = self.eyes_for(eyes)
         slot = self.writer.acquire()
-        timings = self.renderer.render(world, views, [slot.eye(i) for i in range(len(views))])
+        # Addresses, not views: the layer and the renderer agree on the size by construction.
+        timings = self.renderer.render(world, views, [slot.address(i) for i in range(len(views))])
         t0 = time.perf_counter_ns()
         self.writer.publish(slot, frame=frame, eyes=tuple(views), completed_ns=time.monotonic_ns())
         self.last = RenderFrameTimes(
