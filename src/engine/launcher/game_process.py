@@ -2,8 +2,10 @@
 
 What it does each frame, on top of the engine's own frame (``Engine.after_frame``):
 
-1. draw into a free image of its layer with the pluggable ``render(frame, eyes, slot)``
-   and publish it with the eye poses it was drawn for;
+1. draw into a free image of its layer and publish it with the eye poses it was drawn
+   for: with the engine's own render system (``render="system"``, what ``engine run``
+   uses: it draws during the frame, as a system) or a pluggable
+   ``render(frame, eyes, slot)`` factory (a CPU test pattern for benches and tests);
 2. beat: write its frame number and time to the heartbeat block (the supervisor's proof
    of life);
 3. every ``checkpoint_interval_s`` or more, serialize the world at this frame boundary and
@@ -214,7 +216,7 @@ class LayerPublisher:
         info = engine.world.resources.get(FrameInfo)
         stage = engine.render_stage
         if stage is not None:  # the render system drew and published during the frame
-            if stage.frames and stage.last_frame == engine.frame:
+            if stage.last_frame == engine.frame:
                 self.heartbeat.published_frame = engine.frame
         elif self.writer is not None and self.render and info is not None and info.pose:
             eyes = info.pose.eyes[: self.writer.spec.eyes]
