@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.compositor.layer import LayerReader, LayerSpec, LayerWriter, create_layer_fd
+from engine.compositor.sinks import save_png, side_by_side
 from engine.loader.history import ProjectHistory
 from engine.pose.base import EyeView, Fov, Pose
 from engine.render.camera import eyes_from_head
@@ -92,7 +93,6 @@ class RenderStage:
         self.owns_layer = layer_fd is None
         self.layer_fd = create_layer_fd(self.spec, "game") if layer_fd is None else layer_fd
         self.writer = LayerWriter(self.layer_fd, self.spec)
-        self.frames = 0
         self.last_frame = -1  # the frame number last published
         self.last = RenderFrameTimes()
 
@@ -118,42 +118,31 @@ class RenderStage:
         self.last = RenderFrameTimes(
             timings.draw_ns, timings.readback_ns, time.perf_counter_ns() - t0, timings.drawn
         )
-        self.frames += 1
         self.last_frame = frame
 
-    def latest_image(self) -> np.ndarray | None:
-        """The newest published frame, both eyes side by side, top row first (a copy)."""
+    def _latest_eyes(self) -> np.ndarray | None:
+        """A copy of the newest published frame's eyes, (eyes, h, w, 4), rows bottom-up."""
         reader = LayerReader(self.layer_fd)
         try:
             frame = reader.read()
-            if frame is None:
-                return None
-            eyes = np.array(frame.pixels)  # (eyes, h, w, 4), rows bottom-to-top
+            return None if frame is None else np.array(frame.pixels)
         finally:
             reader.close()
-        return np.concatenate(list(eyes), axis=1)[::-1].copy()
+
+    def latest_image(self) -> np.ndarray | None:
+        """The newest published frame, both eyes side by side, top row first (a copy)."""
+        eyes = self._latest_eyes()
+        return None if eyes is None else side_by_side(eyes)[::-1].copy()
 
     def capture(self, path: str | Path) -> Path:
         """Write the newest published frame to a PNG (both eyes side by side)."""
-        image = self.latest_image()
-        if image is None:
+        eyes = self._latest_eyes()
+        if eyes is None:
             raise RuntimeError("nothing has been rendered yet")
-        return write_png(image, Path(path))
+        return save_png(side_by_side(eyes), path)
 
     def close(self) -> None:
         self.writer.close()
         self.renderer.close()
         if self.owns_layer:
             os.close(self.layer_fd)
-
-
-def write_png(image: np.ndarray, path: Path) -> Path:
-    """Save an (h, w, 4) uint8 RGBA image, top row first, as PNG (pyglet's own encoder)."""
-    import pyglet
-
-    h, w = image.shape[:2]
-    # pyglet's ImageData rows run bottom-to-top; a negative pitch says "top row first".
-    data = pyglet.image.ImageData(w, h, "RGBA", np.ascontiguousarray(image).tobytes(), -w * 4)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data.save(str(path))
-    return path
