@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 os.environ.setdefault("PYGLET_HEADLESS", "1")
 
 from engine import Engine  # noqa: E402
+from engine.scheduler.stats import summarize  # noqa: E402
 
 MODULE = """
 import time
@@ -51,11 +51,6 @@ from systems.stamp import Seen
 def setup(world):
     world.create_entity(Seen())
 """
-
-
-def percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
 
 
 def run(project: Path, seconds: float, saves: int) -> dict:
@@ -99,18 +94,17 @@ def run(project: Path, seconds: float, saves: int) -> dict:
     if t:
         t.join()
         eng.stop_watching()
-    latencies = [(stamps[k] - saved[k]) / 1e6 for k in saved if k in stamps]
-    engine_lat = [s.latency_ms for s in eng.swaps if s.kind == "edit" and s.ok]
+    latencies = [stamps[k] - saved[k] for k in saved if k in stamps]  # ns
+    engine_lat = [round(s.latency_ms * 1e6) for s in eng.swaps if s.kind == "edit" and s.ok]
     intervals = [(b - a) / 1e6 for a, b in zip(starts, starts[1:], strict=False)]
     result = {
         "frames": len(frame_ns),
         "over_budget": sum(1 for f in frame_ns if f > 11_111_111),
-        "frame_p99_ms": percentile([f / 1e6 for f in frame_ns], 99),
+        "frame_p99_ms": summarize(frame_ns, 11_111_111).p99_ms,
         "late_slots": sum(1 for i in intervals if i > 2 * 11.111),
         "latencies": latencies,
         "engine_latencies": engine_lat,
         "missed_saves": saves - len(latencies),
-        "swap_frame_ms": [],
     }
     eng.close()
     return result
@@ -128,21 +122,20 @@ def main() -> None:
         (project / "game.py").write_text(GAME)
         swaps = run(project, args.seconds, args.saves)
         base = run(project, args.seconds, 0)
-    lat = swaps["latencies"]
-    eng_lat = swaps["engine_latencies"]
+    lat = summarize(swaps["latencies"], 20_000_000)
+    eng_lat = summarize(swaps["engine_latencies"], 20_000_000)
     print(
-        f"swap latency over {len(lat)} saves ({swaps['missed_saves']} not seen), "
+        f"swap latency over {len(swaps['latencies'])} saves ({swaps['missed_saves']} not seen), "
         f"python {sys.version.split()[0]}"
     )
     print(f"{'measure':<44}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
     print(
-        f"{'save -> first frame running new code':<44}{statistics.median(lat):>10.2f}"
-        f"{percentile(lat, 99):>10.2f}{max(lat):>10.2f}"
+        f"{'save -> first frame running new code':<44}{lat.p50_ms:>10.2f}"
+        f"{lat.p99_ms:>10.2f}{lat.max_ms:>10.2f}"
     )
     print(
         f"{'file event (mtime) -> swap applied (engine)':<44}"
-        f"{statistics.median(eng_lat):>10.2f}{percentile(eng_lat, 99):>10.2f}"
-        f"{max(eng_lat):>10.2f}"
+        f"{eng_lat.p50_ms:>10.2f}{eng_lat.p99_ms:>10.2f}{eng_lat.max_ms:>10.2f}"
     )
     print()
     print(f"{'run':<22}{'frames':>8}{'over 11.1 ms':>14}{'frame p99 ms':>14}{'late slots':>12}")

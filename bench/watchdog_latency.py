@@ -16,6 +16,7 @@ import time
 from engine import SchedulePolicy, World
 from engine.scheduler.scheduler import Scheduler
 from engine.scheduler.spec import SystemSpec
+from engine.scheduler.stats import summarize
 
 HARD_NS = 5_000_000
 
@@ -35,7 +36,7 @@ def busy_numpy_free_loop(world, dt):
         x += 1
 
 
-def measure(fn, runs: int) -> list[float]:
+def measure(fn, runs: int) -> list[int]:
     sched = Scheduler(SchedulePolicy(hard_limit_ns=HARD_NS))
     sched.watchdog.install()
     sched.set_module_systems("bench", 1, [(SystemSpec("runaway"), fn)], frame=0)
@@ -45,15 +46,10 @@ def measure(fn, runs: int) -> list[float]:
         sched.enable("bench.runaway")
         faults = sched.run_frame(world, 0.011, f)
         (fault,) = faults
-        out.append((fault.elapsed_ns - HARD_NS) / 1e6)
+        out.append(fault.elapsed_ns - HARD_NS)
     sched.watchdog.uninstall()
     world.delete()
     return out
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
 
 
 def main() -> None:
@@ -67,8 +63,8 @@ def main() -> None:
         ("x += 1 loop", busy_numpy_free_loop),
         ("time.sleep(10)", sleep),
     ):
-        lat = measure(fn, args.runs)
-        print(f"{name:<22}{pct(lat, 50):>9.3f}{pct(lat, 99):>9.3f}{max(lat):>9.3f}")
+        lat = summarize(measure(fn, args.runs), HARD_NS)
+        print(f"{name:<22}{lat.p50_ms:>9.3f}{lat.p99_ms:>9.3f}{lat.max_ms:>9.3f}")
     print("\ntarget: p99 ≤ 1 ms after the hard limit")
 
 
