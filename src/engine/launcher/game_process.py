@@ -113,24 +113,6 @@ def fill_renderer(engine: Engine, spec: LayerSpec) -> Render:
     return render
 
 
-def gl_renderer(engine: Engine, spec: LayerSpec) -> Render:
-    """The render system (:class:`engine.render.Renderer`) drawing the engine's world.
-
-    Renders each eye offscreen with llvmpipe or a GPU and reads it straight into the slot.
-    """
-    from engine.render import Renderer, ShaderLibrary
-
-    renderer = Renderer(spec.width, spec.height, ShaderLibrary(engine.project_dir))
-    start = time.monotonic()
-
-    def render(frame: int, eyes: tuple[EyeView, ...], slot: ImageSlot) -> None:
-        destinations = [slot.address(i) for i in range(len(eyes))]
-        engine.world.activate()
-        renderer.render(engine.world, eyes, destinations, time_s=time.monotonic() - start)
-
-    return render
-
-
 class Checkpointer:
     """Takes a checkpoint at most every ``interval_ns`` and writes it off the frame.
 
