@@ -69,3 +69,40 @@ def run_until(eng: Engine, cond: Callable[[], bool], timeout_s: float = 10.0) ->
         frames += 1
         time.sleep(0.002)
     return frames
+
+
+def compose_layer_once(image, rendered, now, **composer_options):
+    """Compose one frame of a single layer showing ``image`` (2, h, w, 4) rendered at eye
+    views ``rendered``, for a head at ``now``; returns ``(eyes, composer stats)``."""
+    from engine.compositor.layer import LayerSpec
+    from engine.compositor.loop import LayerDraw
+    from engine.compositor.process import GLComposer
+
+    h, w = image.shape[1:3]
+    composer = GLComposer(w, h, [LayerSpec(width=w, height=h)], **composer_options)
+
+    class Frame:
+        index, seq, frame = 0, 2, 1
+        eyes = rendered
+        pixels = image
+
+    class Source:
+        def still_valid(self, frame):  # noqa: ANN001
+            return True
+
+    composer.compose([LayerDraw(0, Frame(), Source(), False)], now, fallback=False)
+    composer.finish()
+    return composer.read_eyes(), composer.stats()
+
+
+@pytest.fixture(scope="module")
+def gl():
+    """The GL module with this thread's offscreen context current (skips without EGL)."""
+
+    from engine.render.context import gl, offscreen_context
+
+    try:
+        offscreen_context()
+    except Exception as exc:  # pragma: no cover - no EGL on this machine
+        pytest.skip(f"no GL context: {exc}")
+    return gl

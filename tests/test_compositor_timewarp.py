@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from conftest import compose_layer_once
 from engine.compositor.timewarp import (
     fov_tangents,
     pixel_ndc,
@@ -94,37 +95,8 @@ def test_cpu_reproject_shifts_a_vertical_line_the_right_way():
 # --- the GL pass ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def gl():
-    from engine.render.context import gl, offscreen_context
-
-    try:
-        offscreen_context()
-    except Exception as exc:  # pragma: no cover - no EGL on this machine
-        pytest.skip(f"no GL context: {exc}")
-    return gl
-
-
 def compose_once(eyes_rendered, eyes_now, image: np.ndarray):
-    from engine.compositor.layer import LayerSpec
-    from engine.compositor.loop import LayerDraw
-    from engine.compositor.process import GLComposer
-
-    h, w = image.shape[1:3]
-    composer = GLComposer(w, h, [LayerSpec(width=w, height=h)])
-
-    class Frame:
-        index, seq, frame = 0, 2, 1
-        eyes = eyes_rendered
-        pixels = image
-
-    class Source:
-        def still_valid(self, frame):  # noqa: ANN001
-            return True
-
-    composer.compose([LayerDraw(0, Frame(), Source(), False)], eyes_now, fallback=False)
-    composer.finish()
-    return composer.read_eyes()
+    return compose_layer_once(image, eyes_rendered, eyes_now)[0]
 
 
 def test_gl_timewarp_matches_the_numpy_reference(gl):

@@ -65,7 +65,8 @@ class CompositorConfig:
     grace_s: float = 0.5
     compose_lead_ns: int = DEFAULT_COMPOSE_LEAD_NS  # the start; adapted unless adapt_lead=False
     adapt_lead: bool = True
-    filter: str = "linear"  # or "nearest": half the sampling cost on a CPU renderer
+    filter: str = "auto"  # "linear", "nearest", or "auto": see GLComposer
+    warp: str = "auto"  # "exact", "mesh", or "auto": see GLComposer
     spin_ns: int = 1_000_000
     capture_path: str | None = None
     window: bool = False
@@ -99,6 +100,15 @@ def recv_message(sock: socket.socket, timeout_s: float | None) -> dict[str, Any]
 # --- the GL composer ------------------------------------------------------------------
 
 
+_TURN_30_DEGREES = np.array(
+    [
+        [np.cos(np.pi / 6), 0.0, np.sin(np.pi / 6)],
+        [0.0, 1.0, 0.0],
+        [-np.sin(np.pi / 6), 0.0, np.cos(np.pi / 6)],
+    ]
+)
+
+
 @dataclass
 class _LayerTextures:
     """Two sets of per-eye textures per layer: the set shown and the set uploaded into.
@@ -115,8 +125,26 @@ class _LayerTextures:
     eyes: tuple[EyeView, ...] = field(default_factory=tuple)
 
 
+#: GL renderers that draw on the CPU (Mesa's llvmpipe and softpipe).
+SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swrast")
+
+
+def is_software_renderer(renderer: str) -> bool:
+    """Whether a ``GL_RENDERER`` string names a CPU renderer."""
+    return any(name in renderer.lower() for name in SOFTWARE_RENDERERS)
+
+
 class GLComposer:
     """Composites layers for two eyes into offscreen textures with the timewarp pass.
+
+    Two ways to warp (``warp``): ``"exact"`` evaluates the homography per pixel (one full
+    screen triangle; what a GPU should run), ``"mesh"`` draws screen-aligned cells with an
+    affine fit each (:mod:`engine.compositor.meshwarp`), which llvmpipe shades on its
+    linear path several times faster. ``"auto"`` takes the mesh on a CPU renderer.
+    Sampling (``filter``): ``"linear"`` (smooth) or ``"nearest"`` (sharp; llvmpipe's linear
+    path handles bilinear filtering only for axis-aligned cells, so on a CPU renderer
+    ``"nearest"`` is what keeps the warp cheap once the head turns). ``"auto"`` takes
+    nearest on a CPU renderer, linear on a GPU.
 
     Each new layer image is uploaded once, into the texture not being shown, and checked
     with the layer's seqlock afterwards; an image the producer overwrote during the upload
@@ -130,20 +158,30 @@ class GLComposer:
         eye_width: int,
         eye_height: int,
         layer_specs: Sequence[LayerSpec],
-        filter: str = "linear",
+        filter: str = "auto",
+        warp: str = "auto",
+        mesh_cell: int | None = None,
     ):
-        """``filter`` is how layers are sampled: ``"linear"`` (smooth), or ``"nearest"``
-        (half the cost on a CPU renderer, at the price of shimmering edges as the head
-        moves). Raises ``ValueError`` for anything else."""
-        if filter not in ("linear", "nearest"):
-            raise ValueError(f"filter must be 'linear' or 'nearest', got {filter!r}")
+        """Raises ``ValueError`` for a ``filter`` or ``warp`` not listed above."""
+        if filter not in ("auto", "linear", "nearest"):
+            raise ValueError(f"filter must be 'auto', 'linear' or 'nearest', got {filter!r}")
+        if warp not in ("auto", "exact", "mesh"):
+            raise ValueError(f"warp must be 'auto', 'exact' or 'mesh', got {warp!r}")
         from engine.compositor.fallback import FallbackPass
+        from engine.compositor.meshwarp import CELL_PX, MeshTimewarpPass
         from engine.compositor.timewarp import TimewarpPass
         from engine.render.context import gl, offscreen_context
 
         offscreen_context()
         self.gl = gl
         self.eye_width, self.eye_height = eye_width, eye_height
+        renderer = ctypes.cast(gl.glGetString(gl.GL_RENDERER), ctypes.c_char_p).value or b""
+        software = is_software_renderer(renderer.decode(errors="replace"))
+        if filter == "auto":
+            filter = "nearest" if software else "linear"
+        if warp == "auto":
+            warp = "mesh" if software else "exact"
+        self.filter, self.warp = filter, warp
         self._filter = gl.GL_LINEAR if filter == "linear" else gl.GL_NEAREST
         self._eye_textures = [
             self._texture(eye_width, eye_height, gl.GL_LINEAR, gl.GL_CLAMP_TO_EDGE)
@@ -176,6 +214,7 @@ class GLComposer:
             for spec in layer_specs
         ]
         self.timewarp = TimewarpPass()
+        self.mesh = MeshTimewarpPass(mesh_cell or CELL_PX) if warp == "mesh" else None
         self.fallback = FallbackPass()
         self.uploads = 0
         self.torn_uploads = 0
@@ -186,8 +225,11 @@ class GLComposer:
         name = gl.GLuint()
         gl.glGenTextures(1, ctypes.byref(name))
         gl.glBindTexture(gl.GL_TEXTURE_2D, name.value)
+        # Unsized RGBA described as BGRA bytes: Mesa then stores BGRA, the only 8-bit
+        # layout llvmpipe's linear path renders into (22.x). Uploads of RGBA layer images
+        # are converted on the way in, which costs less than a tenth of the warp.
         gl.glTexImage2D(
-            gl.GL_TEXTURE_2D, 0, gl.GL_RGBA8, width, height, 0, gl.GL_RGBA,
+            gl.GL_TEXTURE_2D, 0, gl.GL_RGBA, width, height, 0, gl.GL_BGRA,
             gl.GL_UNSIGNED_BYTE, None,
         )  # fmt: skip
         for pname, value in (
@@ -201,7 +243,7 @@ class GLComposer:
         return name.value
 
     def _upload(self, draw: LayerDraw) -> None:
-        gl, layer, image = self.gl, self._layers[draw.layer], draw.image
+        layer, image = self._layers[draw.layer], draw.image
         key = (image.index, image.seq)
         if key in (layer.front_key, layer.failed_key):
             return
@@ -212,15 +254,7 @@ class GLComposer:
             self.rejected_images += 1
             return
         back = 1 - layer.front
-        gl.glPixelStorei(gl.GL_UNPACK_ALIGNMENT, 1)
-        spec = layer.spec
-        for eye, texture in enumerate(layer.textures[back]):
-            gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
-            gl.glTexSubImage2D(
-                gl.GL_TEXTURE_2D, 0, 0, 0, spec.width, spec.height, gl.GL_RGBA,
-                gl.GL_UNSIGNED_BYTE, ctypes.c_void_p(pixels[eye].ctypes.data),
-            )  # fmt: skip
-        gl.glBindTexture(gl.GL_TEXTURE_2D, 0)
+        self._upload_pixels(layer, back, pixels)
         # glTexSubImage2D has copied the client memory when it returns: check it is whole.
         if draw.source.still_valid(image):
             layer.front, layer.front_key, layer.eyes = back, key, tuple(image.eyes)
@@ -228,6 +262,59 @@ class GLComposer:
         else:
             layer.failed_key = key
             self.torn_uploads += 1
+
+    def _upload_pixels(self, layer: _LayerTextures, texture_set: int, pixels: np.ndarray) -> None:
+        gl, spec = self.gl, layer.spec
+        gl.glPixelStorei(gl.GL_UNPACK_ALIGNMENT, 1)
+        for eye, texture in enumerate(layer.textures[texture_set]):
+            gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
+            gl.glTexSubImage2D(
+                gl.GL_TEXTURE_2D, 0, 0, 0, spec.width, spec.height, gl.GL_RGBA,
+                gl.GL_UNSIGNED_BYTE, ctypes.c_void_p(pixels[eye].ctypes.data),
+            )  # fmt: skip
+        gl.glBindTexture(gl.GL_TEXTURE_2D, 0)
+
+    def _warp(
+        self,
+        layer: _LayerTextures,
+        texture: int,
+        delta: np.ndarray,
+        out_tan: tuple[float, float, float, float],
+        src_tan: tuple[float, float, float, float],
+    ) -> None:
+        if self.mesh is not None:
+            viewport = (self.eye_width, self.eye_height)
+            size = (layer.spec.width, layer.spec.height)
+            self.mesh.draw(texture, delta, out_tan, src_tan, viewport, size)
+        else:
+            self.timewarp.draw(texture, delta, out_tan, src_tan)
+
+    def time_frame(self, eyes: tuple[EyeView, EyeView], repeats: int = 5) -> int:
+        """The slowest of ``repeats`` full frames, in ns: every layer uploaded and warped.
+
+        What a frame costs before any has run; the compositor starts its compose lead
+        from it, so the first frames are not late while the lead adapts.
+        """
+        gl = self.gl
+        worst = 0
+        for _ in range(repeats):
+            start = time.perf_counter_ns()
+            for layer in self._layers:
+                self._upload_pixels(layer, 1 - layer.front, np.zeros(layer.spec.shape, np.uint8))
+            gl.glBlendFunc(gl.GL_SRC_ALPHA, gl.GL_ONE_MINUS_SRC_ALPHA)
+            for e, fbo in enumerate(self._fbos):
+                gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
+                gl.glViewport(0, 0, self.eye_width, self.eye_height)
+                gl.glClear(gl.GL_COLOR_BUFFER_BIT)
+                tan = fov_tangents(eyes[e].fov)
+                for i, layer in enumerate(self._layers):
+                    (gl.glEnable if i else gl.glDisable)(gl.GL_BLEND)
+                    self._warp(layer, layer.textures[1 - layer.front][0], np.eye(3), tan, tan)
+            gl.glDisable(gl.GL_BLEND)
+            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+            self.finish()
+            worst = max(worst, time.perf_counter_ns() - start)
+        return worst
 
     def compose(
         self, draws: Sequence[LayerDraw], eyes: tuple[EyeView, EyeView], fallback: bool
@@ -259,12 +346,8 @@ class GLComposer:
                 source_eye = min(e, len(layer.eyes) - 1)
                 rendered = layer.eyes[source_eye]
                 delta = rotation_delta(rendered.pose.orientation, eye.pose.orientation)
-                self.timewarp.draw(
-                    layer.textures[layer.front][source_eye],
-                    delta,
-                    out_tan,
-                    fov_tangents(rendered.fov),
-                )
+                texture = layer.textures[layer.front][source_eye]
+                self._warp(layer, texture, delta, out_tan, fov_tangents(rendered.fov))
             gl.glDisable(gl.GL_BLEND)
         gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
 
@@ -281,6 +364,17 @@ class GLComposer:
                 gl.glViewport(0, 0, self.eye_width, self.eye_height)
                 tan = fov_tangents(eyes[e].fov)
                 self.timewarp.draw(layer.textures[0][0], np.eye(3), tan, tan)
+                if self.mesh is not None:
+                    # Both programs (a large turn sends every cell to the exact one), with
+                    # and without blending: each combination is its own llvmpipe variant.
+                    size = (layer.spec.width, layer.spec.height)
+                    viewport = (self.eye_width, self.eye_height)
+                    gl.glBlendFunc(gl.GL_SRC_ALPHA, gl.GL_ONE_MINUS_SRC_ALPHA)
+                    for blend in (False, True):
+                        (gl.glEnable if blend else gl.glDisable)(gl.GL_BLEND)
+                        for turn in (np.eye(3), _TURN_30_DEGREES):
+                            self.mesh.draw(layer.textures[0][0], turn, tan, tan, viewport, size)
+                    gl.glDisable(gl.GL_BLEND)
         self.compose([], eyes, fallback=True)
         self.finish()
 
@@ -304,12 +398,18 @@ class GLComposer:
     def eye_textures(self) -> tuple[int, int]:
         return (self._eye_textures[0], self._eye_textures[1])
 
-    def stats(self) -> dict[str, int]:
-        return {
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {
             "uploads": self.uploads,
             "torn_uploads": self.torn_uploads,
             "rejected_images": self.rejected_images,
+            "warp": self.warp,
+            "filter": self.filter,
         }
+        if self.mesh is not None:
+            stats["mesh_cells_affine"] = self.mesh.rect_cells
+            stats["mesh_cells_exact"] = self.mesh.edge_cells
+        return stats
 
 
 # --- the process ----------------------------------------------------------------------
@@ -356,7 +456,9 @@ def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.sock
     from engine.compositor.sinks import HeadlessSink, MirrorWindowSink
     from engine.render.context import gl_description
 
-    composer = GLComposer(config.eye_width, config.eye_height, specs, config.filter)
+    composer = GLComposer(
+        config.eye_width, config.eye_height, specs, filter=config.filter, warp=config.warp
+    )
     sink = (
         MirrorWindowSink(composer, config.capture_path)
         if config.window
@@ -364,11 +466,16 @@ def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.sock
     )
     gpu = gpu_context_priority()
     pose_source = make_pose_source(config.pose, Fov.for_image(config.eye_width, config.eye_height))
-    composer.warm_up(pose_source.sample(0, time.monotonic_ns()).eyes)
+    eyes = pose_source.sample(0, time.monotonic_ns()).eyes
+    composer.warm_up(eyes)
+    lead_ns = config.compose_lead_ns
+    if config.adapt_lead:
+        # Start from what a frame costs here; the loop adapts it from then on.
+        lead_ns = max(lead_ns, composer.time_frame(eyes) + 1_000_000)
     clock = MonotonicClock(spin_ns=config.spin_ns)
     period_ns = round(1e9 / config.display_hz)
     schedule = DisplaySchedule(
-        period_ns, clock.now_ns() + 2 * period_ns, min(config.compose_lead_ns, period_ns - 1)
+        period_ns, clock.now_ns() + 2 * period_ns, min(lead_ns, period_ns - 1_000_000)
     )
     loop = CompositorLoop(
         clock=clock,
