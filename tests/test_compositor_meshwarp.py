@@ -21,23 +21,23 @@ from engine.compositor.meshwarp import (
 )
 from engine.compositor.timewarp import fov_tangents, timewarp_homography
 from engine.pose.base import EyeView, Fov, Pose
-from engine.render.camera import axis_angle, quaternion_matrix
+from engine.render.camera import axis_angle, quaternion_matrix, quaternion_multiply
 
 FOV = Fov.for_image(320, 180)
 TAN = fov_tangents(FOV)
 
 
+def head(yaw: float, pitch: float = 0.0, roll: float = 0.0) -> tuple[float, ...]:
+    """An orientation turned by the given degrees about Y, then X, then Z."""
+    q = axis_angle((0.0, 1.0, 0.0), math.radians(yaw))
+    for axis, angle in (((1.0, 0.0, 0.0), pitch), ((0.0, 0.0, 1.0), roll)):
+        q = quaternion_multiply(q, axis_angle(axis, math.radians(angle)))
+    return q
+
+
 def turn(yaw: float, pitch: float = 0.0, roll: float = 0.0) -> np.ndarray:
-    """A display-to-render rotation of the given degrees about Y, then X, then Z."""
-    q = [
-        axis_angle((0.0, 1.0, 0.0), math.radians(yaw)),
-        axis_angle((1.0, 0.0, 0.0), math.radians(pitch)),
-        axis_angle((0.0, 0.0, 1.0), math.radians(roll)),
-    ]
-    m = np.eye(3)
-    for r in q:
-        m = m @ quaternion_matrix(r)
-    return m
+    """The display-to-render rotation of a head turned so from where it rendered."""
+    return quaternion_matrix(head(yaw, pitch, roll))
 
 
 def cell_areas(mesh, width: int, height: int) -> float:
@@ -141,14 +141,7 @@ def test_mesh_warp_with_equal_poses_reproduces_the_image(gl):
 def test_mesh_warp_matches_the_exact_warp(gl, degrees):
     image = blocky_image(320, 176, seed=4)
     rendered = (EyeView(Pose(), FOV),) * 2
-    q = axis_angle((0.0, 1.0, 0.0), math.radians(degrees[0]))
-    now = (EyeView(Pose(orientation=q), FOV),) * 2
-    if degrees[1] or degrees[2]:
-        from engine.render.camera import quaternion_multiply
-
-        for axis, angle in (((1.0, 0.0, 0.0), degrees[1]), ((0.0, 0.0, 1.0), degrees[2])):
-            q = quaternion_multiply(q, axis_angle(axis, math.radians(angle)))
-        now = (EyeView(Pose(orientation=q), FOV),) * 2
+    now = (EyeView(Pose(orientation=head(*degrees)), FOV),) * 2
     mesh, stats = compose("mesh", image, rendered, now)
     exact, _ = compose("exact", image, rendered, now)
     assert stats["mesh_cells_affine"] > 0

@@ -88,18 +88,27 @@ void main() {
 
 @dataclass(frozen=True)
 class WarpMesh:
-    """What one layer's warp into one eye draws.
+    """What one layer's warp into one eye draws, ready for one vertex buffer.
 
-    ``rects``: float32 ``(6 n, 4)`` rows ``x, y, u, v``, two triangles per affine cell.
-    ``edges``: float32 ``(6 m, 4)`` rows ``x, y, 0, 0``, cells for the exact warp.
+    ``vertices``: float32 ``(6 cells, 4)`` rows ``x, y, u, v``, two triangles per cell; the
+    first ``rect_vertices`` rows are the affine cells (:attr:`rects`), the rest the cells
+    for the exact warp (:attr:`edges`, whose ``u, v`` are zero).
     """
 
-    rects: np.ndarray
-    edges: np.ndarray
+    vertices: np.ndarray
+    rect_vertices: int
+
+    @property
+    def rects(self) -> np.ndarray:
+        return self.vertices[: self.rect_vertices]
+
+    @property
+    def edges(self) -> np.ndarray:
+        return self.vertices[self.rect_vertices :]
 
     @property
     def cells(self) -> int:
-        return (len(self.rects) + len(self.edges)) // 6
+        return len(self.vertices) // 6
 
 
 def cell_bounds(size: int, cell: int) -> np.ndarray:
@@ -173,10 +182,9 @@ def warp_mesh(
         verts[..., k, 0] = corner_pos[c][0]
         verts[..., k, 1] = corner_pos[c][1]
         verts[..., k, 2:] = origin + corner_uv[c]
-    rects = verts[inside].reshape(-1, 4).astype(np.float32)
-    edges = verts[~inside].reshape(-1, 4).astype(np.float32)
-    edges[:, 2:] = 0.0
-    return WarpMesh(rects=rects, edges=edges)
+    verts[~inside, :, 2:] = 0.0
+    ordered = np.concatenate([verts[inside], verts[~inside]]).reshape(-1, 4)
+    return WarpMesh(vertices=ordered.astype(np.float32), rect_vertices=6 * int(inside.sum()))
 
 
 def affine_error_px(
@@ -259,24 +267,25 @@ class MeshTimewarpPass:
         gl = self._gl
         homography = timewarp_homography(delta, out_tan, src_tan)
         mesh = warp_mesh(homography, viewport[0], viewport[1], source_size, self.cell)
-        self.rect_cells += len(mesh.rects) // 6
-        self.edge_cells += len(mesh.edges) // 6
-        data = np.concatenate([mesh.rects, mesh.edges])
+        rects, edges = mesh.rect_vertices, len(mesh.vertices) - mesh.rect_vertices
+        self.rect_cells += rects // 6
+        self.edge_cells += edges // 6
+        data = mesh.vertices
         gl.glActiveTexture(gl.GL_TEXTURE0)
         gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
         gl.glBindVertexArray(self._vao)
         gl.glBindBuffer(gl.GL_ARRAY_BUFFER, self._vbo)
         # A fresh store per draw: the driver may still read the previous one.
         gl.glBufferData(gl.GL_ARRAY_BUFFER, data.nbytes, data.ctypes.data, gl.GL_STREAM_DRAW)
-        if len(mesh.rects):
+        if rects:
             self._affine.use()
             self._affine["u_layer"] = 0
-            gl.glDrawArrays(gl.GL_TRIANGLES, 0, len(mesh.rects))
-        if len(mesh.edges):
+            gl.glDrawArrays(gl.GL_TRIANGLES, 0, rects)
+        if edges:
             self._exact.use()
             self._exact["u_layer"] = 0
             self._exact["u_homography"] = column_major(homography)
-            gl.glDrawArrays(gl.GL_TRIANGLES, len(mesh.rects), len(mesh.edges))
+            gl.glDrawArrays(gl.GL_TRIANGLES, rects, edges)
         gl.glBindVertexArray(0)
         gl.glBindBuffer(gl.GL_ARRAY_BUFFER, 0)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import multiprocessing
 import os
 import signal
@@ -42,6 +43,7 @@ from engine.compositor.loop import CompositorLoop, LayerDraw
 from engine.compositor.priority import gpu_context_priority, raise_cpu_priority
 from engine.compositor.timewarp import fov_tangents, rotation_delta
 from engine.pose.base import EyeView, Fov
+from engine.render.camera import axis_angle, quaternion_matrix
 from engine.scheduler.pacing import MonotonicClock
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -100,13 +102,7 @@ def recv_message(sock: socket.socket, timeout_s: float | None) -> dict[str, Any]
 # --- the GL composer ------------------------------------------------------------------
 
 
-_TURN_30_DEGREES = np.array(
-    [
-        [np.cos(np.pi / 6), 0.0, np.sin(np.pi / 6)],
-        [0.0, 1.0, 0.0],
-        [-np.sin(np.pi / 6), 0.0, np.cos(np.pi / 6)],
-    ]
-)
+_TURN_30_DEGREES = quaternion_matrix(axis_angle((0.0, 1.0, 0.0), math.pi / 6))
 
 
 @dataclass
@@ -175,8 +171,7 @@ class GLComposer:
         offscreen_context()
         self.gl = gl
         self.eye_width, self.eye_height = eye_width, eye_height
-        renderer = ctypes.cast(gl.glGetString(gl.GL_RENDERER), ctypes.c_char_p).value or b""
-        software = is_software_renderer(renderer.decode(errors="replace"))
+        software = is_software_renderer(gl.gl_info.get_renderer())
         if filter == "auto":
             filter = "nearest" if software else "linear"
         if warp == "auto":
@@ -213,8 +208,9 @@ class GLComposer:
             )
             for spec in layer_specs
         ]
-        self.timewarp = TimewarpPass()
+        # One warp pass: the mesh draws its edge cells with its own exact program.
         self.mesh = MeshTimewarpPass(mesh_cell or CELL_PX) if warp == "mesh" else None
+        self.timewarp = TimewarpPass() if warp == "exact" else None
         self.fallback = FallbackPass()
         self.uploads = 0
         self.torn_uploads = 0
@@ -287,6 +283,7 @@ class GLComposer:
             size = (layer.spec.width, layer.spec.height)
             self.mesh.draw(texture, delta, out_tan, src_tan, viewport, size)
         else:
+            assert self.timewarp is not None
             self.timewarp.draw(texture, delta, out_tan, src_tan)
 
     def time_frame(self, eyes: tuple[EyeView, EyeView], repeats: int = 5) -> int:
@@ -296,11 +293,12 @@ class GLComposer:
         from it, so the first frames are not late while the lead adapts.
         """
         gl = self.gl
+        blanks = [np.zeros(layer.spec.shape, np.uint8) for layer in self._layers]
         worst = 0
         for _ in range(repeats):
             start = time.perf_counter_ns()
-            for layer in self._layers:
-                self._upload_pixels(layer, 1 - layer.front, np.zeros(layer.spec.shape, np.uint8))
+            for layer, blank in zip(self._layers, blanks, strict=True):
+                self._upload_pixels(layer, 1 - layer.front, blank)
             gl.glBlendFunc(gl.GL_SRC_ALPHA, gl.GL_ONE_MINUS_SRC_ALPHA)
             for e, fbo in enumerate(self._fbos):
                 gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
@@ -363,18 +361,14 @@ class GLComposer:
                 gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
                 gl.glViewport(0, 0, self.eye_width, self.eye_height)
                 tan = fov_tangents(eyes[e].fov)
-                self.timewarp.draw(layer.textures[0][0], np.eye(3), tan, tan)
-                if self.mesh is not None:
-                    # Both programs (a large turn sends every cell to the exact one), with
-                    # and without blending: each combination is its own llvmpipe variant.
-                    size = (layer.spec.width, layer.spec.height)
-                    viewport = (self.eye_width, self.eye_height)
-                    gl.glBlendFunc(gl.GL_SRC_ALPHA, gl.GL_ONE_MINUS_SRC_ALPHA)
-                    for blend in (False, True):
-                        (gl.glEnable if blend else gl.glDisable)(gl.GL_BLEND)
-                        for turn in (np.eye(3), _TURN_30_DEGREES):
-                            self.mesh.draw(layer.textures[0][0], turn, tan, tan, viewport, size)
-                    gl.glDisable(gl.GL_BLEND)
+                # With and without blending, each its own llvmpipe variant; for the mesh
+                # both programs too (a large turn sends every cell to the exact one).
+                gl.glBlendFunc(gl.GL_SRC_ALPHA, gl.GL_ONE_MINUS_SRC_ALPHA)
+                for blend in (False, True):
+                    (gl.glEnable if blend else gl.glDisable)(gl.GL_BLEND)
+                    for turn in (np.eye(3), _TURN_30_DEGREES):
+                        self._warp(layer, layer.textures[0][0], turn, tan, tan)
+                gl.glDisable(gl.GL_BLEND)
         self.compose([], eyes, fallback=True)
         self.finish()
 
