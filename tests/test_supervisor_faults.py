@@ -185,6 +185,7 @@ def test_game_failure_is_survived_and_restarted_from_its_checkpoint(tmp_path, fa
             v1 = fault_history(project).versions
             return (
                 sup.checkpoint_path.exists()
+                and sup.compositor_frame > 0
                 and len(counter_log(project)) > 30
                 and bool(v1)
                 and v1[0].status is VersionStatus.GOOD
@@ -222,7 +223,7 @@ def test_game_failure_is_survived_and_restarted_from_its_checkpoint(tmp_path, fa
     assert len(stats["restarts"]) == 1, stats["restarts"]
 
     # The compositor went on presenting while there was no game.
-    assert frame_after > frame_at_failure > 0
+    assert frame_after > frame_at_failure > 0, (messages, stats.get("compositor"))
     layer = stats["compositor"]["layers"]["game"]
     assert layer["excluded_frames"] > 0  # the layer was dropped...
     assert layer["restorations"] >= 1  # ...and came back with the new game's frames

@@ -444,7 +444,11 @@ class Supervisor:
         stats_json: str | Path | None = None,
     ) -> dict[str, Any]:
         """Start (if needed), supervise for ``seconds`` or ``frames`` compositor frames (or
-        until interrupted), stop, and return the stats (also written to ``stats_json``)."""
+        until interrupted), stop, and return the stats (also written to ``stats_json``).
+
+        A ``frames`` run also waits for the game's first frame (a loaded machine can take
+        longer than N frames to start a game), unless the game is crash-looping.
+        """
         if self.compositor is None:
             self.start()
         start = time.monotonic()
@@ -452,7 +456,9 @@ class Supervisor:
         def done() -> bool:
             if seconds is not None and time.monotonic() - start >= seconds:
                 return True
-            return frames is not None and self.compositor_frame >= frames
+            if frames is None or self.compositor_frame < frames:
+                return False
+            return self.game_frames > 0 or self.crash_loop is not None
 
         try:
             self.run_until(done, float("inf") if seconds is None and frames is None else 1e9)
