@@ -229,6 +229,38 @@ def test_still_valid_turns_false_once_the_producer_reuses_the_image(layer):
     assert not reader.still_valid(held)
 
 
+def test_an_image_completed_but_not_yet_published_is_never_returned(layer):
+    """The race behind a rare "frame numbers went backwards": the reader takes
+    ``latest_index`` (frame 1's image), is descheduled, and meanwhile the producer publishes
+    2 and 3 and completes 4 into that same image, but has not yet made it the latest. A
+    reader that took the image's seq only now would accept 4, and its next read would go
+    back to 3."""
+    fd, writer, reader = layer
+    publish(writer, 1)
+    m = reader._map
+    real_load = m.load64
+    state = {"raced": False}
+
+    def load64(offset: int) -> int:
+        if offset >= 128 and not state["raced"]:  # the reader's first look at an image
+            state["raced"] = True
+            publish(writer, 2)
+            publish(writer, 3)
+            counter, latest = m.load64(56), int(m.u32[64 // 4])
+            publish(writer, 4)  # into frame 1's image, the oldest
+            # ... caught between completing the image and publishing it:
+            os.pwrite(fd, struct.pack("<Q", counter), 56)
+            os.pwrite(fd, struct.pack("<I", latest), 64)
+        return real_load(offset)
+
+    m.load64 = load64
+    first = reader.read()
+    m.load64 = real_load
+    second = reader.read()
+    assert state["raced"]
+    assert (first.frame, second.frame) == (3, 3)
+
+
 def test_read_into_copies_a_checked_frame_into_the_callers_array(layer):
     _, writer, reader = layer
     publish(writer, 7)

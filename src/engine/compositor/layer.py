@@ -82,7 +82,8 @@ class PixelFormat(enum.IntEnum):
     """How a pixel is stored. Zero is deliberately not a format, so a zeroed block is invalid."""
 
     RGBA8 = 1
-    """4 bytes per pixel, R G B A, rows bottom-to-top (the order glReadPixels returns)."""
+    """4 bytes per pixel, R G B A, rows bottom-to-top (the order glReadPixels returns);
+    colour premultiplied by alpha (an opaque layer has alpha 255 everywhere)."""
 
 
 _BYTES_PER_PIXEL = {PixelFormat.RGBA8: 4}
@@ -574,6 +575,12 @@ class LayerReader:
                 continue
             header = m.mm[:GLOBAL_HEADER_BYTES]  # a private copy: checked, then trusted
             latest = int(m.u32[_LATEST_INDEX_OFFSET // 4])
+            # The latest image's seq, read while publish_seq shows no publish: the producer
+            # never rewrites the image it last published, so this is the seq it was
+            # published with. Read after the check instead, it could belong to a newer
+            # image the producer has finished but not yet published, and the next read
+            # would then go back to the published one, a frame older.
+            seq = m.load64(_slot_offset(latest)) if latest < MAX_IMAGES else 0
             if m.load64(_PUBLISH_SEQ_OFFSET) != publish_seq:
                 retry_reason = "producer published while the header was read"
                 continue
@@ -590,7 +597,6 @@ class LayerReader:
                     return self._fail(problem)
 
             seq_offset = _slot_offset(latest)
-            seq = m.load64(seq_offset)
             if seq & 1:
                 retry_reason = f"image {latest} is still being written"
                 continue
