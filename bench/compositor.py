@@ -125,7 +125,9 @@ def produce(pose_fd: int, layers: list[tuple[int, LayerSpec]], seconds: float) -
             slot = writer.acquire()
             if (i, slot.index) not in painted:
                 painted.add((i, slot.index))
-                slot.pixels[...] = (40 + 50 * i, 200 - 40 * i, 90, 255 if i == 0 else 96)
+                alpha = 255 if i == 0 else 96  # overlays: premultiplied, as layers are
+                colour = np.array([40 + 50 * i, 200 - 40 * i, 90]) * alpha // 255
+                slot.pixels[...] = (*colour, alpha)
             writer.publish(slot, record.frame, record.sample.eyes, time.monotonic_ns())
 
 

@@ -74,23 +74,33 @@ def run_until(eng: Engine, cond: Callable[[], bool], timeout_s: float = 10.0) ->
 def compose_layer_once(image, rendered, now, **composer_options):
     """Compose one frame of a single layer showing ``image`` (2, h, w, 4) rendered at eye
     views ``rendered``, for a head at ``now``; returns ``(eyes, composer stats)``."""
+    return compose_layers_once([image], rendered, now, **composer_options)
+
+
+def compose_layers_once(images, rendered, now, **composer_options):
+    """Compose one frame of ``len(images)`` layers, bottom first, each (2, h, w, 4) and
+    rendered at eye views ``rendered``; returns ``(eyes, composer stats)``."""
     from engine.compositor.layer import LayerSpec
     from engine.compositor.loop import LayerDraw
     from engine.compositor.process import GLComposer
 
-    h, w = image.shape[1:3]
-    composer = GLComposer(w, h, [LayerSpec(width=w, height=h)], **composer_options)
-
-    class Frame:
-        index, seq, frame = 0, 2, 1
-        eyes = rendered
-        pixels = image
+    h, w = images[0].shape[1:3]
+    composer = GLComposer(w, h, [LayerSpec(width=w, height=h)] * len(images), **composer_options)
 
     class Source:
         def still_valid(self, frame):  # noqa: ANN001
             return True
 
-    composer.compose([LayerDraw(0, Frame(), Source(), False)], now, fallback=False)
+    def frame(pixels):  # noqa: ANN001, ANN202
+        class Frame:
+            index, seq, frame = 0, 2, 1
+            eyes = rendered
+
+        Frame.pixels = pixels
+        return Frame()
+
+    draws = [LayerDraw(i, frame(image), Source(), False) for i, image in enumerate(images)]
+    composer.compose(draws, now, fallback=False)
     composer.finish()
     return composer.read_eyes(), composer.stats()
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import compose_layer_once
+from conftest import compose_layer_once, compose_layers_once
 from engine.compositor.timewarp import (
     fov_tangents,
     pixel_ndc,
@@ -149,3 +149,20 @@ def test_fallback_shows_floor_below_and_sky_above_the_horizon_whatever_the_yaw(g
         rows.append(out[h // 2 + 2])
     # Sky depends only on elevation: turning the head does not move the horizon.
     assert np.allclose(rows[0], rows[1], atol=2 / 255)
+
+
+@pytest.mark.parametrize("warp", ["exact", "mesh"])
+def test_layers_blend_as_premultiplied_alpha(gl, warp):
+    """Layer colours are premultiplied by alpha (OpenXR's default): over an opaque base,
+    ``out = overlay + base * (1 - alpha)``; a transparent overlay leaves the base alone."""
+    h, w = 48, 64
+    eyes = (EyeView(Pose(), Fov.for_image(w, h)),) * 2
+    base = np.zeros((2, h, w, 4), np.uint8)
+    base[...] = (200, 0, 40, 255)
+    overlay = np.zeros((2, h, w, 4), np.uint8)
+    overlay[:, :, : w // 2] = (0, 64, 20, 128)  # half covered, half transparent
+    out, _ = compose_layers_once([base, overlay], eyes, eyes, warp=warp, filter="nearest")
+    covered, clear = out[:, :, : w // 2, :3], out[:, :, w // 2 :, :3]
+    expected = np.array([200 * 127 / 255, 64, 20 + 40 * 127 / 255])
+    assert np.abs(covered.astype(float) - expected).max() <= 1.5, covered[0, 0, 0]
+    assert (clear == (200, 0, 40)).all()

@@ -142,6 +142,10 @@ class GLComposer:
     ``"nearest"`` is what keeps the warp cheap once the head turns). ``"auto"`` takes
     nearest on a CPU renderer, linear on a GPU.
 
+    Layers are blended in order with premultiplied alpha (``ONE, ONE_MINUS_SRC_ALPHA``,
+    OpenXR's default): a layer's colour is already multiplied by its alpha, so filtering
+    never darkens edges, and a layer drawn opaque (alpha 255) covers what is below.
+
     Each new layer image is uploaded once, into the texture not being shown, and checked
     with the layer's seqlock afterwards; an image the producer overwrote during the upload
     is dropped and the previous one stays on screen (``torn_uploads`` counts them). The
@@ -299,7 +303,7 @@ class GLComposer:
             start = time.perf_counter_ns()
             for layer, blank in zip(self._layers, blanks, strict=True):
                 self._upload_pixels(layer, 1 - layer.front, blank)
-            gl.glBlendFunc(gl.GL_SRC_ALPHA, gl.GL_ONE_MINUS_SRC_ALPHA)
+            gl.glBlendFunc(gl.GL_ONE, gl.GL_ONE_MINUS_SRC_ALPHA)
             for e, fbo in enumerate(self._fbos):
                 gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
                 gl.glViewport(0, 0, self.eye_width, self.eye_height)
@@ -320,7 +324,7 @@ class GLComposer:
         gl = self.gl
         for draw in draws:
             self._upload(draw)
-        gl.glBlendFunc(gl.GL_SRC_ALPHA, gl.GL_ONE_MINUS_SRC_ALPHA)
+        gl.glBlendFunc(gl.GL_ONE, gl.GL_ONE_MINUS_SRC_ALPHA)
         for e, (eye, fbo) in enumerate(zip(eyes, self._fbos, strict=True)):
             out_tan = fov_tangents(eye.fov)
             gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
@@ -363,7 +367,7 @@ class GLComposer:
                 tan = fov_tangents(eyes[e].fov)
                 # With and without blending, each its own llvmpipe variant; for the mesh
                 # both programs too (a large turn sends every cell to the exact one).
-                gl.glBlendFunc(gl.GL_SRC_ALPHA, gl.GL_ONE_MINUS_SRC_ALPHA)
+                gl.glBlendFunc(gl.GL_ONE, gl.GL_ONE_MINUS_SRC_ALPHA)
                 for blend in (False, True):
                     (gl.glEnable if blend else gl.glDisable)(gl.GL_BLEND)
                     for turn in (np.eye(3), _TURN_30_DEGREES):

@@ -163,8 +163,9 @@ class Renderer:
 
     All methods run on the thread owning the GL context (the first call makes the shared
     offscreen context current on the calling thread). Attributes that may change between
-    frames: ``clear_color`` (RGBA 0..1), ``light_direction`` (towards the light, any
-    length), ``ambient`` (0..1), ``near``/``far`` (clip planes, metres).
+    frames: ``clear_color`` (RGBA 0..1; premultiplied, as layers are, if alpha is below 1),
+    ``light_direction`` (towards the light, any length), ``ambient`` (0..1), ``near``/``far``
+    (clip planes, metres).
 
     Example:
         >>> renderer = Renderer(1280, 720, ShaderLibrary())                 # doctest: +SKIP
