@@ -245,6 +245,28 @@ def row(name: str, r: dict, floor: dict) -> str:
     )
 
 
+def miss_causes(misses: list[dict]) -> str:
+    """Which misses the previous frame caused (it overran into their slot), which the OS
+    (woke after their vsync), and which composed too slowly themselves."""
+    overrun = [m for m in misses if m["previous_overran_ms"] > 0]
+    woke = [
+        m
+        for m in misses
+        if m not in overrun and (m["woke_late_ms"] >= m["lead_ms"] or m["skipped_slots"])
+    ]
+    slow = [m for m in misses if m not in overrun and m not in woke]
+    text = (
+        f"{len(overrun)} after an overrunning frame, {len(woke)} woke after their vsync "
+        f"(OS), {len(slow)} composed too slowly"
+    )
+    if slow:
+        compose = sorted(m["compose_ms"] for m in slow)
+        text += f" (compose {compose[0]:.1f}..{compose[-1]:.1f} ms"
+        text += f" against a lead of {slow[-1]['lead_ms']:.1f} ms)"
+    frames = [m["frame"] for m in misses]
+    return f"{text}; at frames {frames[:8]}{' ...' if len(frames) > 8 else ''}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -280,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         "on-time frame, % of refreshes; cmp = pose sample to frame drawn; "
         "age = pose age at present)"
     )
+    print("\nwhere the misses came from (the last 32 of each run):")
+    for name, r in results.items():
+        if name != "floor" and r.get("recent_misses"):
+            print(f"  {name:<10} {miss_causes(r['recent_misses'])}")
     crashes = results["crashes"]
     restart_ms = crashes["restart_ms"]
     if restart_ms:

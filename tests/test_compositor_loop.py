@@ -197,6 +197,10 @@ def test_a_late_present_counts_as_missed():
     record = loop.step()
     assert not record.on_time
     assert (loop.stats.late_presents, loop.stats.skipped_slots, loop.stats.missed) == (1, 0, 1)
+    (miss,) = loop.stats_dict()["recent_misses"]  # the renderer's fault, not the OS's
+    assert miss["frame"] == record.frame and miss["woke_late_ms"] == 0
+    assert miss["compose_ms"] == pytest.approx(LEAD / 1e6, abs=1e-3)  # kept to 1 us
+    assert miss["late_ms"] == pytest.approx(0, abs=1e-3)
 
 
 def test_a_stall_skips_the_passed_slots_instead_of_composing_them_late():
@@ -206,7 +210,23 @@ def test_a_stall_skips_the_passed_slots_instead_of_composing_them_late():
     record = loop.step()
     assert record.slot == 3 and record.skipped_slots == 2
     assert loop.stats.missed == 2
+    (miss,) = loop.stats_dict()["recent_misses"]  # the OS's fault: it woke too late
+    assert miss["skipped_slots"] == 2 and miss["late_ms"] == 0
+    assert miss["previous_overran_ms"] == 0  # slot 0's frame ended in time
     assert loop.step().slot == 4
+    assert len(loop.stats_dict()["recent_misses"]) == 1
+
+
+def test_a_frame_that_overruns_its_period_is_blamed_for_the_slot_it_cost():
+    loop, clock, *_ = make_loop()
+    loop.step()  # slot 0, on time
+    loop.composer.cost_ns = PERIOD + LEAD  # composing slot 1 runs into slot 2's deadline
+    loop.step()
+    loop.composer.cost_ns = 0
+    record = loop.step()
+    assert record.skipped_slots == 1
+    misses = loop.stats_dict()["recent_misses"]
+    assert [m["previous_overran_ms"] > 0 for m in misses] == [False, True]
 
 
 def test_the_handoff_predicts_the_next_slot():

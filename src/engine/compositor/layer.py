@@ -328,7 +328,11 @@ class _Mapping:
 
     def __init__(self, fd: int, size: int, writable: bool) -> None:
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        self.mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=prot)
+        # Populated up front: otherwise each image's first use faults in its pages one by
+        # one (about a millisecond per 720p stereo image), which made the compositor's
+        # first frames of a new layer late.
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        self.mm = mmap.mmap(fd, size, flags=flags, prot=prot)
         self.size = size
         self.bytes = np.frombuffer(self.mm, dtype=np.uint8)
         header = self.bytes[:ALIGNMENT]

@@ -19,6 +19,7 @@ composer uploads at most one image per layer, and the loop never blocks on a soc
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 from collections.abc import Callable, Sequence
@@ -32,6 +33,8 @@ from engine.scheduler.stats import RollingWindow, summarize
 
 #: Samples kept for the percentiles: about 12 minutes at 90 Hz.
 STATS_WINDOW = 65_536
+#: Misses kept with their timings in the stats (``recent_misses``).
+RECENT_MISSES = 32
 
 
 class LayerImage(Protocol):
@@ -186,6 +189,10 @@ class LoopStats:
     intervals: RollingWindow = field(default_factory=lambda: RollingWindow(STATS_WINDOW))
     compose: RollingWindow = field(default_factory=lambda: RollingWindow(STATS_WINDOW))
     pose_age: RollingWindow = field(default_factory=lambda: RollingWindow(STATS_WINDOW))
+    #: The last few misses, each saying where the time went (see ``stats_dict``).
+    recent_misses: collections.deque = field(
+        default_factory=lambda: collections.deque(maxlen=RECENT_MISSES)
+    )
 
     @property
     def missed(self) -> int:
@@ -255,6 +262,7 @@ class CompositorLoop:
     def step(self) -> FrameRecord:
         """Compose and present one frame at the next slot still ahead."""
         now = self.clock.now_ns()
+        previous_slot, previous_present = self.slot, self._last_present_ns
         earliest = self.schedule.first_slot_not_before(now)
         skipped = 0 if self.slot is None else max(0, earliest - self.slot - 1)
         slot = earliest if self.slot is None else max(self.slot + 1, earliest)
@@ -302,7 +310,27 @@ class CompositorLoop:
             s.intervals.add(presented - self._last_present_ns)
         self._last_present_ns = presented
         self.slot = slot
-        self._needed.add(composed - self.schedule.compose_deadline(slot))
+        deadline = self.schedule.compose_deadline(slot)
+        self._needed.add(composed - deadline)
+        if skipped or not on_time:
+            # Did the previous frame end past the next slot's compose deadline? Then it
+            # cost the slots in between, not the OS.
+            overran = 0
+            if previous_slot is not None and previous_present is not None:
+                overran = max(
+                    0, previous_present - self.schedule.compose_deadline(previous_slot + 1)
+                )
+            s.recent_misses.append(
+                {
+                    "frame": self.frame,
+                    "skipped_slots": skipped,
+                    "previous_overran_ms": round(overran / 1e6, 3),
+                    "woke_late_ms": round((woke - deadline) / 1e6, 3),
+                    "compose_ms": round((composed - sampled) / 1e6, 3),
+                    "late_ms": round(max(0, composed - display_ns) / 1e6, 3),
+                    "lead_ms": round(self.schedule.compose_lead_ns / 1e6, 3),
+                }
+            )
         if self.adapt_lead and self.frame % self.ADAPT_EVERY == 0:
             self._adapt_lead()
 
@@ -336,7 +364,15 @@ class CompositorLoop:
             self.step()
 
     def stats_dict(self) -> dict[str, Any]:
-        """The ``compositor`` entry of the supervisor's stats (times in milliseconds)."""
+        """The ``compositor`` entry of the supervisor's stats (times in milliseconds).
+
+        ``recent_misses`` holds the last 32 misses, each with where its time went:
+        ``previous_overran_ms`` (the frame before ended past the next slot's compose
+        deadline: too much work per frame), ``woke_late_ms`` (woke after the compose
+        deadline: the OS scheduler, unless the previous frame overran),
+        ``compose_ms`` (sampling to drawn: the renderer), ``late_ms`` (past the slot's
+        vsync), ``skipped_slots`` and the ``lead_ms`` in force.
+        """
         s = self.stats
         interval = s.intervals.summary(self.schedule.period_ns)
         period = self.schedule.period_ns
@@ -362,4 +398,5 @@ class CompositorLoop:
             "pose_age_ms_p50": pose_age.p50_ms,
             "pose_age_ms_p99": pose_age.p99_ms,
             "layers": {w.name: w.stats() for w in self.watches},
+            "recent_misses": list(s.recent_misses),
         }
