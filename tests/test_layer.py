@@ -357,6 +357,37 @@ def test_a_sealed_block_smaller_than_the_header_page_is_refused():
     os.close(fd)
 
 
+def test_a_huge_sparse_block_is_not_allocated_by_the_reader():
+    """Sane blocks are mapped populated (no page faults in the first frames); one far past
+    any valid layer is mapped lazily, so a hostile 1 GiB sparse file costs nothing."""
+
+    def resident_bytes() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    fd = sealed_memfd(1 << 30)
+    before = resident_bytes()
+    reader = LayerReader(fd)
+    grown = resident_bytes() - before
+    assert_no_frame(reader, reader.read())
+    reader.close()
+    os.close(fd)
+    assert grown < 64 << 20, f"the reader made {grown >> 20} MiB resident"
+
+
+def test_a_valid_block_is_resident_as_soon_as_the_reader_maps_it():
+    spec = LayerSpec(width=512, height=512, eyes=2, images=3)
+    fd = create_layer_fd(spec)
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1])
+    reader = LayerReader(fd)
+    with open("/proc/self/statm") as f:
+        grown = (int(f.read().split()[1]) - before) * os.sysconf("SC_PAGE_SIZE")
+    reader.close()
+    os.close(fd)
+    assert grown >= spec.block_size * 0.9  # populated, not faulted in frame by frame
+
+
 def test_a_closed_fd_is_the_only_thing_the_constructor_raises_for():
     fd = create_layer_fd(SPEC)
     os.close(fd)

@@ -59,6 +59,8 @@ MAX_DIMENSION = 16384
 MAX_EYES = 2
 MIN_IMAGES = 2  # the writer never rewrites the image it last published, so it needs a second
 MAX_IMAGES = 8  # keeps the header in the first 4 KiB
+#: Blocks up to this size are mapped populated (see ``_Mapping``): 8 x 2 x 2048 x 2048.
+POPULATE_MAX_BYTES = 8 * 2 * 2048 * 2048 * 4 + 4096
 READ_ATTEMPTS = 8  # a reader retries this often when the writer is mid-update, then gives up
 QUATERNION_TOLERANCE = 1e-3  # how far |orientation| may be from 1
 
@@ -330,8 +332,11 @@ class _Mapping:
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         # Populated up front: otherwise each image's first use faults in its pages one by
         # one (about a millisecond per 720p stereo image), which made the compositor's
-        # first frames of a new layer late.
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        # first frames of a new layer late. Not past a sane size: a block handed over by
+        # someone else could be a huge sparse file that would then all be allocated here.
+        flags = mmap.MAP_SHARED
+        if size <= POPULATE_MAX_BYTES:
+            flags |= getattr(mmap, "MAP_POPULATE", 0)
         self.mm = mmap.mmap(fd, size, flags=flags, prot=prot)
         self.size = size
         self.bytes = np.frombuffer(self.mm, dtype=np.uint8)
