@@ -127,7 +127,8 @@ def produce(pose_fd: int, layers: list[tuple[int, LayerSpec]], seconds: float) -
                 painted.add((i, slot.index))
                 alpha = 255 if i == 0 else 96  # overlays: premultiplied, as layers are
                 colour = np.array([40 + 50 * i, 200 - 40 * i, 90]) * alpha // 255
-                slot.pixels[...] = (*colour, alpha)
+                rgba = np.array([*colour, alpha])
+                slot.pixels[...] = rgba[writer.spec.format.rgba_order]  # the header's order
             writer.publish(slot, record.frame, record.sample.eyes, time.monotonic_ns())
 
 

@@ -105,6 +105,18 @@ def compose_layers_once(images, rendered, now, **composer_options):
     return composer.read_eyes(), composer.stats()
 
 
+def load_png(path):  # noqa: ANN001, ANN201
+    """A PNG as a (height, width, 4) RGBA array, bottom row first (as pyglet loads it)."""
+    import numpy as np
+    import pyglet
+
+    from engine.render.context import gl  # noqa: F401  (headless pyglet before pyglet.image)
+
+    image = pyglet.image.load(str(path))
+    data = image.get_image_data().get_data("RGBA", image.width * 4)
+    return np.frombuffer(data, np.uint8).reshape(image.height, image.width, 4)
+
+
 @pytest.fixture(scope="module")
 def gl():
     """The GL module with this thread's offscreen context current (skips without EGL)."""

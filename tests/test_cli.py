@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import COUNTER, write
+import numpy as np
+
+from conftest import COUNTER, load_png, write
 from engine.loader.history import ProjectHistory
 
 ENV = {**os.environ, "PYGLET_HEADLESS": "1", "PYTHONUNBUFFERED": "1"}
@@ -96,6 +98,11 @@ def test_bundled_demo_runs_under_the_compositor_from_a_user_copy(tmp_path: Path)
     assert stats["systems"]["render.render"]["calls"] > 0
     assert stats["restarts"] == []
     assert capture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The sky is the demo's clear colour (0.05, 0.05, 0.08): blue above red, whatever
+    # channel order the game's layer travelled in.
+    top = load_png(capture)[-3]  # bottom row first: this is near the top
+    r, g, b = (int(v) for v in np.median(top[:, :3], axis=0))
+    assert b > r and abs(r - 13) <= 3 and abs(b - 20) <= 3, (r, g, b)
     copy = tmp_path / "data" / "all-source-engine" / "examples" / "spinning_cubes"
     assert (copy / "systems" / "pulse.py").exists()
     assert (copy / ".engine" / "history").is_dir()  # the history lives with the copy

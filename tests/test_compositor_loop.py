@@ -261,19 +261,42 @@ def test_schedule_rejects_a_lead_longer_than_the_period():
         DisplaySchedule(PERIOD, 0, compose_lead_ns=PERIOD)
 
 
+def fresh_step(loop, sources):  # noqa: ANN001, ANN201
+    for source in sources:
+        source.publish()
+    return loop.step()
+
+
 def test_a_slow_composer_makes_the_lead_grow_until_presents_are_on_time():
-    loop, *_ = make_loop(compose_cost_ns=5_000_000, adapt=True)  # lead is 2 ms
-    first = [loop.step().on_time for _ in range(loop.ADAPT_EVERY)]
+    loop, _, sources, *_ = make_loop(compose_cost_ns=5_000_000, adapt=True)  # lead is 2 ms
+    first = [fresh_step(loop, sources).on_time for _ in range(loop.ADAPT_EVERY)]
     assert not any(first)
-    later = [loop.step().on_time for _ in range(60)]
+    later = [fresh_step(loop, sources).on_time for _ in range(60)]
     assert all(later)
     assert loop.schedule.compose_lead_ns == 6_000_000  # 5 ms needed + 1 ms margin
 
 
 def test_a_fast_composer_makes_the_lead_shrink_so_the_pose_is_fresher():
-    loop, *_ = make_loop(compose_cost_ns=0, adapt=True)
+    loop, _, sources, *_ = make_loop(compose_cost_ns=0, adapt=True)
     loop.schedule = DisplaySchedule(PERIOD, PERIOD, compose_lead_ns=8_000_000)
-    loop.run(frames=loop.ADAPT_EVERY)
+    for _ in range(loop.ADAPT_EVERY):
+        fresh_step(loop, sources)
+    assert loop.schedule.compose_lead_ns == 1_000_000
+
+
+def test_frames_without_every_layer_do_not_shrink_the_lead():
+    """Before the game's first image (or while it restarts) frames are cheap; a lead
+    shrunk to them would make the frame the layer comes back in late."""
+    loop, _, sources, _, composer, _, _ = make_loop(layers=2, adapt=True)
+    loop.schedule = DisplaySchedule(PERIOD, PERIOD, compose_lead_ns=8_000_000)
+    loop.run(frames=3 * loop.ADAPT_EVERY)  # no layer at all
+    sources[0].publish()
+    for _ in range(3 * loop.ADAPT_EVERY):  # the base layer only
+        sources[0].publish()
+        loop.step()
+    assert loop.schedule.compose_lead_ns == 8_000_000
+    for _ in range(loop.ADAPT_EVERY):  # both: now the lead follows what they cost
+        fresh_step(loop, sources)
     assert loop.schedule.compose_lead_ns == 1_000_000
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import load_png
 from engine.compositor.handoff import PoseHandoffReader, create_block_fd
-from engine.compositor.layer import LayerWriter
+from engine.compositor.layer import LayerWriter, PixelFormat
 from engine.compositor.process import CompositorConfig, CompositorHandle
 
 SMALL = CompositorConfig(eye_width=64, eye_height=48, layers=(("game", 32, 24),), grace_s=0.05)
@@ -54,21 +55,11 @@ def publish_frames(handle: CompositorHandle, pose: PoseHandoffReader, count: int
             continue
         last = record.frame
         slot = writer.acquire()
-        slot.pixels[...] = color
+        slot.pixels[...] = np.asarray(color)[spec.format.rgba_order]  # the header's order
         writer.publish(slot, record.frame, record.sample.eyes, time.monotonic_ns())
         published += 1
     writer.close()
     assert published == count
-
-
-def load_png(path: Path) -> np.ndarray:
-    import pyglet
-
-    from engine.render.context import gl  # noqa: F401  (headless pyglet before pyglet.image)
-
-    image = pyglet.image.load(str(path))
-    data = image.get_image_data().get_data("RGBA", image.width * 4)
-    return np.frombuffer(data, np.uint8).reshape(image.height, image.width, 4)
 
 
 def test_compositor_presents_shows_a_layer_and_captures_both_eyes(tmp_path):
@@ -100,11 +91,13 @@ def test_compositor_presents_shows_a_layer_and_captures_both_eyes(tmp_path):
     assert not np.all(image[5, 32, :3] == (200, 30, 40))
 
 
-def test_a_fresh_layer_is_what_the_capture_shows(tmp_path):
+@pytest.mark.parametrize("layer_format", list(PixelFormat))
+def test_a_fresh_layer_is_what_the_capture_shows(tmp_path, layer_format):
     pose_fd = create_block_fd("pose")
     pose = PoseHandoffReader(pose_fd)
     capture = tmp_path / "capture.png"
-    config = CompositorConfig(**{**SMALL.__dict__, "capture_path": str(capture), "grace_s": 60})
+    options = {"capture_path": str(capture), "grace_s": 60, "layer_format": layer_format}
+    config = CompositorConfig(**{**SMALL.__dict__, **options})
     handle = CompositorHandle.start(config, pose_fd)
     try:
         publish_frames(handle, pose, 10, (200, 30, 40, 255))

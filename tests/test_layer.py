@@ -120,6 +120,14 @@ def assert_sane(reader: LayerReader, result: LayerFrame | None, block_size: int)
 # --- the spec -------------------------------------------------------------------------
 
 
+def test_rgba_order_turns_each_format_into_rgba_and_back():
+    rgba = np.array([10, 20, 30, 40], np.uint8)
+    bgra = np.array([30, 20, 10, 40], np.uint8)
+    assert (rgba[PixelFormat.RGBA8.rgba_order] == rgba).all()
+    assert (bgra[PixelFormat.BGRA8.rgba_order] == rgba).all()
+    assert (rgba[PixelFormat.BGRA8.rgba_order] == bgra).all()  # its own inverse
+
+
 def test_spec_sizes_are_page_aligned_and_cover_every_image():
     spec = LayerSpec(width=1280, height=720, eyes=2, images=3, format=PixelFormat.RGBA8)
     assert spec.eye_bytes == 1280 * 720 * 4
@@ -440,7 +448,7 @@ ANY_DOUBLE = st.floats(allow_nan=True, allow_infinity=True)
 INVALID_FIELDS = {
     "magic": (0, "8s", st.binary(min_size=8, max_size=8).filter(lambda b: b != MAGIC)),
     "version": (8, "<I", U32.filter(lambda v: v != VERSION)),
-    "format": (12, "<I", U32.filter(lambda v: v != PixelFormat.RGBA8)),
+    "format": (12, "<I", U32.filter(lambda v: v not in set(PixelFormat))),
     "width": (16, "<I", st.one_of(st.just(0), st.integers(MAX_DIMENSION + 1, 2**32 - 1))),
     "height": (20, "<I", st.one_of(st.just(0), st.integers(MAX_DIMENSION + 1, 2**32 - 1))),
     "eyes": (24, "<I", st.one_of(st.just(0), st.integers(3, 2**32 - 1))),

@@ -195,6 +195,21 @@ def test_a_red_cube_in_front_is_red_in_the_centre_and_the_corners_are_clear(rend
     assert timings.drawn == 1
 
 
+def test_a_bgra_renderer_writes_the_same_frame_blue_first(renderer, world):
+    from engine.render.renderer import Renderer
+    from engine.render.shaders import ShaderLibrary
+
+    world.create_entity(Transform((0.0, 1.6, -2.0)), Mesh("cube"), Material(RED))
+    (rgba, _), _ = frames(renderer, world)
+    bgra_renderer = Renderer(W, H, ShaderLibrary(), clear_color=(0.2, 0.4, 0.6, 1.0), bgra=True)
+    try:
+        (bgra, _), _ = frames(bgra_renderer, world)
+    finally:
+        bgra_renderer.close()
+    assert is_red(rgba[H // 2, W // 2]) and is_red(bgra[H // 2, W // 2, [2, 1, 0, 3]])
+    assert tuple(bgra[0, 0]) == (153, 102, 51, 255)  # the clear colour, B G R A
+
+
 def test_the_eyes_see_the_cube_shifted_by_the_eye_offset(renderer, world):
     distance, ipd = 2.0, 0.064
     world.create_entity(Transform((0.0, 1.6, -distance)), Mesh("cube"), Material(RED))

@@ -67,6 +67,29 @@ def test_render_system_publishes_both_eyes_with_the_frames_pose(project, make_en
     reader.close()
 
 
+def test_a_bgra_layer_holds_the_frame_blue_first_and_captures_stay_rgba(
+    project, make_engine
+) -> None:
+    from dataclasses import replace
+
+    from engine.compositor.layer import PixelFormat
+
+    write(project / "game.py", SCENE)
+    settings = replace(SETTINGS, pixel_format=PixelFormat.BGRA8)
+    eng = make_engine(project, render=settings, pose_source=StillHead())
+    eng.step()
+    assert eng.render_stage.spec.format is PixelFormat.BGRA8
+    reader = LayerReader(eng.render_stage.layer_fd)
+    frame = reader.read()
+    reader.close()
+    b, g, r = centre(frame.pixels[0])
+    assert r > 100 and g < 40 and b < 40  # the red cube, stored blue first
+    image = eng.render_stage.latest_image()
+    h, w = image.shape[:2]
+    r, g, b = (int(c) for c in image[h // 2, w // 4, :3])  # the left eye's centre
+    assert r > 100 and g < 40 and b < 40
+
+
 GREEN = """#version 330 core
 in vec3 v_normal;
 in vec3 v_world_position;

@@ -213,10 +213,11 @@ class CompositorLoop:
         deadline_ns: a layer image older than this is stale (default 2 periods).
         grace_ns: how long a stale layer is reprojected before it is excluded.
         adapt_lead: every ``ADAPT_EVERY`` frames, set the compose lead to what the last
-            ``ADAPT_WINDOW`` frames needed (99th percentile of deadline-to-present, plus
-            ``lead_margin_ns``), between 1 ms and one period less 1 ms: a slow renderer
-            then starts earlier and samples a slightly older pose instead of missing
-            refreshes; a fast one samples later.
+            ``ADAPT_WINDOW`` frames that drew every layer needed (99th percentile of
+            deadline-to-present, plus ``lead_margin_ns``), between 1 ms and one period less
+            1 ms: a slow renderer then starts earlier and samples a slightly older pose
+            instead of missing refreshes; a fast one samples later. Until every layer has
+            been drawn in ``ADAPT_EVERY`` frames the lead stays as started.
         latch_at_vsync: present a frame composed in time at its slot's display time, as a
             swap with vsync does (the display shows it then, not when drawing ended); a
             late frame is presented at once and counted as missed.
@@ -311,7 +312,8 @@ class CompositorLoop:
         self._last_present_ns = presented
         self.slot = slot
         deadline = self.schedule.compose_deadline(slot)
-        self._needed.add(composed - deadline)
+        if len(draws) == len(self.sources):
+            self._needed.add(composed - deadline)
         if skipped or not on_time:
             # Did the previous frame end past the next slot's compose deadline? Then it
             # cost the slots in between, not the OS.
@@ -349,7 +351,12 @@ class CompositorLoop:
 
     def _adapt_lead(self) -> None:
         # A missed refresh is a visible judder; a pose older by a millisecond is not, so
-        # the lead covers nearly every frame, not the typical one.
+        # the lead covers nearly every frame, not the typical one. Only frames that drew
+        # every layer count: a layer can (re)appear at any frame, and frames without it
+        # (before the game's first image, while it restarts) would shrink the lead below
+        # what the next frame costs.
+        if self._needed.count < self.ADAPT_EVERY:
+            return
         needed = sorted(self._needed.samples())
         p99 = needed[min(len(needed) - 1, (99 * len(needed) + 99) // 100 - 1)]
         period = self.schedule.period_ns

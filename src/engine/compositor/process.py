@@ -35,6 +35,7 @@ from engine.compositor.handoff import PassedFd, PoseHandoffWriter
 from engine.compositor.layer import (
     LayerReader,
     LayerSpec,
+    PixelFormat,
     create_layer_fd,
     recv_layer_fd,
     send_layer_fd,
@@ -54,7 +55,9 @@ MESSAGE_BYTES = 1 << 20  # the stats JSON is a few KiB; a SEQPACKET message must
 class CompositorConfig:
     """Everything the compositor process is started with (picklable).
 
-    ``layers`` are ``(name, width, height)``, bottom first; each gets 2 eyes and 3 images.
+    ``layers`` are ``(name, width, height)``, bottom first; each gets 2 eyes and 3 images
+    in ``layer_format`` (BGRA8 by default: the format textures are stored in, uploaded
+    without conversion; producers read the format from the layer's header).
     ``pose`` is ``"simulated"`` (the scripted headset) or ``"trace:PATH"`` (a recorded
     head trace, looped).
     """
@@ -63,6 +66,7 @@ class CompositorConfig:
     eye_width: int = 1280
     eye_height: int = 720
     layers: tuple[tuple[str, int, int], ...] = (("game", 1280, 720),)
+    layer_format: PixelFormat = PixelFormat.BGRA8
     deadline_periods: float = 2.0
     grace_s: float = 0.5
     compose_lead_ns: int = DEFAULT_COMPOSE_LEAD_NS  # the start; adapted unless adapt_lead=False
@@ -77,7 +81,7 @@ class CompositorConfig:
     frames: int | None = None  # stop by itself after this many frames (benchmarks)
 
     def layer_specs(self) -> list[LayerSpec]:
-        return [LayerSpec(width=w, height=h) for _, w, h in self.layers]
+        return [LayerSpec(width=w, height=h, format=self.layer_format) for _, w, h in self.layers]
 
 
 # --- control messages -----------------------------------------------------------------
@@ -228,8 +232,8 @@ class GLComposer:
         gl.glGenTextures(1, ctypes.byref(name))
         gl.glBindTexture(gl.GL_TEXTURE_2D, name.value)
         # Unsized RGBA described as BGRA bytes: Mesa then stores BGRA, the only 8-bit
-        # layout llvmpipe's linear path renders into (22.x). Uploads of RGBA layer images
-        # are converted on the way in, which costs less than a tenth of the warp.
+        # layout llvmpipe's linear path renders into (22.x). BGRA8 layer images upload as a
+        # plain copy; RGBA8 ones are converted on the way in.
         gl.glTexImage2D(
             gl.GL_TEXTURE_2D, 0, gl.GL_RGBA, width, height, 0, gl.GL_BGRA,
             gl.GL_UNSIGNED_BYTE, None,
@@ -267,11 +271,12 @@ class GLComposer:
 
     def _upload_pixels(self, layer: _LayerTextures, texture_set: int, pixels: np.ndarray) -> None:
         gl, spec = self.gl, layer.spec
+        data_format = gl.GL_BGRA if spec.format is PixelFormat.BGRA8 else gl.GL_RGBA
         gl.glPixelStorei(gl.GL_UNPACK_ALIGNMENT, 1)
         for eye, texture in enumerate(layer.textures[texture_set]):
             gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
             gl.glTexSubImage2D(
-                gl.GL_TEXTURE_2D, 0, 0, 0, spec.width, spec.height, gl.GL_RGBA,
+                gl.GL_TEXTURE_2D, 0, 0, 0, spec.width, spec.height, data_format,
                 gl.GL_UNSIGNED_BYTE, ctypes.c_void_p(pixels[eye].ctypes.data),
             )  # fmt: skip
         gl.glBindTexture(gl.GL_TEXTURE_2D, 0)

@@ -103,6 +103,7 @@ def fill_renderer(engine: Engine, spec: LayerSpec) -> Render:
     pattern[:, :: max(1, h // 12), :, :3] = 230  # a grid, so warps are visible
     pattern[:, :, :: max(1, w // 16), :3] = 230
     pattern[..., 3] = 255
+    pattern = pattern[..., spec.format.rgba_order].copy()  # in the layer's channel order
     bar = max(1, w // 64)
 
     def render(frame: int, eyes: tuple[EyeView, ...], slot: ImageSlot) -> None:
@@ -242,7 +243,7 @@ def game_main(
     if use_render_system:
         from engine.render.stage import RenderSettings
 
-        render_settings = RenderSettings(spec.width, spec.height)
+        render_settings = RenderSettings(spec.width, spec.height, pixel_format=spec.format)
     engine = Engine(
         config.project_dir,
         policy=policy,

@@ -4,7 +4,7 @@ One frame, as :meth:`Renderer.render` does it:
 
 1. gather every entity with ``Transform``, ``Mesh`` and ``Material`` (one query), compute
    all model and normal matrices in one vectorised numpy pass, sort by shader and mesh;
-2. for each eye: bind that eye's framebuffer (RGBA8 colour + 24-bit depth), clear, set the
+2. for each eye: bind that eye's framebuffer (8-bit colour + 24-bit depth), clear, set the
    per-eye uniforms once per program, then per entity set model, normal matrix and colour
    and draw its indexed triangles;
 3. ``glFinish`` (so ``draw_ns`` holds the whole drawing, on a GPU or on llvmpipe);
@@ -76,23 +76,37 @@ class RenderTimings:
 
 
 class _EyeTarget:
-    """One eye's framebuffer: an RGBA8 colour renderbuffer and a depth renderbuffer."""
+    """One eye's framebuffer: an 8-bit colour texture and a depth renderbuffer.
 
-    def __init__(self, width: int, height: int) -> None:
+    The colour is stored in the order frames are read back in (``bgra``), so that
+    ``glReadPixels`` is a plain copy: Mesa keeps a sized ``GL_RGBA8`` as RGBA and an
+    unsized ``GL_RGBA`` given BGRA data as BGRA.
+    """
+
+    def __init__(self, width: int, height: int, bgra: bool = False) -> None:
         handle = gl.GLuint()
         gl.glGenFramebuffers(1, ctypes.byref(handle))
         self.fbo = handle.value
-        buffers = (gl.GLuint * 2)()
-        gl.glGenRenderbuffers(2, buffers)
-        self.color, self.depth = buffers[0], buffers[1]
+        gl.glGenTextures(1, ctypes.byref(handle))
+        self.color = handle.value
+        gl.glGenRenderbuffers(1, ctypes.byref(handle))
+        self.depth = handle.value
         gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, self.fbo)
-        for rb, fmt, attachment in (
-            (self.color, gl.GL_RGBA8, gl.GL_COLOR_ATTACHMENT0),
-            (self.depth, gl.GL_DEPTH_COMPONENT24, gl.GL_DEPTH_ATTACHMENT),
-        ):
-            gl.glBindRenderbuffer(gl.GL_RENDERBUFFER, rb)
-            gl.glRenderbufferStorage(gl.GL_RENDERBUFFER, fmt, width, height)
-            gl.glFramebufferRenderbuffer(gl.GL_FRAMEBUFFER, attachment, gl.GL_RENDERBUFFER, rb)
+        gl.glBindTexture(gl.GL_TEXTURE_2D, self.color)
+        internal, data = (gl.GL_RGBA, gl.GL_BGRA) if bgra else (gl.GL_RGBA8, gl.GL_RGBA)
+        gl.glTexImage2D(
+            gl.GL_TEXTURE_2D, 0, internal, width, height, 0, data, gl.GL_UNSIGNED_BYTE, None
+        )
+        gl.glTexParameteri(gl.GL_TEXTURE_2D, gl.GL_TEXTURE_MIN_FILTER, gl.GL_NEAREST)
+        gl.glBindTexture(gl.GL_TEXTURE_2D, 0)
+        gl.glFramebufferTexture2D(
+            gl.GL_FRAMEBUFFER, gl.GL_COLOR_ATTACHMENT0, gl.GL_TEXTURE_2D, self.color, 0
+        )
+        gl.glBindRenderbuffer(gl.GL_RENDERBUFFER, self.depth)
+        gl.glRenderbufferStorage(gl.GL_RENDERBUFFER, gl.GL_DEPTH_COMPONENT24, width, height)
+        gl.glFramebufferRenderbuffer(
+            gl.GL_FRAMEBUFFER, gl.GL_DEPTH_ATTACHMENT, gl.GL_RENDERBUFFER, self.depth
+        )
         status = gl.glCheckFramebufferStatus(gl.GL_FRAMEBUFFER)
         gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
         if status != gl.GL_FRAMEBUFFER_COMPLETE:
@@ -101,7 +115,8 @@ class _EyeTarget:
 
     def delete(self) -> None:
         gl.glDeleteFramebuffers(1, ctypes.byref(gl.GLuint(self.fbo)))
-        gl.glDeleteRenderbuffers(2, (gl.GLuint * 2)(self.color, self.depth))
+        gl.glDeleteTextures(1, ctypes.byref(gl.GLuint(self.color)))
+        gl.glDeleteRenderbuffers(1, ctypes.byref(gl.GLuint(self.depth)))
 
 
 class _ProgramSlots:
@@ -182,8 +197,12 @@ class Renderer:
         clear_color: Sequence[float] = (0.05, 0.05, 0.08, 1.0),
         light_direction: Sequence[float] = DEFAULT_LIGHT_DIRECTION,
         ambient: float = 0.25,
+        bgra: bool = False,
     ) -> None:
-        """Raises ``ValueError`` for a non-positive size (or one beyond the GL limit)."""
+        """Raises ``ValueError`` for a non-positive size (or one beyond the GL limit).
+
+        ``bgra`` writes frames B G R A (a BGRA8 layer) instead of R G B A.
+        """
         if width <= 0 or height <= 0:
             raise ValueError(f"render size must be positive, got {width}x{height}")
         offscreen_context()
@@ -192,6 +211,8 @@ class Renderer:
         if max(width, height) > limit.value:
             raise ValueError(f"render size {width}x{height} exceeds GL limit {limit.value}")
         self.width, self.height = width, height
+        self.bgra = bgra
+        self._read_format = gl.GL_BGRA if bgra else gl.GL_RGBA
         self.shaders = shaders
         self.clear_color = tuple(clear_color)
         self.light_direction = tuple(light_direction)
@@ -234,7 +255,9 @@ class Renderer:
         gl.glPixelStorei(gl.GL_PACK_ALIGNMENT, 1)
         for address, target in zip(addresses, self._targets, strict=False):
             gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, target.fbo)
-            gl.glReadPixels(0, 0, self.width, self.height, gl.GL_RGBA, gl.GL_UNSIGNED_BYTE, address)
+            gl.glReadPixels(
+                0, 0, self.width, self.height, self._read_format, gl.GL_UNSIGNED_BYTE, address
+            )
         gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
         t2 = time.perf_counter_ns()
         return RenderTimings(t1 - t0, t2 - t1, draw_list.drawn)
@@ -263,7 +286,7 @@ class Renderer:
     def _prepare(self, eye_count: int) -> None:
         offscreen_context()
         while len(self._targets) < eye_count:
-            self._targets.append(_EyeTarget(self.width, self.height))
+            self._targets.append(_EyeTarget(self.width, self.height, self.bgra))
         gl.glEnable(gl.GL_DEPTH_TEST)
         gl.glDepthFunc(gl.GL_LESS)
         gl.glEnable(gl.GL_CULL_FACE)

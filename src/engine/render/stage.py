@@ -20,7 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.compositor.layer import LayerReader, LayerSpec, LayerWriter, create_layer_fd
+from engine.compositor.layer import (
+    LayerReader,
+    LayerSpec,
+    LayerWriter,
+    PixelFormat,
+    create_layer_fd,
+)
 from engine.compositor.sinks import save_png, side_by_side
 from engine.loader.history import ProjectHistory
 from engine.pose.base import EyeView, Fov, Pose
@@ -39,6 +45,8 @@ class RenderSettings:
     clear_color: tuple[float, float, float, float] = (0.05, 0.05, 0.08, 1.0)
     default_head: Pose = Pose((0.0, 1.6, 0.0))
     fov: Fov | None = None
+    #: The layer's pixel format; a game under the compositor takes the one it asks for.
+    pixel_format: PixelFormat = PixelFormat.RGBA8
 
     @property
     def view_fov(self) -> Fov:
@@ -87,9 +95,13 @@ class RenderStage:
         self.settings = settings
         self.shaders = ShaderLibrary(project_dir, history)
         self.renderer = Renderer(
-            settings.width, settings.height, self.shaders, clear_color=settings.clear_color
+            settings.width,
+            settings.height,
+            self.shaders,
+            clear_color=settings.clear_color,
+            bgra=settings.pixel_format is PixelFormat.BGRA8,
         )
-        self.spec = LayerSpec(settings.width, settings.height, eyes=2)
+        self.spec = LayerSpec(settings.width, settings.height, eyes=2, format=settings.pixel_format)
         self.owns_layer = layer_fd is None
         self.layer_fd = create_layer_fd(self.spec, "game") if layer_fd is None else layer_fd
         self.writer = LayerWriter(self.layer_fd, self.spec)
@@ -121,11 +133,11 @@ class RenderStage:
         self.last_frame = frame
 
     def _latest_eyes(self) -> np.ndarray | None:
-        """A copy of the newest published frame's eyes, (eyes, h, w, 4), rows bottom-up."""
+        """A copy of the newest published frame's eyes, (eyes, h, w, RGBA), rows bottom-up."""
         reader = LayerReader(self.layer_fd)
         try:
             frame = reader.read()
-            return None if frame is None else np.array(frame.pixels)
+            return None if frame is None else frame.pixels[..., self.spec.format.rgba_order]
         finally:
             reader.close()
 
