@@ -480,8 +480,10 @@ def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.sock
     composer.warm_up(eyes)
     lead_ns = config.compose_lead_ns
     if config.adapt_lead:
-        # Start from what a frame costs here; the loop adapts it from then on.
-        lead_ns = max(lead_ns, composer.time_frame(eyes) + 1_000_000)
+        # Start from what a frame costs here, with half again as margin: the first frames
+        # run with cold caches and producers still starting (one compose in a few runs
+        # came to 1.4 x the timed frame). The loop adapts it from then on.
+        lead_ns = max(lead_ns, composer.time_frame(eyes) * 3 // 2 + 1_000_000)
     clock = MonotonicClock(spin_ns=config.spin_ns)
     period_ns = round(1e9 / config.display_hz)
     schedule = DisplaySchedule(
