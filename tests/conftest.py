@@ -58,7 +58,7 @@ def make_engine() -> Iterator[Callable[..., Engine]]:
         eng.close()
 
 
-def run_until(eng: Engine, cond: Callable[[], bool], timeout_s: float = 10.0) -> int:
+def run_until(eng: Engine, cond: Callable[[], bool], timeout_s: float = 30.0) -> int:
     """Step the engine (sleeping a little between frames) until ``cond()``; frames run."""
     deadline = time.monotonic() + timeout_s
     frames = 0

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import compose_layer_once
+from conftest import compose_layer_once, compose_layers_once
 from engine.compositor.meshwarp import (
     EDGE_SLACK_TEXELS,
     MAX_FIT_ERROR,
@@ -150,3 +150,20 @@ def test_mesh_warp_matches_the_exact_warp(gl, degrees):
     # within the fit error of a block edge, and in the edge slack along the border.
     assert differs.mean() < 0.03
     assert np.array_equal(mesh[:, 4:-4, 4:-4, 3], exact[:, 4:-4, 4:-4, 3])  # same coverage
+
+
+def test_layers_with_the_same_pose_share_one_mesh_and_blend_as_if_each_had_its_own(gl):
+    """One game's layers carry the same pose: their warp is computed and uploaded once."""
+    base = blocky_image(320, 176, seed=5)
+    overlay = np.zeros_like(base)
+    overlay[:, 40:120, 60:200] = (0, 60, 0, 128)  # premultiplied half-transparent green
+    rendered = (EyeView(Pose(), FOV),) * 2
+    now = (EyeView(Pose(orientation=head(1.0, 0.5, 0.0)), FOV),) * 2
+    both, stats = compose_layers_once([base, overlay], rendered, now, warp="mesh")
+    # Every draw after the first: here both eyes have the same pose, so the same warp too.
+    assert stats["mesh_reused"] == 3
+    alone, _ = compose_layer_once(base, rendered, now, warp="mesh")
+    outside = np.ones(both.shape[:3], bool)
+    outside[:, 30:130, 50:210] = False  # away from the overlay and its warp
+    assert np.array_equal(both[outside], alone[outside])
+    assert not np.array_equal(both, alone)

@@ -253,6 +253,10 @@ class MeshTimewarpPass:
         self._vao, self._vbo = vao, vbo
         self.rect_cells = 0  # over the pass's life: cells drawn affine / exact
         self.edge_cells = 0
+        self.reused_meshes = 0  # draws that reused the previous draw's mesh
+        # The last draw's mesh and what it was made from: layers rendered with the same
+        # pose (one game's layers, one frame) get the same warp, computed and uploaded once.
+        self._last: tuple[bytes, tuple[int, int], tuple[int, int], WarpMesh] | None = None
 
     def draw(
         self,
@@ -266,7 +270,15 @@ class MeshTimewarpPass:
         """Draw ``texture`` warped by ``delta`` over a ``viewport`` ``(width, height)``."""
         gl = self._gl
         homography = timewarp_homography(delta, out_tan, src_tan)
-        mesh = warp_mesh(homography, viewport[0], viewport[1], source_size, self.cell)
+        key = homography.tobytes()
+        last = self._last
+        reuse = last is not None and last[:3] == (key, viewport, source_size)
+        if reuse:
+            mesh = last[3]
+            self.reused_meshes += 1
+        else:
+            mesh = warp_mesh(homography, viewport[0], viewport[1], source_size, self.cell)
+            self._last = (key, viewport, source_size, mesh)
         rects, edges = mesh.rect_vertices, len(mesh.vertices) - mesh.rect_vertices
         self.rect_cells += rects // 6
         self.edge_cells += edges // 6
@@ -275,8 +287,8 @@ class MeshTimewarpPass:
         gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
         gl.glBindVertexArray(self._vao)
         gl.glBindBuffer(gl.GL_ARRAY_BUFFER, self._vbo)
-        # A fresh store per draw: the driver may still read the previous one.
-        gl.glBufferData(gl.GL_ARRAY_BUFFER, data.nbytes, data.ctypes.data, gl.GL_STREAM_DRAW)
+        if not reuse:  # a fresh store per new mesh: the driver may still read the last one
+            gl.glBufferData(gl.GL_ARRAY_BUFFER, data.nbytes, data.ctypes.data, gl.GL_STREAM_DRAW)
         if rects:
             self._affine.use()
             self._affine["u_layer"] = 0

@@ -419,6 +419,7 @@ class GLComposer:
         if self.mesh is not None:
             stats["mesh_cells_affine"] = self.mesh.rect_cells
             stats["mesh_cells_exact"] = self.mesh.edge_cells
+            stats["mesh_reused"] = self.mesh.reused_meshes
         return stats
 
 
