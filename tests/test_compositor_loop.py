@@ -276,12 +276,17 @@ def test_a_slow_composer_makes_the_lead_grow_until_presents_are_on_time():
     assert loop.schedule.compose_lead_ns == 6_000_000  # 5 ms needed + 1 ms margin
 
 
-def test_a_fast_composer_makes_the_lead_shrink_so_the_pose_is_fresher():
+def test_a_fast_composer_makes_the_lead_shrink_step_by_step_so_the_pose_is_fresher():
     loop, _, sources, *_ = make_loop(compose_cost_ns=0, adapt=True)
     loop.schedule = DisplaySchedule(PERIOD, PERIOD, compose_lead_ns=8_000_000)
-    for _ in range(loop.ADAPT_EVERY):
-        fresh_step(loop, sources)
-    assert loop.schedule.compose_lead_ns == 1_000_000
+    leads = []
+    for _ in range(20):
+        for _ in range(loop.ADAPT_EVERY):
+            fresh_step(loop, sources)
+        leads.append(loop.schedule.compose_lead_ns)
+    assert leads[0] == 8_000_000 - loop.LEAD_SHRINK_STEP_NS  # not at once
+    assert all(a - b <= loop.LEAD_SHRINK_STEP_NS for a, b in zip([8_000_000, *leads], leads))
+    assert leads[-1] == 1_000_000
 
 
 def test_frames_without_every_layer_do_not_shrink_the_lead():
@@ -297,7 +302,7 @@ def test_frames_without_every_layer_do_not_shrink_the_lead():
     assert loop.schedule.compose_lead_ns == 8_000_000
     for _ in range(loop.ADAPT_EVERY):  # both: now the lead follows what they cost
         fresh_step(loop, sources)
-    assert loop.schedule.compose_lead_ns == 1_000_000
+    assert loop.schedule.compose_lead_ns == 8_000_000 - loop.LEAD_SHRINK_STEP_NS
 
 
 def test_a_frame_composed_in_time_is_presented_at_its_vsync_and_a_late_one_at_once():

@@ -216,14 +216,16 @@ class CompositorLoop:
             ``ADAPT_WINDOW`` frames that drew every layer needed (99th percentile of
             deadline-to-present, plus ``lead_margin_ns``), between 1 ms and one period less
             1 ms: a slow renderer then starts earlier and samples a slightly older pose
-            instead of missing refreshes; a fast one samples later. Until every layer has
-            been drawn in ``ADAPT_EVERY`` frames the lead stays as started.
+            instead of missing refreshes; a fast one samples later (the lead grows at
+            once but shrinks by at most ``LEAD_SHRINK_STEP_NS`` a time). Until every
+            layer has been drawn in ``ADAPT_EVERY`` frames the lead stays as started.
         latch_at_vsync: present a frame composed in time at its slot's display time, as a
             swap with vsync does (the display shows it then, not when drawing ended); a
             late frame is presented at once and counted as missed.
     """
 
     ADAPT_EVERY = 30
+    LEAD_SHRINK_STEP_NS = 500_000  # the most one adaptation takes off the lead
     ADAPT_WINDOW = 270  # 3 s at 90 Hz: its p99 ignores the two or three worst stalls
 
     def __init__(
@@ -361,6 +363,9 @@ class CompositorLoop:
         p99 = needed[min(len(needed) - 1, (99 * len(needed) + 99) // 100 - 1)]
         period = self.schedule.period_ns
         lead = min(max(p99 + self.lead_margin_ns, 1_000_000), period - 1_000_000)
+        # Grow at once, shrink by steps: a later compose window moves the frame against
+        # the producers' work, and the frames right after a large cut were the late ones.
+        lead = max(lead, self.schedule.compose_lead_ns - self.LEAD_SHRINK_STEP_NS)
         if abs(lead - self.schedule.compose_lead_ns) > 250_000:  # no churn over noise
             self.schedule = dataclasses.replace(self.schedule, compose_lead_ns=lead)
 
