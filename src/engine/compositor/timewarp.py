@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.pose.base import Fov
-from engine.render.camera import quaternion_matrix
+from engine.render.camera import quaternion_matrix, quaternion_multiply
 
 Tangents = tuple[float, float, float, float]
 
@@ -49,9 +49,11 @@ def rotation_delta(render_q: Sequence[float], display_q: Sequence[float]) -> np.
     """The 3x3 rotation taking display-eye directions to render-eye directions.
 
     Both orientations are unit quaternions (xyzw) from eye space to world space. Equal
-    orientations give the identity.
+    orientations give the identity. ``R_r^T R_d`` is the rotation of ``conj(q_r) q_d``:
+    one matrix from scalar arithmetic, no matrix product.
     """
-    return quaternion_matrix(render_q).T @ quaternion_matrix(display_q)
+    rx, ry, rz, rw = render_q
+    return quaternion_matrix(quaternion_multiply((-rx, -ry, -rz, rw), display_q))
 
 
 def pixel_ndc(width: int, height: int) -> np.ndarray:
