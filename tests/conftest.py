@@ -79,8 +79,7 @@ def compose_layer_once(image, rendered, now, **composer_options):
 
 def compose_layers_once(images, rendered, now, **composer_options):
     """Compose one frame of ``len(images)`` layers, bottom first, each (2, h, w, 4) and
-    rendered at eye views ``rendered`` (or, as a list, each layer at its own); returns
-    ``(eyes, composer stats)``."""
+    rendered at eye views ``rendered``; returns ``(eyes, composer stats)``."""
     from engine.compositor.layer import LayerSpec
     from engine.compositor.loop import LayerDraw
     from engine.compositor.process import GLComposer
@@ -92,19 +91,15 @@ def compose_layers_once(images, rendered, now, **composer_options):
         def still_valid(self, frame):  # noqa: ANN001
             return True
 
-    def frame(pixels, views):  # noqa: ANN001, ANN202
+    def frame(pixels):  # noqa: ANN001, ANN202
         class Frame:
             index, seq, frame = 0, 2, 1
-            eyes = views
+            eyes = rendered
 
         Frame.pixels = pixels
         return Frame()
 
-    views = rendered if isinstance(rendered, list) else [rendered] * len(images)
-    draws = [
-        LayerDraw(i, frame(image, view), Source(), False)
-        for i, (image, view) in enumerate(zip(images, views, strict=True))
-    ]
+    draws = [LayerDraw(i, frame(image), Source(), False) for i, image in enumerate(images)]
     composer.compose(draws, now, fallback=False)
     composer.finish()
     return composer.read_eyes(), composer.stats()

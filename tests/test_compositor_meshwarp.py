@@ -152,85 +152,18 @@ def test_mesh_warp_matches_the_exact_warp(gl, degrees):
     assert np.array_equal(mesh[:, 4:-4, 4:-4, 3], exact[:, 4:-4, 4:-4, 3])  # same coverage
 
 
-def same_pose_layers():  # noqa: ANN201
+def test_layers_with_the_same_pose_share_one_mesh(gl):
+    """One game's layers carry the same pose: their warp is computed and uploaded once."""
     base = blocky_image(320, 176, seed=5)
     overlay = np.zeros_like(base)
     overlay[:, 40:120, 60:200] = (0, 60, 0, 128)  # premultiplied half-transparent green
-    top = np.zeros_like(base)
-    top[:, 100:160, 20:300] = (90, 0, 90, 200)
     rendered = (EyeView(Pose(), FOV),) * 2
     now = (EyeView(Pose(orientation=head(1.0, 0.5, 0.0)), FOV),) * 2
-    return [base, overlay, top], rendered, now
-
-
-def test_layers_with_the_same_pose_share_one_mesh(gl):
-    """Layers warped alike (here: not flattened) compute and upload their mesh once."""
-    images, rendered, now = same_pose_layers()
-    _, stats = compose_layers_once(images[:2], rendered, now, warp="mesh", flatten=False)
+    both, stats = compose_layers_once([base, overlay], rendered, now, warp="mesh")
     # Every draw after the first: here both eyes have the same pose, so the same warp too.
     assert stats["mesh_reused"] == 3
-
-
-def test_flattening_layers_with_the_same_pose_draws_exactly_what_warping_each_draws(gl):
-    images, rendered, now = same_pose_layers()
-    options = {"warp": "mesh", "filter": "nearest"}
-    flat, stats = compose_layers_once(images, rendered, now, flatten=True, **options)
-    each, unflattened = compose_layers_once(images, rendered, now, flatten=False, **options)
-    assert (stats["flattens"], stats["flattened_layers"]) == (1, 3)
-    assert unflattened["flattens"] == 0
-    assert np.array_equal(flat, each)
-    alone, _ = compose_layer_once(images[0], rendered, now, **options)
-    assert not np.array_equal(flat, alone)  # the overlays are there
-
-
-def test_layers_with_different_poses_are_not_flattened(gl):
-    images, rendered, now = same_pose_layers()
-    turned = (EyeView(Pose(orientation=head(0.5, 0.0, 0.0)), FOV),) * 2
-    _, stats = compose_layers_once(
-        images, [rendered, turned, rendered], now, warp="mesh", filter="nearest"
-    )
-    assert stats["flattens"] == 0
-
-
-def test_flatten_needs_the_mesh_warp_with_nearest_sampling(gl):
-    from engine.compositor.layer import LayerSpec
-    from engine.compositor.process import GLComposer
-
-    with pytest.raises(ValueError, match="flatten"):
-        GLComposer(64, 48, [LayerSpec(64, 48)], warp="exact", flatten=True)
-
-
-def test_an_unchanged_run_is_not_flattened_again_and_a_new_image_is(gl):
-    from engine.compositor.layer import LayerSpec
-    from engine.compositor.loop import LayerDraw
-    from engine.compositor.process import GLComposer
-
-    images, rendered, now = same_pose_layers()
-    h, w = images[0].shape[1:3]
-    composer = GLComposer(w, h, [LayerSpec(w, h)] * 3, warp="mesh", filter="nearest")
-
-    class Source:
-        def still_valid(self, frame):  # noqa: ANN001
-            return True
-
-    def frame(pixels, seq):  # noqa: ANN001, ANN202
-        class Frame:
-            index, frame, eyes = 0, 1, rendered
-
-        Frame.pixels, Frame.seq = pixels, seq
-        return Frame()
-
-    def compose(top, seq):  # noqa: ANN001, ANN202
-        layers = [frame(images[0], 2), frame(images[1], 2), frame(top, seq)]
-        draws = [LayerDraw(i, f, Source(), False) for i, f in enumerate(layers)]
-        composer.compose(draws, now, fallback=False)
-        composer.finish()
-        return composer.read_eyes()
-
-    first = compose(images[2], 2)
-    assert np.array_equal(compose(images[2], 2), first)  # reprojected as it was
-    assert composer.stats()["flattens"] == 1
-    changed = compose(np.zeros_like(images[2]), 4)  # the top layer's next image: empty
-    assert composer.stats()["flattens"] == 2
-    two, _ = compose_layers_once(images[:2], rendered, now, warp="mesh", filter="nearest")
-    assert np.array_equal(changed, two)
+    alone, _ = compose_layer_once(base, rendered, now, warp="mesh")
+    outside = np.ones(both.shape[:3], bool)
+    outside[:, 30:130, 50:210] = False  # away from the overlay and its warp
+    assert np.array_equal(both[outside], alone[outside])
+    assert not np.array_equal(both, alone)

@@ -107,7 +107,6 @@ def recv_message(sock: socket.socket, timeout_s: float | None) -> dict[str, Any]
 
 
 _TURN_30_DEGREES = quaternion_matrix(axis_angle((0.0, 1.0, 0.0), math.pi / 6))
-_IDENTITY = np.eye(3)
 #: A typical render-to-display turn (a head turning at 90 deg/s over one frame).
 _TURN_1_DEGREE = quaternion_matrix(axis_angle((0.0, 1.0, 0.0), math.pi / 180))
 
@@ -126,17 +125,6 @@ class _LayerTextures:
     front_key: tuple[int, int] | None = None
     failed_key: tuple[int, int] | None = None
     eyes: tuple[EyeView, ...] = field(default_factory=tuple)
-
-
-@dataclass
-class _FlatTarget:
-    """Where a run of layers with the same pose is flattened: one texture + FBO per eye,
-    and which images it holds (``key``), so an unchanged run is not flattened again."""
-
-    size: tuple[int, int]
-    textures: list[int]
-    fbos: list[int]
-    key: tuple | None = None
 
 
 #: GL renderers that draw on the CPU (Mesa's llvmpipe and softpipe).
@@ -160,12 +148,6 @@ class GLComposer:
     ``"nearest"`` is what keeps the warp cheap once the head turns). ``"auto"`` takes
     nearest on a CPU renderer, linear on a GPU.
 
-    Adjacent layers rendered with the same eye views and size (one game's layers of one
-    frame) are *flattened* with the mesh warp and nearest sampling (``flatten``, on by
-    default there): blended into one texture unwarped, then warped once. With nearest
-    sampling that is exact, and on llvmpipe an unwarped blend costs half a warped one; a
-    run whose images did not change is not flattened again.
-
     Layers are blended in order with premultiplied alpha (``ONE, ONE_MINUS_SRC_ALPHA``,
     OpenXR's default): a layer's colour is already multiplied by its alpha, so filtering
     never darkens edges, and a layer drawn opaque (alpha 255) covers what is below.
@@ -185,7 +167,6 @@ class GLComposer:
         filter: str = "auto",
         warp: str = "auto",
         mesh_cell: int | None = None,
-        flatten: bool | None = None,
     ):
         """Raises ``ValueError`` for a ``filter`` or ``warp`` not listed above."""
         if filter not in ("auto", "linear", "nearest"):
@@ -241,19 +222,9 @@ class GLComposer:
         self.mesh = MeshTimewarpPass(mesh_cell or CELL_PX) if warp == "mesh" else None
         self.timewarp = TimewarpPass() if warp == "exact" else None
         self.fallback = FallbackPass()
-        # Flattening layers that share a pose is exact with nearest sampling (each output
-        # pixel samples the same texel of every layer), and on a CPU renderer turns their
-        # warps into plain blended copies; with bilinear filtering it would not be exact.
-        auto = self.mesh is not None and filter == "nearest"
-        if flatten and not auto:
-            raise ValueError("flatten needs the mesh warp with nearest sampling")
-        self.flatten = auto if flatten is None else flatten
-        self._flat: dict[int, _FlatTarget] = {}  # by the first layer of the run
         self.uploads = 0
         self.torn_uploads = 0
         self.rejected_images = 0
-        self.flattens = 0  # runs of layers flattened (not counting unchanged runs reused)
-        self.flattened_layers = 0  # layer draws that went into a flattened run
 
     def _texture(self, width: int, height: int, filter: int, wrap: int) -> int:
         gl = self.gl
@@ -365,10 +336,7 @@ class GLComposer:
         gl = self.gl
         for draw in draws:
             self._upload(draw)
-        shown = [d.layer for d in draws if self._layers[d.layer].front_key is not None]
-        runs = self._runs(shown)
         gl.glBlendFunc(gl.GL_ONE, gl.GL_ONE_MINUS_SRC_ALPHA)
-        flat = [self._flattened(run) if len(run) > 1 else None for run in runs]
         for e, (eye, fbo) in enumerate(zip(eyes, self._fbos, strict=True)):
             out_tan = fov_tangents(eye.fov)
             gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
@@ -379,95 +347,23 @@ class GLComposer:
             gl.glClear(gl.GL_COLOR_BUFFER_BIT)
             if fallback:
                 self.fallback.draw(eye, out_tan)
-            for i, (run, target) in enumerate(zip(runs, flat, strict=True)):
-                layer = self._layers[run[0]]
+            for i, draw in enumerate(draws):
+                layer = self._layers[draw.layer]
+                if layer.front_key is None:
+                    continue  # nothing whole uploaded yet
                 # The base layer over a plain clear needs no blending: on a CPU renderer
                 # blending is a read-modify-write of every pixel, a third of the pass.
-                if i == 0 and run[0] == 0 and not fallback:
+                if i == 0 and draw.layer == 0 and not fallback:
                     gl.glDisable(gl.GL_BLEND)
                 else:
                     gl.glEnable(gl.GL_BLEND)
                 source_eye = min(e, len(layer.eyes) - 1)
                 rendered = layer.eyes[source_eye]
                 delta = rotation_delta(rendered.pose.orientation, eye.pose.orientation)
-                texture = (target or layer.textures[layer.front])[source_eye]
+                texture = layer.textures[layer.front][source_eye]
                 self._warp(layer, texture, delta, out_tan, fov_tangents(rendered.fov))
             gl.glDisable(gl.GL_BLEND)
         gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
-
-    # -- flattening --------------------------------------------------------------------
-    def _runs(self, shown: list[int]) -> list[list[int]]:
-        """The shown layers in order, grouped into runs that can be flattened: adjacent,
-        the same size, rendered with the same eye views (one game's layers of one frame)."""
-        runs: list[list[int]] = []
-        for index in shown:
-            layer = self._layers[index]
-            if runs and self.flatten:
-                first = self._layers[runs[-1][0]]
-                same_size = (first.spec.width, first.spec.height) == (
-                    layer.spec.width,
-                    layer.spec.height,
-                )
-                if same_size and first.eyes == layer.eyes:
-                    runs[-1].append(index)
-                    continue
-            runs.append([index])
-        return runs
-
-    def _flattened(self, run: list[int]) -> list[int]:
-        """Per-eye textures holding the run's layers blended in order, unwarped.
-
-        Each eye: a copy of the first layer's texture, then each further layer blended
-        over it with an identity warp, which llvmpipe runs as a plain blended copy. A run
-        whose images are all unchanged since it was last flattened is reused as it is.
-        """
-        gl, first = self.gl, self._layers[run[0]]
-        size = (first.spec.width, first.spec.height)
-        target = self._flat.get(run[0])
-        if target is None or target.size != size:
-            target = self._flat_target(size, first.spec.eyes)
-            self._flat[run[0]] = target
-        key = tuple((i, self._layers[i].front_key) for i in run)
-        self.flattened_layers += len(run)
-        if target.key == key:
-            return target.textures
-        assert self.mesh is not None
-        for eye, (texture, fbo) in enumerate(zip(target.textures, target.fbos, strict=True)):
-            source = first.textures[first.front][min(eye, len(first.eyes) - 1)]
-            gl.glCopyImageSubData(
-                source, gl.GL_TEXTURE_2D, 0, 0, 0, 0,
-                texture, gl.GL_TEXTURE_2D, 0, 0, 0, 0, size[0], size[1], 1,
-            )  # fmt: skip
-            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
-            gl.glViewport(0, 0, size[0], size[1])
-            gl.glEnable(gl.GL_BLEND)
-            tan = fov_tangents(first.eyes[min(eye, len(first.eyes) - 1)].fov)
-            for index in run[1:]:
-                layer = self._layers[index]
-                over = layer.textures[layer.front][min(eye, len(layer.eyes) - 1)]
-                self.mesh.draw(over, _IDENTITY, tan, tan, size, size)
-            gl.glDisable(gl.GL_BLEND)
-        target.key = key
-        self.flattens += 1
-        return target.textures
-
-    def _flat_target(self, size: tuple[int, int], eyes: int) -> _FlatTarget:
-        gl = self.gl
-        textures = [
-            self._texture(size[0], size[1], self._filter, gl.GL_CLAMP_TO_BORDER)
-            for _ in range(eyes)
-        ]
-        fbos = []
-        for texture in textures:
-            fbo = gl.GLuint()
-            gl.glGenFramebuffers(1, ctypes.byref(fbo))
-            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo.value)
-            gl.glFramebufferTexture2D(
-                gl.GL_FRAMEBUFFER, gl.GL_COLOR_ATTACHMENT0, gl.GL_TEXTURE_2D, texture, 0
-            )
-            fbos.append(fbo.value)
-        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
-        return _FlatTarget(size, textures, fbos)
 
     def warm_up(self, eyes: tuple[EyeView, EyeView]) -> None:
         """Draw every pass once (fallback, each layer's empty texture) and wait for it.
@@ -524,8 +420,6 @@ class GLComposer:
             stats["mesh_cells_affine"] = self.mesh.rect_cells
             stats["mesh_cells_exact"] = self.mesh.edge_cells
             stats["mesh_reused"] = self.mesh.reused_meshes
-            stats["flattens"] = self.flattens
-            stats["flattened_layers"] = self.flattened_layers
         return stats
 
 
