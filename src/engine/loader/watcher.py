@@ -20,6 +20,8 @@ import watchfiles
 SHADER_SUFFIXES = (".vert", ".frag", ".glsl")
 COMMANDS_DIR = Path(".engine") / "commands"
 PROBE_NAME = "watch-probe"
+#: Folders whose (re)creation makes the watcher take every file in them as changed.
+WATCHED_DIRS = ("systems", "shaders")
 
 #: An empty read right after an event may be a truncate-then-write caught in the middle.
 EMPTY_RECHECK_S = 0.03
@@ -65,6 +67,8 @@ class ProjectWatcher:
         except ValueError:
             return None
         parts = rel.parts
+        if len(parts) == 1 and parts[0] in WATCHED_DIRS:
+            return "dir"
         if len(parts) == 2 and parts[0] == "systems" and path.suffix == ".py":
             return "systems" if path.stem.isidentifier() else None
         if len(parts) == 2 and parts[0] == "shaders" and path.suffix in SHADER_SUFFIXES:
@@ -113,14 +117,21 @@ class ProjectWatcher:
                 yield_on_timeout=False,
                 raise_interrupt=False,
             ):
-                self._dispatch({Path(p) for _, p in changes})
+                added = {Path(p) for change, p in changes if change == watchfiles.Change.added}
+                self._dispatch({Path(p) for _, p in changes}, added)
         except BaseException as exc:  # reported by start() and by the engine's stats
             self.error = exc
 
-    def _dispatch(self, paths: set[Path]) -> None:
+    def _dispatch(self, paths: set[Path], added: set[Path] = frozenset()) -> None:
         received_ns = time.monotonic_ns()
         systems: dict[str, str | None] = {}
         oldest_ns = received_ns
+        for path in paths & added:
+            if self._kind(path) == "dir" and path.is_dir():
+                # A new systems/ or shaders/: files written into it before the watch on it
+                # was in place (an editor saving into a folder it just made) raised no
+                # event of their own. Take every file in it as changed.
+                paths |= {p for p in path.iterdir() if self._kind(p) not in (None, "dir")}
         for path in sorted(paths):
             kind = self._kind(path)
             if kind == "probe":
