@@ -384,6 +384,42 @@ def test_handler_defers_inside_engine_and_esper_code() -> None:
         signal.setitimer = signal_setitimer
 
 
+@pytest.mark.parametrize(
+    ("starved_ms", "c_call"),
+    [(0, True), (5, False), (2, True)],  # late 5 ms: a C call, unless it waited for a CPU
+)
+def test_a_late_interrupt_is_blamed_on_a_c_call_only_for_time_it_was_not_starved(
+    starved_ms, c_call
+) -> None:
+    now = {"ns": 0, "waited": 0}
+    wd = FrameWatchdog(20_000_000, clock_ns=lambda: now["ns"], run_delay_ns=lambda: now["waited"])
+    signal_setitimer = signal.setitimer
+    signal.setitimer = lambda *a: None
+    try:
+        wd._installed = True  # arm without the real timer
+        wd.enter("m.s", 0)
+        wd._arm(20_000_000)
+        now["ns"] = 25_000_000  # the handler runs 5 ms after the timer was due
+        now["waited"] = starved_ms * 1_000_000
+        user = types.SimpleNamespace(f_code=types.SimpleNamespace(co_filename="/game/x.py"))
+        with pytest.raises(Overrun) as caught:
+            wd._on_alarm(signal.SIGALRM, user)
+    finally:
+        wd._installed = False
+        signal.setitimer = signal_setitimer
+    assert caught.value.in_c_call is c_call
+    assert caught.value.starved_ns == starved_ms * 1_000_000
+    assert ("waited 5.0 ms for a CPU" in str(caught.value)) is (starved_ms == 5)
+
+
+def test_the_run_queue_wait_reader_counts_up_or_says_zero() -> None:
+    from engine.scheduler.watchdog import schedstat_run_delay
+
+    read = schedstat_run_delay()
+    first = read()
+    assert first >= 0 and read() >= first
+
+
 def test_a_system_can_have_its_own_hard_limit_and_budget_patience() -> None:
     clock = FakeClock()
 
