@@ -51,6 +51,8 @@ from engine.world.checkpoint import CheckpointError
 #: Draws one frame: ``render(frame, eyes, slot)`` fills ``slot`` (both eyes) for ``eyes``.
 Render = Callable[[int, tuple[EyeView, ...], ImageSlot], None]
 #: Makes a game's render callable once the engine exists: ``factory(engine, spec)``.
+#: The pixels go in ``spec.format``'s channel order (BGRA8 unless the compositor was
+#: configured otherwise): ``rgba[..., spec.format.rgba_order]`` converts.
 RenderFactory = Callable[[Engine, LayerSpec], Render]
 
 DEFAULT_RENDER = "engine.launcher.game_process:fill_renderer"
