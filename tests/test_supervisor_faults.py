@@ -283,6 +283,10 @@ def test_ctrl_c_stops_the_whole_tree_without_a_restart(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-c", SUPERVISE, str(project), str(stats_path)],
         start_new_session=True,  # its own process group, as a terminal would make it
+        # ... and with SIGINT at its default, as a terminal's foreground job has it. Run
+        # from a background job (`pytest &`), the test runner ignores SIGINT, a child
+        # would inherit that, and Python then rightly leaves Ctrl-C ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
