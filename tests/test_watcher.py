@@ -57,3 +57,45 @@ def test_a_shader_saved_into_a_new_folder_right_after_it_is_made_is_seen(tmp_pat
     finally:
         watcher.stop()
     assert "basic.frag" in shaders
+
+
+def test_commands_dropped_before_the_watch_started_are_taken_once(tmp_path):
+    """A command line that spoke to a game while it was (re)starting is not left waiting."""
+    (tmp_path / "systems").mkdir()
+    commands = tmp_path / ".engine" / "commands"
+    commands.mkdir(parents=True)
+    (commands / "abc.json").write_text('{"id": "abc", "op": "enable"}')
+    (commands / "abc.result.json").write_text("{}")  # an answer, not a command
+    taken: list[str] = []
+    watcher = ProjectWatcher(
+        tmp_path,
+        on_systems=lambda changes, event_ns: None,
+        on_command=lambda p: taken.append(p.name),
+    )
+    watcher.start()
+    watcher.stop()
+    assert taken == ["abc.json"]
+
+
+def test_a_command_nobody_answers_is_withdrawn(tmp_path):
+    from engine.game import send_command
+
+    result = send_command(tmp_path, "enable", timeout_s=0.1, system="x.y")
+    assert not result["ok"] and "withdrawn" in result["error"]
+    assert list((tmp_path / ".engine" / "commands").glob("*.json")) == []
+
+
+def test_a_game_answers_a_command_dropped_before_it_watched(project, make_engine):
+    import json
+
+    commands = project / ".engine" / "commands"
+    commands.mkdir(parents=True)
+    (commands / "early.json").write_text(
+        json.dumps({"id": "early", "op": "enable", "system": "no.such"})
+    )
+    eng = make_engine(project)
+    eng.start_watching()
+    eng.step()
+    answer = commands / "early.result.json"
+    assert answer.exists() and json.loads(answer.read_text())["ok"] is False
+    assert not (commands / "early.json").exists()

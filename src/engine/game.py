@@ -344,7 +344,10 @@ class Engine:
             cmd = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return  # half-written; the final write raises another event
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink()  # the claim: whoever unlinks it owns it
+        except FileNotFoundError:
+            return  # withdrawn by a command line that gave up waiting
         result_path = path.with_name(f"{cmd.get('id', path.stem)}.result.json")
 
         def answer(result: dict[str, Any]) -> None:
@@ -475,7 +478,13 @@ def running_pid(project_dir: Path) -> int | None:
 
 
 def send_command(project_dir: Path, op: str, timeout_s: float = 5.0, **args: str) -> dict:
-    """Drop a command for a running game and wait for its answer."""
+    """Drop a command for a running game and wait for its answer.
+
+    A game that is (re)starting takes the commands waiting for it once it watches. If no
+    answer comes within ``timeout_s``, the command is withdrawn, so it cannot run later
+    behind the caller's back; if the game has already taken it, the wait goes on for one
+    more ``timeout_s`` for its answer.
+    """
     cmd_id = uuid.uuid4().hex
     d = Path(project_dir) / COMMANDS_DIR
     d.mkdir(parents=True, exist_ok=True)
@@ -483,18 +492,34 @@ def send_command(project_dir: Path, op: str, timeout_s: float = 5.0, **args: str
     tmp.write_text(json.dumps({"id": cmd_id, "op": op, **args}))
     os.replace(tmp, d / f"{cmd_id}.json")
     result = d / f"{cmd_id}.result.json"
+    answer = _wait_for_answer(result, timeout_s)
+    if answer is not None:
+        return answer
+    try:
+        (d / f"{cmd_id}.json").unlink()  # the same claim the game makes
+    except FileNotFoundError:  # the game took it: it is running, so wait for its answer
+        answer = _wait_for_answer(result, timeout_s)
+        if answer is not None:
+            return answer
+        error = f"the running game took the command but did not answer within {2 * timeout_s} s"
+        return {"ok": False, "error": error}
+    error = f"the running game did not answer within {timeout_s} s (command withdrawn)"
+    return {"ok": False, "error": error}
+
+
+def _wait_for_answer(result: Path, timeout_s: float) -> dict | None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if result.exists():
             try:
                 data = json.loads(result.read_text())
-            except ValueError:
+            except ValueError:  # being written
                 time.sleep(0.01)
                 continue
             result.unlink(missing_ok=True)
             return data
         time.sleep(0.01)
-    return {"ok": False, "error": f"the running game did not answer within {timeout_s} s"}
+    return None
 
 
 def install_stop_signals(engine: Engine) -> None:

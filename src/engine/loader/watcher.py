@@ -99,6 +99,13 @@ class ProjectWatcher:
             probe.write_text(str(time.monotonic_ns()))
             self._seen_probe.wait(0.05)
         probe.unlink(missing_ok=True)
+        # Commands dropped while no one was watching (the game was starting or restarting)
+        # raised their events before the watch: take them now. Each is claimed by unlinking
+        # it, so one the watch also reports runs once.
+        if self.on_command is not None:
+            for path in sorted((self.project_dir / COMMANDS_DIR).iterdir()):
+                if self._kind(path) == "commands":
+                    self.on_command(path)
 
     def stop(self) -> None:
         self._stop.set()
