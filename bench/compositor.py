@@ -303,6 +303,14 @@ def main(argv: list[str] | None = None) -> int:
         "on-time frame, % of refreshes; cmp = pose sample to frame drawn; "
         "age = pose age at present)"
     )
+    print(
+        "\na full frame timed at start-up (every layer uploaded and warped; how fast this "
+        "VM was during each run):"
+    )
+    for name, r in results.items():
+        timed = r.get("gl", {}).get("timed_frame_ms")
+        if timed is not None:
+            print(f"  {name:<10} {timed:.2f} ms")
     print("\nwhere the misses came from (the last 32 of each run):")
     for name, r in results.items():
         if name != "floor" and r.get("recent_misses"):

@@ -225,6 +225,7 @@ class GLComposer:
         self.uploads = 0
         self.torn_uploads = 0
         self.rejected_images = 0
+        self.timed_frame_ns: int | None = None  # what time_frame measured, if it ran
 
     def _texture(self, width: int, height: int, filter: int, wrap: int) -> int:
         gl = self.gl
@@ -328,6 +329,7 @@ class GLComposer:
             gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
             self.finish()
             worst = max(worst, time.perf_counter_ns() - start)
+        self.timed_frame_ns = worst
         return worst
 
     def compose(
@@ -415,6 +417,7 @@ class GLComposer:
             "rejected_images": self.rejected_images,
             "warp": self.warp,
             "filter": self.filter,
+            "timed_frame_ms": None if self.timed_frame_ns is None else self.timed_frame_ns / 1e6,
         }
         if self.mesh is not None:
             stats["mesh_cells_affine"] = self.mesh.rect_cells
