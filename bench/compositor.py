@@ -249,6 +249,8 @@ def row(name: str, r: dict, floor: dict) -> str:
 def miss_causes(misses: list[dict]) -> str:
     """Which misses the previous frame caused (it overran into their slot), which the OS
     (woke after their vsync), and which composed too slowly themselves."""
+    half = [m for m in misses if m.get("half_rate") and m["late_ms"] == 0]
+    misses = [m for m in misses if m not in half]
     overrun = [m for m in misses if m["previous_overran_ms"] > 0]
     woke = [
         m
@@ -257,14 +259,14 @@ def miss_causes(misses: list[dict]) -> str:
     ]
     slow = [m for m in misses if m not in overrun and m not in woke]
     text = (
-        f"{len(overrun)} after an overrunning frame, {len(woke)} woke after their vsync "
-        f"(OS), {len(slow)} composed too slowly"
+        f"{len(half)} skipped at half rate, {len(overrun)} after an overrunning frame, "
+        f"{len(woke)} woke after their vsync (OS), {len(slow)} composed too slowly"
     )
     if slow:
         compose = sorted(m["compose_ms"] for m in slow)
         text += f" (compose {compose[0]:.1f}..{compose[-1]:.1f} ms"
         text += f" against a lead of {slow[-1]['lead_ms']:.1f} ms)"
-    frames = [m["frame"] for m in misses]
+    frames = [m["frame"] for m in misses + half]
     return f"{text}; at frames {frames[:8]}{' ...' if len(frames) > 8 else ''}"
 
 

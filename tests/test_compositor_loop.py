@@ -256,9 +256,11 @@ def test_layer_watch_treats_same_image_as_not_new():
     assert watch.update(Image(0, 4, 2), 16) is LayerState.FRESH  # same index, new seq
 
 
-def test_schedule_rejects_a_lead_longer_than_the_period():
+def test_schedule_takes_a_lead_up_to_two_periods_and_then_composes_every_second_slot():
     with pytest.raises(ValueError):
-        DisplaySchedule(PERIOD, 0, compose_lead_ns=PERIOD)
+        DisplaySchedule(PERIOD, 0, compose_lead_ns=2 * PERIOD)
+    assert DisplaySchedule(PERIOD, 0, compose_lead_ns=PERIOD - 1).slots_per_frame == 1
+    assert DisplaySchedule(PERIOD, 0, compose_lead_ns=PERIOD).slots_per_frame == 2
 
 
 def fresh_step(loop, sources):  # noqa: ANN001, ANN201
@@ -288,6 +290,39 @@ def test_a_fast_composer_makes_the_lead_shrink_step_by_step_so_the_pose_is_fresh
     steps = zip([8_000_000, *leads[:-1]], leads, strict=True)
     assert all(a - b <= loop.LEAD_SHRINK_STEP_NS for a, b in steps)
     assert leads[-1] == 1_000_000
+
+
+def test_a_composer_slower_than_a_period_runs_at_half_rate_with_every_frame_on_time():
+    loop, _, sources, _, _, _, handoff = make_loop(compose_cost_ns=PERIOD + 3_000_000, adapt=True)
+    for _ in range(4 * loop.ADAPT_EVERY):
+        fresh_step(loop, sources)
+    assert PERIOD <= loop.schedule.compose_lead_ns < 2 * PERIOD
+    records = [fresh_step(loop, sources) for _ in range(30)]
+    assert all(r.on_time for r in records)
+    assert {b.slot - a.slot for a, b in zip(records, records[1:], strict=False)} == {2}
+    # The game is asked for the slot the compositor will compose next, two refreshes on.
+    assert handoff.published[-1].display_time_ns == loop.schedule.vsync(records[-1].slot + 2)
+
+
+def test_rare_slow_frames_keep_full_rate_and_miss_alone():
+    loop, _, sources, _, composer, _, _ = make_loop(adapt=True)
+    for i in range(6 * loop.ADAPT_EVERY):
+        composer.cost_ns = PERIOD + 3_000_000 if i % 20 == 0 else 1_000_000  # 1 in 20
+        fresh_step(loop, sources)
+    assert loop.schedule.compose_lead_ns == PERIOD - 1_000_000
+    assert loop.schedule.slots_per_frame == 1
+
+
+def test_half_rate_ends_once_nine_frames_in_ten_fit_a_period_again():
+    loop, _, sources, _, composer, _, _ = make_loop(compose_cost_ns=PERIOD + 3_000_000, adapt=True)
+    for _ in range(4 * loop.ADAPT_EVERY):
+        fresh_step(loop, sources)
+    assert loop.schedule.slots_per_frame == 2
+    composer.cost_ns = 2_000_000
+    for _ in range(loop.ADAPT_WINDOW + loop.ADAPT_EVERY):
+        fresh_step(loop, sources)
+    assert loop.schedule.slots_per_frame == 1
+    assert all(fresh_step(loop, sources).on_time for _ in range(30))
 
 
 def test_frames_without_every_layer_do_not_shrink_the_lead():

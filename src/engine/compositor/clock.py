@@ -37,8 +37,8 @@ class DisplaySchedule:
     def __post_init__(self) -> None:
         if self.period_ns <= 0:
             raise ValueError(f"period must be positive, got {self.period_ns} ns")
-        if not 0 <= self.compose_lead_ns < self.period_ns:
-            raise ValueError("compose lead must be at least 0 and less than one period")
+        if not 0 <= self.compose_lead_ns < 2 * self.period_ns:
+            raise ValueError("compose lead must be at least 0 and less than two periods")
 
     @classmethod
     def at_rate(
@@ -60,6 +60,12 @@ class DisplaySchedule:
     def compose_deadline(self, slot: int) -> int:
         """When composing for ``slot`` starts."""
         return self.vsync(slot) - self.compose_lead_ns
+
+    @property
+    def slots_per_frame(self) -> int:
+        """Refreshes per composed frame: 1, or 2 once the lead is a period or more (a frame
+        composed from its deadline ends after the next slot's deadline has passed)."""
+        return 1 + self.compose_lead_ns // self.period_ns
 
     def first_slot_not_before(self, t_ns: int) -> int:
         """The first slot whose compose deadline is at or after ``t_ns``."""

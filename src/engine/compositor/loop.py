@@ -214,11 +214,13 @@ class CompositorLoop:
         grace_ns: how long a stale layer is reprojected before it is excluded.
         adapt_lead: every ``ADAPT_EVERY`` frames, set the compose lead to what the last
             ``ADAPT_WINDOW`` frames that drew every layer needed (99th percentile of
-            deadline-to-present, plus ``lead_margin_ns``), between 1 ms and one period less
-            1 ms: a slow renderer then starts earlier and samples a slightly older pose
-            instead of missing refreshes; a fast one samples later (the lead grows at
-            once but shrinks by at most ``LEAD_SHRINK_STEP_NS`` a time). Until every
-            layer has been drawn in ``ADAPT_EVERY`` frames the lead stays as started.
+            deadline-to-present, plus ``lead_margin_ns``), from 1 ms: a slow renderer then
+            starts earlier and samples a slightly older pose instead of missing refreshes;
+            a fast one samples later (the lead grows at once but shrinks by at most
+            ``LEAD_SHRINK_STEP_NS`` a time). Up to one period less 1 ms while the median
+            frame fits in that (the slowest then miss); past it, up to two periods less
+            1 ms: every second refresh, each frame on time (half rate). Until every layer
+            has been drawn in ``ADAPT_EVERY`` frames the lead stays as started.
         latch_at_vsync: present a frame composed in time at its slot's display time, as a
             swap with vsync does (the display shows it then, not when drawing ended); a
             late frame is presented at once and counted as missed.
@@ -293,7 +295,7 @@ class CompositorLoop:
         on_time = composed <= display_ns
         if self.handoff is not None:
             # The game starts now and its image is composed at the next slot.
-            next_display = self.schedule.vsync(slot + 1)
+            next_display = self.schedule.vsync(slot + self.schedule.slots_per_frame)
             prediction = self.pose_source.sample(self.frame + 1, next_display)
             self.handoff.publish(prediction, self.schedule.period_ns, self.clock.now_ns())
         if on_time and self.latch_at_vsync:
@@ -333,6 +335,8 @@ class CompositorLoop:
                     "compose_ms": round((composed - sampled) / 1e6, 3),
                     "late_ms": round(max(0, composed - display_ns) / 1e6, 3),
                     "lead_ms": round(self.schedule.compose_lead_ns / 1e6, 3),
+                    # Half rate skips every other refresh on purpose.
+                    "half_rate": self.schedule.slots_per_frame > 1,
                 }
             )
         if self.adapt_lead and self.frame % self.ADAPT_EVERY == 0:
@@ -360,13 +364,32 @@ class CompositorLoop:
         if self._needed.count < self.ADAPT_EVERY:
             return
         needed = sorted(self._needed.samples())
-        p99 = needed[min(len(needed) - 1, (99 * len(needed) + 99) // 100 - 1)]
-        period = self.schedule.period_ns
-        lead = min(max(p99 + self.lead_margin_ns, 1_000_000), period - 1_000_000)
-        # Grow at once, shrink by steps: a later compose window moves the frame against
-        # the producers' work, and the frames right after a large cut were the late ones.
-        lead = max(lead, self.schedule.compose_lead_ns - self.LEAD_SHRINK_STEP_NS)
-        if abs(lead - self.schedule.compose_lead_ns) > 250_000:  # no churn over noise
+
+        def percentile(p: int) -> int:
+            return needed[min(len(needed) - 1, (p * len(needed) + 99) // 100 - 1)]
+
+        period, current = self.schedule.period_ns, self.schedule.compose_lead_ns
+        full_rate_most = period - 1_000_000
+        half_rate = current >= period
+        lead = max(percentile(99) + self.lead_margin_ns, 1_000_000)
+        if lead > full_rate_most:
+            # Most frames fit a period (entering half rate), or nine in ten (leaving it):
+            # full rate, and the slowest frames miss.
+            typical = percentile(90 if half_rate else 50)
+            if typical + self.lead_margin_ns <= full_rate_most:
+                lead = full_rate_most
+            else:
+                # They do not: every second refresh, each frame on time for the refresh
+                # it was predicted for (half rate, as a VR runtime throttles an
+                # application), instead of every frame late.
+                lead = min(lead, 2 * period - 1_000_000)
+        if half_rate and lead < period:
+            lead = max(lead, full_rate_most)  # back to full rate, from its safest lead
+        else:
+            # Grow at once, shrink by steps: a later compose window moves the frame against
+            # the producers' work, and the frames right after a large cut were the late ones.
+            lead = max(lead, current - self.LEAD_SHRINK_STEP_NS)
+        if abs(lead - current) > 250_000:  # no churn over noise
             self.schedule = dataclasses.replace(self.schedule, compose_lead_ns=lead)
 
     def run(self, frames: int | None = None, stop: Callable[[], bool] | None = None) -> None:
@@ -383,7 +406,8 @@ class CompositorLoop:
         deadline: too much work per frame), ``woke_late_ms`` (woke after the compose
         deadline: the OS scheduler, unless the previous frame overran),
         ``compose_ms`` (sampling to drawn: the renderer), ``late_ms`` (past the slot's
-        vsync), ``skipped_slots`` and the ``lead_ms`` in force.
+        vsync), ``skipped_slots``, the ``lead_ms`` in force and whether the loop ran at
+        ``half_rate`` (every second refresh on purpose).
         """
         s = self.stats
         interval = s.intervals.summary(self.schedule.period_ns)

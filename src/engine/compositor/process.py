@@ -482,17 +482,20 @@ def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.sock
     pose_source = make_pose_source(config.pose, Fov.for_image(config.eye_width, config.eye_height))
     eyes = pose_source.sample(0, time.monotonic_ns()).eyes
     composer.warm_up(eyes)
-    lead_ns = config.compose_lead_ns
+    period_ns = round(1e9 / config.display_hz)
+    lead_ns = min(config.compose_lead_ns, period_ns - 1_000_000)
     if config.adapt_lead:
         # Start from what a frame costs here, with half again as margin: the first frames
         # run with cold caches and producers still starting (one compose in a few runs
-        # came to 1.4 x the timed frame). The loop adapts it from then on.
-        lead_ns = max(lead_ns, composer.time_frame(eyes) * 3 // 2 + 1_000_000)
+        # came to 1.4 x the timed frame). A frame that cannot fit a period starts at half
+        # rate. The loop adapts it from then on.
+        timed = composer.time_frame(eyes)
+        full_rate_most = period_ns - 1_000_000
+        fits = timed + 1_000_000 <= full_rate_most
+        most = full_rate_most if fits else 2 * period_ns - 1_000_000
+        lead_ns = min(max(lead_ns, timed * 3 // 2 + 1_000_000), most)
     clock = MonotonicClock(spin_ns=config.spin_ns)
-    period_ns = round(1e9 / config.display_hz)
-    schedule = DisplaySchedule(
-        period_ns, clock.now_ns() + 2 * period_ns, min(lead_ns, period_ns - 1_000_000)
-    )
+    schedule = DisplaySchedule(period_ns, clock.now_ns() + 2 * period_ns, lead_ns)
     loop = CompositorLoop(
         clock=clock,
         schedule=schedule,
