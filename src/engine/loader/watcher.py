@@ -85,7 +85,8 @@ class ProjectWatcher:
 
     # -- the thread -----------------------------------------------------------------------
     def start(self, wait_ready: bool = True, timeout_s: float = 10.0) -> None:
-        """Start watching; with ``wait_ready``, return once events are really being seen."""
+        """Start watching; with ``wait_ready``, return once events are really being seen,
+        after handing ``on_command`` the commands that were already waiting."""
         (self.project_dir / COMMANDS_DIR).mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._run, name="engine-watcher", daemon=True)
         self._thread.start()
