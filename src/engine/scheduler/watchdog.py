@@ -40,25 +40,40 @@ import esper
 C_CALL_LATE_NS = 2_000_000
 
 
-def schedstat_run_delay() -> Callable[[], int]:
-    """A reader of the calling thread's total run-queue wait in ns (Linux schedstat: time
-    spent runnable but not running), or one that always says 0 where there is none.
+class _RunQueueWait:
+    """Calling it gives the opening thread's total run-queue wait in ns (Linux schedstat:
+    time spent runnable but not running), or 0 where there is none. About a microsecond
+    per call: the file is opened once, by the thread it describes."""
 
-    About a microsecond per read: the file is opened once, by the thread it describes.
-    """
-    try:
-        fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC)
-        int(os.pread(fd, 128, 0).split()[1])
-    except (OSError, ValueError, IndexError):
-        return lambda: 0
-
-    def read() -> int:
+    def __init__(self) -> None:
         try:
-            return int(os.pread(fd, 128, 0).split()[1])
+            self._fd: int | None = os.open(
+                "/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC
+            )
+        except OSError:
+            self._fd = None
+
+    def __call__(self) -> int:
+        if self._fd is None:
+            return 0
+        try:
+            return int(os.pread(self._fd, 128, 0).split()[1])
         except (OSError, ValueError, IndexError):
             return 0
 
-    return read
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def schedstat_run_delay() -> _RunQueueWait:
+    """A reader of the calling thread's run-queue wait (see :class:`_RunQueueWait`)."""
+    return _RunQueueWait()
+
+
+def _no_run_delay() -> int:
+    return 0
 
 
 class Overrun(BaseException):  # noqa: N818 - a control-flow signal, like KeyboardInterrupt
@@ -153,7 +168,9 @@ class FrameWatchdog:
         self.max_interrupts = max_interrupts
         self.clock_ns = clock_ns
         self.on_hung = on_hung
-        self._run_delay_ns = run_delay_ns  # None: schedstat, read once installed
+        # Injected, or this thread's schedstat while installed (opened by install()).
+        self._injected_run_delay = run_delay_ns
+        self._run_delay_ns: Callable[[], int] = run_delay_ns or _no_run_delay
         self._waited_at_arm_ns = 0
         self.key: str | None = None
         self.call_start_ns = 0
@@ -177,7 +194,7 @@ class FrameWatchdog:
         if not (self.available and threading.current_thread() is threading.main_thread()):
             return False
         self._previous_handler = signal.signal(signal.SIGALRM, self._on_alarm)
-        if self._run_delay_ns is None:
+        if self._injected_run_delay is None:
             self._run_delay_ns = schedstat_run_delay()  # this (the main) thread's
         self._installed = True
         return True
@@ -187,6 +204,9 @@ class FrameWatchdog:
             return
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, self._previous_handler or signal.SIG_DFL)
+        if isinstance(self._run_delay_ns, _RunQueueWait):
+            self._run_delay_ns.close()
+            self._run_delay_ns = _no_run_delay
         self._installed = False
 
     @property
@@ -196,7 +216,7 @@ class FrameWatchdog:
     # -- per frame / per call -------------------------------------------------------------
     def _arm(self, delay_ns: int) -> None:
         self._alarm_at_ns = self.clock_ns() + delay_ns
-        self._waited_at_arm_ns = self._run_delay_ns() if self._run_delay_ns else 0
+        self._waited_at_arm_ns = self._run_delay_ns()
         signal.setitimer(signal.ITIMER_REAL, delay_ns / 1e9)
 
     def start_frame(self) -> None:
@@ -235,7 +255,7 @@ class FrameWatchdog:
             return  # between calls: the frame's own code is never interrupted
         now = self.clock_ns()
         # Time spent waiting for a CPU since the timer was armed is not a C call's doing.
-        starved = max(0, self._run_delay_ns() - self._waited_at_arm_ns) if self._run_delay_ns else 0
+        starved = max(0, self._run_delay_ns() - self._waited_at_arm_ns)
         late = max(0, now - self._alarm_at_ns - starved)
         elapsed = now - self.call_start_ns
         due = self.call_limit_ns + self.interrupts * self.retry_ns
