@@ -24,6 +24,15 @@ DEFAULT_NEAR = 0.05
 DEFAULT_FAR = 100.0
 
 
+def _rotation_rows(x, y, z, w):  # noqa: ANN001, ANN202 - floats or arrays alike
+    """The rows of the rotation of the unit quaternion (x, y, z, w)."""
+    return (
+        (1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)),
+        (2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)),
+        (2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)),
+    )
+
+
 def quaternion_matrix(q: Sequence[float]) -> np.ndarray:
     """The 3x3 rotation of the quaternion ``q`` (xyzw); normalised first, zero -> identity.
 
@@ -34,14 +43,7 @@ def quaternion_matrix(q: Sequence[float]) -> np.ndarray:
     norm = math.sqrt(x * x + y * y + z * z + w * w)
     if not norm > 0.0:
         return np.eye(3)
-    x, y, z, w = x / norm, y / norm, z / norm, w / norm
-    return np.array(
-        (
-            (1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)),
-            (2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)),
-            (2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)),
-        )
-    )
+    return np.array(_rotation_rows(x / norm, y / norm, z / norm, w / norm))
 
 
 def quaternion_matrices(q: np.ndarray) -> np.ndarray:
@@ -53,18 +55,8 @@ def quaternion_matrices(q: np.ndarray) -> np.ndarray:
     q = np.asarray(q, dtype=np.float64)
     norm = np.linalg.norm(q, axis=1, keepdims=True)
     q = np.where(norm > 0.0, q / np.where(norm > 0.0, norm, 1.0), (0.0, 0.0, 0.0, 1.0))
-    x, y, z, w = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
-    r = np.empty((len(q), 3, 3))
-    r[:, 0, 0] = 1 - 2 * (y * y + z * z)
-    r[:, 0, 1] = 2 * (x * y - z * w)
-    r[:, 0, 2] = 2 * (x * z + y * w)
-    r[:, 1, 0] = 2 * (x * y + z * w)
-    r[:, 1, 1] = 1 - 2 * (x * x + z * z)
-    r[:, 1, 2] = 2 * (y * z - x * w)
-    r[:, 2, 0] = 2 * (x * z - y * w)
-    r[:, 2, 1] = 2 * (y * z + x * w)
-    r[:, 2, 2] = 1 - 2 * (x * x + y * y)
-    return r
+    rows = _rotation_rows(q[:, 0], q[:, 1], q[:, 2], q[:, 3])
+    return np.ascontiguousarray(np.moveaxis(np.array(rows), -1, 0))
 
 
 def quaternion_multiply(a: Sequence[float], b: Sequence[float]) -> tuple[float, ...]:
