@@ -370,7 +370,7 @@ class CompositorLoop:
 
         period, current = self.schedule.period_ns, self.schedule.compose_lead_ns
         full_rate_most = period - 1_000_000
-        half_rate = current >= period
+        half_rate = self.schedule.slots_per_frame > 1
         lead = max(percentile(99) + self.lead_margin_ns, 1_000_000)
         if lead > full_rate_most:
             # Most frames fit a period (entering half rate), or nine in ten (leaving it):
