@@ -35,10 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from engine.compositor.clock import DisplaySchedule
-from engine.compositor.handoff import PassedFd, PoseHandoffReader, create_block_fd
-from engine.compositor.layer import LayerSpec, LayerWriter
 from engine.compositor.priority import raise_cpu_priority
 from engine.compositor.process import CompositorConfig, CompositorHandle
+from engine.contracts.handoff import PoseHandoffReader
+from engine.contracts.layer import LayerSpec, LayerWriter
+from engine.contracts.shm import PassedFd, create_block_fd
 from engine.launcher.supervisor import RestartPolicy, Supervisor
 from engine.scheduler.pacing import MonotonicClock
 from engine.scheduler.stats import summarize

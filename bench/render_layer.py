@@ -25,7 +25,7 @@ import time
 import esper
 import numpy as np
 
-from engine.compositor.layer import LayerSpec, LayerWriter, create_layer_fd
+from engine.contracts.layer import LayerSpec, LayerWriter, create_layer_fd
 from engine.pose.simulated import SimulatedHeadset
 from engine.render import Material, Mesh, Renderer, ShaderLibrary, Transform
 from engine.render.context import gl_description

@@ -80,9 +80,9 @@ def compose_layer_once(image, rendered, now, **composer_options):
 def compose_layers_once(images, rendered, now, **composer_options):
     """Compose one frame of ``len(images)`` layers, bottom first, each (2, h, w, 4) and
     rendered at eye views ``rendered``; returns ``(eyes, composer stats)``."""
-    from engine.compositor.layer import LayerSpec
     from engine.compositor.loop import LayerDraw
     from engine.compositor.process import GLComposer
+    from engine.contracts.layer import LayerSpec
 
     h, w = images[0].shape[1:3]
     composer = GLComposer(w, h, [LayerSpec(width=w, height=h)] * len(images), **composer_options)

@@ -11,18 +11,15 @@ import time
 
 import pytest
 
-from engine.compositor.handoff import (
-    HandoffPacer,
-    HandoffPoseSource,
+from engine.contracts.handoff import (
     HeartbeatReader,
     HeartbeatWriter,
-    PassedFd,
     PoseHandoffReader,
     PoseHandoffWriter,
-    create_block_fd,
-    read_only_fd,
 )
+from engine.contracts.shm import PassedFd, create_block_fd, read_only_fd
 from engine.pose.base import EyeView, Fov, Pose, PoseSample
+from engine.pose.handoff import HandoffPacer, HandoffPoseSource
 from engine.scheduler.pacing import ManualClock
 
 SPAWN = multiprocessing.get_context("spawn")

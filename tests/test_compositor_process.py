@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from conftest import load_png
-from engine.compositor.handoff import PoseHandoffReader, create_block_fd
-from engine.compositor.layer import LayerWriter, PixelFormat
 from engine.compositor.process import CompositorConfig, CompositorHandle
+from engine.contracts.handoff import PoseHandoffReader
+from engine.contracts.layer import LayerWriter, PixelFormat
+from engine.contracts.shm import create_block_fd
 
 SMALL = CompositorConfig(eye_width=64, eye_height=48, layers=(("game", 32, 24),), grace_s=0.05)
 TIMEOUT_S = 30

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.compositor.layer import (
+from engine.contracts.layer import (
     ALIGNMENT,
     MAGIC,
     MAX_DIMENSION,

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import engine.compositor.layer as layer_module
-from engine.compositor.layer import (
+import engine.contracts.layer as layer_module
+from engine.contracts.layer import (
     LayerReader,
     LayerSpec,
     LayerWriter,
@@ -213,7 +213,7 @@ def test_a_program_spawned_with_pass_fds_can_produce_into_the_block():
     fd = create_layer_fd(spec, name="pass-fds")
     producer = (
         "import sys\n"
-        "from engine.compositor.layer import LayerSpec, LayerWriter\n"
+        "from engine.contracts.layer import LayerSpec, LayerWriter\n"
         "from engine.pose.base import EyeView, Pose\n"
         "writer = LayerWriter(int(sys.argv[1]), LayerSpec(16, 8, eyes=2))\n"
         "slot = writer.acquire()\n"

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run_until, write
 from engine import VersionStatus
-from engine.compositor.layer import LayerReader
+from engine.contracts.layer import LayerReader
 from engine.pose.base import Pose
 from engine.render.stage import RenderSettings
 
@@ -72,7 +72,7 @@ def test_a_bgra_layer_holds_the_frame_blue_first_and_captures_stay_rgba(
 ) -> None:
     from dataclasses import replace
 
-    from engine.compositor.layer import PixelFormat
+    from engine.contracts.layer import PixelFormat
 
     write(project / "game.py", SCENE)
     settings = replace(SETTINGS, pixel_format=PixelFormat.BGRA8)

@@ -3,7 +3,7 @@ and when restarting turns into backing off."""
 
 from __future__ import annotations
 
-from engine.compositor.handoff import Heartbeat
+from engine.contracts.handoff import Heartbeat
 from engine.launcher.supervisor import (
     GameWatch,
     RestartPolicy,

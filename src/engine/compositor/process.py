@@ -31,8 +31,11 @@ from typing import Any
 import numpy as np
 
 from engine.compositor.clock import DEFAULT_COMPOSE_LEAD_NS, DisplaySchedule
-from engine.compositor.handoff import PassedFd, PoseHandoffWriter
-from engine.compositor.layer import (
+from engine.compositor.loop import CompositorLoop, LayerDraw
+from engine.compositor.priority import gpu_context_priority, raise_cpu_priority
+from engine.compositor.timewarp import fov_tangents, rotation_delta
+from engine.contracts.handoff import PoseHandoffWriter
+from engine.contracts.layer import (
     LayerReader,
     LayerSpec,
     PixelFormat,
@@ -40,9 +43,7 @@ from engine.compositor.layer import (
     recv_layer_fd,
     send_layer_fd,
 )
-from engine.compositor.loop import CompositorLoop, LayerDraw
-from engine.compositor.priority import gpu_context_priority, raise_cpu_priority
-from engine.compositor.timewarp import fov_tangents, rotation_delta
+from engine.contracts.shm import PassedFd
 from engine.pose.base import EyeView, Fov
 from engine.render.camera import axis_angle, quaternion_matrix
 from engine.scheduler.pacing import MonotonicClock

@@ -36,15 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.compositor.handoff import (
-    HandoffPacer,
-    HandoffPoseSource,
-    HeartbeatWriter,
-    PoseHandoffReader,
-)
-from engine.compositor.layer import ImageSlot, LayerSpec, LayerWriter
+from engine.contracts.handoff import HeartbeatWriter, PoseHandoffReader
+from engine.contracts.layer import ImageSlot, LayerSpec, LayerWriter
 from engine.game import Engine, FrameInfo, install_stop_signals
 from engine.pose.base import EyeView
+from engine.pose.handoff import HandoffPacer, HandoffPoseSource
 from engine.scheduler.scheduler import SchedulePolicy
 from engine.world.checkpoint import CheckpointError
 

@@ -38,15 +38,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.compositor.handoff import (
-    Heartbeat,
-    HeartbeatReader,
-    PassedFd,
-    PoseHandoffReader,
-    create_block_fd,
-    read_only_fd,
-)
 from engine.compositor.process import SPAWN, CompositorConfig, CompositorHandle
+from engine.contracts.handoff import Heartbeat, HeartbeatReader, PoseHandoffReader
+from engine.contracts.shm import PassedFd, create_block_fd, read_only_fd
 from engine.launcher.game_process import DEFAULT_RENDER, GameConfig, game_main
 
 S = 1_000_000_000  # nanoseconds per second

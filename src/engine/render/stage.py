@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.compositor.layer import (
+from engine.compositor.sinks import save_png, side_by_side
+from engine.contracts.layer import (
     LayerReader,
     LayerSpec,
     LayerWriter,
     PixelFormat,
     create_layer_fd,
 )
-from engine.compositor.sinks import save_png, side_by_side
 from engine.loader.history import ProjectHistory
 from engine.pose.base import EyeView, Fov, Pose
 from engine.render.camera import eyes_from_head

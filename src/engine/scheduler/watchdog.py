@@ -31,6 +31,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import esper
@@ -127,10 +128,15 @@ class LoadTimeout(BaseException):  # noqa: N818
 
 
 def _protected_files() -> frozenset[str]:
+    """Files whose code the interrupt never lands in: esper, the world wrapper, the
+    scheduler, this module, and every cross-process contract (code that writes shared
+    memory another process reads must finish its write)."""
+    import engine.contracts as contracts
     import engine.scheduler.scheduler as sched
     import engine.world.world as world
 
     files = {esper.__file__, world.__file__, sched.__file__, __file__}
+    files.update(str(p) for p in Path(contracts.__file__).parent.glob("*.py"))
     return frozenset(os.path.realpath(f) for f in files if f)
 
 

@@ -48,6 +48,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.contracts.seqlock import U64_MAX, Seqlock
+from engine.contracts.shm import sealed_memfd
 from engine.pose.base import EyeView, Fov, Pose
 
 MAGIC = b"ASELAYER"
@@ -77,7 +79,7 @@ _SLOT_HEAD = struct.Struct("<QQqQ")
 _EYE = struct.Struct("<11d")
 _HANDOFF = struct.Struct("<8sIIIIII")  # magic, version, format, width, height, eyes, images
 
-_U64_MAX = 2**64 - 1
+_U64_MAX = U64_MAX
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 
@@ -224,23 +226,6 @@ def create_layer_fd(spec: LayerSpec, name: str = "layer") -> int:
     return sealed_memfd(name, spec.block_size)
 
 
-def sealed_memfd(name: str, size: int) -> int:
-    """A close-on-exec memfd of ``size`` bytes whose size can never change again.
-
-    Sealed against shrinking and growing (and against removing the seals), so no process
-    holding it can truncate it under another's mapping. Raises ``OSError`` if refused.
-    """
-    fd = os.memfd_create(name, os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
-    try:
-        os.ftruncate(fd, size)
-        seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def send_layer_fd(sock: socket.socket, fd: int, spec: LayerSpec) -> None:
     """Send a layer's fd and its spec over a connected Unix socket as one 32-byte message.
 
@@ -359,8 +344,9 @@ class _Mapping:
     def load64(self, offset: int) -> int:
         return int(self.u64[offset // 8])
 
-    def store64(self, offset: int, value: int) -> None:
-        self.u64[offset // 8] = value & _U64_MAX
+    def seqlock(self, offset: int) -> Seqlock:
+        """The seqlock whose counter is the u64 at ``offset``."""
+        return Seqlock(self.u64, offset // 8)
 
     def close(self) -> None:
         """Unmap now if nobody holds a view; otherwise when the last view is released."""
@@ -394,6 +380,8 @@ class LayerWriter:
             raise ValueError(f"block is {size} bytes, {spec} needs {spec.block_size}")
         self.spec = spec
         self._map = _Mapping(fd, spec.block_size, writable=True)
+        self._publish = self._map.seqlock(_PUBLISH_SEQ_OFFSET)
+        self._images = [self._map.seqlock(_slot_offset(i)) for i in range(spec.images)]
         self._last_published: int | None = None
         self._drawing: ImageSlot | None = None
         self._closed = False
@@ -401,8 +389,7 @@ class LayerWriter:
 
     def _initialise(self) -> None:
         m, spec = self._map, self.spec
-        publish_seq = m.load64(_PUBLISH_SEQ_OFFSET)
-        m.store64(_PUBLISH_SEQ_OFFSET, publish_seq | 1)  # odd: readers keep out
+        odd = self._publish.begin_write()  # readers keep out
         m.bytes[0:8] = 0  # magic last, so a half-written header never looks valid
         m.u32[_LATEST_INDEX_OFFSET // 4] = NO_IMAGE
         m.bytes[_LATEST_INDEX_OFFSET + 4 : GLOBAL_HEADER_BYTES] = 0  # reserved
@@ -420,13 +407,12 @@ class LayerWriter:
             spec.image_stride,
             spec.block_size,
         )
-        for index in range(spec.images):
+        for lock in self._images:
             # Move every image's counter on to a fresh even value, so frames a reader
             # took from a previous writer fail still_valid().
-            seq_offset = _slot_offset(index)
-            m.store64(seq_offset, (m.load64(seq_offset) + 2) & ~1)
+            lock.bump_even()
         m.mm[0:8] = MAGIC
-        m.store64(_PUBLISH_SEQ_OFFSET, (publish_seq | 1) + 1)
+        self._publish.end_write(odd)
 
     def acquire(self) -> ImageSlot:
         """Claim the next image to draw into and mark it as being written (its seq goes odd).
@@ -442,8 +428,7 @@ class LayerWriter:
         spec, m = self.spec, self._map
         last = self._last_published
         index = 0 if last is None else (last + 1) % spec.images
-        seq_offset = _slot_offset(index)
-        m.store64(seq_offset, m.load64(seq_offset) | 1)
+        self._images[index].begin_write()
         start = spec.image_offset(index)
         pixels = m.bytes[start : start + spec.image_bytes].reshape(spec.shape)
         self._drawing = ImageSlot(index, pixels)
@@ -477,17 +462,18 @@ class LayerWriter:
         struct.pack_into("<Qq", m.mm, base + 8, frame, completed_ns)
         for i, v in enumerate(values):
             _EYE.pack_into(m.mm, base + _SLOT_HEAD.size + i * _EYE.size, *v)
-        m.store64(base, m.load64(base) + 1)  # even: image complete
-        publish_seq = m.load64(_PUBLISH_SEQ_OFFSET)
-        m.store64(_PUBLISH_SEQ_OFFSET, publish_seq + 1)
+        image = self._images[slot.index]
+        image.end_write(image.load() | 1)  # even: image complete
+        odd = self._publish.begin_write()
         m.u32[_LATEST_INDEX_OFFSET // 4] = slot.index
-        m.store64(_PUBLISH_SEQ_OFFSET, publish_seq + 2)
+        self._publish.end_write(odd)
         self._last_published, self._drawing = slot.index, None
 
     def close(self) -> None:
         """Unmap the block (deferred while slot views are alive). Idempotent."""
         if not self._closed:
             self._closed, self._drawing = True, None
+            del self._publish, self._images  # they hold views of the mapping
             self._map.close()
 
     def __enter__(self) -> LayerWriter:
