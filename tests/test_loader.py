@@ -49,7 +49,7 @@ def test_edit_swaps_new_code_and_keeps_world_state(project, make_engine) -> None
     before = counter_value(eng)
     eng.step()
     assert counter_value(eng) == before + 100  # new code runs on the old state
-    assert eng.world.get_entities() == [entity]
+    assert list(eng.world.get_entities()) == [entity]
     rec = eng.swaps[-1]
     assert rec.ok and rec.version == 2 and rec.latency_ms is not None
     assert eng.history("counter").active_number == 2
@@ -69,7 +69,7 @@ def test_broken_module_keeps_last_good_version(project, make_engine, broken, lin
     eng = make_engine(counter_project(project))
     eng.start_watching()
     eng.step()
-    entities = eng.world.get_entities()
+    entities = list(eng.world.get_entities())
     counter_cls = eng.loader.active["counter"].components["systems.counter:Counter"]
     path = write(project / "systems" / "counter.py", broken)
     frames = run_until(eng, lambda: any(not s.ok for s in eng.swaps))
@@ -78,7 +78,7 @@ def test_broken_module_keeps_last_good_version(project, make_engine, broken, lin
     assert f"{path}:{line}" in rec.error and message in rec.error
     # The failed swap changed nothing: same entities, same classes, the old version
     # still counting once per frame.
-    assert eng.world.get_entities() == entities
+    assert list(eng.world.get_entities()) == entities
     assert eng.loader.active["counter"].components["systems.counter:Counter"] is counter_cls
     assert counter_value(eng) == 1 + frames
     assert eng.history("counter").active_number == 1
@@ -557,7 +557,7 @@ def test_checkpoint_restored_before_its_modules_load_is_completed_by_the_load(
     (entity,) = world.get_entities()
     assert isinstance(world.components_for_entity(entity)[0], PendingComponent)
     again = make_engine(project, world=world)  # setup() is skipped for a given world
-    assert world.get_entities() == [entity]
+    assert list(world.get_entities()) == [entity]
     assert counter_value(again) == 3
     again.step()
     assert counter_value(again) == 4

@@ -328,6 +328,7 @@ class Loader:
         if p.new is None:
             if old is not None:
                 self._run_hook(old, "on_unload")
+                self.world.drop_handlers_of(old.module.__name__)
                 with self._lock:
                     del self.active[p.name]
                 sys.modules.pop(f"{PACKAGE}.{p.name}", None)
@@ -343,6 +344,7 @@ class Loader:
         before = self.world.checkpoint() if on_load is not None else None
         if old is not None:
             self._run_hook(old, "on_unload")
+            self.world.drop_handlers_of(old.module.__name__)  # no stale version hears events
         for old_cls, new_cls, converted in conversions:
             self._commit_migration(old_cls, new_cls, converted)
         if on_load is not None:

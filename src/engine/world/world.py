@@ -5,7 +5,11 @@ esper 3 keeps its database in module globals and switches between named contexts
 when needed and then call the esper function of the same name, so behaviour at the edges
 (what raises ``KeyError``, when deletions take effect) is esper's.
 
-Two additions, both for hot-swapping:
+Every esper function is here as a method of the same name and behaviour — entities,
+components, queries, events (``set_handler``, ``dispatch_event``), processors
+(``add_processor``, ``process``, ``timed_process``) — so a game written for esper runs on a
+:class:`World` unchanged (``tests/test_esper_compat.py`` runs esper's own test suite against
+it). Two additions, both for hot-swapping:
 
 * **class aliases** — when a component class is reloaded, its old class object is aliased
   to the new one; queries and additions made with the old class (held by a module that
@@ -17,12 +21,13 @@ Two additions, both for hot-swapping:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import esper
 
 C = TypeVar("C")
+P = TypeVar("P", bound=esper.Processor)
 
 _world_ids = itertools.count(1)
 
@@ -102,10 +107,11 @@ class World:
         self.activate()
         return esper.entity_exists(entity)
 
-    def get_entities(self) -> list[int]:
-        """Ids of every entity, including ones marked for deletion this frame."""
+    def get_entities(self) -> Iterator[int]:
+        """Yields the id of every entity, including ones marked for deletion this frame
+        (a generator, as esper's: take ``list()`` of it before deleting while iterating)."""
         self.activate()
-        return list(esper.get_entities())
+        return esper.get_entities()
 
     def clear_dead_entities(self) -> None:
         """Finish deferred deletions (the scheduler calls this at each frame boundary)."""
@@ -113,8 +119,14 @@ class World:
         esper.clear_dead_entities()
 
     def clear_database(self) -> None:
+        """Delete every entity and component at once (processors and handlers stay)."""
         self.activate()
         esper.clear_database()
+
+    def clear_cache(self) -> None:
+        """Mark the query caches stale; they are rebuilt by the next query."""
+        self.activate()
+        esper.clear_cache()
 
     # -- components (esper-faithful) -------------------------------------------------
     def add_component(self, entity: int, component: Any, type_alias: type | None = None) -> None:
@@ -175,6 +187,82 @@ class World:
     def try_components(self, entity: int, *component_types: type) -> tuple[Any, ...] | None:
         self.activate()
         return esper.try_components(entity, *self._resolve(component_types))
+
+    # -- events (esper-faithful, per world) -------------------------------------------
+    def set_handler(self, name: str, func: Callable[..., None]) -> None:
+        """Call ``func(*args)`` on every :meth:`dispatch_event` of ``name``.
+
+        As esper, only a weak reference is kept: a handler whose function (or bound
+        method's object) is gone is dropped. Handlers a system module registers are
+        dropped when that module is swapped or unloaded (:meth:`drop_handlers_of`).
+        """
+        self.activate()
+        esper.set_handler(name, func)
+
+    def remove_handler(self, name: str, func: Callable[..., None]) -> None:
+        """Stop sending ``name`` events to ``func``; nothing happens if it was not set."""
+        self.activate()
+        esper.remove_handler(name, func)
+
+    def dispatch_event(self, name: str, *args: Any) -> None:
+        """Call every handler of ``name`` with ``args`` now, in no particular order.
+
+        A handler that raises propagates to the caller (the system that dispatched), as
+        in esper; the scheduler then treats it as that system's exception.
+        """
+        self.activate()
+        esper.dispatch_event(name, *args)
+
+    def drop_handlers_of(self, module: str) -> int:
+        """Remove every handler defined in ``module`` (or a submodule of it); the count.
+
+        The loader calls this when a module version is swapped out, so no stale version's
+        handler ever receives an event.
+        """
+        self.activate()
+        dropped = 0
+        for name, refs in list(esper.event_registry.items()):
+            for ref in list(refs):
+                func = ref()
+                owner = getattr(func, "__module__", None) or ""
+                if func is None or owner == module or owner.startswith(module + "."):
+                    refs.discard(ref)
+                    dropped += func is not None
+            if not refs:
+                del esper.event_registry[name]
+        return dropped
+
+    # -- processors (esper-faithful) ---------------------------------------------------
+    def add_processor(self, processor: esper.Processor, priority: int = 0) -> None:
+        """Add a processor; :meth:`process` runs processors by descending priority."""
+        self.activate()
+        esper.add_processor(processor, priority)
+
+    def remove_processor(self, processor_type: type[esper.Processor]) -> None:
+        """Remove the processor of that type, if any."""
+        self.activate()
+        esper.remove_processor(processor_type)
+
+    def get_processor(self, processor_type: type[P]) -> P | None:
+        """The processor instance of that type, or ``None``."""
+        self.activate()
+        return esper.get_processor(processor_type)
+
+    def process(self, *args: Any, **kwargs: Any) -> None:
+        """Finish deferred deletions, then call every processor's ``process``."""
+        self.activate()
+        esper.process(*args, **kwargs)
+
+    def timed_process(self, *args: Any, **kwargs: Any) -> None:
+        """As :meth:`process`, and record each processor's time in :attr:`process_times`."""
+        self.activate()
+        esper.timed_process(*args, **kwargs)
+
+    @property
+    def process_times(self) -> dict[str, int]:
+        """Milliseconds each processor took in the last :meth:`timed_process`."""
+        self.activate()
+        return esper.process_times
 
     # -- checkpoints ------------------------------------------------------------------
     def checkpoint(self) -> bytes:
