@@ -37,6 +37,7 @@ can edit while the game runs.
 """
 
 from engine.render.components import Material, Mesh, Transform
+from systems.bob import Bob
 from systems.motion import Spin
 
 
@@ -46,21 +47,28 @@ def setup(world):
         Mesh("cube"),
         Material(color=(0.9, 0.3, 0.2, 1.0)),
         Spin(speed=1.0),
+        Bob(base_y=1.5),
     )
 '''
 
 SCAFFOLD_SYSTEM = '''"""A system module: edit it while the game runs.
 
-A broken save never stops play: the last working version keeps running.
+Change SPEED or HEIGHT and save: the cube bobs differently from the next frame on. A
+broken save never stops play: the last working version keeps running.
 """
+
+import math
 
 import engine
 from engine.render.components import Transform
 
+SPEED = 2.0  # radians per second: try 6.0
+HEIGHT = 0.3  # metres up and down: try 0.8
+
 
 @engine.component
 class Bob:
-    height: float = 0.2
+    base_y: float = 1.5
     t: float = 0.0
 
 
@@ -68,6 +76,8 @@ class Bob:
 def bob(world, dt):
     for _, (t, b) in world.get_components(Transform, Bob):
         b.t += dt
+        x, _, z = t.position
+        t.position = (x, b.base_y + HEIGHT * math.sin(SPEED * b.t), z)
 '''
 
 
