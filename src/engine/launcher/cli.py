@@ -84,8 +84,11 @@ def _unit(project: Path, name: str) -> VersionHistory:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run under the supervisor: a compositor process and a restartable game process."""
+    script = load_input_script(args.input_script)
+    if script is None:
+        return 2
     if args.single_process:
-        return cmd_run_single(args)
+        return cmd_run_single(args, script)
     from engine.compositor.process import CompositorConfig
     from engine.launcher.game_process import DEFAULT_RENDER, RENDER_SYSTEM
     from engine.launcher.supervisor import Supervisor
@@ -101,6 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             eye_height=size.height,
             capture_path=args.capture,
             window=args.window,
+            input_script=args.input_script,
         ),
         watch=not args.no_watch,
         console=not args.quiet,
@@ -147,7 +151,21 @@ def install_supervisor_signals(supervisor: object) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def cmd_run_single(args: argparse.Namespace) -> int:
+def load_input_script(path: str | None) -> list | None:
+    """``--input-script``'s events (``[]`` without one), or ``None`` after saying in one
+    line why the file cannot be played."""
+    if not path:
+        return []
+    from engine.input.script import InputScriptError, load_script
+
+    try:
+        return load_script(path)
+    except (InputScriptError, OSError, UnicodeDecodeError) as exc:
+        print(f"engine: bad --input-script: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_run_single(args: argparse.Namespace, script: list | None = None) -> int:
     """Everything in this process (no compositor, no restarts): for debugging and profiling."""
     from engine.launcher.console import attach_live_console
     from engine.render.stage import RenderSettings
@@ -165,6 +183,10 @@ def cmd_run_single(args: argparse.Namespace) -> int:
         )
         engine = Engine(project, fixed_dt=args.fixed_dt)
     install_stop_signals(engine)
+    if script:
+        from engine.input.script import drive_engine
+
+        drive_engine(engine, script)
     stage = engine.render_stage
     drawing = f"drawing 2x{stage.spec.width}x{stage.spec.height}" if stage else "not drawing"
     print(
@@ -277,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--capture", help="write the last frame, both eyes side by side, to a PNG")
     r.add_argument("--window", action="store_true", help="show both eyes in a mirror window")
     r.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    r.add_argument(
+        "--input-script",
+        metavar="FILE",
+        help="play scripted key and mouse input (JSON lines; see docs/input.md)",
+    )
     r.add_argument(
         "--single-process",
         action="store_true",
