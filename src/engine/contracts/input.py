@@ -43,6 +43,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+
 import numpy as np
 
 from engine.contracts.seqlock import Seqlock
@@ -324,4 +325,3 @@ class InputReader:
     def close(self) -> None:
         del self._u64, self._shared, self._seq
         self._mm.close()
-

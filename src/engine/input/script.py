@@ -96,21 +96,23 @@ def _pair(value: Any, what: str) -> tuple[float, float]:
 def parse_line(obj: Any) -> tuple[int | None, int | None, tuple[tuple[str, tuple], ...]]:
     """``(frame, t_ns, actions)`` of one decoded line. Raises ``ValueError`` saying why."""
     if not isinstance(obj, dict):
-        raise ValueError("each line is one JSON object, e.g. {\"frame\": 30, \"press\": \"SPACE\"}")
+        raise ValueError('each line is one JSON object, e.g. {"frame": 30, "press": "SPACE"}')
     unknown = set(obj) - {"frame", "t", *ACTIONS}
     if unknown:
-        raise ValueError(f"unknown field(s) {sorted(unknown)}; known: frame, t, {', '.join(ACTIONS)}")
+        raise ValueError(
+            f"unknown field(s) {sorted(unknown)}; known: frame, t, {', '.join(ACTIONS)}"
+        )
     if ("frame" in obj) == ("t" in obj):
-        raise ValueError("give exactly one of \"frame\" or \"t\" (seconds)")
+        raise ValueError('give exactly one of "frame" or "t" (seconds)')
     frame = t_ns = None
     if "frame" in obj:
         frame = obj["frame"]
         if not isinstance(frame, int) or isinstance(frame, bool) or frame < 0:
-            raise ValueError(f"\"frame\" is a whole number >= 0; got {frame!r}")
+            raise ValueError(f'"frame" is a whole number >= 0; got {frame!r}')
     else:
         t = obj["t"]
         if not isinstance(t, int | float) or isinstance(t, bool) or not 0 <= t < math.inf:
-            raise ValueError(f"\"t\" is seconds >= 0; got {t!r}")
+            raise ValueError(f'"t" is seconds >= 0; got {t!r}')
         t_ns = round(t * 1e9)
     if not any(a in obj for a in ACTIONS):
         raise ValueError(f"nothing to do: give one of {', '.join(ACTIONS)}")
@@ -120,7 +122,7 @@ def parse_line(obj: Any) -> tuple[int | None, int | None, tuple[tuple[str, tuple
     for action in _KEY_ACTIONS:
         for name in _names(obj.get(action, [])):
             if not isinstance(name, str):
-                raise ValueError(f"{action}: keys are names such as \"SPACE\"; got {name!r}")
+                raise ValueError(f'{action}: keys are names such as "SPACE"; got {name!r}')
             index = key_index(name)  # KeyError for a name that is not a key
             if action in ("press", "tap"):
                 downs.append(("key", (index, True)))
@@ -129,7 +131,7 @@ def parse_line(obj: Any) -> tuple[int | None, int | None, tuple[tuple[str, tuple
     for action in _BUTTON_ACTIONS:
         for name in _names(obj.get(action, [])):
             if not isinstance(name, str):
-                raise ValueError(f"{action}: buttons are names such as \"LEFT\"; got {name!r}")
+                raise ValueError(f'{action}: buttons are names such as "LEFT"; got {name!r}')
             index = button_index(name)
             if action in ("button_press", "click"):
                 downs.append(("button", (index, True)))
@@ -207,7 +209,9 @@ class ScriptPlayer:
             return []
         end_frame = bisect.bisect_right(self._frame_keys, (frame - self.start_frame, 1 << 62))
         end_time = bisect.bisect_right(self._time_keys, (time_ns - self.start_ns, 1 << 62))
-        out = self._by_frame[self._next_frame : end_frame] + self._by_time[self._next_time : end_time]
+        out = (
+            self._by_frame[self._next_frame : end_frame] + self._by_time[self._next_time : end_time]
+        )
         self._next_frame = max(self._next_frame, end_frame)
         self._next_time = max(self._next_time, end_time)
         out.sort(key=lambda e: e.line)
