@@ -5,6 +5,7 @@
     engine history PROJECT MODULE                            list a module's versions
     engine undo|redo PROJECT MODULE                          move the active version
     engine enable PROJECT SYSTEM                             re-enable a disabled system
+    engine doctor [PROJECT]                                  check the machine (and a project)
 
 ``undo``, ``redo`` and ``enable`` act on a running game (through a command file it
 watches) or, when none runs, on the project's history directly.
@@ -283,6 +284,13 @@ def cmd_enable(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """What this machine (and a project) gives the engine; see engine.launcher.doctor."""
+    from engine.launcher.doctor import main as doctor
+
+    return doctor(args.project)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="engine", description="The All-Source Engine.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -326,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("project")
     e.add_argument("system")
     e.set_defaults(func=cmd_enable)
+    d = sub.add_parser("doctor", help="check what this machine (and a project) gives the engine")
+    d.add_argument("project", nargs="?", help="also check this project's modules and shaders")
+    d.set_defaults(func=cmd_doctor)
     return p
 
 
