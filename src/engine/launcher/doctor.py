@@ -95,7 +95,7 @@ class Check:
     def line(self, width: int = 16) -> str:
         """``STATUS  name  detail -> fix``, the name padded to ``width``."""
         fix = f" -> {self.fix}" if self.fix else ""
-        return f"{self.status:<4}  {self.name:<{width}} {self.detail}{fix}"
+        return f"{self.status:<4}  {self.name:<{width}}  {self.detail}{fix}"
 
 
 # --- probes: child processes ----------------------------------------------------------
@@ -687,12 +687,16 @@ def project_module_names(project: Path) -> list[str]:
     )
 
 
-def start_module_probe(project: Path, load_limit_s: float = 2.0) -> Probe:
-    """Load the project's modules in a child, each under ``load_limit_s``."""
-    names = project_module_names(project)
-    has_game = (project / "game.py").is_file()
-    timeout = 30.0 + (load_limit_s + 1.0) * (len(names) + has_game)
-    return Probe("modules", str(project), str(load_limit_s), timeout_s=timeout)
+def start_module_probe(
+    project: Path, load_limit_s: float = 2.0, timeout_s: float | None = None
+) -> Probe:
+    """Load the project's modules in a child, each under ``load_limit_s``; the child is
+    killed after ``timeout_s`` (default: 30 s plus the load limit and a second per module),
+    which only code the load limit cannot stop (a C call that never returns) reaches."""
+    if timeout_s is None:
+        count = len(project_module_names(project)) + (project / "game.py").is_file()
+        timeout_s = 30.0 + (load_limit_s + 1.0) * count
+    return Probe("modules", str(project), str(load_limit_s), timeout_s=timeout_s)
 
 
 def module_checks(project: Path, probe: Probe | None = None) -> list[Check]:
@@ -850,7 +854,7 @@ def write_report(checks: list[Check], out: IO[str], colour: bool | None = None) 
     for check in checks:
         text = Text()
         text.append(f"{check.status:<4}", style=colours[check.status])
-        text.append(f"  {check.name:<{width}} ", style="bold")
+        text.append(f"  {check.name:<{width}}  ", style="bold")
         text.append(check.detail)
         if check.fix:
             text.append(f" -> {check.fix}", style="cyan")
