@@ -172,21 +172,28 @@ class InputTracker:
     def __init__(self, reader: InputReader) -> None:
         self.reader = reader
         self._last: np.ndarray | None = None
+        self._changed = True
         #: Frames whose read found nothing settled (never written, or mid-write).
         self.missed_reads = 0
 
     def update(self, input: Input) -> None:
+        """Make ``input`` say what happened since the previous update."""
         record = self.reader.read()
-        input._presses[:] = 0
-        input._releases[:] = 0
-        mouse = input.mouse
-        mouse._presses = [0] * BUTTON_SLOTS
-        mouse._releases = [0] * BUTTON_SLOTS
-        mouse.scroll = (0.0, 0.0)
+        if self._changed:  # last frame's presses are over
+            input._presses[:] = 0
+            input._releases[:] = 0
+            input.mouse._presses = [0] * BUTTON_SLOTS
+            input.mouse._releases = [0] * BUTTON_SLOTS
+            input.mouse.scroll = (0.0, 0.0)
+            self._changed = False
         if record is None:
             self.missed_reads += 1
             return
         last = self._last if self._last is not None else record
+        if last is not record and record.tobytes() == last.tobytes():
+            return  # no input since the last read: most frames
+        self._changed = True
+        mouse = input.mouse
         # Counters are u32 and wrap: the difference modulo 2**32 is the count.
         input._presses[:] = (record["key_presses"] - last["key_presses"]).astype(np.uint32)
         input._releases[:] = (record["key_releases"] - last["key_releases"]).astype(np.uint32)
