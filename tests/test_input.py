@@ -430,3 +430,39 @@ def test_a_scripted_key_press_reaches_a_system_in_the_game_process(tmp_path):
         ["3 False 12 34"],
     ), rows()
     assert stats["compositor"]["input"]["script_finished"], stats["compositor"]["input"]
+
+
+def test_a_windows_keyboard_and_mouse_reach_the_block(gl):
+    """The mirror window's events, dispatched as pyglet would (a headless window here: no
+    display in CI): keys, Escape kept for the game, the mouse, and leaving the window."""
+    import pyglet
+    from pyglet.window import key, mouse
+
+    from engine.compositor.input_feed import bind_window
+
+    window = pyglet.window.Window(width=64, height=32, visible=False)
+    try:
+        writer, reader = block()
+        bind_window(window, writer)
+        writer.publish(0, 0, force=True)
+        tracker, state = InputTracker(reader), Input()
+        tracker.update(state)
+        window.dispatch_event("on_key_press", key.ESCAPE, 0)
+        window.dispatch_event("on_key_press", key.W, key.MOD_SHIFT)
+        window.dispatch_event("on_mouse_press", 10, 20, mouse.LEFT, 0)
+        window.dispatch_event("on_mouse_scroll", 10, 20, 0.0, -3.0)
+        window.dispatch_events()  # queued until now, as the mirror sink's present does
+        writer.publish(1, 1)
+        tracker.update(state)
+        assert state.pressed("ESCAPE") and state.down("W") and state.keys_down == {"ESCAPE", "W"}
+        assert not window.has_exit  # Escape went to the game, not to closing the mirror
+        assert state.mouse.pressed("LEFT") and state.mouse.position == (10.0, 20.0)
+        assert state.mouse.scroll == (0.0, -3.0) and state.mouse.window == (64, 32)
+        window.dispatch_event("on_deactivate")  # the releases would never arrive
+        window.dispatch_events()
+        writer.publish(2, 2)
+        tracker.update(state)
+        assert state.released("W") and state.released("ESCAPE") and state.keys_down == set()
+        assert state.mouse.released("LEFT") and state.mouse.buttons == set()
+    finally:
+        window.close()
