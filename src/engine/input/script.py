@@ -31,7 +31,6 @@ import bisect
 import json
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,10 +216,6 @@ class ScriptPlayer:
         out.sort(key=lambda e: e.line)
         self.played += len(out)
         return out
-
-    def events(self) -> Iterator[ScriptEvent]:
-        """Every event, in file order."""
-        return iter(sorted(self._by_frame + self._by_time, key=lambda e: e.line))
 
 
 def _frame_key(event: ScriptEvent) -> tuple[int, int]:
