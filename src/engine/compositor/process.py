@@ -80,6 +80,7 @@ class CompositorConfig:
     realtime: bool = True
     pose: str = "simulated"
     frames: int | None = None  # stop by itself after this many frames (benchmarks)
+    input_script: str | None = None  # scripted input played into the input block
 
     def layer_specs(self) -> list[LayerSpec]:
         return [LayerSpec(width=w, height=h, format=self.layer_format) for _, w, h in self.layers]
@@ -446,8 +447,12 @@ def make_pose_source(spec: str, fov: Fov | None = None) -> Any:
     raise ValueError(f"unknown pose source {spec!r} (use 'simulated' or 'trace:PATH')")
 
 
-def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.socket) -> None:
+def compositor_main(
+    config: CompositorConfig, pose_fd: int, control: socket.socket, input_fd: int | None = None
+) -> None:
     """The compositor process's entry point (run with the ``spawn`` context).
+
+    ``input_fd`` is the input block it writes (keyboard, mouse, ``config.input_script``).
 
     Runs until told to stop, until ``config.frames`` frames, or until the parent closes
     the control socket. Exceptions at start-up propagate (the process exits non-zero and
@@ -479,6 +484,8 @@ def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.sock
         if config.window
         else HeadlessSink(composer, config.capture_path)
     )
+    if input_fd is not None:
+        sink = input_feed(sink, input_fd, config.input_script)
     gpu = gpu_context_priority()
     pose_source = make_pose_source(config.pose, Fov.for_image(config.eye_width, config.eye_height))
     eyes = pose_source.sample(0, time.monotonic_ns()).eyes
@@ -509,6 +516,8 @@ def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.sock
         grace_ns=round(config.grace_s * 1e9),
         adapt_lead=config.adapt_lead,
     )
+    if input_fd is not None:
+        sink.started = lambda: any(w.image is not None for w in loop.watches)
     priority = {"cpu": cpu, "gpu": gpu}
     send_message(control, {"op": "ready", "priority": priority, "gl": gl_description()})
     control.setblocking(False)
@@ -538,6 +547,8 @@ def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.sock
         "capture": str(getattr(sink, "captured", None) or "") or None,
         "capture_error": getattr(sink, "capture_error", None),
     }
+    if input_fd is not None:
+        stats["input"] = sink.stats()
     try:
         control.setblocking(True)
         send_message(control, {"op": "stats", "stats": stats})
@@ -562,16 +573,21 @@ class CompositorHandle:
 
     @classmethod
     def start(
-        cls, config: CompositorConfig, pose_fd: int, timeout_s: float = 60.0
+        cls,
+        config: CompositorConfig,
+        pose_fd: int,
+        timeout_s: float = 60.0,
+        input_fd: int | None = None,
     ) -> CompositorHandle:
-        """Spawn the process and wait for its layers and ``ready``.
+        """Spawn the process and wait for its layers and ``ready``; ``input_fd`` is the
+        input block it is to write (``None``: no input).
 
         Raises ``RuntimeError`` if it dies or is not ready within ``timeout_s``.
         """
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         process = SPAWN.Process(
             target=compositor_main,
-            args=(config, PassedFd(pose_fd), child),
+            args=(config, PassedFd(pose_fd), child, _passed(input_fd)),
             name="engine-compositor",
             daemon=True,
         )
@@ -625,3 +641,24 @@ class CompositorHandle:
                 pass
         self.layers = []
         self.control.close()
+
+
+# --- input (see engine.compositor.input_feed) -------------------------------------------
+
+
+def input_feed(sink: Any, input_fd: int, script_path: str | None) -> Any:
+    """``sink`` wrapped so that it also writes the input block (window events, script).
+
+    Raises :class:`~engine.input.script.InputScriptError` or ``OSError`` for a script that
+    cannot be played (the compositor then fails to start, saying why).
+    """
+    from engine.compositor.input_feed import InputFeed
+    from engine.contracts.input import InputWriter
+    from engine.input.script import load_script
+
+    script = load_script(script_path) if script_path else None
+    return InputFeed(sink, InputWriter(input_fd), script)
+
+
+def _passed(fd: int | None) -> PassedFd | None:
+    return None if fd is None else PassedFd(fd)

@@ -5,6 +5,7 @@
     engine history PROJECT MODULE                            list a module's versions
     engine undo|redo PROJECT MODULE                          move the active version
     engine enable PROJECT SYSTEM                             re-enable a disabled system
+    engine doctor [PROJECT]                                  check the machine (and a project)
 
 ``undo``, ``redo`` and ``enable`` act on a running game (through a command file it
 watches) or, when none runs, on the project's history directly.
@@ -94,8 +95,11 @@ def _unit(project: Path, name: str) -> VersionHistory:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run under the supervisor: a compositor process and a restartable game process."""
+    script = load_input_script(args.input_script)
+    if script is None:
+        return 2
     if args.single_process:
-        return cmd_run_single(args)
+        return cmd_run_single(args, script)
     from engine.compositor.process import CompositorConfig
     from engine.launcher.game_process import DEFAULT_RENDER, RENDER_SYSTEM
     from engine.launcher.supervisor import Supervisor
@@ -111,6 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             eye_height=size.height,
             capture_path=args.capture,
             window=args.window,
+            input_script=args.input_script,
         ),
         watch=not args.no_watch,
         console=not args.quiet,
@@ -157,7 +162,21 @@ def install_supervisor_signals(supervisor: object) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def cmd_run_single(args: argparse.Namespace) -> int:
+def load_input_script(path: str | None) -> list | None:
+    """``--input-script``'s events (``[]`` without one), or ``None`` after saying in one
+    line why the file cannot be played."""
+    if not path:
+        return []
+    from engine.input.script import InputScriptError, load_script
+
+    try:
+        return load_script(path)
+    except (InputScriptError, OSError, UnicodeDecodeError) as exc:
+        print(f"engine: bad --input-script: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_run_single(args: argparse.Namespace, script: list | None = None) -> int:
     """Everything in this process (no compositor, no restarts): for debugging and profiling."""
     from engine.launcher.console import attach_live_console
     from engine.render.stage import RenderSettings
@@ -175,6 +194,10 @@ def cmd_run_single(args: argparse.Namespace) -> int:
         )
         engine = Engine(project, fixed_dt=args.fixed_dt)
     install_stop_signals(engine)
+    if script:
+        from engine.input.script import drive_engine
+
+        drive_engine(engine, script)
     stage = engine.render_stage
     drawing = f"drawing 2x{stage.spec.width}x{stage.spec.height}" if stage else "not drawing"
     print(
@@ -271,6 +294,13 @@ def cmd_enable(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """What this machine (and a project) gives the engine; see engine.launcher.doctor."""
+    from engine.launcher.doctor import main as doctor
+
+    return doctor(args.project)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="engine", description="The All-Source Engine.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -287,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--capture", help="write the last frame, both eyes side by side, to a PNG")
     r.add_argument("--window", action="store_true", help="show both eyes in a mirror window")
     r.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    r.add_argument(
+        "--input-script",
+        metavar="FILE",
+        help="play scripted key and mouse input (JSON lines; see docs/input.md)",
+    )
     r.add_argument(
         "--single-process",
         action="store_true",
@@ -309,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("project")
     e.add_argument("system")
     e.set_defaults(func=cmd_enable)
+    d = sub.add_parser("doctor", help="check what this machine (and a project) gives the engine")
+    d.add_argument("project", nargs="?", help="also check this project's modules and shaders")
+    d.set_defaults(func=cmd_doctor)
     return p
 
 

@@ -221,9 +221,16 @@ class LayerPublisher:
 
 
 def game_main(
-    config: GameConfig, pose_fd: int, heartbeat_fd: int, layer_fd: int, spec: LayerSpec
+    config: GameConfig,
+    pose_fd: int,
+    heartbeat_fd: int,
+    layer_fd: int,
+    spec: LayerSpec,
+    input_fd: int | None = None,
 ) -> None:
     """The game process's entry point (``spawn`` context). Runs until SIGTERM/SIGINT.
+
+    ``input_fd`` is the compositor's input block (read-only): ``world.input`` comes from it.
 
     Exceptions before the first frame propagate: the process exits non-zero and the
     supervisor treats it like any other death.
@@ -264,6 +271,11 @@ def game_main(
     heartbeat = HeartbeatWriter(heartbeat_fd)
     render = None if use_render_system else load_render_factory(config.render)(engine, spec)
     engine.after_frame.append(LayerPublisher(writer, render, heartbeat, checkpointer))
+    if input_fd is not None:
+        from engine.contracts.input import InputReader
+        from engine.input.state import attach_input
+
+        attach_input(engine, InputReader(input_fd))
     install_stop_signals(engine)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # SIGTERM only, as above
     from engine.launcher.console import attach_live_console

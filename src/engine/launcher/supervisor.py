@@ -246,6 +246,7 @@ class Supervisor:
         self._detected_ns = 0  # when the newest failure was detected
         self._pose_fd: int | None = None
         self._pose_reader: PoseHandoffReader | None = None
+        self._input_fd: int | None = None  # the input block: compositor writes, game reads
         self._started_ns = 0
         self._checkpoint_ms_max = 0.0
 
@@ -264,7 +265,10 @@ class Supervisor:
     def _start_compositor(self) -> None:
         self._pose_fd = create_block_fd("pose-handoff")
         self._pose_reader = PoseHandoffReader(self._pose_fd)
-        self.compositor = CompositorHandle.start(self.compositor_config, self._pose_fd)
+        self._input_fd = create_block_fd("input")
+        self.compositor = CompositorHandle.start(
+            self.compositor_config, self._pose_fd, input_fd=self._input_fd
+        )
         self.report(
             "supervisor: compositor up, priority "
             f"{self.compositor.ready['priority']}, {self.compositor.ready['gl']}"
@@ -284,6 +288,9 @@ class Supervisor:
         if self._pose_fd is not None:
             os.close(self._pose_fd)
             self._pose_fd = None
+        if self._input_fd is not None:
+            os.close(self._input_fd)
+            self._input_fd = None
 
     def _on_compositor_death(self, now: int) -> None:
         """The compositor must never die; if it does anyway, bring the tree back.
@@ -311,18 +318,22 @@ class Supervisor:
 
     def _start_game(self, restarted: bool) -> None:
         assert self.compositor is not None and self._pose_fd is not None
+        assert self._input_fd is not None
         heartbeat_fd = create_block_fd("heartbeat")
         game_pose_fd = read_only_fd(self._pose_fd)  # a game can never write the poses
+        game_input_fd = read_only_fd(self._input_fd)  # nor the input
         layer_fd, spec = self.compositor.layers[0]
         config = GameConfig(**{**asdict(self.game_config), "restarted": restarted})
         process = SPAWN.Process(
             target=game_main,
             args=(config, PassedFd(game_pose_fd), PassedFd(heartbeat_fd), PassedFd(layer_fd), spec),
+            kwargs={"input_fd": PassedFd(game_input_fd)},
             name="engine-game",
             daemon=True,
         )
         process.start()
         os.close(game_pose_fd)
+        os.close(game_input_fd)
         now = self.clock()
         watch = GameWatch(
             now,

@@ -16,6 +16,7 @@ it). Two additions, both for hot-swapping:
   imported it before the reload) act on the new class. No cost while no alias exists.
 * **resources** — per-world singletons that are not components (the renderer, the frame's
   pose), keyed by type: ``world.resources[Renderer]``. They are not checkpointed.
+  ``world.input`` is the keyboard and mouse this frame (:class:`~engine.input.state.Input`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import esper
+
+from engine.input.state import Input
 
 C = TypeVar("C")
 P = TypeVar("P", bound=esper.Processor)
@@ -298,6 +301,16 @@ class World:
     def copy(self, resolve: Any = None) -> World:
         """An independent copy of every entity (for running candidate code on it)."""
         return World.restore(self.checkpoint(), resolve)
+
+    # -- resources ---------------------------------------------------------------------
+    @property
+    def input(self) -> Input:
+        """Keyboard and mouse as of this frame: ``self.resources[Input]``, made (with
+        nothing pressed) on first use. See :class:`~engine.input.state.Input`."""
+        found = self.resources.get(Input)
+        if found is None:
+            found = self.resources[Input] = Input(self)
+        return found
 
     # -- whole-world views ------------------------------------------------------------
     def entity_count(self) -> int:
