@@ -450,9 +450,17 @@ def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.sock
     """The compositor process's entry point (run with the ``spawn`` context).
 
     Runs until told to stop, until ``config.frames`` frames, or until the parent closes
-    the control socket. Exceptions at start-up propagate (the process exits non-zero and
-    the parent sees the socket close); once running, nothing a client does can raise here.
+    the control socket; dies with its parent (:func:`~engine.launcher.containment.die_with_parent`).
+    Exceptions at start-up propagate (the process exits non-zero and the parent sees the
+    socket close); once running, nothing a client does can raise here, and an exception
+    in a frame (compose, present, pose) costs that frame only (the loop counts and reports
+    it).
     """
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # first: a compositor never outlives its supervisor
+        from engine.launcher.containment import die_with_parent
+
+        die_with_parent(parent.pid, parent.sentinel)
     # Ctrl-C in a terminal reaches the whole process group; the parent decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cpu = raise_cpu_priority(config.realtime)
@@ -508,6 +516,7 @@ def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.sock
         deadline_ns=round(config.deadline_periods * period_ns),
         grace_ns=round(config.grace_s * 1e9),
         adapt_lead=config.adapt_lead,
+        report=_stderr_report,
     )
     priority = {"cpu": cpu, "gpu": gpu}
     send_message(control, {"op": "ready", "priority": priority, "gl": gl_description()})
@@ -543,6 +552,14 @@ def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.sock
         send_message(control, {"op": "stats", "stats": stats})
     except OSError:
         pass  # nobody is listening any more
+
+
+def _stderr_report(message: str) -> None:
+    """The compositor's messages: straight to fd 2 (no Python buffering, never raises)."""
+    try:
+        os.write(2, f"compositor: {message}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
 
 
 class CompositorHandle:
