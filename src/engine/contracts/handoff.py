@@ -447,9 +447,23 @@ class RunningNow:
             )
             self._named[h.running_id] = key
 
-    def note_exit(self, signal_number: int) -> None:
-        """The game is about to send itself ``signal_number``: remember what asked."""
-        self.words[_EXIT_FROM] = self.now() or int(self.words[_RUNNING_MAIN])
+    def note_exit(self, signal_number: int, file: str | None = None, line: int = 0) -> None:
+        """The game is about to end itself (``signal_number`` to itself; 0: an exception
+        escaping the frame loop): remember what asked — at ``file:line``, if given."""
+        running_id = self.now() or int(self.words[_RUNNING_MAIN])
+        if file and running_id >= FIRST_NAME_ID and self.capacity:
+            offset = NAME_TABLE_OFFSET + ((running_id - FIRST_NAME_ID) % self.capacity) * NAME_BYTES
+            entry_id, version, _, kind, _, module, name, _ = _NAME.unpack_from(self._view, offset)
+            if entry_id == running_id:  # the same code, named with the line that asked
+                running_id = self.register(
+                    CodeKind(kind),
+                    _decode(module),
+                    None if version < 0 else version,
+                    _decode(name) or None,
+                    file,
+                    line,
+                )
+        self.words[_EXIT_FROM] = running_id
         self.words[_EXIT_SIGNAL] = signal_number
 
     def close(self) -> None:

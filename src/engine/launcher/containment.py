@@ -125,12 +125,15 @@ def _wait_for_parent(sentinel: int, identity: tuple[int, int], group: bool) -> N
 # --- the game ---------------------------------------------------------------------------
 
 
-def contain_game(memory_limit: int | None, on_self_signal: Callable[[int], None] | None) -> None:
+def contain_game(
+    memory_limit: int | None, on_self_signal: Callable[[int, str, int], None] | None
+) -> None:
     """Fence the game in (call after :func:`die_with_parent`): its own session, signals
     only within it, and ``memory_limit`` bytes of private memory (``None``: no limit).
 
-    ``on_self_signal(signum)`` is called before user code sends this game (or its group)
-    a signal that may end it, so the supervisor can blame what sent it.
+    ``on_self_signal(signum, file, line)`` is called before user code sends this game (or
+    its group) a signal that may end it, with where it did so, so the supervisor can blame
+    what sent it.
     """
     os.setsid()
     if memory_limit:
@@ -195,7 +198,7 @@ _SIGNAL_FUNCTIONS = frozenset(
 
 
 def refuse_signals_outside_session(
-    on_self_signal: Callable[[int], None] | None = None,
+    on_self_signal: Callable[[int, str, int], None] | None = None,
 ) -> Callable[[str, tuple], None]:
     """Install an audit hook that refuses signals to processes outside this session.
 
@@ -203,8 +206,9 @@ def refuse_signals_outside_session(
     raise ``PermissionError`` naming the target, unless it is in this process's session
     (the game and what it started) or the signal is 0 (a liveness probe). ``kill(-1)``
     (every process) is always refused. For a signal to this process or its group that
-    may end it, ``on_self_signal(signum)`` runs first. Returns the hook (it cannot be
-    removed: audit hooks last as long as the interpreter).
+    may end it, ``on_self_signal(signum, file, line)`` runs first (where the call was
+    made). Returns the hook (it cannot be removed: audit hooks last as long as the
+    interpreter).
     """
     own_session = os.getsid(0)
     own_pid = os.getpid()
@@ -237,7 +241,8 @@ def refuse_signals_outside_session(
                 )
             ends_us = pid == own_pid or (pid is None and group == os.getpgid(0))
             if ends_us and signum in _ENDING and on_self_signal is not None:
-                on_self_signal(signum)
+                caller = sys._getframe(1)  # the code that called os.kill / os.killpg
+                on_self_signal(signum, caller.f_code.co_filename, caller.f_lineno)
         elif event == "ctypes.dlsym" and len(args) >= 2 and args[1] in _SIGNAL_FUNCTIONS:
             raise PermissionError(
                 f"the engine refuses ctypes access to {args[1]}() in a game: signals go "
@@ -472,33 +477,72 @@ def _reap(pids: list[int], timeout_s: float = 1.0) -> None:
             time.sleep(0.005)
 
 
-# The warden: python -I -S, nothing imported but os and signal. It reads "+SID" / "-SID"
-# lines; at end of file (the supervisor is gone, however it went) it kills every process
-# in the sessions it still holds, and exits.
+# The warden: python -I -S, nothing imported but os, select, signal and sys. It reads
+# "+SID" / "-SID" lines (a game's session starts / ended and was cleaned up). Once a second
+# it adopts the sessions of processes that left a watched session (a child started with
+# start_new_session) and of orphans re-parented to the supervisor in a session of their own.
+# At end of file (the supervisor is gone, however it went) it kills every process in the
+# sessions it holds, and exits.
 _WARDEN = r"""
-import os, signal, sys
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-signal.signal(signal.SIGHUP, signal.SIG_IGN)
-sessions = set()
-for line in sys.stdin.buffer:
-    line = line.strip()
-    if line[:1] == b"+":
-        sessions.add(int(line[1:]))
-    elif line[:1] == b"-":
-        sessions.discard(int(line[1:]))
-for _ in range(3):
+import os, select, signal, sys
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(s, signal.SIG_IGN)
+supervisor, own = os.getppid(), os.getsid(0)
+try:
+    theirs = os.getsid(supervisor)
+except OSError:
+    theirs = -1
+games, adopted = set(), set()
+
+def procs():
+    out = []
     for name in os.listdir("/proc"):
-        if not name.isdigit():
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name, "rb") as f:
+                    data = f.read()
+                fields = data[data.rfind(b")") + 2:].split()
+                out.append((int(name), int(fields[1]), int(fields[3])))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+def adopt():
+    table = procs()
+    watched = games | adopted
+    inside = {pid for pid, _, sid in table if sid in watched}
+    for pid, ppid, sid in table:
+        if sid in watched or sid in (own, theirs):
             continue
-        try:
-            with open("/proc/%s/stat" % name, "rb") as f:
-                data = f.read()
-            fields = data[data.rfind(b")") + 2:].split()
-            if int(fields[3]) in sessions:
-                os.kill(int(name), signal.SIGKILL)
-        except (OSError, IndexError, ValueError):
-            pass
+        if ppid in inside or ppid == supervisor:
+            adopted.add(sid)
+
+fd, pending = sys.stdin.fileno(), b""
+while True:
+    ready, _, _ = select.select([fd], [], [], 1.0)
+    if not ready:
+        if games:
+            adopt()
+        continue
+    data = os.read(fd, 4096)
+    if not data:
+        break
+    pending += data
+    *lines, pending = pending.split(b"\n")
+    for line in lines:
+        if line[:1] == b"+":
+            games.add(int(line[1:]))
+        elif line[:1] == b"-":
+            games.discard(int(line[1:]))
+            adopted.clear()  # the supervisor killed what the game left
+doomed = games | adopted
+for _ in range(3):
+    for pid, _, sid in procs():
+        if sid in doomed and pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 """
 
 
@@ -508,8 +552,12 @@ class Warden:
     The supervisor tells it each game's session (:meth:`watch`, :meth:`release`) over a
     pipe only the supervisor holds; when that pipe closes — the supervisor exited, was
     killed with SIGKILL, anything — the warden kills every process still in those
-    sessions and exits. It runs in its own session, so Ctrl-C and the game's signals do
-    not reach it. :meth:`close` ends it normally.
+    sessions and exits. Once a second it also takes on the sessions of processes that
+    left the game's (``start_new_session``) and of orphans in a session of their own that
+    were re-parented to the supervisor (a double fork): a process the game started less
+    than a second before the supervisor was killed may escape it that way. It runs in its
+    own session, so Ctrl-C and the game's signals do not reach it. :meth:`close` ends it
+    normally (it then kills what is left in the sessions it holds).
     """
 
     def __init__(self) -> None:

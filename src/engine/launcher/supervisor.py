@@ -102,7 +102,9 @@ class GameWatch:
 
     Before the first frame, the game may take ``start_timeout_ns`` in all; but user code
     (an id naming code, or ``setup``) that keeps running for ``code_timeout_ns`` without
-    the running-now word changing is a hang of its own, blamed on that code.
+    the running-now word changing is a hang of its own, blamed on that code. A game that
+    is stopping (:attr:`Phase.STOP`: its final checkpoint and stats, after a SIGTERM it
+    sent itself) has ``stop_timeout_ns`` to exit before it counts as hung.
     """
 
     def __init__(
@@ -113,8 +115,10 @@ class GameWatch:
         heartbeat_timeout_ns: int,
         publish_timeout_ns: int,
         code_timeout_ns: int | None = None,
+        stop_timeout_ns: int = 5 * S,
     ) -> None:
         self.started_ns = started_ns
+        self.stop_timeout_ns = stop_timeout_ns
         self.start_timeout_ns = start_timeout_ns
         self.heartbeat_timeout_ns = heartbeat_timeout_ns
         self.publish_timeout_ns = publish_timeout_ns
@@ -148,6 +152,10 @@ class GameWatch:
                 return f"hung: ran {stuck / S:.1f} s before the first frame"
             return None
         silent = now_ns - self.beat_seen_ns
+        if self.running_id == Phase.STOP:
+            if now_ns - self.running_since_ns > self.stop_timeout_ns:
+                return f"hung: stopping for {self.stop_timeout_ns / S:g} s"
+            return None
         if silent > self.heartbeat_timeout_ns:
             return f"hung: no heartbeat for {silent / 1e6:.0f} ms"
         if now_ns - self.published_seen_ns > self.publish_timeout_ns:
@@ -208,7 +216,8 @@ def blame(
         (signum and report.exit_signal == signum)
         or (not signum and report.exit_signal in (0, signal.SIGTERM))
     )
-    if kind is FaultKind.PROCESS_DIED and asked:
+    stopping = kind is FaultKind.HUNG and running is not None and running.phase == "stop"
+    if (kind is FaultKind.PROCESS_DIED and asked) or (stopping and report.exit_from):
         running, stack = report.exit_from, []
     elif kind is FaultKind.PROCESS_DIED and signum == signal.SIGKILL:
         from_outside = True
@@ -663,6 +672,11 @@ class Supervisor:
     @property
     def game_pid(self) -> int | None:
         return self.game.process.pid if self.game else None
+
+    @property
+    def game_frame(self) -> int:
+        """Frames the running game process has finished (0: none yet, or no game)."""
+        return self.game_frames - self._frames_before if self.game is not None else 0
 
     def run_until(self, done: Callable[[], bool], timeout_s: float, poll_s: float = 0.005) -> bool:
         """Supervise until ``done()`` (True), ``timeout_s`` passes or a stop was asked for
