@@ -154,6 +154,10 @@ def limit_memory(limit_bytes: int) -> None:
     An allocation past the limit fails (``MemoryError`` in Python, in the code that asked
     for it) instead of waking the OOM killer. Soft and hard limit are both set, so user
     code cannot raise it again. Raises ``ValueError``/``OSError`` if the kernel refuses.
+
+    Leave room for the GL driver: measured after creating an EGL context, a game-like
+    process had 149 MB of private writable memory on llvmpipe and 687 MB on NVIDIA's
+    driver (580.159, H200); both drew under a 1 GiB ``RLIMIT_DATA``.
     """
     resource.setrlimit(resource.RLIMIT_DATA, (limit_bytes, limit_bytes))
 
