@@ -138,17 +138,21 @@ def test_a_module_loaded_at_start_up_that_breaks_the_first_frame_is_left_out(tmp
     assert stats["crash_loop"] is None
 
 
-def test_module_code_that_crashes_at_import_is_blamed_on_that_module(tmp_path):
-    project = make_project(
-        tmp_path / "game",
-        bomb="""
-        import ctypes
-        ctypes.string_at(0)  # at import, while the game loads its modules
-        """,
-    )
+BOMB = "import ctypes\nctypes.string_at(0)  # at import\n"
+
+
+@pytest.mark.parametrize("when", ["at start-up", "saved live"])
+def test_module_code_that_crashes_at_import_is_blamed_on_that_module(tmp_path, when):
+    """At start-up the main thread imports it; saved live, the loader's thread does, and
+    faulthandler's dump says which thread crashed."""
+    project = make_project(tmp_path / "game", **({"bomb": BOMB} if when == "at start-up" else {}))
     messages: list[str] = []
     with make_supervisor(project, messages) as sup:
         sup.start()
+        if when == "saved live":
+            assert sup.run_until(lambda: sup.game_frame > 30, TIMEOUT_S), messages
+            (project / "systems" / "bomb.py").write_text(BOMB)
+            assert sup.run_until(lambda: bool(sup.restarts), TIMEOUT_S), messages
         assert sup.run_until(lambda: runs_in_a_new_game(sup, project), TIMEOUT_S), messages
         stats = sup.stop()
     (restart,) = stats["restarts"]
