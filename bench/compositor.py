@@ -40,7 +40,8 @@ from engine.compositor.process import CompositorConfig, CompositorHandle
 from engine.contracts.handoff import PoseHandoffReader
 from engine.contracts.layer import LayerSpec, LayerWriter
 from engine.contracts.shm import PassedFd, create_block_fd
-from engine.launcher.supervisor import RestartPolicy, Supervisor
+from engine.launcher.supervisor import Supervisor
+from engine.policy import FailurePolicy, Settings
 from engine.scheduler.pacing import MonotonicClock
 from engine.scheduler.stats import summarize
 
@@ -193,7 +194,7 @@ def run_game(seconds: float, lead_ns: int, crash: bool) -> dict:
         compose_lead_ns=lead_ns,
     )
     # Induced crashes are the same fault every time: no crash-loop back-off here.
-    policy = RestartPolicy(loop_faults=10**9)
+    policy = FailurePolicy(Settings(loop_faults=10**9))
     sup = Supervisor(root, compositor=config, policy=policy, report=lambda m: None, watch=False)
     sup.start()
     # Past the first game's probation (90 frames), so its modules are proven good and no

@@ -579,27 +579,3 @@ def test_broken_game_py_is_reported_and_the_game_starts_anyway(project, make_eng
     assert eng.setup_error.startswith(f"{game}:5: NameError")
     eng.step()
     assert counter_value(eng) == 1  # what setup made before failing is kept and runs
-
-
-def test_restart_blames_only_a_version_swapped_in_live_and_still_on_probation(
-    project, make_engine
-) -> None:
-    write(
-        project / "systems" / "steady.py",
-        "import engine\n\n@engine.system\ndef s(w, dt):\n    pass\n",
-    )
-    eng = make_engine(counter_project(project))
-    eng.start_watching()
-    eng.step()  # both modules were loaded at start-up: on probation, but not swapped live
-    write(project / "systems" / "counter.py", COUNTER.format(step=3))
-    run_until(eng, lambda: eng.history("counter").active_number == 2)
-    eng.close()  # the game "dies" here, with counter v2 and steady v1 on probation
-
-    restarted = make_engine(project, blame_probation=True)
-    counter, steady = restarted.history("counter"), restarted.history("steady")
-    assert counter.get(2).status is VersionStatus.BAD
-    assert "died while this version was on probation" in counter.get(2).why
-    assert counter.active_number == 1  # the version that ran before it (never "good" yet)
-    assert restarted.loader.active["counter"].version == 1  # game.py's import did not revive v2
-    assert steady.get(1).status is not VersionStatus.BAD and steady.active_number == 1
-    assert "steady.s" in restarted.scheduler.handles

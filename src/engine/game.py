@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from engine.contracts.handoff import Phase, RunningNow
 from engine.loader.history import ProjectHistory, VersionHistory
 from engine.loader.loader import Loader, SwapRecord
 from engine.loader.watcher import COMMANDS_DIR, SHADER_SUFFIXES, ProjectWatcher
@@ -114,8 +115,9 @@ class Engine:
         fixed_dt: hand systems this ``dt`` every frame instead of measured time.
         pacer: what each frame waits on (default: a fixed 90 Hz rate on ``clock``; under
             the compositor, its pose handoff). Needs ``wait() -> int`` and ``period_ns``.
-        blame_probation: on start, a version still on probation (the game died while it
-            was new) is marked bad and its last good version is loaded instead.
+        running: where the engine says what runs now (the game's heartbeat block, so the
+            supervisor can blame exactly that when the process dies or hangs); default: a
+            private one.
         render: draw both eyes every frame (headless GL) into a layer; with no
             ``pose_source`` a simulated headset moves the head.
         layer_fd: the layer block to publish into (made by the compositor); default: the
@@ -136,7 +138,7 @@ class Engine:
         report: Callable[[str], None] = print,
         load_limit_s: float = 2.0,
         pacer: Pacer | None = None,
-        blame_probation: bool = False,
+        running: RunningNow | None = None,
         render: RenderSettings | None = None,
         layer_fd: int | None = None,
     ) -> None:
@@ -149,7 +151,10 @@ class Engine:
         self.pose_source = pose_source
         self.fixed_dt = fixed_dt
         self.history_store = ProjectHistory(self.project_dir)
+        self.running = running or RunningNow()
+        self.running.user_dir = str(self.project_dir / "systems")
         self.scheduler = Scheduler(policy, on_hung=self._on_hung)
+        self.scheduler.running_now = self.running.main
         self.policy = self.scheduler.policy
         is_new_world = world is None
         self.world = world or World()
@@ -163,6 +168,7 @@ class Engine:
             load_limit_s=load_limit_s,
             report=report,
         )
+        self.loader.running = self.running
         self.frame = 0
         self.hung_reason: str | None = None
         self.setup_error: str | None = None
@@ -179,17 +185,25 @@ class Engine:
         #: Called between frames on the main thread, before systems run (shader swaps).
         self.before_frame: list[Callable[[Engine], None]] = []
         self.shader_swaps: list[Any] = []
-        self.scheduler.watchdog.install()
         self.render_stage: RenderStage | None = None
-        if render is not None:
-            self._start_rendering(render, layer_fd)
-        self.loader.load_all(frame=0, blame_probation=blame_probation)
-        if render is not None:
-            self.loader.require("render")
-        if is_new_world:
-            self._run_setup()
-        if self.render_stage is not None:
-            self.render_stage.warm_up(self.world)
+        self.scheduler.watchdog.install()
+        try:  # whatever fails from here on, SIGALRM and GL are given back
+            if render is not None:
+                self._start_rendering(render, layer_fd)
+            self.running.phase(Phase.LOAD)
+            self.loader.load_all(frame=0)
+            if render is not None:
+                self.loader.require("render")
+            if is_new_world:
+                self.running.phase(Phase.SETUP)
+                self._run_setup()
+            if self.render_stage is not None:
+                self.running.phase(Phase.SHADER)
+                self.render_stage.warm_up(self.world)
+            self.running.phase(Phase.FRAME)
+        except BaseException:
+            self.close(delete_world=is_new_world)
+            raise
 
     # -- set-up --------------------------------------------------------------------------
     def _start_rendering(self, settings: RenderSettings, layer_fd: int | None) -> None:
@@ -241,8 +255,12 @@ class Engine:
         while not self._main_calls.empty():
             self._main_calls.get_nowait()()
         self.loader.apply_pending(frame)
-        for hook in self.before_frame:
-            hook(self)
+        if self.before_frame:
+            self.running.phase(Phase.SHADER)
+            for hook in self.before_frame:
+                hook(self)
+            self.running.phase(Phase.FRAME)
+        self.running.name_handles(self.scheduler)
         now = self.clock.now_ns()
         if self.fixed_dt is not None:
             dt = self.fixed_dt
@@ -297,7 +315,9 @@ class Engine:
         try:
             target = None if frames is None else self.frame + frames
             while not self._stop.is_set() and (target is None or self.frame < target):
+                self.running.phase(Phase.IDLE)
                 self.pacer.wait()
+                self.running.phase(Phase.FRAME)
                 self.step()
         finally:
             self._remove_run_file()
@@ -456,14 +476,16 @@ class Engine:
     def _remove_run_file(self) -> None:
         (self.project_dir / RUN_FILE).unlink(missing_ok=True)
 
-    def close(self) -> None:
-        """Stop watching, give back SIGALRM and free the world's esper context."""
+    def close(self, delete_world: bool = True) -> None:
+        """Stop watching, give back SIGALRM and GL, and free the world's esper context
+        (unless ``delete_world`` is false: a world the caller passed in stays theirs)."""
         self.stop_watching()
         if self.render_stage is not None:
             self.render_stage.close()
             self.render_stage = None
         self.scheduler.watchdog.uninstall()
-        self.world.delete()
+        if delete_world:
+            self.world.delete()
 
 
 def running_pid(project_dir: Path) -> int | None:

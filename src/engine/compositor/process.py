@@ -455,9 +455,17 @@ def compositor_main(
     ``input_fd`` is the input block it writes (keyboard, mouse, ``config.input_script``).
 
     Runs until told to stop, until ``config.frames`` frames, or until the parent closes
-    the control socket. Exceptions at start-up propagate (the process exits non-zero and
-    the parent sees the socket close); once running, nothing a client does can raise here.
+    the control socket; dies with its parent (:func:`~engine.launcher.containment.die_with_parent`).
+    Exceptions at start-up propagate (the process exits non-zero and the parent sees the
+    socket close); once running, nothing a client does can raise here, and an exception
+    in a frame (compose, present, pose) costs that frame only (the loop counts and reports
+    it).
     """
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # first: a compositor never outlives its supervisor
+        from engine.launcher.containment import die_with_parent
+
+        die_with_parent(parent.pid, parent.sentinel)
     # Ctrl-C in a terminal reaches the whole process group; the parent decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cpu = raise_cpu_priority(config.realtime)
@@ -515,6 +523,7 @@ def compositor_main(
         deadline_ns=round(config.deadline_periods * period_ns),
         grace_ns=round(config.grace_s * 1e9),
         adapt_lead=config.adapt_lead,
+        report=_stderr_report,
     )
     if input_fd is not None:
         sink.started = lambda: any(w.image is not None for w in loop.watches)
@@ -554,6 +563,14 @@ def compositor_main(
         send_message(control, {"op": "stats", "stats": stats})
     except OSError:
         pass  # nobody is listening any more
+
+
+def _stderr_report(message: str) -> None:
+    """The compositor's messages: straight to fd 2 (no Python buffering, never raises)."""
+    try:
+        os.write(2, f"compositor: {message}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
 
 
 class CompositorHandle:

@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.contracts.handoff import CodeKind, RunningNow
 from engine.loader.history import (
     RUNNABLE,
     ProjectHistory,
+    Version,
     VersionHistory,
     VersionStatus,
     source_hash,
@@ -137,6 +139,8 @@ class Loader:
         self._lock = threading.RLock()
         self._batch: _Batch | None = None
         self.frame = 0
+        #: Told which module's code runs now (its import, its hooks) for the heartbeat.
+        self.running = RunningNow()
 
     # -- finding sources ----------------------------------------------------------------
     def source_path(self, name: str) -> Path | None:
@@ -230,12 +234,16 @@ class Loader:
         path = self.source_path(name) or (self.systems_dir / f"{name}.py")
         placeholder = types.ModuleType(f"{PACKAGE}.{name}")
         batch.in_progress[name] = placeholder
+        running = self.running.enter(
+            self.running.register(CodeKind.MODULE, name, version, None, path)
+        )
         try:
             loaded = execute_module(name, source, path, version, self, self.load_limit_s)
         except LoadError as err:
             batch.errors[name] = err
             raise
         finally:
+            self.running.leave(running)
             batch.in_progress.pop(name, None)
         batch.prepared[name] = loaded
         loaded.imports = {d for d, users in self.dependents.items() if name in users}
@@ -386,15 +394,22 @@ class Loader:
         if fn is None:
             return None
         wd = self.scheduler.watchdog
+        line = getattr(getattr(fn, "__code__", None), "co_firstlineno", 0)
+        name = self.running.register(
+            CodeKind.HOOK, loaded.name, loaded.version, hook, loaded.path, line
+        )
+        running = self.running.enter(name)
         wd.arm_once(f"{loaded.name}.{hook}")
         try:
             fn(self.world)
         except (Exception, Overrun, SystemExit) as exc:
             wd.disarm_once()
+            self.running.leave(running)
             err = error_from_exception(loaded.name, loaded.path, exc)
             self.report(f"engine: {loaded.name}.{hook} raised: {err}")
             return str(err)
         wd.disarm_once()
+        self.running.leave(running)
         return None
 
     # -- component migration -------------------------------------------------------------
@@ -512,15 +527,14 @@ class Loader:
         return target.number
 
     # -- start-up ----------------------------------------------------------------------------
-    def load_all(self, frame: int = 0, blame_probation: bool = False) -> list[SwapRecord]:
+    def load_all(self, frame: int = 0) -> list[SwapRecord]:
         """Load every project module (the active version of each) and swap them in now.
 
         A module whose file changed while the game was stopped gets a new version. A module
-        that fails to load falls back to its last good version, if it has one. With
-        ``blame_probation`` (a restart after a crash), see :meth:`blame_probation`.
+        that fails to load falls back to its last good version, if it has one. A version
+        the supervisor blamed for a crash or hang is bad and not loaded (see
+        :func:`leave_out`).
         """
-        if blame_probation:
-            self.blame_probation()
         sources: dict[str, str | None] = {}
         versions: dict[str, int] = {}
         for name in self.project_modules():
@@ -542,33 +556,6 @@ class Loader:
         if retry:
             self.prepare(retry, kind="load", versions=versions)
         return self.apply_pending(frame)
-
-    def blame_probation(self) -> None:
-        """After a crash: mark bad each version that was swapped in live and was still on
-        probation (it was new when the game died) and make the version that ran before it
-        active — the last good one, else the newest runnable one before it — or leave the
-        module out if there is none. Versions only loaded at start-up are not blamed: a
-        crash they cause repeats, and the supervisor's crash-loop back-off reports it."""
-        for name in self.project_modules():
-            unit = self.unit(name)
-            active = unit.active
-            if (
-                active is None
-                or active.status is not VersionStatus.PROBATION
-                or active.went_live in ("load", "")
-            ):
-                continue
-            why = "the game process died while this version was on probation"
-            unit.mark(active.number, VersionStatus.BAD, why)
-            before = unit.last_good(before=active.number) or next(
-                (v for v in reversed(unit.versions[: active.number - 1]) if v.status in RUNNABLE),
-                None,
-            )
-            unit.activate(before.number if before else None)
-            self.report(
-                f"engine: blamed {name} v{active.number} for the crash; "
-                + (f"back to v{before.number}" if before else "left out")
-            )
 
     def startup_source(self, name: str) -> tuple[str, int | None] | None:
         """Which source a module starts with: ``(source, version)``, ``version`` None for
@@ -595,3 +582,23 @@ class Loader:
         if active is not None and unchanged and active.status in RUNNABLE:
             return unit.source(active.number), active.number
         return source, None
+
+
+def leave_out(unit: VersionHistory, number: int, why: str) -> Version | None:
+    """Mark version ``number`` of a module bad (``why``) so the next start does not run it.
+
+    The version that ran before it becomes active — the last good one, else the newest
+    runnable one before it — and is returned; with none, the module is left out (``None``)
+    until its file is edited. Used by the supervisor for the version the heartbeat named
+    when the game died or hung, whether it was swapped in live or loaded at start-up.
+    """
+    unit.mark(number, VersionStatus.BAD, why)
+    if unit.active_number is not None and unit.active_number != number:
+        active = unit.get(unit.active_number)
+        if active.status in RUNNABLE:
+            return active  # the blamed version never went live (it died loading)
+    before = unit.last_good(before=number) or next(
+        (v for v in reversed(unit.versions[: number - 1]) if v.status in RUNNABLE), None
+    )
+    unit.activate(before.number if before else None)
+    return before

@@ -29,6 +29,7 @@ from typing import Any
 
 import esper
 
+from engine.contracts.handoff import Phase
 from engine.scheduler.pacing import FRAME_NS
 from engine.scheduler.spec import SystemSpec
 from engine.scheduler.stats import FrameStats, SystemStats
@@ -122,6 +123,7 @@ class SystemHandle:
     hard_ns: int = FRAME_NS  # this system's hard limit (the policy's unless it sets one)
     max_over_budget: int = 3  # frames in a row over budget that disable it
     after: tuple[str, ...] = field(default=())
+    running_id: int = 0  # names this version in the heartbeat (RunningNow.name_handles)
 
     @property
     def enabled(self) -> bool:
@@ -164,6 +166,8 @@ class Scheduler:
         self.cache_stats = SystemStats(CACHE_LINE, self.policy.frame_ns)
         self.frame_stats = FrameStats(self.policy.frame_ns)
         self.frame = 0
+        #: One word the loop stores each system's ``running_id`` into: what runs now.
+        self.running_now = memoryview(bytearray(8)).cast("Q")
 
     # -- the set of systems ----------------------------------------------------------------
     def set_module_systems(
@@ -292,6 +296,7 @@ class Scheduler:
             wd.call_start_ns = t0
             wd.call_limit_ns = h.hard_ns
             wd.key = h.key
+            self.running_now[0] = h.running_id
             try:
                 h.fn(world, dt)
                 wd.key = None
@@ -335,6 +340,7 @@ class Scheduler:
                         )
                     )
         wd.end_frame()
+        self.running_now[0] = Phase.FRAME
         world.clear_dead_entities()
         if esper._cache_dirty:
             self._rebuild_query_cache()
