@@ -379,6 +379,7 @@ def recreate_context() -> gl.Context:
     pyglet.app.windows.discard(surface)
     for previous in [s for s in _surfaces if s.context is old]:
         _surfaces.remove(previous)
+        pyglet.app.windows.add(previous)  # close() takes it out of the app's windows
         previous.close()
     _surfaces.append(surface)
     _local.context = context
