@@ -361,10 +361,10 @@ def test_a_renderer_on_another_thread_gets_that_threads_context(world):
     assert is_red(image[H // 2, W // 2])
 
 
-def test_a_frame_drawn_now_can_be_read_later_and_only_the_newest(world):
+def test_a_frame_drawn_now_can_be_read_later_until_its_buffer_is_reused(world):
     """The pixel-buffer readback in two steps: draw (the GPU copies into the buffer), then
     read (wait for the fence, map, copy out). A read that times out copies nothing and
-    may be tried again; a frame older than the newest drawn cannot be read."""
+    may be tried again; a frame whose buffer two later draws reused cannot be read."""
     from engine.render.renderer import Renderer
     from engine.render.shaders import ShaderLibrary
 

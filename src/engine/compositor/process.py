@@ -80,6 +80,7 @@ class CompositorConfig:
     grace_s: float = 0.5
     compose_lead_ns: int = DEFAULT_COMPOSE_LEAD_NS  # the start; adapted unless adapt_lead=False
     adapt_lead: bool = True
+    timing_warmups: int = 2  # untimed frames before the start-up frame is timed (0: none)
     filter: str = "auto"  # "linear", "nearest", or "auto": see GLComposer
     warp: str = "auto"  # "exact", "mesh", or "auto": see GLComposer
     spin_ns: int = 1_000_000
@@ -235,7 +236,9 @@ class GLComposer:
         border = gl.GL_CLAMP_TO_BORDER
         self._layers = []
         for spec in layer_specs:
-            upload = choose_upload(preference, software, spec.format)
+            upload = self.preferred_upload
+            if spec.format is not upload.layer_format:
+                upload = choose_upload(preference, software, spec.format)
             sets = [
                 [
                     self._texture(spec.width, spec.height, self._filter, border, upload)
@@ -342,13 +345,13 @@ class GLComposer:
         that held one layer at half rate. The frames alternate between each layer's two
         texture sets, so that the first real uploads do not fault in texture memory
         nobody has touched yet (that made the frame a layer's images start arriving a
-        millisecond slower than any before it). At least 2 of each are run.
+        millisecond slower than any before it). At least 2 frames are timed.
         """
         gl = self.gl
         # Written, not np.zeros: untouched pages all read the one shared zero page.
         blanks = [np.full(layer.spec.shape, 128, np.uint8) for layer in self._layers]
         worst = 0
-        warmups, repeats = max(2, warmups), max(2, repeats)
+        warmups, repeats = max(0, warmups), max(2, repeats)
         for repeat in range(warmups + repeats):
             start = clock()
             for layer, blank in zip(self._layers, blanks, strict=True):
@@ -538,7 +541,7 @@ def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.sock
         # run with cold caches and producers still starting (one compose in a few runs
         # came to 1.4 x the timed frame). A frame that cannot fit a period starts at half
         # rate. The loop adapts it from then on.
-        timed = composer.time_frame(eyes)
+        timed = composer.time_frame(eyes, warmups=config.timing_warmups)
         full_rate_most = period_ns - 1_000_000
         fits = timed + 1_000_000 <= full_rate_most
         most = full_rate_most if fits else 2 * period_ns - 1_000_000

@@ -83,13 +83,15 @@ class RenderTimings:
     ``draw_ns``: gathering the scene and issuing every eye's draws; with the ``"sync"``
     readback also waiting for them (``glFinish``), with ``"pbo"`` also issuing the
     copies into the pixel buffer. ``readback_ns``: from then until every eye is in its
-    destination (with ``"pbo"``: waiting for the fence, mapping, copying). ``drawn``:
-    entities drawn per eye (those skipped for an unloadable mesh are not counted).
+    destination (with ``"pbo"``: waiting for the fence, mapping, copying); ``wait_ns`` is
+    the part of it spent waiting for the fence (0 with ``"sync"``). ``drawn``: entities
+    drawn per eye (those skipped for an unloadable mesh are not counted).
     """
 
     draw_ns: int
     readback_ns: int
     drawn: int
+    wait_ns: int = 0
 
 
 class _EyeTarget:
@@ -140,13 +142,14 @@ class _EyeTarget:
 class DrawnFrame:
     """A frame drawn by :meth:`Renderer.draw` whose pixels :meth:`Renderer.read` takes.
 
-    ``fence`` is set for the ``"pbo"`` readback: the pixels are in ``buffer`` once it
-    has signalled.
+    With the ``"pbo"`` readback (``through_buffer``), the pixels are in ring buffer
+    ``buffer`` once ``fence`` has signalled; ``fence`` is ``None`` once they were read.
     """
 
     eyes: int
     draw_ns: int
     drawn: int
+    through_buffer: bool = False
     buffer: int = 0
     fence: Any = None
 
@@ -339,7 +342,7 @@ class Renderer:
     ) -> DrawnFrame:
         """Draw ``world`` once per eye and start the readback; :meth:`read` finishes it.
 
-        Only the newest frame drawn may be read. Entities whose mesh cannot be loaded are
+        Entities whose mesh cannot be loaded are
         skipped (reported once); an unknown shader name draws with ``basic``.
         """
         t0 = time.perf_counter_ns()
@@ -366,7 +369,7 @@ class Renderer:
             fence = gl.glFenceSync(gl.GL_SYNC_GPU_COMMANDS_COMPLETE, 0)
             buffers.fences[index] = fence
             gl.glFlush()  # the GPU starts now, not when the fence is first waited on
-            frame.buffer, frame.fence = index, fence
+            frame.through_buffer, frame.buffer, frame.fence = True, index, fence
         else:
             gl.glFinish()
         frame.draw_ns = time.perf_counter_ns() - t0
@@ -380,13 +383,15 @@ class Renderer:
         With the ``"pbo"`` readback, waits at most ``timeout_ns`` for the frame's fence and
         returns ``None`` if it did not signal (a hung or lost GPU: nothing was copied; the
         frame may be read again later). Raises ``ValueError`` (before copying anything) if
-        the counts differ or a destination is not one :meth:`render` accepts.
+        the counts differ or a destination is not one :meth:`render` accepts, and for a
+        ``"pbo"`` frame already read or whose buffer a later :meth:`draw` took (the ring
+        has two: read a frame before drawing the one after next).
         """
         if frame.eyes != len(destinations):
             raise ValueError(f"{frame.eyes} eyes but {len(destinations)} destinations")
         addresses = [self._address(d) for d in destinations]
         t0 = time.perf_counter_ns()
-        if frame.fence is None:
+        if not frame.through_buffer:
             gl.glPixelStorei(gl.GL_PACK_ALIGNMENT, 1)
             for address, target in zip(addresses, self._targets, strict=False):
                 gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, target.fbo)
@@ -394,9 +399,12 @@ class Renderer:
                     0, 0, self.width, self.height, self._read_format, gl.GL_UNSIGNED_BYTE, address
                 )
             gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
-        elif not self._copy_from_buffer(frame, addresses, timeout_ns):
-            return None
-        return RenderTimings(frame.draw_ns, time.perf_counter_ns() - t0, frame.drawn)
+            waited = 0
+        else:
+            waited = self._copy_from_buffer(frame, addresses, timeout_ns)
+            if waited is None:
+                return None
+        return RenderTimings(frame.draw_ns, time.perf_counter_ns() - t0, frame.drawn, waited)
 
     def _pixel_buffers(self, eyes: int) -> _PixelBuffers:
         eye_bytes = self.width * self.height * 4
@@ -407,13 +415,20 @@ class Renderer:
             buffers = self._buffers = _PixelBuffers(eye_bytes, eyes)
         return buffers
 
-    def _copy_from_buffer(self, frame: DrawnFrame, addresses: list[int], timeout_ns: int) -> bool:
+    def _copy_from_buffer(
+        self, frame: DrawnFrame, addresses: list[int], timeout_ns: int
+    ) -> int | None:
+        """Wait for the frame's fence and copy it out: the ns waited, or ``None``."""
         buffers = self._buffers
+        if frame.fence is None:
+            raise ValueError("this frame was read already")
         if buffers is None or buffers.fences[frame.buffer] is not frame.fence:
-            raise ValueError("only the newest frame drawn can be read (this one was dropped)")
+            raise ValueError("a later frame took this frame's pixel buffer: it can't be read")
+        t0 = time.perf_counter_ns()
         status = gl.glClientWaitSync(frame.fence, gl.GL_SYNC_FLUSH_COMMANDS_BIT, max(0, timeout_ns))
+        waited = time.perf_counter_ns() - t0
         if status not in (gl.GL_ALREADY_SIGNALED, gl.GL_CONDITION_SATISFIED):
-            return False  # GL_TIMEOUT_EXPIRED, or GL_WAIT_FAILED on a lost context
+            return None  # GL_TIMEOUT_EXPIRED, or GL_WAIT_FAILED on a lost context
         buffers.release(frame.buffer)
         frame.fence = None
         size = buffers.eye_bytes * frame.eyes
@@ -422,7 +437,7 @@ class Renderer:
             mapped = gl.glMapBufferRange(gl.GL_PIXEL_PACK_BUFFER, 0, size, gl.GL_MAP_READ_BIT)
             base = ctypes.cast(mapped, ctypes.c_void_p).value
             if not base:
-                return False  # a lost context maps nothing
+                return None  # a lost context maps nothing
             try:
                 for i, address in enumerate(addresses):
                     ctypes.memmove(address, base + i * buffers.eye_bytes, buffers.eye_bytes)
@@ -430,7 +445,7 @@ class Renderer:
                 gl.glUnmapBuffer(gl.GL_PIXEL_PACK_BUFFER)
         finally:
             gl.glBindBuffer(gl.GL_PIXEL_PACK_BUFFER, 0)
-        return True
+        return waited
 
     def _address(self, destination: Destination) -> int:
         if isinstance(destination, np.ndarray):
