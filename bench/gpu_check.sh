@@ -40,8 +40,11 @@ step() {
 # 1. What this machine is, and what the engine's contexts were granted on it.
 step 30 "$out/env.txt" "$python" - <<'PY'
 import os, subprocess
-print(subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                     capture_output=True, text=True).stdout.strip() or "no nvidia-smi")
+try:
+    query = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
+    print(subprocess.run(query, capture_output=True, text=True).stdout.strip())
+except OSError:
+    print("no nvidia-smi")
 os.environ["ENGINE_GL_PRIORITY"] = "high"  # as the compositor asks
 from engine.render.context import _contexts, context_grant, gl, gl_description, reset_status
 from engine.compositor.process import preferred_upload
@@ -62,7 +65,7 @@ step 60 "$out/render_layer.txt" "$python" bench/render_layer.py 50 --format BGRA
 # 3. The compositor: 1 and 4 layers of 2x1280x720 and 2x1440x1600 at 90 Hz, the untuned
 #    baseline in the same run, the game alone and crashed (restart times).
 step 240 "$out/compositor.txt" "$python" bench/compositor.py --seconds 5 --crash-seconds 10 \
-  --sizes 1280x720,1440x1600 --layers 1,4 --before --json "$out/compositor.json"
+  --sizes 1280x720,1440x1600 --layers 1,4 --before --no-linear --json "$out/compositor.json"
 
 # 4. The targets, met or not (from the compositor's JSON).
 step 20 "$out/summary.txt" "$python" - "$out/compositor.json" <<'PY'

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -122,9 +123,10 @@ class ContextGrant:
     """What this process's GL contexts asked for and what the driver granted.
 
     ``priority`` reads e.g. ``"HIGH granted"``, ``"MEDIUM (asked HIGH)"``, ``"not offered
-    (EGL_IMG_context_priority absent)"``, ``"not requested"``; ``reset`` reads ``"lose
-    context on reset"``, ``"no reset notification"``, ``"not offered"`` or ``"not
-    requested"``; ``api`` is ``"EGL"`` or why EGL's attributes could not be used.
+    (EGL_IMG_context_priority absent)"``, ``"LOW (not requested)"``; ``reset`` reads
+    ``"lose context on reset"``, ``"refused (no reset notification)"``, ``"not offered
+    (no reset notification)"`` or ``"not requested"``; ``api`` is ``"EGL"``, ``"GLX"``,
+    or says that pyglet made the contexts with its own attributes.
     """
 
     priority: str
@@ -135,7 +137,9 @@ class ContextGrant:
         return {"priority": self.priority, "reset": self.reset, "api": self.api}
 
 
-def _attribute_sets(extensions: set[str], egl_version: tuple[int, int], request: ContextRequest):
+def _attribute_sets(
+    extensions: set[str], egl_version: tuple[int, int], request: ContextRequest
+) -> list[list[int]]:
     """The extra attribute lists to try, best first; the last one is always empty."""
     priority: list[list[int]] = [[]]
     if request.priority and "EGL_IMG_context_priority" in extensions:
@@ -176,9 +180,9 @@ class _EglContexts:
         egl.eglQueryString.restype = ctypes.c_char_p
         text = egl.eglQueryString(display, egl.EGL_EXTENSIONS) or b""
         self.extensions = set(text.decode(errors="replace").split())
-        version = (egl.eglQueryString(display, egl.EGL_VERSION) or b"1.4").split()[0]
-        major, _, minor = version.decode(errors="replace").partition(".")
-        egl_version = (int(major or 1), int(minor or 4)) if major.isdigit() else (1, 4)
+        version = (egl.eglQueryString(display, egl.EGL_VERSION) or b"").decode(errors="replace")
+        found = re.match(r"\s*(\d+)\.(\d+)", version)
+        egl_version = (int(found[1]), int(found[2])) if found else (1, 4)
         candidates = _attribute_sets(self.extensions, egl_version, self.request)
         if self.chosen is not None:
             candidates = [self.chosen]
