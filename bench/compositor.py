@@ -1,6 +1,7 @@
 """How well the compositor keeps its frame rate, against a bare pacing loop on the same machine.
 
     python bench/compositor.py [--seconds 5] [--crash-seconds 10] [--json PATH]
+        [--sizes 1280x720,1440x1600] [--layers 1,4] [--before] [--no-game]
 
 Runs, one after another, each in its own process at the priority the compositor gets:
 
@@ -9,8 +10,15 @@ Runs, one after another, each in its own process at the priority the compositor 
 2. **1 layer / 4 layers** — the compositor process at 2 x (1280 x 720) on this machine's
    renderer (llvmpipe here), with a producer process publishing a new 1280 x 720 stereo
    image into every layer each display frame (so every frame uploads every layer), with
-   the compositor's automatic choices (on llvmpipe: the mesh warp, nearest sampling);
+   the compositor's automatic choices (on llvmpipe: the mesh warp, nearest sampling, BGRA8
+   layers; on NVIDIA: the exact warp, linear sampling, RGBA8 layers);
    "1 linear" samples with bilinear filtering instead (``CompositorConfig.filter``).
+   ``--sizes`` adds the same runs at other per-eye sizes (``"4 @1440x1600"``; the
+   compositor's eyes are that size too), ``--layers`` sets the layer counts. ``--before``
+   adds, at the first size, each count as the code before the per-driver tuning ran it
+   (``"1 before"``: BGRA8 layers whatever the driver prefers, and the start-up frame
+   timed with its first touches): the baseline for the tuning, in the same run.
+   Below the table, each run's layer path (shared memory), pixel format and upload.
 3. **game / crashes** — the supervisor running a game (fill renderer, 2 x 640 x 360: see
    ``GAME_EYE``), left alone, then killed with SIGKILL again and again: the compositor's
    misses over each run, and how long each restart took, from detection to the new
@@ -38,7 +46,7 @@ from engine.compositor.clock import DisplaySchedule
 from engine.compositor.priority import raise_cpu_priority
 from engine.compositor.process import CompositorConfig, CompositorHandle
 from engine.contracts.handoff import PoseHandoffReader
-from engine.contracts.layer import LayerSpec, LayerWriter
+from engine.contracts.layer import LayerSpec, LayerWriter, PixelFormat
 from engine.contracts.shm import PassedFd, create_block_fd
 from engine.launcher.supervisor import Supervisor
 from engine.policy import FailurePolicy, Settings
@@ -134,15 +142,26 @@ def produce(pose_fd: int, layers: list[tuple[int, LayerSpec]], seconds: float) -
             writer.publish(slot, record.frame, record.sample.eyes, time.monotonic_ns())
 
 
-def run_compositor(layer_count: int, seconds: float, lead_ns: int, filter: str = "auto") -> dict:
+def run_compositor(
+    layer_count: int,
+    seconds: float,
+    lead_ns: int,
+    filter: str = "auto",
+    eye: tuple[int, int] = EYE,
+    before: bool = False,
+) -> dict:
+    """One compositor run; ``before`` runs it as the code before the per-driver tuning
+    did: BGRA8 layers and the start-up frame timed without warm-up frames."""
     pose_fd = create_block_fd("bench-pose")
-    layers = tuple((f"layer{i}", *EYE) for i in range(layer_count))
+    layers = tuple((f"layer{i}", *eye) for i in range(layer_count))
     config = CompositorConfig(
-        eye_width=EYE[0],
-        eye_height=EYE[1],
+        eye_width=eye[0],
+        eye_height=eye[1],
         layers=layers,
         compose_lead_ns=lead_ns,
         filter=filter,
+        layer_format=PixelFormat.BGRA8 if before else None,
+        timing_warmups=0 if before else 2,
     )
     handle = CompositorHandle.start(config, pose_fd)
     producer = SPAWN.Process(
@@ -154,6 +173,8 @@ def run_compositor(layer_count: int, seconds: float, lead_ns: int, filter: str =
     stats = handle.stop()
     os.close(pose_fd)
     stats["rate_hz"] = stats["frames"] / stats["seconds"]
+    stats["eye"] = list(eye)
+    stats["ready"] = handle.ready
     return stats
 
 
@@ -232,7 +253,7 @@ def row(name: str, r: dict, floor: dict) -> str:
     refreshes = r["frames"] + r.get("skipped_slots", 0)
     missed_pct = 100.0 * r["missed"] / max(1, refreshes)
     line = (
-        f"{name:<12} {r['frames']:>6} {r['rate_hz']:>7.2f} "
+        f"{name:<14} {r['frames']:>6} {r['rate_hz']:>7.2f} "
         f"{r['interval_error_ms_p50']:>7.3f} {r['interval_error_ms_p99']:>7.3f} "
         f"{r['missed']:>5} {missed_pct:>6.2f}% "
         f"{r.get('compose_ms_p50', 0):>7.2f} {r.get('compose_ms_p99', 0):>7.2f} "
@@ -272,56 +293,96 @@ def miss_causes(misses: list[dict]) -> str:
     return f"{text}; at frames {frames[:8]}{' ...' if len(frames) > 8 else ''}"
 
 
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``"1280x720,1440x1600"`` -> ``[(1280, 720), (1440, 1600)]``."""
+    sizes = []
+    for part in text.split(","):
+        w, _, h = part.strip().lower().partition("x")
+        sizes.append((int(w), int(h)))
+    return sizes
+
+
+def run_name(count: int, eye: tuple[int, int]) -> str:
+    base = f"{count} layer{'s' if count > 1 else ''}"
+    return base if eye == EYE else f"{count} @{eye[0]}x{eye[1]}"
+
+
+def layer_path(r: dict) -> str:
+    """Which path a run's layers took, their format and how they were uploaded."""
+    gl = r.get("gl", {})
+    path = gl.get("layer_path", "shared memory")
+    uploads = gl.get("uploads_as") or ["?"]
+    return f"{path}, {uploads[0]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--crash-seconds", type=float, default=10.0)
     parser.add_argument("--lead-ms", type=float, default=4.0, help="compose lead")
+    parser.add_argument("--sizes", default=f"{EYE[0]}x{EYE[1]}", help="per-eye sizes, a,b")
+    parser.add_argument("--layers", default="1,4", help="layer counts at each size")
+    parser.add_argument("--before", action="store_true", help="add the untuned baseline runs")
+    parser.add_argument("--no-linear", action="store_true", help="skip the '1 linear' run")
+    parser.add_argument("--no-game", action="store_true", help="skip the game and crash runs")
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args(argv)
     lead = round(args.lead_ms * 1e6)
+    sizes = parse_sizes(args.sizes)
+    counts = [int(c) for c in args.layers.split(",")]
     t0 = time.monotonic()
     results = {"floor": run_floor(args.seconds, lead)}
-    results["1 layer"] = run_compositor(1, args.seconds, lead)
-    results["1 linear"] = run_compositor(1, args.seconds, lead, filter="linear")
-    results["4 layers"] = run_compositor(4, args.seconds, lead)
-    results["game"] = run_game(args.crash_seconds, lead, crash=False)
-    results["crashes"] = run_game(args.crash_seconds, lead, crash=True)
+    for eye in sizes:
+        for count in counts:
+            results[run_name(count, eye)] = run_compositor(count, args.seconds, lead, eye=eye)
+            if args.before and eye == sizes[0]:
+                name = f"{count} before"
+                results[name] = run_compositor(count, args.seconds, lead, eye=eye, before=True)
+            if count == 1 and eye == sizes[0] and not args.no_linear:
+                results["1 linear"] = run_compositor(1, args.seconds, lead, "linear", eye=eye)
+    if not args.no_game:
+        results["game"] = run_game(args.crash_seconds, lead, crash=False)
+        results["crashes"] = run_game(args.crash_seconds, lead, crash=True)
     floor = results["floor"]
+    first = next(r for name, r in results.items() if name != "floor")
     print(
-        f"\ncompositor at {RATE_HZ:g} Hz, 2 x {EYE[0]}x{EYE[1]}, "
-        f"{results['1 layer']['priority']['cpu']}, GPU priority: "
-        f"{results['1 layer']['priority']['gpu']}; compose lead {args.lead_ms:g} ms; "
-        f"{os.cpu_count()} CPUs; bench took {time.monotonic() - t0:.0f} s"
+        f"\ncompositor at {RATE_HZ:g} Hz, {first['priority']['cpu']}, GPU priority: "
+        f"{first['priority']['gpu']} (reset: {first['priority'].get('gpu_reset', '?')}); "
+        f"compose lead {args.lead_ms:g} ms; {os.cpu_count()} CPUs; "
+        f"bench took {time.monotonic() - t0:.0f} s"
     )
+    print(f"GL: {first.get('ready', {}).get('gl', '?')}")
     print(
-        f"{'run':<12} {'frames':>6} {'Hz':>7} {'err p50':>7} {'err p99':>7} "
+        f"{'run':<14} {'frames':>6} {'Hz':>7} {'err p50':>7} {'err p99':>7} "
         f"{'missed':>5} {'':>7} {'cmp p50':>7} {'cmp p99':>7} {'age p50':>7} {'age p99':>7}"
         "   vs floor"
     )
     for name, r in results.items():
         print(row(name, r, floor))
-    print(f"(game and crashes at 2 x {GAME_EYE[0]}x{GAME_EYE[1]}, the others at 2 x 1280x720)")
+    print(
+        f"(game and crashes at 2 x {GAME_EYE[0]}x{GAME_EYE[1]}; '@WxH' runs at 2 x WxH, "
+        f"the others at 2 x {EYE[0]}x{EYE[1]})"
+    )
     print(
         "(ms; err = |interval between presents - period|; missed = refreshes without an "
         "on-time frame, % of refreshes; cmp = pose sample to frame drawn; "
         "age = pose age at present)"
     )
     print(
-        "\na full frame timed at start-up (every layer uploaded and warped; how fast this "
-        "VM was during each run):"
+        "\neach run's layers, and a full frame timed at start-up (every layer uploaded and "
+        "warped; how fast this VM was during each run):"
     )
     for name, r in results.items():
         timed = r.get("gl", {}).get("timed_frame_ms")
         if timed is not None:
-            print(f"  {name:<10} {timed:.2f} ms")
+            print(f"  {name:<14} {timed:6.2f} ms  {layer_path(r)}")
     print("\nwhere the misses came from (the last 32 of each run):")
     for name, r in results.items():
         if name != "floor" and r.get("recent_misses"):
-            print(f"  {name:<10} {miss_causes(r['recent_misses'])}")
-    crashes = results["crashes"]
-    restart_ms = crashes["restart_ms"]
-    if restart_ms:
+            print(f"  {name:<14} {miss_causes(r['recent_misses'])}")
+    crashes = results.get("crashes")
+    restart_ms = crashes["restart_ms"] if crashes else []
+    if crashes and restart_ms:
         print(
             f"\ncrashes: {crashes['crashes']} induced (SIGKILL), {len(restart_ms)} restarts timed: "
             f"detection -> first new game frame p50 {statistics.median(restart_ms):.0f} ms, "

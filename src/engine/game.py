@@ -209,7 +209,9 @@ class Engine:
     def _start_rendering(self, settings: RenderSettings, layer_fd: int | None) -> None:
         from engine.render.stage import RenderStage
 
-        stage = RenderStage(settings, self.project_dir, self.history_store, layer_fd)
+        stage = RenderStage(
+            settings, self.project_dir, self.history_store, layer_fd, report=self.report
+        )
         self.render_stage = stage
         self.world.resources[RenderStage] = stage
         if self.pose_source is None:
@@ -220,6 +222,9 @@ class Engine:
         self.before_frame.append(lambda eng: self._apply_shader_swaps(stage))
 
     def _apply_shader_swaps(self, stage: RenderStage) -> None:
+        # Between frames, outside any system: a lost GL context is remade here, where the
+        # watchdog cannot interrupt it half-way.
+        stage.check_context()
         for swap in stage.shaders.apply_pending():
             self.shader_swaps.append(swap)
 

@@ -6,12 +6,14 @@ The process never imports or runs user code. What it holds:
   sends the fds to its parent over the control socket, which hands them to producers;
 * the pose handoff block, whose fd the parent passes in; the process writes it each frame;
 * a control socket (``SOCK_SEQPACKET``, one JSON object per message): ``ready`` once at
-  start (priorities granted, GL renderer), and ``{"op": "stop"}`` answered by the final
-  stats. It is polled without blocking once per frame; a parent that goes away (socket
-  closed) stops the compositor too.
+  start (priorities granted, GL renderer, the layers' pixel format and how they are
+  uploaded), and ``{"op": "stop"}`` answered by the final stats. It is polled without
+  blocking once per frame; a parent that goes away (socket closed) stops the compositor
+  too.
 
-Start-up order matters: priority first (threads created later inherit it), then the
-headless choice, then GL.
+Start-up order matters: priority first (threads created later inherit it; the GPU
+priority is asked for when the GL context is made), then the headless choice, then GL,
+then the layers (their pixel format is the one the driver uploads fastest).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +34,13 @@ import numpy as np
 
 from engine.compositor.clock import DEFAULT_COMPOSE_LEAD_NS, DisplaySchedule
 from engine.compositor.loop import CompositorLoop, LayerDraw
-from engine.compositor.priority import gpu_context_priority, raise_cpu_priority
+from engine.compositor.priority import (
+    gpu_context_priority,
+    raise_cpu_priority,
+    request_gpu_priority,
+)
 from engine.compositor.timewarp import fov_tangents, rotation_delta
+from engine.compositor.upload import UploadFormat, choose_upload, driver_preference
 from engine.contracts.handoff import PoseHandoffWriter
 from engine.contracts.layer import (
     LayerReader,
@@ -57,8 +64,9 @@ class CompositorConfig:
     """Everything the compositor process is started with (picklable).
 
     ``layers`` are ``(name, width, height)``, bottom first; each gets 2 eyes and 3 images
-    in ``layer_format`` (BGRA8 by default: the format textures are stored in, uploaded
-    without conversion; producers read the format from the layer's header).
+    in ``layer_format``; ``None`` (the default) takes the format the driver uploads
+    fastest (:func:`engine.compositor.upload.choose_upload`: BGRA8 on Mesa, RGBA8 on
+    NVIDIA). Producers read the format from the layer's header.
     ``pose`` is ``"simulated"`` (the scripted headset) or ``"trace:PATH"`` (a recorded
     head trace, looped).
     """
@@ -67,11 +75,12 @@ class CompositorConfig:
     eye_width: int = 1280
     eye_height: int = 720
     layers: tuple[tuple[str, int, int], ...] = (("game", 1280, 720),)
-    layer_format: PixelFormat = PixelFormat.BGRA8
+    layer_format: PixelFormat | None = None
     deadline_periods: float = 2.0
     grace_s: float = 0.5
     compose_lead_ns: int = DEFAULT_COMPOSE_LEAD_NS  # the start; adapted unless adapt_lead=False
     adapt_lead: bool = True
+    timing_warmups: int = 2  # untimed frames before the start-up frame is timed (0: none)
     filter: str = "auto"  # "linear", "nearest", or "auto": see GLComposer
     warp: str = "auto"  # "exact", "mesh", or "auto": see GLComposer
     spin_ns: int = 1_000_000
@@ -82,8 +91,10 @@ class CompositorConfig:
     frames: int | None = None  # stop by itself after this many frames (benchmarks)
     input_script: str | None = None  # scripted input played into the input block
 
-    def layer_specs(self) -> list[LayerSpec]:
-        return [LayerSpec(width=w, height=h, format=self.layer_format) for _, w, h in self.layers]
+    def layer_specs(self, default_format: PixelFormat = PixelFormat.BGRA8) -> list[LayerSpec]:
+        """Each layer's spec, in ``layer_format`` or else ``default_format``."""
+        fmt = self.layer_format or default_format
+        return [LayerSpec(width=w, height=h, format=fmt) for _, w, h in self.layers]
 
 
 # --- control messages -----------------------------------------------------------------
@@ -122,6 +133,7 @@ class _LayerTextures:
     """
 
     spec: LayerSpec
+    upload: UploadFormat
     textures: list[list[int]]  # [set][eye]
     front: int = 0
     front_key: tuple[int, int] | None = None
@@ -136,6 +148,15 @@ SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swrast")
 def is_software_renderer(renderer: str) -> bool:
     """Whether a ``GL_RENDERER`` string names a CPU renderer."""
     return any(name in renderer.lower() for name in SOFTWARE_RENDERERS)
+
+
+def preferred_upload() -> UploadFormat:
+    """The layer format and upload the current context's driver copies fastest (see
+    :func:`engine.compositor.upload.choose_upload`). Needs a current GL context."""
+    from engine.render.context import gl
+
+    software = is_software_renderer(gl.gl_info.get_renderer())
+    return choose_upload(driver_preference(gl), software)
 
 
 class GLComposer:
@@ -153,6 +174,10 @@ class GLComposer:
     Layers are blended in order with premultiplied alpha (``ONE, ONE_MINUS_SRC_ALPHA``,
     OpenXR's default): a layer's colour is already multiplied by its alpha, so filtering
     never darkens edges, and a layer drawn opaque (alpha 255) covers what is below.
+
+    Each layer's textures are stored and uploaded as the driver prefers for the layer's
+    pixel format (:mod:`engine.compositor.upload`; ``preferred_upload`` is the driver's
+    own choice, which the compositor process creates its layers in).
 
     Each new layer image is uploaded once, into the texture not being shown, and checked
     with the layer's seqlock afterwards; an image the producer overwrote during the upload
@@ -184,14 +209,17 @@ class GLComposer:
         self.gl = gl
         self.eye_width, self.eye_height = eye_width, eye_height
         software = is_software_renderer(gl.gl_info.get_renderer())
+        preference = driver_preference(gl)
+        self.preferred_upload = choose_upload(preference, software)
         if filter == "auto":
             filter = "nearest" if software else "linear"
         if warp == "auto":
             warp = "mesh" if software else "exact"
         self.filter, self.warp = filter, warp
         self._filter = gl.GL_LINEAR if filter == "linear" else gl.GL_NEAREST
+        eye_format = choose_upload(None, True)  # render targets: BGRA, as ever
         self._eye_textures = [
-            self._texture(eye_width, eye_height, gl.GL_LINEAR, gl.GL_CLAMP_TO_EDGE)
+            self._texture(eye_width, eye_height, gl.GL_LINEAR, gl.GL_CLAMP_TO_EDGE, eye_format)
             for _ in range(2)
         ]
         self._fbos = []
@@ -207,19 +235,19 @@ class GLComposer:
         # Layers clamp to their (transparent) border: beyond the rendered image the timewarp
         # shows the layers below, not the image's edge pixels smeared outwards.
         border = gl.GL_CLAMP_TO_BORDER
-        self._layers = [
-            _LayerTextures(
-                spec,
+        self._layers = []
+        for spec in layer_specs:
+            upload = self.preferred_upload
+            if spec.format is not upload.layer_format:
+                upload = choose_upload(preference, software, spec.format)
+            sets = [
                 [
-                    [
-                        self._texture(spec.width, spec.height, self._filter, border)
-                        for _ in range(spec.eyes)
-                    ]
-                    for _ in range(2)
-                ],
-            )
-            for spec in layer_specs
-        ]
+                    self._texture(spec.width, spec.height, self._filter, border, upload)
+                    for _ in range(spec.eyes)
+                ]
+                for _ in range(2)
+            ]
+            self._layers.append(_LayerTextures(spec, upload, sets))
         # One warp pass: the mesh draws its edge cells with its own exact program.
         self.mesh = MeshTimewarpPass(mesh_cell or CELL_PX) if warp == "mesh" else None
         self.timewarp = TimewarpPass() if warp == "exact" else None
@@ -229,17 +257,19 @@ class GLComposer:
         self.rejected_images = 0
         self.timed_frame_ns: int | None = None  # what time_frame measured, if it ran
 
-    def _texture(self, width: int, height: int, filter: int, wrap: int) -> int:
+    def _texture(
+        self, width: int, height: int, filter: int, wrap: int, upload: UploadFormat
+    ) -> int:
         gl = self.gl
         name = gl.GLuint()
         gl.glGenTextures(1, ctypes.byref(name))
         gl.glBindTexture(gl.GL_TEXTURE_2D, name.value)
-        # Unsized RGBA described as BGRA bytes: Mesa then stores BGRA, the only 8-bit
-        # layout llvmpipe's linear path renders into (22.x). BGRA8 layer images upload as a
-        # plain copy; RGBA8 ones are converted on the way in.
+        # For BGRA8: unsized RGBA described as BGRA bytes; Mesa then stores BGRA, the only
+        # 8-bit layout llvmpipe's linear path renders into (22.x), and BGRA8 layer images
+        # upload as a plain copy. For RGBA8: sized RGBA8, what NVIDIA copies fastest.
         gl.glTexImage2D(
-            gl.GL_TEXTURE_2D, 0, gl.GL_RGBA, width, height, 0, gl.GL_BGRA,
-            gl.GL_UNSIGNED_BYTE, None,
+            gl.GL_TEXTURE_2D, 0, upload.internal_format, width, height, 0,
+            upload.data_format, upload.data_type, None,
         )  # fmt: skip
         for pname, value in (
             (gl.GL_TEXTURE_MIN_FILTER, filter),
@@ -273,14 +303,13 @@ class GLComposer:
             self.torn_uploads += 1
 
     def _upload_pixels(self, layer: _LayerTextures, texture_set: int, pixels: np.ndarray) -> None:
-        gl, spec = self.gl, layer.spec
-        data_format = gl.GL_BGRA if spec.format is PixelFormat.BGRA8 else gl.GL_RGBA
+        gl, spec, upload = self.gl, layer.spec, layer.upload
         gl.glPixelStorei(gl.GL_UNPACK_ALIGNMENT, 1)
         for eye, texture in enumerate(layer.textures[texture_set]):
             gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
             gl.glTexSubImage2D(
-                gl.GL_TEXTURE_2D, 0, 0, 0, spec.width, spec.height, data_format,
-                gl.GL_UNSIGNED_BYTE, ctypes.c_void_p(pixels[eye].ctypes.data),
+                gl.GL_TEXTURE_2D, 0, 0, 0, spec.width, spec.height, upload.data_format,
+                upload.data_type, ctypes.c_void_p(pixels[eye].ctypes.data),
             )  # fmt: skip
         gl.glBindTexture(gl.GL_TEXTURE_2D, 0)
 
@@ -300,22 +329,32 @@ class GLComposer:
             assert self.timewarp is not None
             self.timewarp.draw(texture, delta, out_tan, src_tan)
 
-    def time_frame(self, eyes: tuple[EyeView, EyeView], repeats: int = 5) -> int:
-        """The slowest of ``repeats`` full frames, in ns: every layer uploaded and warped
-        by a typical turn.
+    def time_frame(
+        self,
+        eyes: tuple[EyeView, EyeView],
+        repeats: int = 5,
+        warmups: int = 2,
+        clock: Callable[[], int] = time.perf_counter_ns,
+    ) -> int:
+        """The slowest of ``repeats`` full frames, in ns of ``clock``: every layer
+        uploaded and warped by a typical turn.
 
         What a frame costs before any has run; the compositor starts its compose lead
-        from it, so the first frames are not late while the lead adapts. The repeats
-        alternate between each layer's two texture sets, so that the first real uploads
-        do not fault in texture memory nobody has touched yet (that made the frame a
-        layer's images start arriving a millisecond slower than any before it).
+        from it, so the first frames are not late while the lead adapts. ``warmups``
+        untimed frames come first: the first touch of each texture set costs several
+        times a steady frame (14.6 ms against 5 ms on an H200), and a lead started from
+        that held one layer at half rate. The frames alternate between each layer's two
+        texture sets, so that the first real uploads do not fault in texture memory
+        nobody has touched yet (that made the frame a layer's images start arriving a
+        millisecond slower than any before it). At least 2 frames are timed.
         """
         gl = self.gl
         # Written, not np.zeros: untouched pages all read the one shared zero page.
         blanks = [np.full(layer.spec.shape, 128, np.uint8) for layer in self._layers]
         worst = 0
-        for repeat in range(max(2, repeats)):
-            start = time.perf_counter_ns()
+        warmups, repeats = max(0, warmups), max(2, repeats)
+        for repeat in range(warmups + repeats):
+            start = clock()
             for layer, blank in zip(self._layers, blanks, strict=True):
                 self._upload_pixels(layer, repeat % 2, blank)
             gl.glBlendFunc(gl.GL_ONE, gl.GL_ONE_MINUS_SRC_ALPHA)
@@ -330,7 +369,8 @@ class GLComposer:
             gl.glDisable(gl.GL_BLEND)
             gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
             self.finish()
-            worst = max(worst, time.perf_counter_ns() - start)
+            if repeat >= warmups:
+                worst = max(worst, clock() - start)
         self.timed_frame_ns = worst
         return worst
 
@@ -409,6 +449,10 @@ class GLComposer:
         gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, 0)
         return out
 
+    def layer_uploads(self) -> list[UploadFormat]:
+        """How each layer (bottom first) is stored and uploaded."""
+        return [layer.upload for layer in self._layers]
+
     def eye_textures(self) -> tuple[int, int]:
         return (self._eye_textures[0], self._eye_textures[1])
 
@@ -419,6 +463,9 @@ class GLComposer:
             "rejected_images": self.rejected_images,
             "warp": self.warp,
             "filter": self.filter,
+            "layer_formats": [layer.spec.format.name for layer in self._layers],
+            "uploads_as": [layer.upload.describe() for layer in self._layers],
+            "driver_prefers": self.preferred_upload.describe(),
             "timed_frame_ms": None if self.timed_frame_ns is None else self.timed_frame_ns / 1e6,
         }
         if self.mesh is not None:
@@ -473,7 +520,12 @@ def compositor_main(
 
     pyglet.options["headless"] = not config.window
     os.environ["PYGLET_HEADLESS"] = "0" if config.window else "1"
-    specs = config.layer_specs()
+    request_gpu_priority("high")  # before the context is made: it is asked for then
+    from engine.render.context import gl_description, offscreen_context
+
+    offscreen_context()
+    preferred = preferred_upload()
+    specs = config.layer_specs(preferred.layer_format)
     readers = []
     for (name, _, _), spec in zip(config.layers, specs, strict=True):
         fd = create_layer_fd(spec, name=f"layer-{name}")
@@ -482,7 +534,6 @@ def compositor_main(
         os.close(fd)  # the reader's mapping and the parent's copy keep the block alive
 
     from engine.compositor.sinks import HeadlessSink, MirrorWindowSink
-    from engine.render.context import gl_description
 
     composer = GLComposer(
         config.eye_width, config.eye_height, specs, filter=config.filter, warp=config.warp
@@ -505,7 +556,7 @@ def compositor_main(
         # run with cold caches and producers still starting (one compose in a few runs
         # came to 1.4 x the timed frame). A frame that cannot fit a period starts at half
         # rate. The loop adapts it from then on.
-        timed = composer.time_frame(eyes)
+        timed = composer.time_frame(eyes, warmups=config.timing_warmups)
         full_rate_most = period_ns - 1_000_000
         fits = timed + 1_000_000 <= full_rate_most
         most = full_rate_most if fits else 2 * period_ns - 1_000_000
@@ -527,8 +578,12 @@ def compositor_main(
     )
     if input_fd is not None:
         sink.started = lambda: any(w.image is not None for w in loop.watches)
-    priority = {"cpu": cpu, "gpu": gpu}
-    send_message(control, {"op": "ready", "priority": priority, "gl": gl_description()})
+    priority = {"cpu": cpu, **gpu}
+    # Every layer has the one format: the first says how they all upload.
+    upload = composer.layer_uploads()[0] if specs else preferred
+    formats = {"layer_format": upload.layer_format.name, "upload": upload.describe()}
+    ready = {"op": "ready", "priority": priority, "gl": gl_description(), **formats}
+    send_message(control, ready)
     control.setblocking(False)
     stop_requested = False
 

@@ -240,6 +240,19 @@ class ShaderLibrary:
             raise RuntimeError(f"the built-in {DEFAULT_PROGRAM!r} shader program does not build")
         return self.program(DEFAULT_PROGRAM)
 
+    def rebuild(self) -> None:
+        """Build every running program again, from the stages it runs, in the current context.
+
+        For after the GL context was lost and replaced: the old programs went with it. A
+        program that does not build again is dropped (the next :meth:`program` call
+        builds it from its files, or falls back to ``basic``).
+        """
+        for name, running in list(self._running.items()):
+            try:
+                self._running[name] = _Running(_compile(running.stages), running.stages)
+            except _BuildFailed:
+                del self._running[name]
+
     def last_error(self, name: str) -> ShaderError | None:
         """The error of the last failed build of program ``name``, cleared by a good one."""
         return self._errors.get(name)

@@ -5,16 +5,26 @@ the built-in render system (``systems/render.py``) calls :meth:`RenderStage.draw
 frame. Keeping the GL objects here, not in the system module, means the render system can
 be edited and hot-swapped like any other while the context, buffers and layer stay put.
 
-Each frame both eyes are drawn with the frame's pose and read back straight into a free
-image of the layer (no intermediate copy), which is then published with that pose.
-Standalone, the stage creates its own layer; under the compositor, the compositor creates
-it and hands over its file descriptor.
+Each frame both eyes are drawn with the frame's pose and read back into a free image of
+the layer, which is then published with that pose: on a GPU through a pixel-buffer object
+and a fence (the stage waits for the fence, bounded by ``readback_timeout_ns``, maps the
+buffer and copies it into the image), on a CPU renderer straight into the image (see
+:mod:`engine.render.renderer`). The pixels are in the layer's format (RGBA8 or BGRA8: the
+compositor chooses, the game follows). Standalone, the stage creates its own layer; under
+the compositor, the compositor creates it and hands over its file descriptor.
+
+A GPU reset loses the stage's GL context (the engine asks for contexts that are lost, not
+hung, where the driver offers it). :meth:`RenderStage.check_context`, called between
+frames, sees it (``glGetGraphicsResetStatus``), makes a new context and every GL object
+again (framebuffers, buffers, meshes, the running shader programs), and the game goes on
+from the next frame instead of dying with its context.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +57,11 @@ class RenderSettings:
     fov: Fov | None = None
     #: The layer's pixel format; a game under the compositor takes the one it asks for.
     pixel_format: PixelFormat = PixelFormat.RGBA8
+    #: How pixels come back: ``"pbo"``, ``"sync"`` or ``"auto"`` (see the renderer).
+    readback: str = "auto"
+    #: How long a frame's pixels may take to arrive before it is not published (under the
+    #: render system's hard limit, so a stuck GPU costs frames, not the system).
+    readback_timeout_ns: int = 40_000_000
 
     @property
     def view_fov(self) -> Fov:
@@ -80,6 +95,9 @@ class RenderStage:
         project_dir: where ``shaders/`` live (and their history).
         history: the project's history (shader versions join it).
         layer_fd: a layer block made by the compositor; ``None`` makes one here.
+        report: where messages go (a lost context and its recovery).
+        reset_status: the context's reset status (default: ``glGetGraphicsResetStatus``; a
+            test injects one, as a real reset cannot be provoked on demand).
     """
 
     def __init__(
@@ -88,7 +106,11 @@ class RenderStage:
         project_dir: Path | None = None,
         history: ProjectHistory | None = None,
         layer_fd: int | None = None,
+        report: Callable[[str], None] = lambda message: None,
+        reset_status: Callable[[], int] | None = None,
     ) -> None:
+        # Not at the top: importing this module (for RenderSettings) must not load GL.
+        from engine.render.context import reset_status as context_reset_status
         from engine.render.renderer import Renderer
         from engine.render.shaders import ShaderLibrary
 
@@ -100,6 +122,7 @@ class RenderStage:
             self.shaders,
             clear_color=settings.clear_color,
             bgra=settings.pixel_format is PixelFormat.BGRA8,
+            readback=settings.readback,
         )
         self.spec = LayerSpec(settings.width, settings.height, eyes=2, format=settings.pixel_format)
         self.owns_layer = layer_fd is None
@@ -107,6 +130,11 @@ class RenderStage:
         self.writer = LayerWriter(self.layer_fd, self.spec)
         self.last_frame = -1  # the frame number last published
         self.last = RenderFrameTimes()
+        self.report = report
+        self._reset_status = reset_status or context_reset_status
+        self.context_lost: str | None = None  # why, until check_context recovers
+        self.context_resets = 0
+        self.late_readbacks = 0  # frames not published: their pixels did not arrive in time
 
     def warm_up(self, world: object) -> None:
         """Draw once without publishing: context, programs and meshes are made now, not
@@ -120,17 +148,59 @@ class RenderStage:
         return eyes_from_head(self.settings.default_head, fov=self.settings.view_fov)
 
     def draw(self, world: object, frame: int, eyes: tuple[EyeView, ...] | None) -> None:
-        """Draw both eyes into a free layer image and publish it with the pose used."""
+        """Draw both eyes into a free layer image and publish it with the pose used.
+
+        Skipped (nothing drawn or published) while the context is lost. A frame whose
+        pixels do not arrive within ``readback_timeout_ns`` is not published
+        (``late_readbacks``); if the context was lost meanwhile, that is recorded for
+        :meth:`check_context`.
+        """
+        if self.context_lost is not None:
+            return
         views = self.eyes_for(eyes)
+        drawn = self.renderer.draw(world, views)
         slot = self.writer.acquire()
         # Addresses, not views: the layer and the renderer agree on the size by construction.
-        timings = self.renderer.render(world, views, [slot.address(i) for i in range(len(views))])
+        addresses = [slot.address(i) for i in range(len(views))]
+        timings = self.renderer.read(drawn, addresses, self.settings.readback_timeout_ns)
+        if timings is None:
+            self.late_readbacks += 1
+            self._note_reset()
+            return  # the slot stays acquired: the next frame draws into it again
         t0 = time.perf_counter_ns()
         self.writer.publish(slot, frame=frame, eyes=tuple(views), completed_ns=time.monotonic_ns())
         self.last = RenderFrameTimes(
             timings.draw_ns, timings.readback_ns, time.perf_counter_ns() - t0, timings.drawn
         )
         self.last_frame = frame
+
+    def _note_reset(self) -> bool:
+        from engine.render.context import GL_NO_ERROR, RESET_STATUS_NAMES
+
+        status = self._reset_status()
+        if status != GL_NO_ERROR and self.context_lost is None:
+            self.context_lost = RESET_STATUS_NAMES.get(status, f"reset status {status:#x}")
+        return self.context_lost is not None
+
+    def check_context(self) -> bool:
+        """Between frames: if the GL context was lost, make a new one; whether it did.
+
+        The new context gets every GL object the stage had made again: framebuffers and
+        pixel buffers on the next frame, meshes on their next draw, shader programs now
+        (from the versions running). Raises ``pyglet.gl.ContextException`` if no new
+        context can be made (the process then dies, and its supervisor restarts it).
+        """
+        if not self._note_reset():
+            return False
+        from engine.render.context import recreate_context
+
+        self.report(f"render: GL context lost ({self.context_lost}); making a new one")
+        recreate_context()
+        self.renderer.forget_gl_objects()
+        self.shaders.rebuild()
+        self.context_resets += 1
+        self.context_lost = None
+        return True
 
     def _latest_eyes(self) -> np.ndarray | None:
         """A copy of the newest published frame's eyes, (eyes, h, w, RGBA), rows bottom-up."""
