@@ -206,7 +206,7 @@ class VulkanImageAllocator:
             tuple(a.size for a in made), self.chosen.device_uuid, self.chosen.driver_uuid,
             GpuFormat.RGBA8, Tiling.OPTIMAL, dedicated=True,
         )  # fmt: skip
-        return GpuImagesOffer(images, tuple(a.fd for a in made))
+        return GpuImagesOffer(images, tuple(a.fd for a in made), self.describe())
 
     def _allocate_one(self, width: int, height: int) -> _Allocation:
         fns, device = self.device_fns, self.device
@@ -435,3 +435,21 @@ def offer_layer_images(
     except ImportRefused as exc:
         return not_offered(f"the compositor's GL cannot import the images: {exc}"), None
     return offer, imported
+
+
+def open_allocator(mode: str = "auto") -> tuple[VulkanImageAllocator | None, str]:
+    """The allocator for the current GL context, or ``None`` and why not.
+
+    ``mode`` is ``"auto"`` (GPU memory where Vulkan and GL allow) or ``"off"`` (shared
+    memory always). Never raises for a missing driver, device or extension; raises
+    ``ValueError`` for another ``mode``.
+    """
+    if mode == "off":
+        return None, "turned off (gpu_images='off')"
+    if mode != "auto":
+        raise ValueError(f"gpu_images must be 'auto' or 'off', got {mode!r}")
+    try:
+        allocator = VulkanImageAllocator.for_current_context()
+    except GpuImagesUnavailable as exc:
+        return None, str(exc)
+    return allocator, allocator.describe()

@@ -4,6 +4,10 @@ The process never imports or runs user code. What it holds:
 
 * the layers it reads: it creates each block itself (:func:`create_layer_fd`, sealed) and
   sends the fds to its parent over the control socket, which hands them to producers;
+  where Vulkan and GL allow, each layer's images in GPU memory too
+  (:mod:`engine.compositor.gpu_images`): it allocates them, imports them into its own GL
+  context and sends their fds after the block's (or why it could not); it samples them in
+  place and never draws into them;
 * the pose handoff block, whose fd the parent passes in; the process writes it each frame;
 * a control socket (``SOCK_SEQPACKET``, one JSON object per message): ``ready`` once at
   start (priorities granted, GL renderer), and ``{"op": "stop"}`` answered by the final
@@ -11,7 +15,7 @@ The process never imports or runs user code. What it holds:
   closed) stops the compositor too.
 
 Start-up order matters: priority first (threads created later inherit it), then the
-headless choice, then GL.
+headless choice, then GL, then the layers (their GPU images go on the GL context's device).
 """
 
 from __future__ import annotations
@@ -34,8 +38,15 @@ from engine.compositor.clock import DEFAULT_COMPOSE_LEAD_NS, DisplaySchedule
 from engine.compositor.loop import CompositorLoop, LayerDraw
 from engine.compositor.priority import gpu_context_priority, raise_cpu_priority
 from engine.compositor.timewarp import fov_tangents, rotation_delta
+from engine.contracts.gpu_layer import (
+    GpuImagesOffer,
+    not_offered,
+    recv_gpu_images,
+    send_gpu_images,
+)
 from engine.contracts.handoff import PoseHandoffWriter
 from engine.contracts.layer import (
+    ImageStorage,
     LayerReader,
     LayerSpec,
     PixelFormat,
@@ -80,6 +91,8 @@ class CompositorConfig:
     realtime: bool = True
     pose: str = "simulated"
     frames: int | None = None  # stop by itself after this many frames (benchmarks)
+    #: "auto": layer images in GPU memory where Vulkan and GL allow; "off": shared memory.
+    gpu_images: str = "auto"
 
     def layer_specs(self) -> list[LayerSpec]:
         return [LayerSpec(width=w, height=h, format=self.layer_format) for _, w, h in self.layers]
@@ -126,6 +139,16 @@ class _LayerTextures:
     front_key: tuple[int, int] | None = None
     failed_key: tuple[int, int] | None = None
     eyes: tuple[EyeView, ...] = field(default_factory=tuple)
+    gpu: Any = None  # the layer's GPU images imported here (ImportedImages), if offered
+    gpu_reason: str = "not offered"  # why the layer has GPU images or not
+    gpu_index: int | None = None  # the GPU image shown; None: the uploaded set is
+    shown_from: str | None = None  # "gpu memory" or "shared memory": the last image's
+
+    def texture(self, eye: int) -> int:
+        """The texture shown for ``eye``: the GPU image in place, or the uploaded copy."""
+        if self.gpu_index is not None:
+            return self.gpu.textures[self.gpu_index][eye].texture
+        return self.textures[self.front][eye]
 
 
 #: GL renderers that draw on the CPU (Mesa's llvmpipe and softpipe).
@@ -226,6 +249,9 @@ class GLComposer:
         self.uploads = 0
         self.torn_uploads = 0
         self.rejected_images = 0
+        self.gpu_images_shown = 0
+        self.torn_gpu_samples = 0
+        self._sampled_gpu: list[LayerDraw] = []  # last frame's GPU images, checked next frame
         self.timed_frame_ns: int | None = None  # what time_frame measured, if it ran
 
     def _texture(self, width: int, height: int, filter: int, wrap: int) -> int:
@@ -250,10 +276,55 @@ class GLComposer:
         gl.glBindTexture(gl.GL_TEXTURE_2D, 0)
         return name.value
 
+    def attach_gpu_images(self, layer_index: int, offer: GpuImagesOffer) -> str | None:
+        """Import layer ``layer_index``'s GPU images into this context, to sample in place.
+
+        Returns ``None``, or why they cannot be used (the layer then stays in shared
+        memory; nothing is raised for a driver's refusal).
+        """
+        from engine.gpu.gl_memory import ImportedImages, ImportRefused
+
+        layer = self._layers[layer_index]
+        if offer.images is None:
+            layer.gpu_reason = offer.reason
+            return offer.reason
+        spec, images = layer.spec, offer.images
+        if (images.width, images.height, images.eyes, images.images) != (
+            spec.width, spec.height, spec.eyes, spec.images,
+        ):  # fmt: skip
+            layer.gpu_reason = f"the GPU images do not match the layer ({images})"
+            return layer.gpu_reason
+        try:
+            layer.gpu = ImportedImages(images, tuple(offer.fds), self._filter)
+        except ImportRefused as exc:
+            layer.gpu_reason = f"the compositor's GL cannot import them: {exc}"
+            return layer.gpu_reason
+        layer.gpu_reason = offer.reason or "offered"
+        return None
+
+    def _show_gpu_image(self, layer: _LayerTextures, draw: LayerDraw) -> None:
+        image = draw.image
+        key = (image.index, image.seq)
+        spec = getattr(image, "spec", None)
+        same_size = spec is not None and spec.shape == layer.spec.shape
+        if layer.gpu is None or not same_size or not 0 <= image.index < layer.spec.images:
+            # No images of ours, or a header re-describing them: not what we allocated.
+            layer.failed_key = key
+            self.rejected_images += 1
+            return
+        # Sampled in place, never copied: the producer does not draw into this image again
+        # before it has published two more, which the pacing makes a frame or more away.
+        layer.gpu_index, layer.front_key, layer.eyes = image.index, key, tuple(image.eyes)
+        layer.shown_from = "gpu memory"
+        self.gpu_images_shown += 1
+
     def _upload(self, draw: LayerDraw) -> None:
         layer, image = self._layers[draw.layer], draw.image
         key = (image.index, image.seq)
         if key in (layer.front_key, layer.failed_key):
+            return
+        if getattr(image, "storage", None) is ImageStorage.GPU_MEMORY:
+            self._show_gpu_image(layer, draw)
             return
         pixels = getattr(image, "pixels", None)
         if pixels is None or pixels.shape != layer.spec.shape or pixels.dtype != np.uint8:
@@ -266,6 +337,7 @@ class GLComposer:
         # glTexSubImage2D has copied the client memory when it returns: check it is whole.
         if draw.source.still_valid(image):
             layer.front, layer.front_key, layer.eyes = back, key, tuple(image.eyes)
+            layer.gpu_index, layer.shown_from = None, "shared memory"
             self.uploads += 1
         else:
             layer.failed_key = key
@@ -337,6 +409,7 @@ class GLComposer:
         self, draws: Sequence[LayerDraw], eyes: tuple[EyeView, EyeView], fallback: bool
     ) -> None:
         gl = self.gl
+        self._check_gpu_samples()
         for draw in draws:
             self._upload(draw)
         gl.glBlendFunc(gl.GL_ONE, gl.GL_ONE_MINUS_SRC_ALPHA)
@@ -363,10 +436,21 @@ class GLComposer:
                 source_eye = min(e, len(layer.eyes) - 1)
                 rendered = layer.eyes[source_eye]
                 delta = rotation_delta(rendered.pose.orientation, eye.pose.orientation)
-                texture = layer.textures[layer.front][source_eye]
+                texture = layer.texture(source_eye)
                 self._warp(layer, texture, delta, out_tan, fov_tangents(rendered.fov))
+                if e == 0 and layer.gpu_index is not None:
+                    self._sampled_gpu.append(draw)
             gl.glDisable(gl.GL_BLEND)
         gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+
+    def _check_gpu_samples(self) -> None:
+        """Count GPU images the producer started rewriting while the last frame sampled
+        them (that frame is finished now). Nothing to undo: the count says whether the
+        producer kept to the ring."""
+        for draw in self._sampled_gpu:
+            if not draw.source.still_valid(draw.image):
+                self.torn_gpu_samples += 1
+        self._sampled_gpu = []
 
     def warm_up(self, eyes: tuple[EyeView, EyeView]) -> None:
         """Draw every pass once (fallback, each layer's empty texture) and wait for it.
@@ -408,6 +492,18 @@ class GLComposer:
         gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, 0)
         return out
 
+    def layer_images(self) -> list[dict[str, Any]]:
+        """Per layer: where its images can be (``offered``: "gpu memory" or "shared
+        memory", and ``why``) and where the last one shown came from (``shown_from``)."""
+        return [
+            {
+                "offered": "gpu memory" if layer.gpu is not None else "shared memory",
+                "why": layer.gpu_reason,
+                "shown_from": layer.shown_from,
+            }
+            for layer in self._layers
+        ]
+
     def eye_textures(self) -> tuple[int, int]:
         return (self._eye_textures[0], self._eye_textures[1])
 
@@ -419,6 +515,9 @@ class GLComposer:
             "warp": self.warp,
             "filter": self.filter,
             "timed_frame_ms": None if self.timed_frame_ns is None else self.timed_frame_ns / 1e6,
+            "gpu_images_shown": self.gpu_images_shown,
+            "torn_gpu_samples": self.torn_gpu_samples,
+            "layer_images": self.layer_images(),
         }
         if self.mesh is not None:
             stats["mesh_cells_affine"] = self.mesh.rect_cells
@@ -461,19 +560,13 @@ def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.sock
     pyglet.options["headless"] = not config.window
     os.environ["PYGLET_HEADLESS"] = "0" if config.window else "1"
     specs = config.layer_specs()
-    readers = []
-    for (name, _, _), spec in zip(config.layers, specs, strict=True):
-        fd = create_layer_fd(spec, name=f"layer-{name}")
-        readers.append(LayerReader(fd))
-        send_layer_fd(control, fd, spec)
-        os.close(fd)  # the reader's mapping and the parent's copy keep the block alive
-
     from engine.compositor.sinks import HeadlessSink, MirrorWindowSink
     from engine.render.context import gl_description
 
     composer = GLComposer(
         config.eye_width, config.eye_height, specs, filter=config.filter, warp=config.warp
     )
+    readers, allocator = _share_layers(config, specs, composer, control)
     sink = (
         MirrorWindowSink(composer, config.capture_path)
         if config.window
@@ -510,7 +603,11 @@ def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.sock
         adapt_lead=config.adapt_lead,
     )
     priority = {"cpu": cpu, "gpu": gpu}
-    send_message(control, {"op": "ready", "priority": priority, "gl": gl_description()})
+    layer_images = [f"{entry['offered']} ({entry['why']})" for entry in composer.layer_images()]
+    send_message(
+        control,
+        {"op": "ready", "priority": priority, "gl": gl_description(), "layer_images": layer_images},
+    )
     control.setblocking(False)
     stop_requested = False
 
@@ -543,6 +640,42 @@ def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.sock
         send_message(control, {"op": "stats", "stats": stats})
     except OSError:
         pass  # nobody is listening any more
+    if allocator is not None:
+        allocator.close()
+
+
+def _share_layers(
+    config: CompositorConfig,
+    specs: list[LayerSpec],
+    composer: GLComposer,
+    control: socket.socket,
+) -> tuple[list[LayerReader], Any]:
+    """Create each layer's block and, where possible, its GPU images; send both to the
+    parent (block first, then the GPU images or why there are none). Returns the readers
+    and the Vulkan allocator (``None`` without one), which must outlive the layers."""
+    from engine.compositor.gpu_images import GpuImagesUnavailable, open_allocator
+
+    allocator, why_not = open_allocator(config.gpu_images)
+    readers = []
+    for i, ((name, _, _), spec) in enumerate(zip(config.layers, specs, strict=True)):
+        offer = not_offered(why_not)
+        if allocator is not None:
+            try:
+                offer = allocator.allocate(spec)
+            except GpuImagesUnavailable as exc:
+                offer = not_offered(f"allocation refused: {exc}")
+            problem = composer.attach_gpu_images(i, offer)
+            if problem:
+                offer = not_offered(problem)
+        else:
+            composer.attach_gpu_images(i, offer)
+        fd = create_layer_fd(spec, name=f"layer-{name}")
+        # A layer whose images will be on the GPU never reads the block's image bytes.
+        readers.append(LayerReader(fd, populate=not offer.offered))
+        send_layer_fd(control, fd, spec)
+        send_gpu_images(control, offer)
+        os.close(fd)  # the reader's mapping and the parent's copy keep the block alive
+    return readers, allocator
 
 
 class CompositorHandle:
@@ -558,6 +691,8 @@ class CompositorHandle:
         self.process = process
         self.control = control
         self.layers: list[tuple[int, LayerSpec]] = []
+        #: Per layer, its GPU images as offered (fds owned here), or why there are none.
+        self.gpu_images: list[GpuImagesOffer] = []
         self.ready: dict[str, Any] = {}
 
     @classmethod
@@ -582,6 +717,7 @@ class CompositorHandle:
             parent.settimeout(timeout_s)
             for _ in config.layers:
                 handle.layers.append(recv_layer_fd(parent))
+                handle.gpu_images.append(recv_gpu_images(parent))
             ready = recv_message(parent, timeout_s)
         except (OSError, ConnectionError, ValueError) as exc:
             handle.kill()
@@ -594,6 +730,12 @@ class CompositorHandle:
 
     def alive(self) -> bool:
         return self.process.is_alive()
+
+    def gpu_images_for_child(self, layer: int) -> GpuImagesOffer:
+        """Layer ``layer``'s GPU images offer, its fds wrapped to pass to a ``spawn``
+        child (which receives its own copies; every child gets the same images)."""
+        offer = self.gpu_images[layer]
+        return GpuImagesOffer(offer.images, tuple(PassedFd(fd) for fd in offer.fds), offer.reason)
 
     def stop(self, timeout_s: float = 10.0) -> dict[str, Any]:
         """Ask it to stop and return its final stats (``{}`` if it could not say)."""
@@ -624,4 +766,7 @@ class CompositorHandle:
             except OSError:
                 pass
         self.layers = []
+        for offer in self.gpu_images:
+            offer.close()
+        self.gpu_images = []
         self.control.close()

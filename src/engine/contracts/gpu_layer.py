@@ -26,7 +26,7 @@ The message (little-endian; sent with the fds as ``SCM_RIGHTS`` over a Unix sock
     72  u32     count: images * eyes, or 0 when nothing is offered
     76  u32     reason length in bytes (at most 512)
     80  u64     allocation size of each image, image-major (image 0 eye 0, image 0 eye 1, ...)
-    ...         the reason, UTF-8 (why nothing is offered; empty otherwise)
+    ...         the reason, UTF-8: why nothing is offered, or what made the images
 
 Example:
     >>> images = GpuLayerImages(4, 2, eyes=2, images=3, sizes=(64,) * 6,
@@ -141,7 +141,7 @@ class GpuImagesOffer:
     :meth:`GpuLayerImages.index`); they stay open as long as the offer is used. Wrapped in
     :class:`~engine.contracts.shm.PassedFd` when handed to a ``spawn`` child, the child
     receives ints. ``images`` is ``None`` (and ``fds`` empty) when nothing is offered;
-    ``reason`` then says why.
+    ``reason`` then says why (otherwise, what made the images: for reports).
     """
 
     images: GpuLayerImages | None

@@ -379,3 +379,72 @@ class ImportedImages:
             for texture in row:
                 texture.delete()
         self.textures = []
+
+
+class GpuLayerTargets:
+    """The producer's side: every image of a layer imported, each with a framebuffer.
+
+    ``framebuffers(image)`` are that ring image's framebuffers, one per eye, each with
+    the eye's depth buffer (one per eye, shared by the ring: only one image is drawn at a
+    time). Raises :class:`ImportRefused` as :class:`ImportedImages` does, or if a
+    framebuffer is incomplete (everything made so far is deleted first).
+    """
+
+    def __init__(self, images: GpuLayerImages, fds: tuple[int, ...]) -> None:
+        gl = _gl()
+        self.imported = ImportedImages(images, fds)
+        self.images = images
+        self._framebuffers: list[list[ImageFramebuffer]] = []
+        self._depths: list[int] = []
+        try:
+            for _ in range(images.eyes):
+                depth = gl.GLuint()
+                gl.glGenRenderbuffers(1, ctypes.byref(depth))
+                self._depths.append(depth.value)
+                gl.glBindRenderbuffer(gl.GL_RENDERBUFFER, depth.value)
+                gl.glRenderbufferStorage(
+                    gl.GL_RENDERBUFFER, gl.GL_DEPTH_COMPONENT24, images.width, images.height
+                )
+            gl.glBindRenderbuffer(gl.GL_RENDERBUFFER, 0)
+            for row in self.imported.textures:
+                self._framebuffers.append(
+                    [ImageFramebuffer(t, self._depths[e]) for e, t in enumerate(row)]
+                )
+        except BaseException:
+            self.delete()
+            raise
+
+    def framebuffers(self, image: int) -> list[ImageFramebuffer]:
+        """Ring image ``image``'s framebuffers, one per eye (left first)."""
+        return self._framebuffers[image]
+
+    def read(self, image: int) -> list[Any]:
+        """A copy of ring image ``image``: one ``(height, width, 4)`` RGBA uint8 array per
+        eye, rows bottom-to-top (for captures and tests; it stalls the GPU)."""
+        import numpy as np
+
+        gl, images = _gl(), self.images
+        eyes = []
+        gl.glPixelStorei(gl.GL_PACK_ALIGNMENT, 1)
+        for target in self._framebuffers[image]:
+            out = np.empty((images.height, images.width, 4), np.uint8)
+            gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, target.fbo)
+            gl.glReadPixels(
+                0, 0, images.width, images.height, gl.GL_RGBA, gl.GL_UNSIGNED_BYTE,
+                ctypes.c_void_p(out.ctypes.data),
+            )  # fmt: skip
+            eyes.append(out)
+        gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, 0)
+        return eyes
+
+    def delete(self) -> None:
+        """Delete the framebuffers, depth buffers and imports. Idempotent."""
+        gl = _gl()
+        for row in self._framebuffers:
+            for target in row:
+                target.delete()
+        self._framebuffers = []
+        for depth in self._depths:
+            gl.glDeleteRenderbuffers(1, ctypes.byref(gl.GLuint(depth)))
+        self._depths = []
+        self.imported.delete()

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.contracts.gpu_layer import GpuImagesOffer
 from engine.contracts.handoff import HeartbeatWriter, PoseHandoffReader
 from engine.contracts.layer import ImageSlot, LayerSpec, LayerWriter
 from engine.game import Engine, FrameInfo, install_stop_signals
@@ -221,12 +222,20 @@ class LayerPublisher:
 
 
 def game_main(
-    config: GameConfig, pose_fd: int, heartbeat_fd: int, layer_fd: int, spec: LayerSpec
+    config: GameConfig,
+    pose_fd: int,
+    heartbeat_fd: int,
+    layer_fd: int,
+    spec: LayerSpec,
+    gpu_images: GpuImagesOffer | None = None,
 ) -> None:
     """The game process's entry point (``spawn`` context). Runs until SIGTERM/SIGINT.
 
-    Exceptions before the first frame propagate: the process exits non-zero and the
-    supervisor treats it like any other death.
+    ``gpu_images`` is the compositor's offer of the layer's images in GPU memory: the
+    render system draws straight into them where this process's GL can import them (a
+    render factory draws CPU pixels, so it keeps the shared block); the path taken is
+    reported at start. Exceptions before the first frame propagate: the process exits
+    non-zero and the supervisor treats it like any other death.
     """
     faulthandler.enable()  # a segfault leaves a Python traceback on stderr
     # Ctrl-C in a terminal reaches the whole process group: the supervisor stops the game
@@ -241,7 +250,9 @@ def game_main(
     if use_render_system:
         from engine.render.stage import RenderSettings
 
-        render_settings = RenderSettings(spec.width, spec.height, pixel_format=spec.format)
+        render_settings = RenderSettings(
+            spec.width, spec.height, pixel_format=spec.format, layer_images=gpu_images
+        )
     engine = Engine(
         config.project_dir,
         policy=policy,
@@ -258,6 +269,10 @@ def game_main(
             engine.report(f"game: world restored from {checkpoint_path}")
         except (CheckpointError, OSError) as exc:
             engine.report(f"game: checkpoint unusable, starting fresh: {exc}")
+    if engine.render_stage is not None:
+        engine.report(f"game: layer images in {engine.render_stage.image_path}")
+    if gpu_images is not None:
+        gpu_images.close()  # imported (or refused): the imports hold the memory now
     writer = None if use_render_system else LayerWriter(layer_fd, spec)
     checkpointer = Checkpointer(checkpoint_path, round(config.checkpoint_interval_s * 1e9))
     checkpointer.last_ns = time.monotonic_ns()  # the restored state is already on disk

@@ -267,7 +267,8 @@ class Supervisor:
         self.compositor = CompositorHandle.start(self.compositor_config, self._pose_fd)
         self.report(
             "supervisor: compositor up, priority "
-            f"{self.compositor.ready['priority']}, {self.compositor.ready['gl']}"
+            f"{self.compositor.ready['priority']}, {self.compositor.ready['gl']}; layer images "
+            f"in {', '.join(self.compositor.ready.get('layer_images', [])) or 'shared memory'}"
         )
 
     def _close_compositor(self) -> None:
@@ -315,9 +316,18 @@ class Supervisor:
         game_pose_fd = read_only_fd(self._pose_fd)  # a game can never write the poses
         layer_fd, spec = self.compositor.layers[0]
         config = GameConfig(**{**asdict(self.game_config), "restarted": restarted})
+        # The same GPU images for every game: a restarted one imports them again.
+        gpu_images = self.compositor.gpu_images_for_child(0)
         process = SPAWN.Process(
             target=game_main,
-            args=(config, PassedFd(game_pose_fd), PassedFd(heartbeat_fd), PassedFd(layer_fd), spec),
+            args=(
+                config,
+                PassedFd(game_pose_fd),
+                PassedFd(heartbeat_fd),
+                PassedFd(layer_fd),
+                spec,
+                gpu_images,
+            ),  # fmt: skip
             name="engine-game",
             daemon=True,
         )
