@@ -301,3 +301,221 @@ def test_a_restarted_game_draws_into_the_same_gpu_images(allocator, tmp_path, mo
     gl_stats = stats["compositor"]["gl"]
     assert gl_stats["layer_images"][0]["shown_from"] == "gpu memory"
     assert gl_stats["uploads"] == 0 and gl_stats["gpu_images_shown"] > 40, gl_stats
+
+
+# --- a hostile producer ------------------------------------------------------------------
+
+
+def publish_a_few(writer: LayerWriter, frames: int = 10) -> None:
+    for frame in range(1, frames + 1):
+        slot = writer.acquire()
+        writer.publish(slot, frame, frame_eyes(frame, writer.spec.eyes), time.monotonic_ns())
+        time.sleep(0.01)
+
+
+def import_with_wrong_sizes(block_fd: int, spec: LayerSpec, offer: GpuImagesOffer) -> None:
+    """Import the images as four times their size, draw into them all, and publish a
+    header describing another size."""
+    import dataclasses
+
+    os.environ["PYGLET_HEADLESS"] = "1"
+    from engine.gpu import gl_memory
+    from engine.render.context import gl, offscreen_context
+
+    offscreen_context()
+    images = offer.images
+    wrong = dataclasses.replace(
+        images,
+        width=images.width * 2,
+        height=images.height * 2,
+        sizes=tuple(s * 4 for s in images.sizes),
+    )
+    writer = LayerWriter(
+        block_fd, LayerSpec(spec.width // 2, spec.height, spec.eyes, spec.images, spec.format),
+        ImageStorage.GPU_MEMORY,
+    )  # fmt: skip
+    publish_a_few(writer)
+    try:
+        imported = gl_memory.ImportedImages(wrong, tuple(offer.fds))
+    except gl_memory.ImportRefused:
+        return
+    for row in imported.textures:
+        for texture in row:
+            target = gl_memory.ImageFramebuffer(texture)
+            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, target.fbo)
+            gl.glViewport(0, 0, wrong.width, wrong.height)
+            gl.glClearColor(1.0, 0.0, 1.0, 1.0)
+            gl.glClear(gl.GL_COLOR_BUFFER_BIT)
+    gl_memory.wait_for_rendering()
+    publish_a_few(writer)
+
+
+def close_the_fds_and_publish(block_fd: int, spec: LayerSpec, offer: GpuImagesOffer) -> None:
+    """Close every GPU image fd (never import), then publish frames claiming GPU images."""
+    offer.close()
+    publish_a_few(LayerWriter(block_fd, spec, ImageStorage.GPU_MEMORY))
+
+
+def scribble_over_the_header(block_fd: int, spec: LayerSpec, offer: GpuImagesOffer) -> None:
+    """Publish properly, then overwrite the header page with garbage, then claim GPU
+    storage with an image index far outside the ring and an unknown storage kind."""
+    import mmap
+
+    publish_a_few(LayerWriter(block_fd, spec, ImageStorage.GPU_MEMORY))
+    block = mmap.mmap(block_fd, 4096)
+    rng = np.random.default_rng(7)
+    block[:4096] = rng.integers(0, 256, 4096, np.uint8).tobytes()
+    time.sleep(0.1)
+    writer = LayerWriter(block_fd, spec, ImageStorage.GPU_MEMORY)
+    publish_a_few(writer)
+    words = np.frombuffer(block, np.uint32)
+    words[64 // 4] = 99  # latest_index
+    time.sleep(0.1)
+    words[68 // 4] = 7  # image_storage
+    time.sleep(0.1)
+
+
+HOSTILE = [import_with_wrong_sizes, close_the_fds_and_publish, scribble_over_the_header]
+
+
+def test_a_hostile_producer_never_hurts_the_compositor(allocator):
+    """Producers that import the images with the wrong size and draw past them, close the
+    fds, or scribble over the header one after another: the compositor presents on, and
+    refuses what does not match what it allocated."""
+    from engine.compositor.process import CompositorConfig, CompositorHandle
+    from engine.contracts.handoff import PoseHandoffReader
+    from engine.contracts.shm import PassedFd, create_block_fd
+
+    pose_fd = create_block_fd("pose")
+    pose = PoseHandoffReader(pose_fd)
+    config = CompositorConfig(eye_width=64, eye_height=48, layers=(("game", 64, 48),))
+    handle = CompositorHandle.start(config, pose_fd)
+
+    def presented() -> int:
+        for _ in range(10_000):
+            record = pose.read()
+            if record is not None:
+                return record.frame
+            time.sleep(0.0005)
+        raise AssertionError("the pose handoff never settled")
+
+    exits = []
+    try:
+        assert handle.gpu_images[0].offered, handle.gpu_images[0].reason
+        fd, spec = handle.layers[0]
+        for hostile in HOSTILE:
+            before = presented()
+            child = SPAWN.Process(
+                target=hostile,
+                args=(PassedFd(fd), spec, handle.gpu_images_for_child(0)),
+                daemon=True,
+            )
+            child.start()
+            child.join(CHILD_TIMEOUT_S)
+            exits.append((hostile.__name__, child.exitcode))
+            deadline = time.monotonic() + CHILD_TIMEOUT_S
+            while presented() < before + 30 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert handle.alive(), f"the compositor died after {hostile.__name__}: {exits}"
+            assert presented() >= before + 30, f"the compositor stalled after {hostile.__name__}"
+        stats = handle.stop()
+    finally:
+        handle.kill()
+        pose.close()
+        os.close(pose_fd)
+    assert stats["frames"] > 90, exits
+    assert stats["gl"]["rejected_images"] > 0, stats["gl"]  # the other size was refused
+    assert stats["layers"]["game"]["last_error"], stats["layers"]["game"]
+
+
+# --- the handoff message and the allocator's refusals (no GL needed) ----------------------
+
+
+def make_images(**changes):  # noqa: ANN003, ANN201
+    from engine.contracts.gpu_layer import GpuLayerImages
+
+    values = dict(
+        width=8, height=4, eyes=2, images=3, sizes=(128,) * 6,
+        device_uuid=b"d" * 16, driver_uuid=b"v" * 16,
+    )  # fmt: skip
+    return GpuLayerImages(**{**values, **changes})
+
+
+def open_fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_gpu_images_travel_with_their_fds_and_arrive_as_described():
+    images = make_images(dedicated=False)
+    fds = [os.memfd_create(f"image{i}") for i in range(images.count)]
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with left, right:
+        send_gpu_images(left, GpuImagesOffer(images, tuple(fds), "made by a test"))
+        got = recv_gpu_images(right)
+        send_gpu_images(left, GpuImagesOffer(None, (), "no Vulkan here"))
+        refused = recv_gpu_images(right)
+    assert got.images == images and got.reason == "made by a test"
+    assert len(got.fds) == 6 and not set(got.fds) & set(fds)  # the receiver's own copies
+    assert [os.fstat(a).st_ino for a in got.fds] == [os.fstat(b).st_ino for b in fds]
+    assert not refused.offered and refused.reason == "no Vulkan here"
+    got.close()
+    for fd in fds:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["magic", "truncated", "count", "size", "fds"],
+)
+def test_a_malformed_gpu_images_message_is_refused_and_its_fds_closed(damage):
+    import struct
+
+    from engine.contracts import gpu_layer
+
+    images = make_images()
+    head = gpu_layer._HEAD.pack(gpu_layer.MAGIC, 1, 8, 4, 2, 3, 1, 1, 1, b"d" * 16, b"v" * 16, 6, 0)
+    sizes = [128] * 6
+    fd_count = 6
+    if damage == "magic":
+        head = b"NOTMAGIC" + head[8:]
+    elif damage == "count":
+        head = head[:72] + struct.pack("<II", 5, 0)
+    elif damage == "size":
+        sizes[3] = 3  # less than one eye's pixels
+    elif damage == "fds":
+        fd_count = 5
+    message = head + b"".join(struct.pack("<Q", s) for s in sizes)
+    if damage == "truncated":
+        message = message[:-4]
+    fds = [os.memfd_create("image") for _ in range(fd_count)]
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with left, right:
+        socket.send_fds(left, [message], fds)
+        for fd in fds:
+            os.close(fd)
+        before = open_fd_count()
+        with pytest.raises(ValueError):
+            recv_gpu_images(right)
+        assert open_fd_count() == before  # every received fd was closed again
+    assert images.count == 6
+
+
+def test_without_a_vulkan_loader_the_allocator_says_so():
+    from engine.compositor.gpu_images import GpuImagesUnavailable, VulkanImageAllocator
+
+    with pytest.raises(GpuImagesUnavailable, match="no Vulkan loader"):
+        VulkanImageAllocator.for_uuids([b"d" * 16], b"v" * 16, library="libvulkan-absent.so.1")
+
+
+def test_the_allocator_refuses_a_device_the_gl_context_does_not_run_on(allocator):
+    from engine.compositor.gpu_images import GpuImagesUnavailable, VulkanImageAllocator
+
+    with pytest.raises(GpuImagesUnavailable, match="no Vulkan device matches the GL context"):
+        VulkanImageAllocator.for_uuids([b"another device.."], allocator.chosen.driver_uuid)
+
+
+def test_a_context_without_the_images_device_refuses_to_import_them(gl):
+    from engine.gpu.gl_memory import import_problem
+
+    problem = import_problem(make_images())
+    assert problem is not None and ("device" in problem or "not offered" in problem)

@@ -53,6 +53,16 @@ EXTERNAL_MEMORY_FEATURE_IMPORTABLE = 0x4
 EXTERNAL_SEMAPHORE_HANDLE_TYPE_OPAQUE_FD = 0x1
 EXTERNAL_SEMAPHORE_FEATURE_EXPORTABLE = 0x1
 EXTERNAL_SEMAPHORE_FEATURE_IMPORTABLE = 0x2
+RESULT_NAMES = {
+    -1: "VK_ERROR_OUT_OF_HOST_MEMORY",
+    -2: "VK_ERROR_OUT_OF_DEVICE_MEMORY",
+    -3: "VK_ERROR_INITIALIZATION_FAILED",
+    -4: "VK_ERROR_DEVICE_LOST",
+    -7: "VK_ERROR_EXTENSION_NOT_PRESENT",
+    -9: "VK_ERROR_INCOMPATIBLE_DRIVER",
+    -11: "VK_ERROR_FORMAT_NOT_SUPPORTED",
+    -1000072003: "VK_ERROR_INVALID_EXTERNAL_HANDLE",
+}
 PHYSICAL_DEVICE_TYPE_NAMES = {0: "other", 1: "integrated", 2: "discrete", 3: "virtual", 4: "cpu"}
 
 KHR_EXTERNAL_MEMORY_FD = b"VK_KHR_external_memory_fd"
@@ -345,7 +355,7 @@ class VulkanError(RuntimeError):
     """A Vulkan call returned an error; ``result`` is its ``VkResult``."""
 
     def __init__(self, call: str, result: int) -> None:
-        super().__init__(f"{call} failed with VkResult {result}")
+        super().__init__(f"{call} failed: {result_name(result)}")
         self.call = call
         self.result = result
 
@@ -430,6 +440,11 @@ class Loader:
 def device_functions(instance_fns: Functions, device: Any) -> Functions:
     """The device-level entry points of ``device`` (``vkGetMemoryFdKHR`` included)."""
     return Functions(instance_fns.vkGetDeviceProcAddr, device, _DEVICE)
+
+
+def result_name(result: int) -> str:
+    """A ``VkResult`` as its name where known, else as its number."""
+    return RESULT_NAMES.get(result, f"VkResult {result}")
 
 
 def check(call: str, result: int) -> None:
