@@ -147,7 +147,7 @@ class VulkanImageAllocator:
         )
         if result < 0:
             raise GpuImagesUnavailable(
-                f"no Vulkan 1.1 driver (vkCreateInstance: VkResult {result})"
+                f"no Vulkan 1.1 driver (vkCreateInstance: {vk.result_name(result)})"
             )
         instance = instance.value
         fns = loader.instance_functions(instance)
@@ -241,7 +241,7 @@ class VulkanImageAllocator:
             requirements = needs.memoryRequirements
             type_index = _memory_type(self.memory_properties, requirements.memoryTypeBits)
             if type_index is None:
-                raise vk.VulkanError("choosing a device-local memory type", -2)
+                raise vk.VulkanError("choosing a memory type the image allows", -2)
             # Always dedicated: drivers that prefer it place the image best, and the
             # importer must be told (GL_DEDICATED_MEMORY_OBJECT_EXT) either way.
             export = vk.ExportMemoryAllocateInfo(
