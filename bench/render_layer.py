@@ -12,6 +12,17 @@ publishes it. Per-frame medians, in milliseconds:
 * ``via copy``: the path we avoid, reading back into a private array, then copying;
 * ``ratio``: (readback + publish) / floor. Target: <= 1.2.
 
+Then the two ways a frame can reach the compositor, per frame, both eyes (medians, ms):
+
+* ``shared memory``: draw and ``glFinish``, ``glReadPixels`` into the layer block, publish,
+  and the compositor's upload of both eyes (``glTexSubImage2D`` from the block, finished);
+* ``gpu memory``: draw straight into the layer's GPU images (Vulkan-allocated, imported
+  into GL), wait on a fence, publish; the compositor samples them in place (no upload).
+  Skipped, with the reason, where Vulkan or the GL extensions are missing.
+
+Both run in this process on one GL context (the compositor's half included), so the
+columns add up to what one frame costs the two processes together.
+
 Run: ``python bench/render_layer.py [frames]`` (default 100; a few seconds).
 """
 
@@ -117,6 +128,116 @@ def bench_size(width: int, height: int, frames: int) -> dict[str, float]:
     return result
 
 
+def upload_both_eyes(textures: list[int], pixels: np.ndarray, width: int, height: int) -> None:
+    """What the compositor does with a shared-memory image: upload each eye, finished."""
+    import ctypes
+
+    from engine.render.context import gl
+
+    gl.glPixelStorei(gl.GL_UNPACK_ALIGNMENT, 1)
+    for eye, texture in enumerate(textures):
+        gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
+        gl.glTexSubImage2D(
+            gl.GL_TEXTURE_2D, 0, 0, 0, width, height, gl.GL_RGBA, gl.GL_UNSIGNED_BYTE,
+            ctypes.c_void_p(pixels[eye].ctypes.data),
+        )  # fmt: skip
+    gl.glBindTexture(gl.GL_TEXTURE_2D, 0)
+    gl.glFinish()
+
+
+def bench_paths(width: int, height: int, frames: int, allocator: object | None) -> dict:
+    """Per-frame medians of both paths at one eye size: ``{path: {column: ms}}``."""
+    import ctypes
+
+    from engine.contracts.layer import ImageStorage
+    from engine.gpu.gl_memory import GpuLayerTargets, wait_for_rendering
+    from engine.render.context import gl
+
+    renderer = Renderer(width, height, ShaderLibrary())
+    spec = LayerSpec(width=width, height=height, eyes=2)
+    headset = SimulatedHeadset()
+    textures = []
+    for _ in range(2):
+        name = gl.GLuint()
+        gl.glGenTextures(1, ctypes.byref(name))
+        gl.glBindTexture(gl.GL_TEXTURE_2D, name.value)
+        gl.glTexImage2D(
+            gl.GL_TEXTURE_2D, 0, gl.GL_RGBA8, width, height, 0, gl.GL_RGBA,
+            gl.GL_UNSIGNED_BYTE, None,
+        )  # fmt: skip
+        textures.append(name.value)
+    results = {}
+
+    fd = create_layer_fd(spec, name="bench-shm")
+    writer = LayerWriter(fd, spec)
+    columns: dict[str, list[int]] = {"draw": [], "readback": [], "publish": [], "upload": []}
+    for n in range(frames + 6):  # the first 6 touch every ring image (not counted)
+        sample = headset.sample(n, n * 11_111_111)
+        slot = writer.acquire()
+        timings = renderer.render(esper, sample.eyes, (slot.address(0), slot.address(1)))
+        t0 = time.perf_counter_ns()
+        writer.publish(slot, frame=n, eyes=sample.eyes, completed_ns=t0)
+        t1 = time.perf_counter_ns()
+        upload_both_eyes(textures, slot.pixels, width, height)
+        t2 = time.perf_counter_ns()
+        if n >= 6:
+            for key, value in zip(
+                columns, (timings.draw_ns, timings.readback_ns, t1 - t0, t2 - t1), strict=True
+            ):
+                columns[key].append(value)
+    writer.close()
+    os.close(fd)
+    results["shared memory"] = {k: median_ms(v) for k, v in columns.items()}
+
+    if allocator is not None:
+        offer = allocator.allocate(spec)
+        targets = GpuLayerTargets(offer.images, offer.fds)
+        fd = create_layer_fd(spec, name="bench-gpu")
+        writer = LayerWriter(fd, spec, ImageStorage.GPU_MEMORY)
+        columns = {"draw": [], "readback": [], "publish": [], "upload": []}
+        for n in range(frames + 6):
+            sample = headset.sample(n, n * 11_111_111)
+            slot = writer.acquire()
+            t0 = time.perf_counter_ns()
+            renderer.render_to_framebuffers(esper, sample.eyes, targets.framebuffers(slot.index))
+            wait_for_rendering()
+            t1 = time.perf_counter_ns()
+            writer.publish(slot, frame=n, eyes=sample.eyes, completed_ns=t1)
+            t2 = time.perf_counter_ns()
+            if n >= 6:
+                for key, value in zip(columns, (t1 - t0, 0, t2 - t1, 0), strict=True):
+                    columns[key].append(value)
+        writer.close()
+        os.close(fd)
+        targets.delete()
+        results["gpu memory"] = {k: median_ms(v) for k, v in columns.items()}
+    gl.glDeleteTextures(2, (gl.GLuint * 2)(*textures))
+    renderer.close()
+    for result in results.values():
+        result["total"] = sum(result.values())
+    return results
+
+
+def compare_paths(frames: int) -> None:
+    """The second table: shared memory against GPU memory, and which path could run."""
+    from engine.compositor.gpu_images import open_allocator
+
+    allocator, why = open_allocator()
+    print(
+        f"\nshared memory vs gpu memory: {frames} frames per size, medians in ms; "
+        + (f"gpu memory: {why}" if allocator else f"gpu memory skipped: {why}")
+    )
+    columns = ["draw", "readback", "publish", "upload", "total"]
+    print(f"{'eyes':>13} {'path':>14} " + " ".join(f"{c:>9}" for c in columns))
+    for width, height in SIZES:
+        for path, result in bench_paths(width, height, frames, allocator).items():
+            cells = " ".join(f"{result[c]:9.2f}" for c in columns)
+            print(f"{f'2x{width}x{height}':>13} {path:>14} {cells}")
+    print("draw = issuing both eyes and waiting for them (glFinish; a fence for gpu memory)")
+    if allocator is not None:
+        allocator.close()
+
+
 def main() -> None:
     frames = int(sys.argv[1]) if len(sys.argv) > 1 else 100
     build_scene()
@@ -129,6 +250,7 @@ def main() -> None:
         cells = " ".join(f"{result[c]:9.2f}" for c in columns)
         print(f"{f'2x{width}x{height}':>13} {mb:5.1f} {cells}")
     print("ratio = (readback + publish) / floor; target <= 1.2")
+    compare_paths(frames)
 
 
 if __name__ == "__main__":
