@@ -123,8 +123,11 @@ class VulkanImageAllocator:
         Raises :class:`GpuImagesUnavailable` when there is no loader or driver, no such
         device, no ``VK_KHR_external_memory_fd`` on it, or no exportable RGBA8 image.
         """
+        from engine.gpu.gl_memory import keeping_gl_current
+
         try:
-            return cls._create(device_uuids, driver_uuid, library)
+            with keeping_gl_current():  # a refusal destroys the instance it made
+                return cls._create(device_uuids, driver_uuid, library)
         except (vk.VulkanUnavailable, vk.VulkanError) as exc:
             raise GpuImagesUnavailable(str(exc)) from None
 
@@ -288,15 +291,18 @@ class VulkanImageAllocator:
     def close(self) -> None:
         """Close every fd, free every image and its memory, destroy the device and
         instance. Idempotent."""
-        for allocation in self.allocations:
-            self._free(allocation)
-        self.allocations = []
-        if self.device:
-            self.device_fns.vkDestroyDevice(self.device, None)
-            self.device = 0
-        if self.instance:
-            self.instance_fns.vkDestroyInstance(self.instance, None)
-            self.instance = 0
+        from engine.gpu.gl_memory import keeping_gl_current
+
+        with keeping_gl_current():
+            for allocation in self.allocations:
+                self._free(allocation)
+            self.allocations = []
+            if self.device:
+                self.device_fns.vkDestroyDevice(self.device, None)
+                self.device = 0
+            if self.instance:
+                self.instance_fns.vkDestroyInstance(self.instance, None)
+                self.instance = 0
 
     def describe(self) -> str:
         """One line naming the device, for logs and the stats JSON."""

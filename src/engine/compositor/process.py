@@ -388,7 +388,8 @@ class GLComposer:
         for repeat in range(max(2, repeats)):
             start = time.perf_counter_ns()
             for layer, blank in zip(self._layers, blanks, strict=True):
-                self._upload_pixels(layer, repeat % 2, blank)
+                if layer.gpu is None:  # GPU images are sampled in place, never uploaded
+                    self._upload_pixels(layer, repeat % 2, blank)
             gl.glBlendFunc(gl.GL_ONE, gl.GL_ONE_MINUS_SRC_ALPHA)
             for e, fbo in enumerate(self._fbos):
                 gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
@@ -397,7 +398,12 @@ class GLComposer:
                 tan = fov_tangents(eyes[e].fov)
                 for i, layer in enumerate(self._layers):
                     (gl.glEnable if i else gl.glDisable)(gl.GL_BLEND)
-                    self._warp(layer, layer.textures[repeat % 2][0], _TURN_1_DEGREE, tan, tan)
+                    texture = (
+                        layer.textures[repeat % 2][0]
+                        if layer.gpu is None
+                        else layer.gpu.textures[repeat % layer.spec.images][0].texture
+                    )
+                    self._warp(layer, texture, _TURN_1_DEGREE, tan, tan)
             gl.glDisable(gl.GL_BLEND)
             gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
             self.finish()

@@ -26,8 +26,11 @@ functions here need the calling thread's GL context current
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,6 +168,26 @@ def extension_report() -> dict[str, bool]:
     """Which of the memory and semaphore extensions the current context offers."""
     offered = offered_extensions()
     return {name: name in offered for name in MEMORY_EXTENSIONS + SEMAPHORE_EXTENSIONS}
+
+
+@contextlib.contextmanager
+def keeping_gl_current() -> Iterator[None]:
+    """Make the calling thread's GL context current again after the block.
+
+    Seen on NVIDIA (driver 580): after ``vkDestroyInstance`` in a process that also holds
+    an EGL context, that context answered GL queries with nothing (no device UUIDs), as
+    if no context were current. Never raises for the re-binding itself.
+    """
+    try:
+        yield
+    finally:
+        gl_module = sys.modules.get("pyglet.gl")
+        context = getattr(gl_module, "current_context", None)
+        if context is not None:
+            try:
+                context.set_current()
+            except Exception:  # a context being torn down: nothing left to keep current
+                pass
 
 
 def _clear_errors(gl: Any) -> None:
