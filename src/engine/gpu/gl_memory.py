@@ -30,6 +30,7 @@ import contextlib
 import ctypes
 import os
 import sys
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -117,15 +118,32 @@ def offered_extensions() -> set[str]:
     return set(_gl().gl_info.get_extensions())
 
 
+#: Per GL context (pyglet's object), its UUIDs as first read: they cannot change.
+_UUIDS: weakref.WeakKeyDictionary[Any, tuple[list[bytes], bytes]] = weakref.WeakKeyDictionary()
+
+
 def context_uuids() -> tuple[list[bytes], bytes]:
     """``(device UUIDs, driver UUID)`` of the current context (``GL_EXT_memory_object``).
 
     A context may span several devices; an image made on any of them can be imported.
-    Raises :class:`ImportRefused` where the extension is not offered.
+    Read once per context. Raises :class:`ImportRefused` where the extension is not
+    offered.
     """
+    gl = _gl()
+    context = getattr(gl, "current_context", None)
+    known = _UUIDS.get(context) if context is not None else None
+    if known is not None:
+        return list(known[0]), known[1]
     if "GL_EXT_memory_object" not in offered_extensions():
         raise ImportRefused("GL_EXT_memory_object is not offered")
-    gl, fns = _gl(), _Functions.get()
+    uuids = _read_uuids(gl)
+    if context is not None and uuids[0]:
+        _UUIDS[context] = uuids
+    return list(uuids[0]), uuids[1]
+
+
+def _read_uuids(gl: Any) -> tuple[list[bytes], bytes]:
+    fns = _Functions.get()
     count = gl.GLint()
     gl.glGetIntegerv(GL_NUM_DEVICE_UUIDS_EXT, ctypes.byref(count))
     devices = []
