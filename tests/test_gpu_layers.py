@@ -533,16 +533,36 @@ def test_a_context_without_the_images_device_refuses_to_import_them(gl):
     assert problem is not None and ("device" in problem or "not offered" in problem)
 
 
-def test_the_gl_context_still_answers_after_an_allocator_is_closed(gl, allocator):
-    """NVIDIA's GL context answered nothing (no device UUIDs) after a Vulkan instance in
-    the same process was destroyed, until made current again: closing an allocator, or
-    refusing one, must leave the compositor's context usable."""
+def test_the_gl_context_still_draws_after_an_allocator_is_closed_or_refused(gl, allocator):
+    """On NVIDIA, destroying a Vulkan instance ended the process's EGL context (nothing
+    current, every GL call ignored): a compositor that refuses a device, or closes its
+    allocator, must keep a GL context that draws."""
     from engine.compositor.gpu_images import GpuImagesUnavailable, VulkanImageAllocator
     from engine.gpu.gl_memory import context_uuids
 
     devices, driver = context_uuids()
     with pytest.raises(GpuImagesUnavailable):
         VulkanImageAllocator.for_uuids([b"another device.."], driver)
-    assert context_uuids() == (devices, driver)
     VulkanImageAllocator.for_current_context().close()
     assert context_uuids() == (devices, driver)
+    texture = gl.GLuint()
+    gl.glGenTextures(1, ctypes.byref(texture))
+    gl.glBindTexture(gl.GL_TEXTURE_2D, texture.value)
+    gl.glTexImage2D(
+        gl.GL_TEXTURE_2D, 0, gl.GL_RGBA8, 4, 4, 0, gl.GL_RGBA, gl.GL_UNSIGNED_BYTE, None
+    )
+    fbo = gl.GLuint()
+    gl.glGenFramebuffers(1, ctypes.byref(fbo))
+    gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo.value)
+    gl.glFramebufferTexture2D(
+        gl.GL_FRAMEBUFFER, gl.GL_COLOR_ATTACHMENT0, gl.GL_TEXTURE_2D, texture.value, 0
+    )
+    gl.glViewport(0, 0, 4, 4)
+    gl.glClearColor(0.0, 1.0, 0.0, 1.0)
+    gl.glClear(gl.GL_COLOR_BUFFER_BIT)
+    pixel = np.zeros(4, np.uint8)
+    gl.glReadPixels(1, 1, 1, 1, gl.GL_RGBA, gl.GL_UNSIGNED_BYTE, pixel.ctypes.data)
+    gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+    gl.glDeleteFramebuffers(1, ctypes.byref(fbo))
+    gl.glDeleteTextures(1, ctypes.byref(texture))
+    assert tuple(pixel) == (0, 255, 0, 255)

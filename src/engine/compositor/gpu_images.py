@@ -123,11 +123,8 @@ class VulkanImageAllocator:
         Raises :class:`GpuImagesUnavailable` when there is no loader or driver, no such
         device, no ``VK_KHR_external_memory_fd`` on it, or no exportable RGBA8 image.
         """
-        from engine.gpu.gl_memory import keeping_gl_current
-
         try:
-            with keeping_gl_current():  # a refusal destroys the instance it made
-                return cls._create(device_uuids, driver_uuid, library)
+            return cls._create(device_uuids, driver_uuid, library)
         except (vk.VulkanUnavailable, vk.VulkanError) as exc:
             raise GpuImagesUnavailable(str(exc)) from None
 
@@ -168,13 +165,9 @@ class VulkanImageAllocator:
             if not features & vk.EXTERNAL_MEMORY_FEATURE_EXPORTABLE:
                 raise GpuImagesUnavailable(f"{chosen.name} cannot export RGBA8 images as fds")
             device = _create_device(fns, physical)
-        except BaseException:
-            fns.vkDestroyInstance(instance, None)
-            raise
-        try:
             device_fns = vk.device_functions(fns, device)
         except BaseException:
-            fns.vkDestroyInstance(instance, None)
+            _KEPT_UNTIL_EXIT.append(instance)  # never destroyed: see _KEPT_UNTIL_EXIT
             raise
         memory = vk.PhysicalDeviceMemoryProperties()
         fns.vkGetPhysicalDeviceMemoryProperties(physical, ctypes.byref(memory))
@@ -289,24 +282,29 @@ class VulkanImageAllocator:
         allocation.fd, allocation.image, allocation.memory = -1, 0, 0
 
     def close(self) -> None:
-        """Close every fd, free every image and its memory, destroy the device and
-        instance. Idempotent."""
-        from engine.gpu.gl_memory import keeping_gl_current
+        """Close every fd and free every image and its memory. Idempotent.
 
-        with keeping_gl_current():
-            for allocation in self.allocations:
-                self._free(allocation)
-            self.allocations = []
-            if self.device:
-                self.device_fns.vkDestroyDevice(self.device, None)
-                self.device = 0
-            if self.instance:
-                self.instance_fns.vkDestroyInstance(self.instance, None)
-                self.instance = 0
+        The device and instance are kept until the process exits: destroying a Vulkan
+        instance ends the process's EGL context on NVIDIA (see :data:`_KEPT_UNTIL_EXIT`).
+        """
+        for allocation in self.allocations:
+            self._free(allocation)
+        self.allocations = []
+        if self.instance:
+            _KEPT_UNTIL_EXIT.append((self.instance, self.device))
+            self.instance = self.device = 0
 
     def describe(self) -> str:
         """One line naming the device, for logs and the stats JSON."""
         return f"Vulkan on {self.chosen.name} ({self.chosen.kind})"
+
+
+#: Vulkan instances (and devices) never destroyed, only let go of at exit. On NVIDIA (driver
+#: 580, EGL headless), ``vkDestroyInstance`` in a process that holds an EGL context ends that
+#: context: ``eglGetCurrentContext`` returns nothing afterwards, every GL call is ignored,
+#: and making it current again does not help. A compositor that refused a device, or a
+#: test that closed an allocator, would lose its GL. They cost a little memory each.
+_KEPT_UNTIL_EXIT: list[object] = []
 
 
 def _set_cloexec(fd: int) -> None:

@@ -26,12 +26,8 @@ functions here need the calling thread's GL context current
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
-import sys
-import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,28 +114,15 @@ def offered_extensions() -> set[str]:
     return set(_gl().gl_info.get_extensions())
 
 
-#: Per GL context (pyglet's object), its UUIDs as first read: they cannot change.
-_UUIDS: weakref.WeakKeyDictionary[Any, tuple[list[bytes], bytes]] = weakref.WeakKeyDictionary()
-
-
 def context_uuids() -> tuple[list[bytes], bytes]:
     """``(device UUIDs, driver UUID)`` of the current context (``GL_EXT_memory_object``).
 
     A context may span several devices; an image made on any of them can be imported.
-    Read once per context. Raises :class:`ImportRefused` where the extension is not
-    offered.
+    Raises :class:`ImportRefused` where the extension is not offered.
     """
-    gl = _gl()
-    context = getattr(gl, "current_context", None)
-    known = _UUIDS.get(context) if context is not None else None
-    if known is not None:
-        return list(known[0]), known[1]
     if "GL_EXT_memory_object" not in offered_extensions():
         raise ImportRefused("GL_EXT_memory_object is not offered")
-    uuids = _read_uuids(gl)
-    if context is not None and uuids[0]:
-        _UUIDS[context] = uuids
-    return list(uuids[0]), uuids[1]
+    return _read_uuids(_gl())
 
 
 def _read_uuids(gl: Any) -> tuple[list[bytes], bytes]:
@@ -186,26 +169,6 @@ def extension_report() -> dict[str, bool]:
     """Which of the memory and semaphore extensions the current context offers."""
     offered = offered_extensions()
     return {name: name in offered for name in MEMORY_EXTENSIONS + SEMAPHORE_EXTENSIONS}
-
-
-@contextlib.contextmanager
-def keeping_gl_current() -> Iterator[None]:
-    """Make the calling thread's GL context current again after the block.
-
-    Seen on NVIDIA (driver 580): after ``vkDestroyInstance`` in a process that also holds
-    an EGL context, that context answered GL queries with nothing (no device UUIDs), as
-    if no context were current. Never raises for the re-binding itself.
-    """
-    try:
-        yield
-    finally:
-        gl_module = sys.modules.get("pyglet.gl")
-        context = getattr(gl_module, "current_context", None)
-        if context is not None:
-            try:
-                context.set_current()
-            except Exception:  # a context being torn down: nothing left to keep current
-                pass
 
 
 def _clear_errors(gl: Any) -> None:
