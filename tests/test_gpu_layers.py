@@ -566,3 +566,35 @@ def test_the_gl_context_still_draws_after_an_allocator_is_closed_or_refused(gl, 
     gl.glDeleteFramebuffers(1, ctypes.byref(fbo))
     gl.glDeleteTextures(1, ctypes.byref(texture))
     assert tuple(pixel) == (0, 255, 0, 255)
+
+
+def test_a_writer_attaching_to_a_published_layer_never_draws_into_the_image_shown():
+    """A restarted game attaches to the block whose latest image the compositor may still
+    be sampling in place: its first frame goes into the image after that one."""
+    for published in range(SPEC.images):
+        fd = create_layer_fd(SPEC, "restart")
+        first = LayerWriter(fd, SPEC, ImageStorage.GPU_MEMORY)
+        for frame in range(published + 1):
+            first.publish(first.acquire(), frame, frame_eyes(frame, 2), 0)
+        reader = LayerReader(fd)
+        shown = reader.read()
+        first.close()  # the game dies
+        second = LayerWriter(fd, SPEC, ImageStorage.GPU_MEMORY)
+        assert shown is not None and shown.index == published
+        assert second.acquire().index == (published + 1) % SPEC.images
+        assert reader.read() is None  # nothing of the new game's yet, the old frame stays
+        second.close(), reader.close(), os.close(fd)
+
+
+def test_a_gpu_layer_frame_has_no_pixels_and_cannot_be_copied_out():
+    fd = create_layer_fd(SPEC, "gpu-frame")
+    writer, reader = LayerWriter(fd, SPEC, ImageStorage.GPU_MEMORY), LayerReader(fd)
+    slot = writer.acquire()
+    assert slot.pixels is None
+    writer.publish(slot, 7, frame_eyes(7, 2), 0)
+    frame = reader.read()
+    assert frame is not None and frame.storage is ImageStorage.GPU_MEMORY
+    assert frame.pixels is None and frame.frame == 7
+    assert reader.read_into(np.empty(SPEC.shape, np.uint8)) is None
+    assert "GPU memory" in reader.last_error
+    writer.close(), reader.close(), os.close(fd)
