@@ -21,7 +21,8 @@ Then the two ways a frame can reach the compositor, per frame, both eyes (median
   Skipped, with the reason, where Vulkan or the GL extensions are missing.
 
 Both run in this process on one GL context (the compositor's half included), so the
-columns add up to what one frame costs the two processes together.
+columns add up to what one frame costs the two processes together; they alternate frame
+by frame, so a busy machine slows both alike.
 
 Run: ``python bench/render_layer.py [frames]`` (default 100; a few seconds).
 """
@@ -166,51 +167,51 @@ def bench_paths(width: int, height: int, frames: int, allocator: object | None) 
             gl.GL_UNSIGNED_BYTE, None,
         )  # fmt: skip
         textures.append(name.value)
-    results = {}
-
-    fd = create_layer_fd(spec, name="bench-shm")
-    writer = LayerWriter(fd, spec)
-    columns: dict[str, list[int]] = {"draw": [], "readback": [], "publish": [], "upload": []}
-    for n in range(frames + 6):  # the first 6 touch every ring image (not counted)
-        sample = headset.sample(n, n * 11_111_111)
-        slot = writer.acquire()
-        timings = renderer.render(esper, sample.eyes, (slot.address(0), slot.address(1)))
-        t0 = time.perf_counter_ns()
-        writer.publish(slot, frame=n, eyes=sample.eyes, completed_ns=t0)
-        t1 = time.perf_counter_ns()
-        upload_both_eyes(textures, slot.pixels, width, height)
-        t2 = time.perf_counter_ns()
-        if n >= 6:
-            for key, value in zip(
-                columns, (timings.draw_ns, timings.readback_ns, t1 - t0, t2 - t1), strict=True
-            ):
-                columns[key].append(value)
-    writer.close()
-    os.close(fd)
-    results["shared memory"] = {k: median_ms(v) for k, v in columns.items()}
-
+    shm_fd = create_layer_fd(spec, name="bench-shm")
+    shm = LayerWriter(shm_fd, spec)
+    paths = {"shared memory": {"draw": [], "readback": [], "publish": [], "upload": []}}
     if allocator is not None:
         offer = allocator.allocate(spec)
         targets = GpuLayerTargets(offer.images, offer.fds)
-        fd = create_layer_fd(spec, name="bench-gpu")
-        writer = LayerWriter(fd, spec, ImageStorage.GPU_MEMORY)
-        columns = {"draw": [], "readback": [], "publish": [], "upload": []}
-        for n in range(frames + 6):
-            sample = headset.sample(n, n * 11_111_111)
-            slot = writer.acquire()
-            t0 = time.perf_counter_ns()
-            renderer.render_to_framebuffers(esper, sample.eyes, targets.framebuffers(slot.index))
-            wait_for_rendering()
-            t1 = time.perf_counter_ns()
-            writer.publish(slot, frame=n, eyes=sample.eyes, completed_ns=t1)
-            t2 = time.perf_counter_ns()
-            if n >= 6:
-                for key, value in zip(columns, (t1 - t0, 0, t2 - t1, 0), strict=True):
-                    columns[key].append(value)
-        writer.close()
-        os.close(fd)
+        gpu_fd = create_layer_fd(spec, name="bench-gpu")
+        gpu = LayerWriter(gpu_fd, spec, ImageStorage.GPU_MEMORY)
+        paths["gpu memory"] = {"draw": [], "readback": [], "publish": [], "upload": []}
+
+    def record(path: str, n: int, *values: int) -> None:
+        if n >= 6:  # the first frames touch every ring image: not counted
+            for key, value in zip(paths[path], values, strict=True):
+                paths[path][key].append(value)
+
+    # The two paths alternate frame by frame, so that a busy machine slows both alike.
+    for n in range(frames + 6):
+        sample = headset.sample(n, n * 11_111_111)
+        slot = shm.acquire()
+        timings = renderer.render(esper, sample.eyes, (slot.address(0), slot.address(1)))
+        t0 = time.perf_counter_ns()
+        shm.publish(slot, frame=n, eyes=sample.eyes, completed_ns=t0)
+        t1 = time.perf_counter_ns()
+        upload_both_eyes(textures, slot.pixels, width, height)
+        t2 = time.perf_counter_ns()
+        record("shared memory", n, timings.draw_ns, timings.readback_ns, t1 - t0, t2 - t1)
+        if allocator is None:
+            continue
+        slot = gpu.acquire()
+        t0 = time.perf_counter_ns()
+        renderer.render_to_framebuffers(esper, sample.eyes, targets.framebuffers(slot.index))
+        wait_for_rendering()
+        t1 = time.perf_counter_ns()
+        gpu.publish(slot, frame=n, eyes=sample.eyes, completed_ns=t1)
+        t2 = time.perf_counter_ns()
+        record("gpu memory", n, t1 - t0, 0, t2 - t1, 0)
+    shm.close()
+    os.close(shm_fd)
+    if allocator is not None:
+        gpu.close()
+        os.close(gpu_fd)
         targets.delete()
-        results["gpu memory"] = {k: median_ms(v) for k, v in columns.items()}
+    results = {
+        path: {k: median_ms(v) for k, v in columns.items()} for path, columns in paths.items()
+    }
     gl.glDeleteTextures(2, (gl.GLuint * 2)(*textures))
     renderer.close()
     for result in results.values():
