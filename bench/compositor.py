@@ -12,9 +12,10 @@ Runs, one after another, each in its own process at the priority the compositor 
    the compositor's automatic choices (on llvmpipe: the mesh warp, nearest sampling);
    "1 linear" samples with bilinear filtering instead (``CompositorConfig.filter``).
    These keep the layers in shared memory (``gpu_images="off"``); "1 gpu" / "4 gpu" run
-   the same with the layers' images in GPU memory where Vulkan and GL allow it (the
-   producer draws each ring image once with GL, the compositor samples them in place: no
-   upload). Which path each run used is printed after the table.
+   the same with the layers' images in GPU memory where Vulkan and GL allow it, on a CPU
+   renderer too (``gpu_images="on"``; "auto" keeps shared memory there): the producer
+   draws each ring image once with GL, the compositor samples them in place, no upload.
+   Which path each run used is printed after the table.
 3. **game / crashes** — the supervisor running a game (fill renderer, 2 x 640 x 360: see
    ``GAME_EYE``), left alone, then killed with SIGKILL again and again: the compositor's
    misses over each run, and how long each restart took, from detection to the new
@@ -223,8 +224,9 @@ def run_compositor_in_gpu_memory(layer_count: int, seconds: float, lead_ns: int)
     pose_fd = create_block_fd("bench-pose")
     layers = tuple((f"layer{i}", *EYE) for i in range(layer_count))
     config = CompositorConfig(
-        eye_width=EYE[0], eye_height=EYE[1], layers=layers, compose_lead_ns=lead_ns
-    )
+        eye_width=EYE[0], eye_height=EYE[1], layers=layers, compose_lead_ns=lead_ns,
+        gpu_images="on",  # on a CPU renderer too ("auto" keeps shared memory there)
+    )  # fmt: skip
     handle = CompositorHandle.start(config, pose_fd)
     given = [
         (PassedFd(fd), spec, handle.gpu_images_for_child(i))

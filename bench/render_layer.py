@@ -223,7 +223,7 @@ def compare_paths(frames: int) -> None:
     """The second table: shared memory against GPU memory, and which path could run."""
     from engine.compositor.gpu_images import open_allocator
 
-    allocator, why = open_allocator()
+    allocator, why = open_allocator("on")  # on a CPU renderer too: this compares them
     print(
         f"\nshared memory vs gpu memory: {frames} frames per size, medians in ms; "
         + (f"gpu memory: {why}" if allocator else f"gpu memory skipped: {why}")

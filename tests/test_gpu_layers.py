@@ -209,7 +209,9 @@ def test_a_producer_draws_into_gpu_images_and_the_compositor_samples_its_pixels(
 #: world shows; the compositor's own fallback (sky and floor) never does.
 GAME_CLEAR = (13, 13, 20)
 #: Each eye as large as the layer, so the layer fills the view.
-GAME_COMPOSITOR = dict(eye_width=64, eye_height=48, layers=(("game", 64, 48),), grace_s=60.0)
+GAME_COMPOSITOR = dict(
+    eye_width=64, eye_height=48, layers=(("game", 64, 48),), grace_s=60.0, gpu_images="on"
+)
 
 
 def run_game(tmp_path, monkeypatch, env=(), kill_once=False, **compositor):  # noqa: ANN001, ANN201
@@ -400,7 +402,9 @@ def test_a_hostile_producer_never_hurts_the_compositor(allocator):
 
     pose_fd = create_block_fd("pose")
     pose = PoseHandoffReader(pose_fd)
-    config = CompositorConfig(eye_width=64, eye_height=48, layers=(("game", 64, 48),))
+    config = CompositorConfig(
+        eye_width=64, eye_height=48, layers=(("game", 64, 48),), gpu_images="on"
+    )
     handle = CompositorHandle.start(config, pose_fd)
 
     def presented() -> int:
@@ -598,3 +602,16 @@ def test_a_gpu_layer_frame_has_no_pixels_and_cannot_be_copied_out():
     assert reader.read_into(np.empty(SPEC.shape, np.uint8)) is None
     assert "GPU memory" in reader.last_error
     writer.close(), reader.close(), os.close(fd)
+
+
+def test_auto_keeps_a_cpu_renderers_layers_in_shared_memory_and_says_why(allocator):
+    from engine.compositor.gpu_images import CPU_RENDERER_REASON, open_allocator
+
+    assert open_allocator("auto", software_renderer=True) == (None, CPU_RENDERER_REASON)
+    assert open_allocator("off", software_renderer=False)[0] is None
+    for mode in ("on", "auto"):
+        on_a_gpu, why = open_allocator(mode, software_renderer=mode == "on")
+        assert on_a_gpu is not None and why.startswith("Vulkan on"), why
+        on_a_gpu.close()
+    with pytest.raises(ValueError):
+        open_allocator("sometimes")

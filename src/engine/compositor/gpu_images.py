@@ -441,17 +441,35 @@ def offer_layer_images(
     return offer, imported
 
 
-def open_allocator(mode: str = "auto") -> tuple[VulkanImageAllocator | None, str]:
+#: Why ``"auto"`` keeps layers in shared memory on a CPU renderer. Measured here (Mesa
+#: 22.3, 2 x 1280x720, the mesh warp): llvmpipe's fast ("linear") path samples BGRA
+#: textures only, GL imports GPU memory only as a sized format (GL_RGBA8; GL_BGRA8_EXT is
+#: refused), and a copy into a BGRA texture is refused or goes through a slow blit; the
+#: warp from the imported RGBA8 image cost 2-5x the one from an uploaded BGRA copy (4 ms
+#: against 9-25 ms on a busy 2-core machine), far
+#: more than the readback and upload it saves (about 1.6 ms together).
+CPU_RENDERER_REASON = (
+    "a CPU renderer: llvmpipe samples the RGBA8 images GL can import off its fast path "
+    "(2-5x the warp from an uploaded BGRA copy); gpu_images='on' uses them anyway"
+)
+
+
+def open_allocator(
+    mode: str = "auto", software_renderer: bool = False
+) -> tuple[VulkanImageAllocator | None, str]:
     """The allocator for the current GL context, or ``None`` and why not.
 
-    ``mode`` is ``"auto"`` (GPU memory where Vulkan and GL allow) or ``"off"`` (shared
-    memory always). Never raises for a missing driver, device or extension; raises
-    ``ValueError`` for another ``mode``.
+    ``mode`` is ``"auto"`` (GPU memory where Vulkan and GL allow it and the renderer is a
+    GPU: on a CPU renderer, see :data:`CPU_RENDERER_REASON`), ``"on"`` (wherever Vulkan
+    and GL allow it) or ``"off"`` (shared memory always). Never raises for a missing
+    driver, device or extension; raises ``ValueError`` for another ``mode``.
     """
     if mode == "off":
         return None, "turned off (gpu_images='off')"
-    if mode != "auto":
-        raise ValueError(f"gpu_images must be 'auto' or 'off', got {mode!r}")
+    if mode not in ("auto", "on"):
+        raise ValueError(f"gpu_images must be 'auto', 'on' or 'off', got {mode!r}")
+    if mode == "auto" and software_renderer:
+        return None, CPU_RENDERER_REASON
     try:
         allocator = VulkanImageAllocator.for_current_context()
     except GpuImagesUnavailable as exc:

@@ -91,7 +91,9 @@ class CompositorConfig:
     realtime: bool = True
     pose: str = "simulated"
     frames: int | None = None  # stop by itself after this many frames (benchmarks)
-    #: "auto": layer images in GPU memory where Vulkan and GL allow; "off": shared memory.
+    #: Layer images in GPU memory: "auto" where Vulkan and GL allow it on a GPU (a CPU
+    #: renderer keeps shared memory: see gpu_images.CPU_RENDERER_REASON), "on" wherever
+    #: they allow it, "off" never.
     gpu_images: str = "auto"
 
     def layer_specs(self) -> list[LayerSpec]:
@@ -661,7 +663,8 @@ def _share_layers(
     and the Vulkan allocator (``None`` without one), which must outlive the layers."""
     from engine.compositor.gpu_images import GpuImagesUnavailable, open_allocator
 
-    allocator, why_not = open_allocator(config.gpu_images)
+    software = is_software_renderer(composer.gl.gl_info.get_renderer())
+    allocator, why_not = open_allocator(config.gpu_images, software)
     readers = []
     for i, ((name, _, _), spec) in enumerate(zip(config.layers, specs, strict=True)):
         offer = not_offered(why_not)
@@ -676,7 +679,9 @@ def _share_layers(
         else:
             composer.attach_gpu_images(i, offer)
         fd = create_layer_fd(spec, name=f"layer-{name}")
-        # A layer whose images will be on the GPU never reads the block's image bytes.
+        # A layer offered GPU images normally never reads the block's image bytes, so they
+        # are not faulted in up front (a producer that falls back to the block pays about a
+        # millisecond per ring image, once, on the compositor's side).
         readers.append(LayerReader(fd, populate=not offer.offered))
         send_layer_fd(control, fd, spec)
         send_gpu_images(control, offer)

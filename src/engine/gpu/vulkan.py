@@ -50,9 +50,6 @@ EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD = 0x1
 EXTERNAL_MEMORY_FEATURE_DEDICATED_ONLY = 0x1
 EXTERNAL_MEMORY_FEATURE_EXPORTABLE = 0x2
 EXTERNAL_MEMORY_FEATURE_IMPORTABLE = 0x4
-EXTERNAL_SEMAPHORE_HANDLE_TYPE_OPAQUE_FD = 0x1
-EXTERNAL_SEMAPHORE_FEATURE_EXPORTABLE = 0x1
-EXTERNAL_SEMAPHORE_FEATURE_IMPORTABLE = 0x2
 RESULT_NAMES = {
     -1: "VK_ERROR_OUT_OF_HOST_MEMORY",
     -2: "VK_ERROR_OUT_OF_DEVICE_MEMORY",
@@ -66,7 +63,6 @@ RESULT_NAMES = {
 PHYSICAL_DEVICE_TYPE_NAMES = {0: "other", 1: "integrated", 2: "discrete", 3: "virtual", 4: "cpu"}
 
 KHR_EXTERNAL_MEMORY_FD = b"VK_KHR_external_memory_fd"
-KHR_EXTERNAL_SEMAPHORE_FD = b"VK_KHR_external_semaphore_fd"
 
 UUID_SIZE = 16
 
@@ -273,18 +269,6 @@ ExternalImageFormatProperties = _chained(
     1000071001,
     [("externalMemoryProperties", ExternalMemoryProperties)],
 )
-PhysicalDeviceExternalSemaphoreInfo = _chained(
-    "PhysicalDeviceExternalSemaphoreInfo", 1000076000, [("handleType", ctypes.c_uint32)]
-)
-ExternalSemaphoreProperties = _chained(
-    "ExternalSemaphoreProperties",
-    1000076001,
-    [
-        ("exportFromImportedHandleTypes", ctypes.c_uint32),
-        ("compatibleHandleTypes", ctypes.c_uint32),
-        ("externalSemaphoreFeatures", ctypes.c_uint32),
-    ],
-)
 ExternalMemoryImageCreateInfo = _chained(
     "ExternalMemoryImageCreateInfo", 1000072001, [("handleTypes", ctypes.c_uint32)]
 )
@@ -328,7 +312,6 @@ _SIZES = {
     ExternalImageFormatProperties: 32,
     DeviceCreateInfo: 72,
     MemoryRequirements2: 40,
-    ExternalSemaphoreProperties: 32,
 }
 
 
@@ -379,7 +362,6 @@ _INSTANCE = {
     "vkGetPhysicalDeviceQueueFamilyProperties": (_VOID, [Handle, _U32P, _P]),
     "vkGetPhysicalDeviceMemoryProperties": (_VOID, [Handle, _P]),
     "vkGetPhysicalDeviceImageFormatProperties2": (_RESULT, [Handle, _P, _P]),
-    "vkGetPhysicalDeviceExternalSemaphoreProperties": (_VOID, [Handle, _P, _P]),
     "vkEnumerateDeviceExtensionProperties": (_RESULT, [Handle, ctypes.c_char_p, _U32P, _P]),
     "vkCreateDevice": (_RESULT, [Handle, _P, _P, ctypes.POINTER(Handle)]),
     "vkGetDeviceProcAddr": (_P, [Handle, ctypes.c_char_p]),
