@@ -446,8 +446,8 @@ def offer_layer_images(
 #: textures only, GL imports GPU memory only as a sized format (GL_RGBA8; GL_BGRA8_EXT is
 #: refused), and a copy into a BGRA texture is refused or goes through a slow blit; the
 #: warp from the imported RGBA8 image cost 2-5x the one from an uploaded BGRA copy (4 ms
-#: against 9-25 ms on a busy 2-core machine), far
-#: more than the readback and upload it saves (about 1.6 ms together).
+#: against 9-25 ms on a busy 2-core machine), far more than the readback and upload it
+#: saves (about 1.6 ms together).
 CPU_RENDERER_REASON = (
     "a CPU renderer: llvmpipe samples the RGBA8 images GL can import off its fast path "
     "(2-5x the warp from an uploaded BGRA copy); gpu_images='on' uses them anyway"
