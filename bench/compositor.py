@@ -19,6 +19,11 @@ Runs, one after another, each in its own process at the priority the compositor 
    (``"1 before"``: BGRA8 layers whatever the driver prefers, and the start-up frame
    timed with its first touches): the baseline for the tuning, in the same run.
    Below the table, each run's layer path (shared memory), pixel format and upload.
+   The layer runs keep the layers in shared memory (``gpu_images="off"``); "1 gpu" / "4 gpu" run
+   the same with the layers' images in GPU memory where Vulkan and GL allow it, on a CPU
+   renderer too (``gpu_images="on"``; "auto" keeps shared memory there): the producer
+   draws each ring image once with GL, the compositor samples them in place, no upload.
+   Which path each run used is printed after the table.
 3. **game / crashes** — the supervisor running a game (fill renderer, 2 x 640 x 360: see
    ``GAME_EYE``), left alone, then killed with SIGKILL again and again: the compositor's
    misses over each run, and how long each restart took, from detection to the new
@@ -162,6 +167,7 @@ def run_compositor(
         filter=filter,
         layer_format=PixelFormat.BGRA8 if before else None,
         timing_warmups=0 if before else 2,
+        gpu_images="off",  # the producer writes the block: shared memory, populated
     )
     handle = CompositorHandle.start(config, pose_fd)
     producer = SPAWN.Process(
@@ -176,6 +182,117 @@ def run_compositor(
     stats["eye"] = list(eye)
     stats["ready"] = handle.ready
     return stats
+
+
+# --- 2b. the same with the layers' images in GPU memory --------------------------------
+
+
+def produce_in_gpu_memory(pose_fd: int, layers: list, seconds: float) -> None:
+    """As :func:`produce`, drawing each ring image once with GL into the layer's GPU images
+    (``layers`` are ``(fd, spec, offer)``); a layer whose images cannot be imported here
+    is painted in its block instead."""
+    os.environ["PYGLET_HEADLESS"] = "1"
+    from engine.contracts.layer import ImageStorage
+    from engine.gpu.gl_memory import GpuLayerTargets, ImportRefused, wait_for_rendering
+    from engine.render.context import gl, offscreen_context
+
+    offscreen_context()
+    pose = PoseHandoffReader(pose_fd)
+    targets, writers = [], []
+    for fd, spec, offer in layers:
+        target = None
+        if offer.offered:
+            try:
+                target = GpuLayerTargets(offer.images, tuple(offer.fds))
+            except ImportRefused:
+                target = None
+        storage = ImageStorage.SHARED_MEMORY if target is None else ImageStorage.GPU_MEMORY
+        targets.append(target)
+        writers.append(LayerWriter(fd, spec, storage))
+    painted: set[tuple[int, int]] = set()
+    last = None
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        record = pose.read()
+        if record is None or record.frame == last:
+            time.sleep(0.0005)
+            continue
+        last = record.frame
+        slots = [writer.acquire() for writer in writers]
+        drew = False
+        for i, (writer, target, slot) in enumerate(zip(writers, targets, slots, strict=True)):
+            if (i, slot.index) in painted:
+                continue
+            painted.add((i, slot.index))
+            alpha = 255 if i == 0 else 96
+            rgba = np.array([*(np.array([40 + 50 * i, 200 - 40 * i, 90]) * alpha // 255), alpha])
+            if target is None:
+                slot.pixels[...] = rgba[writer.spec.format.rgba_order]
+                continue
+            for framebuffer in target.framebuffers(slot.index):
+                gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, framebuffer.fbo)
+                gl.glViewport(0, 0, writer.spec.width, writer.spec.height)
+                gl.glClearColor(*(rgba / 255.0))
+                gl.glClear(gl.GL_COLOR_BUFFER_BIT)
+            drew = True
+        if drew:
+            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+            wait_for_rendering()
+        for writer, slot in zip(writers, slots, strict=True):
+            writer.publish(slot, record.frame, record.sample.eyes, time.monotonic_ns())
+
+
+def run_compositor_in_gpu_memory(
+    layer_count: int, seconds: float, lead_ns: int, eye: tuple[int, int] = EYE
+) -> dict:
+    pose_fd = create_block_fd("bench-pose")
+    layers = tuple((f"layer{i}", *eye) for i in range(layer_count))
+    config = CompositorConfig(
+        eye_width=eye[0], eye_height=eye[1], layers=layers, compose_lead_ns=lead_ns,
+        gpu_images="on",  # on a CPU renderer too ("auto" keeps shared memory there)
+    )  # fmt: skip
+    handle = CompositorHandle.start(config, pose_fd)
+    given = [
+        (PassedFd(fd), spec, handle.gpu_images_for_child(i))
+        for i, (fd, spec) in enumerate(handle.layers)
+    ]
+    producer = SPAWN.Process(target=produce_in_gpu_memory, args=(PassedFd(pose_fd), given, seconds))
+    producer.start()
+    producer.join(seconds + 60)
+    stats = handle.stop()
+    os.close(pose_fd)
+    stats["rate_hz"] = stats["frames"] / stats["seconds"]
+    return stats
+
+
+def gpu_memory_runs(
+    seconds: float, lead_ns: int, sizes: list[tuple[int, int]], counts: list[int]
+) -> dict[str, dict]:
+    """The "1 gpu" and "4 gpu" rows (``"4 gpu @1440x1600"`` at other sizes)."""
+    return {
+        f"{count} gpu" + ("" if eye == EYE else f" @{eye[0]}x{eye[1]}"): (
+            run_compositor_in_gpu_memory(count, seconds, lead_ns, eye)
+        )
+        for eye in sizes
+        for count in counts
+    }
+
+
+def image_paths(results: dict[str, dict]) -> list[str]:
+    """One line per run: where its layers' images were, and why."""
+    lines = []
+    for name, r in results.items():
+        layers = r.get("gl", {}).get("layer_images")
+        if not layers:
+            continue
+        shown = sorted({str(layer["shown_from"]) for layer in layers})
+        offered = sorted({f"{layer['offered']} ({layer['why']})" for layer in layers})
+        lines.append(
+            f"  {name:<10} shown from {' and '.join(shown)}; offered {'; '.join(offered)}; "
+            f"{r['gl']['uploads']} uploads, {r['gl'].get('gpu_images_shown', 0)} GPU images "
+            f"sampled in place"
+        )
+    return lines
 
 
 # --- 3. crashes -----------------------------------------------------------------------
@@ -318,6 +435,9 @@ def layer_path(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--no-gpu", action="store_true", help="skip the runs with layers in GPU memory"
+    )
     parser.add_argument("--crash-seconds", type=float, default=10.0)
     parser.add_argument("--lead-ms", type=float, default=4.0, help="compose lead")
     parser.add_argument("--sizes", default=f"{EYE[0]}x{EYE[1]}", help="per-eye sizes, a,b")
@@ -340,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = run_compositor(count, args.seconds, lead, eye=eye, before=True)
             if count == 1 and eye == sizes[0] and not args.no_linear:
                 results["1 linear"] = run_compositor(1, args.seconds, lead, "linear", eye=eye)
+    if not args.no_gpu:
+        results.update(gpu_memory_runs(args.seconds, lead, sizes, counts))
     if not args.no_game:
         results["game"] = run_game(args.crash_seconds, lead, crash=False)
         results["crashes"] = run_game(args.crash_seconds, lead, crash=True)
@@ -376,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         timed = r.get("gl", {}).get("timed_frame_ms")
         if timed is not None:
             print(f"  {name:<14} {timed:6.2f} ms  {layer_path(r)}")
+    print("\nwhere each run's layer images were:")
+    print("\n".join(image_paths(results)))
     print("\nwhere the misses came from (the last 32 of each run):")
     for name, r in results.items():
         if name != "floor" and r.get("recent_misses"):

@@ -24,6 +24,18 @@ Per-frame medians, in milliseconds:
 * ``ratio``: (readback - wait + publish) / floor: the copying against the floor.
   Target: <= 1.2.
 
+Then the two ways a frame can reach the compositor, per frame, both eyes (medians, ms):
+
+* ``shared memory``: draw and ``glFinish``, ``glReadPixels`` into the layer block, publish,
+  and the compositor's upload of both eyes (``glTexSubImage2D`` from the block, finished);
+* ``gpu memory``: draw straight into the layer's GPU images (Vulkan-allocated, imported
+  into GL), wait on a fence, publish; the compositor samples them in place (no upload).
+  Skipped, with the reason, where Vulkan or the GL extensions are missing.
+
+Both run in this process on one GL context (the compositor's half included), so the
+columns add up to what one frame costs the two processes together; they alternate frame
+by frame, so a busy machine slows both alike.
+
 Run: ``python bench/render_layer.py [frames] [--format RGBA8|BGRA8] [--json PATH]``
 (default 100 frames; well under a minute).
 """
@@ -159,6 +171,116 @@ def bench_size(width: int, height: int, frames: int, fmt: PixelFormat) -> dict[s
     return results
 
 
+def upload_both_eyes(textures: list[int], pixels: np.ndarray, width: int, height: int) -> None:
+    """What the compositor does with a shared-memory image: upload each eye, finished."""
+    import ctypes
+
+    from engine.render.context import gl
+
+    gl.glPixelStorei(gl.GL_UNPACK_ALIGNMENT, 1)
+    for eye, texture in enumerate(textures):
+        gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
+        gl.glTexSubImage2D(
+            gl.GL_TEXTURE_2D, 0, 0, 0, width, height, gl.GL_RGBA, gl.GL_UNSIGNED_BYTE,
+            ctypes.c_void_p(pixels[eye].ctypes.data),
+        )  # fmt: skip
+    gl.glBindTexture(gl.GL_TEXTURE_2D, 0)
+    gl.glFinish()
+
+
+def bench_paths(width: int, height: int, frames: int, allocator: object | None) -> dict:
+    """Per-frame medians of both paths at one eye size: ``{path: {column: ms}}``."""
+    import ctypes
+
+    from engine.contracts.layer import ImageStorage
+    from engine.gpu.gl_memory import GpuLayerTargets, wait_for_rendering
+    from engine.render.context import gl
+
+    renderer = Renderer(width, height, ShaderLibrary())
+    spec = LayerSpec(width=width, height=height, eyes=2)
+    headset = SimulatedHeadset()
+    textures = []
+    for _ in range(2):
+        name = gl.GLuint()
+        gl.glGenTextures(1, ctypes.byref(name))
+        gl.glBindTexture(gl.GL_TEXTURE_2D, name.value)
+        gl.glTexImage2D(
+            gl.GL_TEXTURE_2D, 0, gl.GL_RGBA8, width, height, 0, gl.GL_RGBA,
+            gl.GL_UNSIGNED_BYTE, None,
+        )  # fmt: skip
+        textures.append(name.value)
+    shm_fd = create_layer_fd(spec, name="bench-shm")
+    shm = LayerWriter(shm_fd, spec)
+    paths = {"shared memory": {"draw": [], "readback": [], "publish": [], "upload": []}}
+    if allocator is not None:
+        offer = allocator.allocate(spec)
+        targets = GpuLayerTargets(offer.images, offer.fds)
+        gpu_fd = create_layer_fd(spec, name="bench-gpu")
+        gpu = LayerWriter(gpu_fd, spec, ImageStorage.GPU_MEMORY)
+        paths["gpu memory"] = {"draw": [], "readback": [], "publish": [], "upload": []}
+
+    def record(path: str, n: int, *values: int) -> None:
+        if n >= 6:  # the first frames touch every ring image: not counted
+            for key, value in zip(paths[path], values, strict=True):
+                paths[path][key].append(value)
+
+    # The two paths alternate frame by frame, so that a busy machine slows both alike.
+    for n in range(frames + 6):
+        sample = headset.sample(n, n * 11_111_111)
+        slot = shm.acquire()
+        timings = renderer.render(esper, sample.eyes, (slot.address(0), slot.address(1)))
+        t0 = time.perf_counter_ns()
+        shm.publish(slot, frame=n, eyes=sample.eyes, completed_ns=t0)
+        t1 = time.perf_counter_ns()
+        upload_both_eyes(textures, slot.pixels, width, height)
+        t2 = time.perf_counter_ns()
+        record("shared memory", n, timings.draw_ns, timings.readback_ns, t1 - t0, t2 - t1)
+        if allocator is None:
+            continue
+        slot = gpu.acquire()
+        t0 = time.perf_counter_ns()
+        renderer.render_to_framebuffers(esper, sample.eyes, targets.framebuffers(slot.index))
+        wait_for_rendering()
+        t1 = time.perf_counter_ns()
+        gpu.publish(slot, frame=n, eyes=sample.eyes, completed_ns=t1)
+        t2 = time.perf_counter_ns()
+        record("gpu memory", n, t1 - t0, 0, t2 - t1, 0)
+    shm.close()
+    os.close(shm_fd)
+    if allocator is not None:
+        gpu.close()
+        os.close(gpu_fd)
+        targets.delete()
+    results = {
+        path: {k: median_ms(v) for k, v in columns.items()} for path, columns in paths.items()
+    }
+    gl.glDeleteTextures(2, (gl.GLuint * 2)(*textures))
+    renderer.close()
+    for result in results.values():
+        result["total"] = sum(result.values())
+    return results
+
+
+def compare_paths(frames: int) -> None:
+    """The second table: shared memory against GPU memory, and which path could run."""
+    from engine.compositor.gpu_images import open_allocator
+
+    allocator, why = open_allocator("on")  # on a CPU renderer too: this compares them
+    print(
+        f"\nshared memory vs gpu memory: {frames} frames per size, medians in ms; "
+        + (f"gpu memory: {why}" if allocator else f"gpu memory skipped: {why}")
+    )
+    columns = ["draw", "readback", "publish", "upload", "total"]
+    print(f"{'eyes':>13} {'path':>14} " + " ".join(f"{c:>9}" for c in columns))
+    for width, height in SIZES:
+        for path, result in bench_paths(width, height, frames, allocator).items():
+            cells = " ".join(f"{result[c]:9.2f}" for c in columns)
+            print(f"{f'2x{width}x{height}':>13} {path:>14} {cells}")
+    print("draw = issuing both eyes and waiting for them (glFinish; a fence for gpu memory)")
+    if allocator is not None:
+        allocator.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("frames", nargs="?", type=int, default=100)
@@ -193,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.json:
         Path(args.json).write_text(json.dumps(everything, indent=1))
+    compare_paths(args.frames)
 
 
 if __name__ == "__main__":

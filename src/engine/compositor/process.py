@@ -4,6 +4,10 @@ The process never imports or runs user code. What it holds:
 
 * the layers it reads: it creates each block itself (:func:`create_layer_fd`, sealed) and
   sends the fds to its parent over the control socket, which hands them to producers;
+  where Vulkan and GL allow, each layer's images in GPU memory too
+  (:mod:`engine.compositor.gpu_images`): it allocates them, imports them into its own GL
+  context and sends their fds after the block's (or why it could not); it samples them in
+  place and never draws into them;
 * the pose handoff block, whose fd the parent passes in; the process writes it each frame;
 * a control socket (``SOCK_SEQPACKET``, one JSON object per message): ``ready`` once at
   start (priorities granted, GL renderer, the layers' pixel format and how they are
@@ -13,7 +17,8 @@ The process never imports or runs user code. What it holds:
 
 Start-up order matters: priority first (threads created later inherit it; the GPU
 priority is asked for when the GL context is made), then the headless choice, then GL,
-then the layers (their pixel format is the one the driver uploads fastest).
+then the layers (their pixel format is the one the driver uploads fastest, and their GPU
+images go on the GL context's device).
 """
 
 from __future__ import annotations
@@ -41,8 +46,15 @@ from engine.compositor.priority import (
 )
 from engine.compositor.timewarp import fov_tangents, rotation_delta
 from engine.compositor.upload import UploadFormat, choose_upload, driver_preference
+from engine.contracts.gpu_layer import (
+    GpuImagesOffer,
+    not_offered,
+    recv_gpu_images,
+    send_gpu_images,
+)
 from engine.contracts.handoff import PoseHandoffWriter
 from engine.contracts.layer import (
+    ImageStorage,
     LayerReader,
     LayerSpec,
     PixelFormat,
@@ -90,6 +102,10 @@ class CompositorConfig:
     pose: str = "simulated"
     frames: int | None = None  # stop by itself after this many frames (benchmarks)
     input_script: str | None = None  # scripted input played into the input block
+    #: Layer images in GPU memory: "auto" where Vulkan and GL allow it on a GPU (a CPU
+    #: renderer keeps shared memory: see gpu_images.CPU_RENDERER_REASON), "on" wherever
+    #: they allow it, "off" never.
+    gpu_images: str = "auto"
 
     def layer_specs(self, default_format: PixelFormat = PixelFormat.BGRA8) -> list[LayerSpec]:
         """Each layer's spec, in ``layer_format`` or else ``default_format``."""
@@ -139,6 +155,16 @@ class _LayerTextures:
     front_key: tuple[int, int] | None = None
     failed_key: tuple[int, int] | None = None
     eyes: tuple[EyeView, ...] = field(default_factory=tuple)
+    gpu: Any = None  # the layer's GPU images imported here (ImportedImages), if offered
+    gpu_reason: str = "not offered"  # why the layer has GPU images or not
+    gpu_index: int | None = None  # the GPU image shown; None: the uploaded set is
+    shown_from: str | None = None  # "gpu memory" or "shared memory": the last image's
+
+    def texture(self, eye: int) -> int:
+        """The texture shown for ``eye``: the GPU image in place, or the uploaded copy."""
+        if self.gpu_index is not None:
+            return self.gpu.textures[self.gpu_index][eye].texture
+        return self.textures[self.front][eye]
 
 
 #: GL renderers that draw on the CPU (Mesa's llvmpipe and softpipe).
@@ -255,6 +281,9 @@ class GLComposer:
         self.uploads = 0
         self.torn_uploads = 0
         self.rejected_images = 0
+        self.gpu_images_shown = 0
+        self.torn_gpu_samples = 0
+        self._sampled_gpu: list[LayerDraw] = []  # last frame's GPU images, checked next frame
         self.timed_frame_ns: int | None = None  # what time_frame measured, if it ran
 
     def _texture(
@@ -281,10 +310,55 @@ class GLComposer:
         gl.glBindTexture(gl.GL_TEXTURE_2D, 0)
         return name.value
 
+    def attach_gpu_images(self, layer_index: int, offer: GpuImagesOffer) -> str | None:
+        """Import layer ``layer_index``'s GPU images into this context, to sample in place.
+
+        Returns ``None``, or why they cannot be used (the layer then stays in shared
+        memory; nothing is raised for a driver's refusal).
+        """
+        from engine.gpu.gl_memory import ImportedImages, ImportRefused
+
+        layer = self._layers[layer_index]
+        if offer.images is None:
+            layer.gpu_reason = offer.reason
+            return offer.reason
+        spec, images = layer.spec, offer.images
+        if (images.width, images.height, images.eyes, images.images) != (
+            spec.width, spec.height, spec.eyes, spec.images,
+        ):  # fmt: skip
+            layer.gpu_reason = f"the GPU images do not match the layer ({images})"
+            return layer.gpu_reason
+        try:
+            layer.gpu = ImportedImages(images, tuple(offer.fds), self._filter)
+        except ImportRefused as exc:
+            layer.gpu_reason = f"the compositor's GL cannot import them: {exc}"
+            return layer.gpu_reason
+        layer.gpu_reason = offer.reason or "offered"
+        return None
+
+    def _show_gpu_image(self, layer: _LayerTextures, draw: LayerDraw) -> None:
+        image = draw.image
+        key = (image.index, image.seq)
+        spec = getattr(image, "spec", None)
+        same_size = spec is not None and spec.shape == layer.spec.shape
+        if layer.gpu is None or not same_size or not 0 <= image.index < layer.spec.images:
+            # No images of ours, or a header re-describing them: not what we allocated.
+            layer.failed_key = key
+            self.rejected_images += 1
+            return
+        # Sampled in place, never copied: the producer does not draw into this image again
+        # before it has published two more, which the pacing makes a frame or more away.
+        layer.gpu_index, layer.front_key, layer.eyes = image.index, key, tuple(image.eyes)
+        layer.shown_from = "gpu memory"
+        self.gpu_images_shown += 1
+
     def _upload(self, draw: LayerDraw) -> None:
         layer, image = self._layers[draw.layer], draw.image
         key = (image.index, image.seq)
         if key in (layer.front_key, layer.failed_key):
+            return
+        if getattr(image, "storage", None) is ImageStorage.GPU_MEMORY:
+            self._show_gpu_image(layer, draw)
             return
         pixels = getattr(image, "pixels", None)
         if pixels is None or pixels.shape != layer.spec.shape or pixels.dtype != np.uint8:
@@ -297,6 +371,7 @@ class GLComposer:
         # glTexSubImage2D has copied the client memory when it returns: check it is whole.
         if draw.source.still_valid(image):
             layer.front, layer.front_key, layer.eyes = back, key, tuple(image.eyes)
+            layer.gpu_index, layer.shown_from = None, "shared memory"
             self.uploads += 1
         else:
             layer.failed_key = key
@@ -356,7 +431,8 @@ class GLComposer:
         for repeat in range(warmups + repeats):
             start = clock()
             for layer, blank in zip(self._layers, blanks, strict=True):
-                self._upload_pixels(layer, repeat % 2, blank)
+                if layer.gpu is None:  # GPU images are sampled in place, never uploaded
+                    self._upload_pixels(layer, repeat % 2, blank)
             gl.glBlendFunc(gl.GL_ONE, gl.GL_ONE_MINUS_SRC_ALPHA)
             for e, fbo in enumerate(self._fbos):
                 gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
@@ -365,7 +441,12 @@ class GLComposer:
                 tan = fov_tangents(eyes[e].fov)
                 for i, layer in enumerate(self._layers):
                     (gl.glEnable if i else gl.glDisable)(gl.GL_BLEND)
-                    self._warp(layer, layer.textures[repeat % 2][0], _TURN_1_DEGREE, tan, tan)
+                    texture = (
+                        layer.textures[repeat % 2][0]
+                        if layer.gpu is None
+                        else layer.gpu.textures[repeat % layer.spec.images][0].texture
+                    )
+                    self._warp(layer, texture, _TURN_1_DEGREE, tan, tan)
             gl.glDisable(gl.GL_BLEND)
             gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
             self.finish()
@@ -378,6 +459,7 @@ class GLComposer:
         self, draws: Sequence[LayerDraw], eyes: tuple[EyeView, EyeView], fallback: bool
     ) -> None:
         gl = self.gl
+        self._check_gpu_samples()
         for draw in draws:
             self._upload(draw)
         gl.glBlendFunc(gl.GL_ONE, gl.GL_ONE_MINUS_SRC_ALPHA)
@@ -404,10 +486,21 @@ class GLComposer:
                 source_eye = min(e, len(layer.eyes) - 1)
                 rendered = layer.eyes[source_eye]
                 delta = rotation_delta(rendered.pose.orientation, eye.pose.orientation)
-                texture = layer.textures[layer.front][source_eye]
+                texture = layer.texture(source_eye)
                 self._warp(layer, texture, delta, out_tan, fov_tangents(rendered.fov))
+                if e == 0 and layer.gpu_index is not None:
+                    self._sampled_gpu.append(draw)
             gl.glDisable(gl.GL_BLEND)
         gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+
+    def _check_gpu_samples(self) -> None:
+        """Count GPU images the producer started rewriting while the last frame sampled
+        them (that frame is finished now). Nothing to undo: the count says whether the
+        producer kept to the ring."""
+        for draw in self._sampled_gpu:
+            if not draw.source.still_valid(draw.image):
+                self.torn_gpu_samples += 1
+        self._sampled_gpu = []
 
     def warm_up(self, eyes: tuple[EyeView, EyeView]) -> None:
         """Draw every pass once (fallback, each layer's empty texture) and wait for it.
@@ -453,6 +546,18 @@ class GLComposer:
         """How each layer (bottom first) is stored and uploaded."""
         return [layer.upload for layer in self._layers]
 
+    def layer_images(self) -> list[dict[str, Any]]:
+        """Per layer: where its images can be (``offered``: "gpu memory" or "shared
+        memory", and ``why``) and where the last one shown came from (``shown_from``)."""
+        return [
+            {
+                "offered": "gpu memory" if layer.gpu is not None else "shared memory",
+                "why": layer.gpu_reason,
+                "shown_from": layer.shown_from,
+            }
+            for layer in self._layers
+        ]
+
     def eye_textures(self) -> tuple[int, int]:
         return (self._eye_textures[0], self._eye_textures[1])
 
@@ -467,6 +572,9 @@ class GLComposer:
             "uploads_as": [layer.upload.describe() for layer in self._layers],
             "driver_prefers": self.preferred_upload.describe(),
             "timed_frame_ms": None if self.timed_frame_ns is None else self.timed_frame_ns / 1e6,
+            "gpu_images_shown": self.gpu_images_shown,
+            "torn_gpu_samples": self.torn_gpu_samples,
+            "layer_images": self.layer_images(),
         }
         if self.mesh is not None:
             stats["mesh_cells_affine"] = self.mesh.rect_cells
@@ -526,18 +634,12 @@ def compositor_main(
     offscreen_context()
     preferred = preferred_upload()
     specs = config.layer_specs(preferred.layer_format)
-    readers = []
-    for (name, _, _), spec in zip(config.layers, specs, strict=True):
-        fd = create_layer_fd(spec, name=f"layer-{name}")
-        readers.append(LayerReader(fd))
-        send_layer_fd(control, fd, spec)
-        os.close(fd)  # the reader's mapping and the parent's copy keep the block alive
-
     from engine.compositor.sinks import HeadlessSink, MirrorWindowSink
 
     composer = GLComposer(
         config.eye_width, config.eye_height, specs, filter=config.filter, warp=config.warp
     )
+    readers, allocator = _share_layers(config, specs, composer, control)
     sink = (
         MirrorWindowSink(composer, config.capture_path)
         if config.window
@@ -582,7 +684,14 @@ def compositor_main(
     # Every layer has the one format: the first says how they all upload.
     upload = composer.layer_uploads()[0] if specs else preferred
     formats = {"layer_format": upload.layer_format.name, "upload": upload.describe()}
-    ready = {"op": "ready", "priority": priority, "gl": gl_description(), **formats}
+    layer_images = [f"{entry['offered']} ({entry['why']})" for entry in composer.layer_images()]
+    ready = {
+        "op": "ready",
+        "priority": priority,
+        "gl": gl_description(),
+        **formats,
+        "layer_images": layer_images,
+    }
     send_message(control, ready)
     control.setblocking(False)
     stop_requested = False
@@ -618,6 +727,45 @@ def compositor_main(
         send_message(control, {"op": "stats", "stats": stats})
     except OSError:
         pass  # nobody is listening any more
+    if allocator is not None:
+        allocator.close()
+
+
+def _share_layers(
+    config: CompositorConfig,
+    specs: list[LayerSpec],
+    composer: GLComposer,
+    control: socket.socket,
+) -> tuple[list[LayerReader], Any]:
+    """Create each layer's block and, where possible, its GPU images; send both to the
+    parent (block first, then the GPU images or why there are none). Returns the readers
+    and the Vulkan allocator (``None`` without one), which must outlive the layers."""
+    from engine.compositor.gpu_images import GpuImagesUnavailable, open_allocator
+
+    software = is_software_renderer(composer.gl.gl_info.get_renderer())
+    allocator, why_not = open_allocator(config.gpu_images, software)
+    readers = []
+    for i, ((name, _, _), spec) in enumerate(zip(config.layers, specs, strict=True)):
+        offer = not_offered(why_not)
+        if allocator is not None:
+            try:
+                offer = allocator.allocate(spec)
+            except GpuImagesUnavailable as exc:
+                offer = not_offered(f"allocation refused: {exc}")
+            problem = composer.attach_gpu_images(i, offer)
+            if problem:
+                offer = not_offered(problem)
+        else:
+            composer.attach_gpu_images(i, offer)
+        fd = create_layer_fd(spec, name=f"layer-{name}")
+        # A layer offered GPU images normally never reads the block's image bytes, so they
+        # are not faulted in up front (a producer that falls back to the block pays about a
+        # millisecond per ring image, once, on the compositor's side).
+        readers.append(LayerReader(fd, populate=not offer.offered))
+        send_layer_fd(control, fd, spec)
+        send_gpu_images(control, offer)
+        os.close(fd)  # the reader's mapping and the parent's copy keep the block alive
+    return readers, allocator
 
 
 def _stderr_report(message: str) -> None:
@@ -641,6 +789,8 @@ class CompositorHandle:
         self.process = process
         self.control = control
         self.layers: list[tuple[int, LayerSpec]] = []
+        #: Per layer, its GPU images as offered (fds owned here), or why there are none.
+        self.gpu_images: list[GpuImagesOffer] = []
         self.ready: dict[str, Any] = {}
 
     @classmethod
@@ -670,6 +820,7 @@ class CompositorHandle:
             parent.settimeout(timeout_s)
             for _ in config.layers:
                 handle.layers.append(recv_layer_fd(parent))
+                handle.gpu_images.append(recv_gpu_images(parent))
             ready = recv_message(parent, timeout_s)
         except (OSError, ConnectionError, ValueError) as exc:
             handle.kill()
@@ -682,6 +833,12 @@ class CompositorHandle:
 
     def alive(self) -> bool:
         return self.process.is_alive()
+
+    def gpu_images_for_child(self, layer: int) -> GpuImagesOffer:
+        """Layer ``layer``'s GPU images offer, its fds wrapped to pass to a ``spawn``
+        child (which receives its own copies; every child gets the same images)."""
+        offer = self.gpu_images[layer]
+        return GpuImagesOffer(offer.images, tuple(PassedFd(fd) for fd in offer.fds), offer.reason)
 
     def stop(self, timeout_s: float = 10.0) -> dict[str, Any]:
         """Ask it to stop and return its final stats (``{}`` if it could not say)."""
@@ -712,6 +869,9 @@ class CompositorHandle:
             except OSError:
                 pass
         self.layers = []
+        for offer in self.gpu_images:
+            offer.close()
+        self.gpu_images = []
         self.control.close()
 
 

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.contracts.gpu_layer import GpuImagesOffer
 from engine.contracts.handoff import HeartbeatWriter, Phase, PoseHandoffReader, RunningNow
 from engine.contracts.layer import ImageSlot, LayerSpec, LayerWriter
 from engine.game import Engine, FrameInfo, install_stop_signals
@@ -248,14 +249,19 @@ def game_main(
     layer_fd: int,
     crash_fd: int,
     spec: LayerSpec,
+    gpu_images: GpuImagesOffer | None = None,
     input_fd: int | None = None,
 ) -> None:
     """The game process's entry point (``spawn`` context). Runs until SIGTERM.
 
     ``input_fd`` is the compositor's input block (read-only): ``world.input`` comes from it.
 
-    Exceptions before the first frame propagate: the process exits non-zero and the
-    supervisor treats it like any other death (and blames what the heartbeat names).
+    ``gpu_images`` is the compositor's offer of the layer's images in GPU memory: the
+    render system draws straight into them where this process's GL can import them (a
+    render factory draws CPU pixels, so it keeps the shared block); the path taken is
+    reported at start. Exceptions before the first frame propagate: the process exits
+    non-zero and the supervisor treats it like any other death (and blames what the
+    heartbeat names).
     """
     parent = multiprocessing.parent_process()
     if parent is not None:  # first: nothing of the game outlives the supervisor
@@ -283,7 +289,9 @@ def game_main(
     if use_render_system:
         from engine.render.stage import RenderSettings
 
-        render_settings = RenderSettings(spec.width, spec.height, pixel_format=spec.format)
+        render_settings = RenderSettings(
+            spec.width, spec.height, pixel_format=spec.format, layer_images=gpu_images
+        )
     running.phase(Phase.RESTORE)
     checkpoint_path = Path(config.checkpoint_path)
     world = restore_world(checkpoint_path, report)
@@ -298,6 +306,10 @@ def game_main(
         render=render_settings if use_render_system else None,
         layer_fd=layer_fd if use_render_system else None,
     )
+    if engine.render_stage is not None:
+        engine.report(f"game: layer images in {engine.render_stage.image_path}")
+    if gpu_images is not None:
+        gpu_images.close()  # imported (or refused): the imports hold the memory now
     writer = None if use_render_system else LayerWriter(layer_fd, spec)
     checkpointer = Checkpointer(checkpoint_path, round(config.checkpoint_interval_s * 1e9))
     checkpointer.last_ns = time.monotonic_ns()  # the restored state is already on disk

@@ -434,7 +434,8 @@ class Supervisor:
         )
         self.report(
             "supervisor: compositor up, priority "
-            f"{self.compositor.ready['priority']}, {self.compositor.ready['gl']}"
+            f"{self.compositor.ready['priority']}, {self.compositor.ready['gl']}; layer images "
+            f"in {', '.join(self.compositor.ready.get('layer_images', [])) or 'shared memory'}"
         )
 
     def _close_compositor(self) -> None:
@@ -490,6 +491,8 @@ class Supervisor:
         game_input_fd = read_only_fd(self._input_fd)  # nor the input
         layer_fd, spec = self.compositor.layers[0]
         config = GameConfig(**{**asdict(self.game_config), "restarted": restarted})
+        # The same GPU images for every game: a restarted one imports them again.
+        gpu_images = self.compositor.gpu_images_for_child(0)
         process = SPAWN.Process(
             target=game_main,
             args=(
@@ -499,6 +502,7 @@ class Supervisor:
                 PassedFd(layer_fd),
                 PassedFd(crash_fd),
                 spec,
+                gpu_images,
             ),
             kwargs={"input_fd": PassedFd(game_input_fd)},
             name="engine-game",

@@ -447,6 +447,28 @@ class Renderer:
             gl.glBindBuffer(gl.GL_PIXEL_PACK_BUFFER, 0)
         return waited
 
+    def render_to_framebuffers(
+        self, world: DrawableWorld, eyes: Sequence[EyeView], framebuffers: Sequence[Any],
+        *, time_s: float = 0.0,
+    ) -> RenderTimings:  # fmt: skip
+        """Draw ``world`` once per eye straight into ``framebuffers[i].fbo``; no readback.
+
+        For layer images in GPU memory (:class:`engine.gpu.gl_memory.GpuLayerTargets`):
+        each framebuffer needs a colour and a depth attachment of the renderer's size. The
+        drawing is only queued when this returns (``draw_ns`` is the CPU's share); wait
+        for it (:func:`engine.gpu.gl_memory.wait_for_rendering`) before publishing.
+        Raises ``ValueError`` if the counts differ.
+        """
+        if len(eyes) != len(framebuffers):
+            raise ValueError(f"{len(eyes)} eyes but {len(framebuffers)} framebuffers")
+        t0 = time.perf_counter_ns()
+        self._prepare(0)
+        draw_list = self._gather(world)
+        for eye, target in zip(eyes, framebuffers, strict=True):
+            self._draw_eye(eye, target, draw_list.batches, time_s)
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+        return RenderTimings(time.perf_counter_ns() - t0, 0, draw_list.drawn)
+
     def _address(self, destination: Destination) -> int:
         if isinstance(destination, np.ndarray):
             shape = (self.height, self.width, 4)

@@ -18,6 +18,17 @@ hung, where the driver offers it). :meth:`RenderStage.check_context`, called bet
 frames, sees it (``glGetGraphicsResetStatus``), makes a new context and every GL object
 again (framebuffers, buffers, meshes, the running shader programs), and the game goes on
 from the next frame instead of dying with its context.
+
+Each frame both eyes are drawn with the frame's pose and read back straight into a free
+image of the layer (no intermediate copy), which is then published with that pose.
+Standalone, the stage creates its own layer; under the compositor, the compositor creates
+it and hands over its file descriptor.
+
+Where the compositor offers the layer's images in GPU memory
+(``RenderSettings.layer_images``) and this GL context can import them, each eye is drawn
+straight into the acquired GPU image instead: nothing is read back or uploaded; the stage
+waits for the drawing to finish (a fence) before publishing. Where it cannot, it says why
+(:attr:`RenderStage.image_path`) and reads back into the shared block as before.
 """
 
 from __future__ import annotations
@@ -31,7 +42,10 @@ from pathlib import Path
 import numpy as np
 
 from engine.compositor.sinks import save_png, side_by_side
+from engine.contracts.gpu_layer import GpuImagesOffer
 from engine.contracts.layer import (
+    ImageSlot,
+    ImageStorage,
     LayerReader,
     LayerSpec,
     LayerWriter,
@@ -62,6 +76,8 @@ class RenderSettings:
     #: How long a frame's pixels may take to arrive before it is not published (under the
     #: render system's hard limit, so a stuck GPU costs frames, not the system).
     readback_timeout_ns: int = 40_000_000
+    #: The layer's images in GPU memory, as the compositor offers them (``None``: none).
+    layer_images: GpuImagesOffer | None = None
 
     @property
     def view_fov(self) -> Fov:
@@ -127,7 +143,11 @@ class RenderStage:
         self.spec = LayerSpec(settings.width, settings.height, eyes=2, format=settings.pixel_format)
         self.owns_layer = layer_fd is None
         self.layer_fd = create_layer_fd(self.spec, "game") if layer_fd is None else layer_fd
-        self.writer = LayerWriter(self.layer_fd, self.spec)
+        self.gpu_targets, self.image_path = _import_layer_images(settings.layer_images, self.spec)
+        storage = (
+            ImageStorage.SHARED_MEMORY if self.gpu_targets is None else ImageStorage.GPU_MEMORY
+        )
+        self.writer = LayerWriter(self.layer_fd, self.spec, storage)
         self.last_frame = -1  # the frame number last published
         self.last = RenderFrameTimes()
         self.report = report
@@ -139,6 +159,11 @@ class RenderStage:
     def warm_up(self, world: object) -> None:
         """Draw once without publishing: context, programs and meshes are made now, not
         inside the first frame (where their one-time cost would trip the watchdog)."""
+        if self.gpu_targets is not None:
+            # Into the image the first frame draws into again (acquired, so never shown).
+            targets = self.gpu_targets.framebuffers(self.writer.acquire().index)
+            self.renderer.render_to_framebuffers(world, self.eyes_for(None), targets)
+            return
         scratch = [np.empty(self.spec.shape[1:], np.uint8) for _ in range(self.spec.eyes)]
         self.renderer.render(world, self.eyes_for(None), scratch)
 
@@ -160,6 +185,9 @@ class RenderStage:
         views = self.eyes_for(eyes)
         drawn = self.renderer.draw(world, views)
         slot = self.writer.acquire()
+        if self.gpu_targets is not None:
+            self._draw_into_gpu_image(world, frame, views, slot)
+            return
         # Addresses, not views: the layer and the renderer agree on the size by construction.
         addresses = [slot.address(i) for i in range(len(views))]
         timings = self.renderer.read(drawn, addresses, self.settings.readback_timeout_ns)
@@ -202,12 +230,36 @@ class RenderStage:
         self.context_lost = None
         return True
 
+    def _draw_into_gpu_image(
+        self, world: object, frame: int, views: tuple[EyeView, ...], slot: ImageSlot
+    ) -> None:
+        from engine.gpu.gl_memory import wait_for_rendering
+
+        assert self.gpu_targets is not None
+        targets = self.gpu_targets.framebuffers(slot.index)
+        timings = self.renderer.render_to_framebuffers(world, views, targets)
+        t0 = time.perf_counter_ns()
+        # The compositor samples the image as soon as it is published: it must be drawn.
+        wait_for_rendering()
+        t1 = time.perf_counter_ns()
+        self.writer.publish(slot, frame=frame, eyes=tuple(views), completed_ns=time.monotonic_ns())
+        self.last = RenderFrameTimes(
+            timings.draw_ns + t1 - t0, 0, time.perf_counter_ns() - t1, timings.drawn
+        )
+        self.last_frame = frame
+
     def _latest_eyes(self) -> np.ndarray | None:
         """A copy of the newest published frame's eyes, (eyes, h, w, RGBA), rows bottom-up."""
         reader = LayerReader(self.layer_fd)
         try:
             frame = reader.read()
-            return None if frame is None else frame.pixels[..., self.spec.format.rgba_order]
+            if frame is None:
+                return None
+            if frame.pixels is None and self.gpu_targets is not None:
+                return np.stack(self.gpu_targets.read(frame.index))  # RGBA already
+            if frame.pixels is None:
+                return None
+            return frame.pixels[..., self.spec.format.rgba_order]
         finally:
             reader.close()
 
@@ -225,6 +277,31 @@ class RenderStage:
 
     def close(self) -> None:
         self.writer.close()
+        if self.gpu_targets is not None:
+            self.gpu_targets.delete()
+            self.gpu_targets = None
         self.renderer.close()
         if self.owns_layer:
             os.close(self.layer_fd)
+
+
+def _import_layer_images(offer: GpuImagesOffer | None, spec: LayerSpec) -> tuple[object, str]:
+    """The offered GPU images imported with framebuffers, or ``None``; and the path taken
+    with its reason (``"gpu memory: ..."`` or ``"shared memory: ..."``). Never raises for
+    an import the driver refuses: the layer then stays in shared memory."""
+    if offer is None:
+        return None, "shared memory: no GPU images offered"
+    images = offer.images
+    if images is None:
+        return None, f"shared memory: {offer.reason}"
+    if (images.width, images.height, images.eyes, images.images) != (
+        spec.width, spec.height, spec.eyes, spec.images,
+    ):  # fmt: skip
+        return None, f"shared memory: the GPU images do not match the layer ({images})"
+    from engine.gpu.gl_memory import GpuLayerTargets, ImportRefused
+
+    try:
+        targets = GpuLayerTargets(images, tuple(offer.fds))
+    except ImportRefused as exc:
+        return None, f"shared memory: cannot import the GPU images ({exc})"
+    return targets, f"gpu memory: {images.count} images imported"
