@@ -221,7 +221,8 @@ def run_game(tmp_path, monkeypatch, env=(), kill_once=False, **compositor):  # n
     from conftest import load_png
     from engine.compositor.process import CompositorConfig
     from engine.launcher.game_process import RENDER_SYSTEM
-    from engine.launcher.supervisor import RestartPolicy, Supervisor
+    from engine.launcher.supervisor import Supervisor
+    from engine.policy import FailurePolicy, Settings
 
     for name, value in env:
         monkeypatch.setenv(name, value)  # inherited by the compositor and the game
@@ -238,7 +239,7 @@ def run_game(tmp_path, monkeypatch, env=(), kill_once=False, **compositor):  # n
         render=RENDER_SYSTEM,
         watch=False,
         report=messages.append,
-        policy=RestartPolicy(loop_faults=10**9),
+        policy=FailurePolicy(Settings(loop_faults=10**9)),
     )
     with sup:
         sup.start()
