@@ -427,7 +427,8 @@ def run_name(count: int, eye: tuple[int, int]) -> str:
 def layer_path(r: dict) -> str:
     """Which path a run's layers took, their format and how they were uploaded."""
     gl = r.get("gl", {})
-    path = gl.get("layer_path", "shared memory")
+    shown = [layer.get("shown_from") for layer in gl.get("layer_images") or []]
+    path = gl.get("layer_path") or (shown[0] if shown and shown[0] else "shared memory")
     uploads = gl.get("uploads_as") or ["?"]
     return f"{path}, {uploads[0]}"
 
