@@ -21,7 +21,7 @@ import io
 import itertools
 import pickle
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 import esper
 
@@ -103,8 +103,27 @@ def default_resolver(key: str) -> type | None:
     return obj if isinstance(obj, type) else None
 
 
-def dump_world(world: Any) -> bytes:
-    """Serialize every live entity of ``world`` (an :class:`engine.World`)."""
+def peek_next_entity() -> int:
+    """The id esper's current world gives its next entity, without using it up.
+
+    esper keeps a private ``itertools.count``; reading it consumes a value, so it is
+    replaced by a fresh counter starting at that value. (Wrapping it instead, as a
+    ``chain`` of the value and the old counter, nests one more iterator per checkpoint and
+    makes ``create_entity`` slower for ever.)
+    """
+    next_id = next(esper._entity_count)
+    esper._entity_count = itertools.count(next_id)
+    return next_id
+
+
+def dump_world(world: Any, file: IO[bytes] | None = None) -> bytes:
+    """Serialize every live entity of ``world`` (an :class:`engine.World`).
+
+    Returns the bytes; with ``file``, writes them there instead (streamed: a large
+    array goes from its own memory to the file, never through one big ``bytes``) and
+    returns ``b""``. Raises what pickling raises for a value that cannot be pickled
+    (``pickle.PicklingError``, ``TypeError``...).
+    """
     world.activate()
     entities = []
     max_id = 0
@@ -119,16 +138,16 @@ def dump_world(world: Any) -> bytes:
             else:
                 items.append((component_key(ctype), component_state(instance)))
         entities.append((entity, items))
-    # The id counter is private to esper; peek without consuming it.
-    counter = esper._entity_count
-    next_id = next(counter)
-    esper._entity_count = itertools.chain([next_id], counter)  # type: ignore[assignment]
+    next_id = peek_next_entity()
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "next_entity": max(next_id, max_id + 1),
         "entities": entities,
     }
+    if file is not None:
+        _Pickler(file, protocol=pickle.HIGHEST_PROTOCOL).dump(payload)
+        return b""
     buf = io.BytesIO()
     _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(payload)
     return buf.getvalue()
