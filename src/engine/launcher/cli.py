@@ -5,9 +5,11 @@
     engine history PROJECT MODULE                            list a module's versions
     engine undo|redo PROJECT MODULE                          move the active version
     engine enable PROJECT SYSTEM                             re-enable a disabled system
+    engine rewind PROJECT SECONDS                            put back the world of then
 
 ``undo``, ``redo`` and ``enable`` act on a running game (through a command file it
-watches) or, when none runs, on the project's history directly.
+watches) or, when none runs, on the project's history directly; ``rewind`` acts on a
+running game only.
 """
 
 from __future__ import annotations
@@ -261,6 +263,22 @@ def cmd_enable(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rewind(args: argparse.Namespace) -> int:
+    project = Path(args.project)
+    if running_pid(project) is None:
+        print(f"engine: rewind acts on a running game; none runs on {project}", file=sys.stderr)
+        return 1
+    result = send_command(project, "rewind", seconds=str(args.seconds))
+    if not result.get("ok"):
+        print(f"engine: rewind failed: {result.get('error')}", file=sys.stderr)
+        return 1
+    print(
+        f"engine: world rewound {result['seconds']:.1f} s, to frame {result['frame']} "
+        f"({result['entities']} entities)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="engine", description="The All-Source Engine.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -299,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("project")
     e.add_argument("system")
     e.set_defaults(func=cmd_enable)
+    w = sub.add_parser("rewind", help="put back the world of a running game as it was then")
+    w.add_argument("project")
+    w.add_argument("seconds", type=float, help="how many seconds back (the last minute is kept)")
+    w.set_defaults(func=cmd_rewind)
     return p
 
 
