@@ -376,7 +376,11 @@ class Engine:
 
                 def rewind() -> None:  # the world changes between frames, on the main thread
                     try:
-                        answer({"ok": True, **self.rewind(float(cmd["seconds"]))})
+                        # "SECONDS ago" counts from when it was asked, not from when the
+                        # command got here.
+                        asked = cmd.get("asked_ns")
+                        asked_ns = int(asked) if asked else None
+                        answer({"ok": True, **self.rewind(float(cmd["seconds"]), asked_ns)})
                     except Exception as exc:  # a bad request or checkpoint: said, not raised
                         answer({"ok": False, "error": str(exc) or repr(exc)})
 
@@ -440,25 +444,26 @@ class Engine:
         """Replace the world's entities with a checkpoint's (classes resolved as loaded now)."""
         self.world.restore_into(data, self.loader.resolve_component)
 
-    def rewind(self, seconds: float) -> dict[str, Any]:
-        """Put back the world as it was ``seconds`` ago, from the checkpoint ring.
+    def rewind(self, seconds: float, asked_ns: int | None = None) -> dict[str, Any]:
+        """Put back the world as it was ``seconds`` before ``asked_ns`` (default: now).
 
-        Call on the main thread between frames (``engine rewind`` sends it there). The
-        entities, with their ids, are those of the newest checkpoint taken at or before
-        that moment, built with the component classes loaded now; resources and code are
-        not touched. Returns ``{"seconds": how far back it went, "frame": the checkpoint's
-        frame, "entities": how many}``. Raises ``LookupError`` when no checkpoint is that
-        old (or none is kept), ``ValueError`` for a negative ``seconds``, ``OSError`` or
-        :class:`~engine.world.CheckpointError` for a checkpoint that cannot be read (the
-        world is then left as it was).
+        ``asked_ns`` is a ``time.monotonic_ns()`` reading (``engine rewind`` sends when it
+        was started). Call on the main thread between frames (``engine rewind`` sends it
+        there). The entities, with their ids, are those of the newest checkpoint taken at
+        or before that moment, built with the component classes loaded now; resources and
+        code are not touched. Returns ``{"seconds": how far back it went, "frame": the
+        checkpoint's frame, "entities": how many}``. Raises ``LookupError`` when no
+        checkpoint is that old (or none is kept), ``ValueError`` for a negative
+        ``seconds``, ``OSError`` or :class:`~engine.world.CheckpointError` for a checkpoint
+        that cannot be read (the world is then left as it was).
         """
         ring = self.checkpoint_ring
         if ring is None:
             raise LookupError(
                 "this game keeps no checkpoints to rewind to (they are kept by `engine run`)"
             )
-        entry = ring.find(seconds)
-        age = ring.age_s(entry)
+        entry = ring.find(seconds, asked_ns)
+        age = ring.age_s(entry, asked_ns)
         self.restore(ring.read(entry))
         entities = self.world.entity_count()
         self.report(

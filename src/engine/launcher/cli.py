@@ -263,12 +263,24 @@ def cmd_enable(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ns_since_start() -> int:
+    """How long ago this process started (Linux; 0 elsewhere): Python's start-up is part of
+    what ``engine rewind`` must not count as the past."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started_s = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # since boot
+        return max(0, time.clock_gettime_ns(time.CLOCK_BOOTTIME) - round(started_s * 1e9))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0
+
+
 def cmd_rewind(args: argparse.Namespace) -> int:
     project = Path(args.project)
     if running_pid(project) is None:
         print(f"engine: rewind acts on a running game; none runs on {project}", file=sys.stderr)
         return 1
-    result = send_command(project, "rewind", seconds=str(args.seconds))
+    asked_ns = time.monotonic_ns() - _ns_since_start()  # when the user pressed enter
+    result = send_command(project, "rewind", seconds=str(args.seconds), asked_ns=str(asked_ns))
     if not result.get("ok"):
         print(f"engine: rewind failed: {result.get('error')}", file=sys.stderr)
         return 1

@@ -207,6 +207,7 @@ def game_main(
         keep=max(1, math.ceil(config.rewind_s / config.checkpoint_interval_s) + 1),
         max_bytes=config.rewind_max_bytes,
         fresh=fresh,
+        remove_in_background=True,
     )
     checkpointer = Checkpointer(
         checkpoint_path,

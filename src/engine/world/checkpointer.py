@@ -121,6 +121,9 @@ def _child_main(world: Any, slot: Path, latest: Path, error_fd: int, parent_pid:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        # Yield the CPU to the game and the compositor: the frame has a deadline, this not.
+        with contextlib.suppress(OSError):
+            os.nice(10)
         gc.disable()  # a collection would touch (and copy) every page of the parent's heap
         _write_world(world, slot, latest)
         code = 0
@@ -306,6 +309,7 @@ class Checkpointer:
             entry = self.ring.add(slot)
             self.taken += 1
             self.last_bytes, self.last_frame = entry.size, entry.frame
+        self.ring.close()
 
 
 def _read_all(fd: int) -> bytes:

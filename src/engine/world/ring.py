@@ -9,14 +9,19 @@ folder, each named by the moment its world was taken and its frame::
 
 Bounded both ways: at most ``keep`` files and ``max_bytes`` on disk (the oldest go first;
 the newest is always kept, however large), and in memory one small :class:`RingEntry`
-per file. The folder is read back when a ring is opened, so a game restarted after a
-crash can still be rewound to before the crash. Times are ``clock()`` nanoseconds
-(``time.monotonic_ns``: one clock for every process of a machine since boot); files
-dated in the future (a previous boot) are removed.
+per file. Removing the last name of a large file costs the kernel tens of milliseconds
+(200 MB: about 25 ms here, freeing its cached pages), so a game's ring removes files on a
+thread of its own (``remove_in_background``); :meth:`close` waits for those removals.
+
+The folder is read back when a ring is opened, so a game restarted after a crash can
+still be rewound to before the crash. Times are ``clock()`` nanoseconds
+(``time.monotonic_ns``: one clock for every process of a machine since boot); files dated
+in the future (a previous boot) are removed.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 import time
@@ -64,6 +69,7 @@ class CheckpointRing:
         max_bytes: int = DEFAULT_MAX_BYTES,
         clock: Callable[[], int] = time.monotonic_ns,
         fresh: bool = False,
+        remove_in_background: bool = False,
     ) -> None:
         """Open (or create) the ring in ``directory``; ``fresh`` empties it first."""
         if keep < 1:
@@ -74,6 +80,8 @@ class CheckpointRing:
         self.clock = clock
         self._entries: deque[RingEntry] = deque()
         self._bytes = 0
+        self._background = remove_in_background
+        self._remover: concurrent.futures.ThreadPoolExecutor | None = None
         self.directory.mkdir(parents=True, exist_ok=True)
         self._scan(fresh)
 
@@ -105,6 +113,12 @@ class CheckpointRing:
         while self._entries:
             self._drop_oldest()
 
+    def close(self) -> None:
+        """Wait for the files being removed in the background (the ring stays usable)."""
+        if self._remover is not None:
+            self._remover.shutdown(wait=True)
+            self._remover = None
+
     # -- reading -------------------------------------------------------------------------
     @property
     def entries(self) -> list[RingEntry]:
@@ -119,8 +133,8 @@ class CheckpointRing:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def find(self, seconds: float) -> RingEntry:
-        """The checkpoint of the world as it was ``seconds`` ago (``clock()`` now).
+    def find(self, seconds: float, at_ns: int | None = None) -> RingEntry:
+        """The checkpoint of the world as it was ``seconds`` before ``at_ns`` (default now).
 
         That is the newest one taken at or before that moment. Raises ``LookupError``
         when the ring is empty or its oldest checkpoint is younger than that, and
@@ -128,7 +142,7 @@ class CheckpointRing:
         """
         if not seconds >= 0 or seconds == float("inf"):
             raise ValueError(f"seconds must be a finite number >= 0, not {seconds!r}")
-        now = self.clock()
+        now = self.clock() if at_ns is None else at_ns
         wanted = now - round(seconds * 1e9)
         for entry in reversed(self._entries):
             if entry.time_ns <= wanted:
@@ -141,9 +155,9 @@ class CheckpointRing:
             f"(the ring keeps {self.keep} checkpoints, at most {self.max_bytes >> 20} MiB)"
         )
 
-    def age_s(self, entry: RingEntry) -> float:
-        """How long ago, in seconds, ``entry``'s world was taken."""
-        return (self.clock() - entry.time_ns) / 1e9
+    def age_s(self, entry: RingEntry, at_ns: int | None = None) -> float:
+        """How long before ``at_ns`` (default now), in seconds, ``entry``'s world was taken."""
+        return ((self.clock() if at_ns is None else at_ns) - entry.time_ns) / 1e9
 
     def read(self, entry: RingEntry) -> bytes:
         """The checkpoint's bytes; raises ``OSError`` if its file is gone."""
@@ -187,7 +201,16 @@ class CheckpointRing:
     def _drop_oldest(self) -> None:
         entry = self._entries.popleft()
         self._bytes -= entry.size
-        try:
-            os.unlink(entry.path)
-        except FileNotFoundError:
-            pass
+        if not self._background:
+            _remove(entry.path)
+            return
+        if self._remover is None:
+            self._remover = concurrent.futures.ThreadPoolExecutor(1, "checkpoint-ring")
+        self._remover.submit(_remove, entry.path)
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
