@@ -100,7 +100,7 @@ class Frames:
         for _ in range(frames):
             self.eng.step()
         self.clock.advance(1.0)
-        assert self.cp.maybe_take(self.eng, self.clock())
+        self.cp.maybe_take(self.eng, self.clock())  # due: started, or failed and said so
         wait_written(self.cp)
 
 
@@ -145,14 +145,14 @@ def test_a_checkpoint_is_the_world_of_the_frame_boundary_where_it_was_taken(
     assert eng.world.create_entity() == before + 1
 
 
-@needs_fork
+@pytest.mark.parametrize("fork", [pytest.param(True, marks=needs_fork), False])
 def test_an_unpicklable_component_fails_the_checkpoint_not_the_game(
-    project, make_engine, tmp_path
+    project, make_engine, tmp_path, fork
 ) -> None:
     write(project / "systems" / "counter.py", COUNTER.format(step=1))
     eng = make_engine(project)
     clock = FakeClock()
-    frames = Frames(eng, tmp_path, clock)
+    frames = Frames(eng, tmp_path, clock, fork=fork)
     frames.second()
     good = (tmp_path / "checkpoint.bin").read_bytes()
     eng.world.create_entity(Holder(lambda: None))  # a lambda cannot be pickled
@@ -524,3 +524,25 @@ def test_checkpoints_written_with_persistent_ids_still_load(project, make_engine
     eng.restore(buf.getvalue())
     assert eng.world.get_entities() == [7]
     assert eng.world.components_for_entity(7)[0].fields == {"value": cls}  # pending: key
+
+
+@needs_fork
+def test_a_fork_that_fails_is_a_failed_checkpoint_not_a_failed_game(
+    project, make_engine, tmp_path, monkeypatch
+) -> None:
+    write(project / "systems" / "counter.py", COUNTER.format(step=1))
+    eng = make_engine(project)
+    frames = Frames(eng, tmp_path, FakeClock())
+
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    fds = len(os.listdir("/proc/self/fd"))
+    frames.clock.advance(1.0)
+    assert frames.cp.maybe_take(eng, frames.clock()) is False
+    assert frames.cp.failed == 1 and "cannot fork" in frames.messages[0]
+    assert len(os.listdir("/proc/self/fd")) == fds  # the error pipe was closed
+    monkeypatch.undo()
+    frames.second()  # the next interval works
+    assert frames.cp.taken == 1

@@ -198,7 +198,9 @@ class Checkpointer:
         """Start a checkpoint of ``engine.world`` if the interval has passed; True if started.
 
         Call between frames on the main thread. A checkpoint due while the previous one is
-        still being written starts as soon as that one is done.
+        still being written starts as soon as that one is done. A ``fork`` that fails (no
+        memory, no process left) is reported as a failed checkpoint and tried again at
+        the next interval, as is a world that cannot be pickled; nothing is raised.
         """
         self.poll()
         if self.last_ns is not None and now_ns - self.last_ns < self.interval_ns:
@@ -208,9 +210,20 @@ class Checkpointer:
         slot = self.ring.slot(now_ns, engine.frame)
         t0 = time.perf_counter_ns()
         if self.fork:
-            self._job = self._fork(engine.world, slot, engine.frame)
+            try:
+                self._job = self._fork(engine.world, slot, engine.frame)
+            except OSError as exc:  # no memory or no process left for a child: try later
+                self.last_ns = now_ns
+                self._finish(_Job(slot, engine.frame, time.monotonic()), f"cannot fork: {exc}")
+                return False
         else:
-            data = engine.world.checkpoint()
+            try:
+                data = engine.world.checkpoint()
+            except Exception as exc:  # an unpicklable component: the game goes on
+                self.last_ns = now_ns
+                error = f"{type(exc).__name__}: {exc}"
+                self._finish(_Job(slot, engine.frame, time.monotonic()), error)
+                return False
             if self._writer is None:
                 self._writer = concurrent.futures.ThreadPoolExecutor(1, "checkpoint")
             future = self._writer.submit(self._write_bytes, data, slot)
@@ -225,7 +238,12 @@ class Checkpointer:
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)  # read once the child has exited: never wait
         parent = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
         if pid == 0:
             os.close(read_fd)
             _child_main(world, slot, self.path, write_fd, parent)
