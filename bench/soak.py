@@ -391,10 +391,12 @@ def table(
         ratio = f"{b / a:.2f}" if a else ("—" if not b else "∞")
         t.add_row(label, fmt.format(a), fmt.format(b), ratio)
         if attr == "reference_p50_ms":
-            own = (end.step_p50_ms / end.reference_p50_ms) / (
-                start.step_p50_ms / start.reference_p50_ms
-            )
-            t.add_row("frame p50 (wall) / reference", "", "", f"{own:.2f}")
+            for what in ("cpu_p50_ms", "step_p50_ms"):
+                own = (getattr(end, what) / end.reference_p50_ms) / (
+                    getattr(start, what) / start.reference_p50_ms
+                )
+                name = "CPU time" if what == "cpu_p50_ms" else "wall"
+                t.add_row(f"frame p50 ({name}) / reference", "", "", f"{own:.2f}")
     return t
 
 
