@@ -18,7 +18,7 @@ machine's preemption does not inflate, and wall time, next to a reference loop m
 turns with the frames) and memory (RSS, live Python objects, and what is kept: swap
 records, class versions alive, aliases, history log, ring files, open files, threads) are
 measured after a warm-up and again at the end, side by side with their ratio (the warm-up
-migrates the 10,000 bodies ten times: see ``main``). Target: flat (within 10 %), bounded
+migrates the 10,000 bodies six times: see ``main``). Target: flat (within 10 %), bounded
 memory. What still grows is the history's metadata: one small record (about 0.3 KB) per
 version, in memory and in the index.
 
@@ -406,7 +406,7 @@ def main() -> None:
         "--scale", type=float, default=None, help="fraction of a day (default: about a minute)"
     )
     parser.add_argument("--day", action="store_true", help="the full day's counts")
-    parser.add_argument("--frames", type=int, default=300, help="frames per measurement")
+    parser.add_argument("--frames", type=int, default=200, help="frames per measurement")
     for kind in DAY:
         parser.add_argument(f"--{kind.replace('_', '-')}", type=int, help=f"{kind} (override)")
     parser.add_argument("--no-render", action="store_true", help="no GL: no shader swaps")
@@ -416,7 +416,7 @@ def main() -> None:
     elif args.scale is not None:
         counts = {k: max(1, round(v * args.scale)) for k, v in DAY.items()}
     else:  # under a minute here (2 busy cores)
-        counts = {"checkpoints": 50, "reloads": 150, "shader_swaps": 150}
+        counts = {"checkpoints": 40, "reloads": 100, "shader_swaps": 100}
     for kind in DAY:
         if getattr(args, kind) is not None:
             counts[kind] = getattr(args, kind)
@@ -434,11 +434,11 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
             root.mkdir()
             day = Day(root, render=False)
-        # Warm-up: every kind of event, so one-time costs are not "growth". Ten migrations
+        # Warm-up: every kind of event, so one-time costs are not "growth". Six migrations
         # of the 10,000 bodies among them: the first few scatter the instances over the
         # heap (CPython never compacts it) and a loop over them gets up to 3-5x slower,
-        # then it stays there; the day is measured from that steady state.
-        day.run({"checkpoints": 3, "reloads": 200, "shader_swaps": 10 if day.render else 0})
+        # then it stays there (after about four); the day is measured from that state.
+        day.run({"checkpoints": 3, "reloads": 120, "shader_swaps": 10 if day.render else 0})
         start = day.measure(args.frames)
         t0 = time.monotonic()
         day.run(counts)
