@@ -7,8 +7,8 @@ seconds in each mode, all in the same run:
 * ``none``: no checkpoints (the baseline);
 * ``frame thread``: serialized on the frame thread, written by a thread (what the game
   did before: ``Checkpointer(fork=False)``);
-* ``fork``: a forked child writes the copy-on-write world (``Checkpointer(fork=True)``,
-  what the game does now);
+* ``fork``: a forked child writes the copy-on-write world (``Checkpointer()``, what the
+  game does now: it forks for any world that takes over 1 ms to serialize);
 * ``fork + writes``: the same, with a system rewriting 2 MB of the array every frame (each
   first write to a page the child still shares copies it: the cost copy-on-write moves
   onto the frame).

@@ -152,7 +152,7 @@ def test_an_unpicklable_component_fails_the_checkpoint_not_the_game(
     write(project / "systems" / "counter.py", COUNTER.format(step=1))
     eng = make_engine(project)
     clock = FakeClock()
-    frames = Frames(eng, tmp_path, clock, fork=fork)
+    frames = Frames(eng, tmp_path, clock, fork=fork, inline_below_ns=0)  # fork: always
     frames.second()
     good = (tmp_path / "checkpoint.bin").read_bytes()
     eng.world.create_entity(Holder(lambda: None))  # a lambda cannot be pickled
@@ -247,6 +247,26 @@ def test_the_writer_dies_with_the_game(tmp_path) -> None:
         game.kill()
         game.wait(10)
         game.stdout.close()
+
+
+@needs_fork
+def test_a_small_world_is_serialized_in_the_game_a_large_one_forked(
+    project, make_engine, tmp_path
+) -> None:
+    """A fork costs milliseconds; a world of a few entities serializes in microseconds."""
+    write(project / "systems" / "counter.py", COUNTER.format(step=1))
+    write(project / "game.py", GAME)
+    eng = make_engine(project)
+    frames = Frames(eng, tmp_path, FakeClock())
+    frames.second()  # the first: forked, the child says what serializing cost
+    assert frames.cp.forked == 1 and frames.cp.dump_ns < frames.cp.inline_below_ns
+    frames.second()  # cheaper than a fork: in the game
+    assert frames.cp.forked == 1 and frames.cp.taken == 2
+    frames.cp.inline_below_ns = frames.cp.dump_ns  # as if the world had grown past it
+    frames.second()
+    assert frames.cp.forked == 2 and frames.cp.taken == 3
+    assert [e.frame for e in frames.ring.entries] == [3, 6, 9]
+    assert checkpoint_values(frames.ring.entries[-1].path) == counter_values(eng.world)
 
 
 def test_without_fork_the_checkpoint_is_written_by_a_thread(project, make_engine, tmp_path):

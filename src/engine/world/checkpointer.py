@@ -22,6 +22,13 @@ What copy-on-write costs the parent instead: the first write to each page the ch
 shares copies that page, so a frame that rewrites a large array right after a fork pays for
 copying it once (``bench/checkpoint_frames.py`` measures both cases).
 
+A fork is not free either: copying the page tables of a game with a GL context costs 1-3 ms
+here, while a small world serializes in well under a millisecond. So the checkpointer
+measures what serializing costs (the child reports its own CPU time) and serializes in the
+game when that is below ``inline_below_ns`` (1 ms), on the frame thread, writing the bytes
+on a thread; above it, or before it knows (the first checkpoint), it forks. A world that
+grows suddenly from small to huge costs one slow frame before the next checkpoint forks.
+
 Why not pickle on a thread (protocol 5, out-of-band buffers, a little every frame)? The
 world would have to be copied first to stay consistent (the frame mutates it meanwhile),
 and pickling Python objects holds the GIL, taking it from the frame. Where ``fork`` is
@@ -104,12 +111,16 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _write_world(world: Any, slot: Path, latest: Path) -> None:
+def _write_world(world: Any, slot: Path, latest: Path) -> int:
+    """Write the world's checkpoint; returns the CPU time it took (ns)."""
     tmp = slot.with_name(slot.name + ".tmp")
+    cpu0 = time.thread_time_ns()
     with open(tmp, "wb") as f:
         world.checkpoint_to(f)
+    cpu_ns = time.thread_time_ns() - cpu0
     os.replace(tmp, slot)
     link_atomically(slot, latest)
+    return cpu_ns
 
 
 def _child_main(world: Any, slot: Path, latest: Path, error_fd: int, parent_pid: int) -> None:
@@ -125,7 +136,8 @@ def _child_main(world: Any, slot: Path, latest: Path, error_fd: int, parent_pid:
         with contextlib.suppress(OSError):
             os.nice(10)
         gc.disable()  # a collection would touch (and copy) every page of the parent's heap
-        _write_world(world, slot, latest)
+        cpu_ns = _write_world(world, slot, latest)
+        os.write(error_fd, b"ok %d" % cpu_ns)  # what serializing costs, for the next choice
         code = 0
     except BaseException as exc:  # noqa: BLE001 - the child reports everything, then exits
         with contextlib.suppress(BaseException):
@@ -151,9 +163,10 @@ class Checkpointer:
     """Takes a checkpoint at most every ``interval_ns``, at a frame boundary, off the frame.
 
     Call :meth:`maybe_take` after each frame (main thread): it reaps a finished writer and
-    starts a new checkpoint when one is due. Counters for the heartbeat: ``taken``
+    starts a new checkpoint when one is due, forked, or serialized in the game when that
+    costs less than a fork (see the module doc). Counters for the heartbeat: ``taken``
     (written), ``failed``, ``last_dump_ns`` (what the newest one cost the frame thread),
-    ``last_bytes`` and ``last_frame`` (the newest one written).
+    ``last_bytes`` and ``last_frame`` (the newest one written); ``forked`` counts forks.
 
     Args:
         path: where the newest checkpoint always is (a restarted game reads it).
@@ -161,6 +174,8 @@ class Checkpointer:
         ring: the checkpoints kept for rewinding (default: ``path``'s folder's
             ``checkpoints/``, a minute's worth).
         fork: write in a forked child (default where available; see the module doc).
+        inline_below_ns: serialize in the game instead when that costs less than this
+            (0: always fork).
         timeout_s: a child writing for longer is killed (its checkpoint is lost, the
             previous ones are kept).
         report: where failures are said (once per distinct reason).
@@ -173,6 +188,7 @@ class Checkpointer:
         *,
         ring: CheckpointRing | None = None,
         fork: bool | None = None,
+        inline_below_ns: int = 1_000_000,
         timeout_s: float = 60.0,
         report: Callable[[str], None] = lambda message: None,
     ) -> None:
@@ -180,6 +196,10 @@ class Checkpointer:
         self.interval_ns = interval_ns
         self.ring = ring if ring is not None else CheckpointRing(self.path.parent / "checkpoints")
         self.fork = FORK_AVAILABLE if fork is None else fork
+        self.inline_below_ns = inline_below_ns
+        #: What serializing the world cost last time (ns; None before the first).
+        self.dump_ns: int | None = None
+        self.forked = 0
         self.timeout_s = timeout_s
         self.report = report
         self.last_ns: int | None = None
@@ -209,7 +229,8 @@ class Checkpointer:
             return False
         slot = self.ring.slot(now_ns, engine.frame)
         t0 = time.perf_counter_ns()
-        if self.fork:
+        if self.fork and (self.dump_ns is None or self.dump_ns >= self.inline_below_ns):
+            self.forked += 1
             try:
                 self._job = self._fork(engine.world, slot, engine.frame)
             except OSError as exc:  # no memory or no process left for a child: try later
@@ -224,6 +245,7 @@ class Checkpointer:
                 error = f"{type(exc).__name__}: {exc}"
                 self._finish(_Job(slot, engine.frame, time.monotonic()), error)
                 return False
+            self.dump_ns = time.perf_counter_ns() - t0
             if self._writer is None:
                 self._writer = concurrent.futures.ThreadPoolExecutor(1, "checkpoint")
             future = self._writer.submit(self._write_bytes, data, slot)
@@ -279,9 +301,11 @@ class Checkpointer:
             self._finish(job, f"the writer ran over {self.timeout_s:g} s and was killed")
             return True
         code = os.waitstatus_to_exitcode(status)
+        said = _read_all(job.error_fd).decode("utf-8", "replace").strip()
         why = None
-        if code != 0:
-            said = _read_all(job.error_fd).decode("utf-8", "replace").strip()
+        if code == 0 and said.startswith("ok "):
+            self.dump_ns = int(said[3:])
+        elif code != 0:
             why = said or (f"the writer died of signal {-code}" if code < 0 else f"exit {code}")
         self._finish(job, why)
         return True
