@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.contracts.handoff import Phase, RunningNow
 from engine.loader.history import ProjectHistory, VersionHistory
-from engine.loader.loader import Loader, SwapRecord
+from engine.loader.loader import Loader, SwapLog
 from engine.loader.watcher import COMMANDS_DIR, SHADER_SUFFIXES, ProjectWatcher
 from engine.pose.base import PoseSample, PoseSource
 from engine.scheduler.pacing import Clock, FixedRatePacer, MonotonicClock
@@ -40,6 +40,7 @@ from engine.world.world import World
 
 if TYPE_CHECKING:
     from engine.render.stage import RenderSettings, RenderStage
+    from engine.world.ring import CheckpointRing
 
 RUN_FILE = Path(".engine") / "run.json"
 
@@ -184,7 +185,11 @@ class Engine:
         self.shader_listeners: list[Callable[[Path, int], None]] = []
         #: Called between frames on the main thread, before systems run (shader swaps).
         self.before_frame: list[Callable[[Engine], None]] = []
-        self.shader_swaps: list[Any] = []
+        #: Shader swaps: the newest ones and counts of all (bounded, as ``swaps``).
+        self.shader_swaps = SwapLog()
+        #: The checkpoints :meth:`rewind` can go back to; set by whoever takes them (the
+        #: game process's checkpointer). None: this engine keeps none.
+        self.checkpoint_ring: CheckpointRing | None = None
         self.render_stage: RenderStage | None = None
         self.scheduler.watchdog.install()
         try:  # whatever fails from here on, SIGALRM and GL are given back
@@ -392,6 +397,19 @@ class Engine:
             elif op in ("undo", "redo"):
                 version = self.loader.move(cmd["module"], op)
                 answer({"ok": True, "version": version})
+            elif op == "rewind":
+
+                def rewind() -> None:  # the world changes between frames, on the main thread
+                    try:
+                        # "SECONDS ago" counts from when it was asked, not from when the
+                        # command got here.
+                        asked = cmd.get("asked_ns")
+                        asked_ns = int(asked) if asked else None
+                        answer({"ok": True, **self.rewind(float(cmd["seconds"]), asked_ns)})
+                    except Exception as exc:  # a bad request or checkpoint: said, not raised
+                        answer({"ok": False, "error": str(exc) or repr(exc)})
+
+                self._main_calls.put(rewind)
             elif op == "enable":
 
                 def enable() -> None:
@@ -451,6 +469,33 @@ class Engine:
         """Replace the world's entities with a checkpoint's (classes resolved as loaded now)."""
         self.world.restore_into(data, self.loader.resolve_component)
 
+    def rewind(self, seconds: float, asked_ns: int | None = None) -> dict[str, Any]:
+        """Put back the world as it was ``seconds`` before ``asked_ns`` (default: now).
+
+        ``asked_ns`` is a ``time.monotonic_ns()`` reading (``engine rewind`` sends when it
+        was started). Call on the main thread between frames (``engine rewind`` sends it
+        there). The entities, with their ids, are those of the newest checkpoint taken at
+        or before that moment, built with the component classes loaded now; resources and
+        code are not touched. Returns ``{"seconds": how far back it went, "frame": the
+        checkpoint's frame, "entities": how many}``. Raises ``LookupError`` when no
+        checkpoint is that old (or none is kept), ``ValueError`` for a negative
+        ``seconds``, ``OSError`` or :class:`~engine.world.CheckpointError` for a checkpoint
+        that cannot be read (the world is then left as it was).
+        """
+        ring = self.checkpoint_ring
+        if ring is None:
+            raise LookupError(
+                "this game keeps no checkpoints to rewind to (they are kept by `engine run`)"
+            )
+        entry = ring.find(seconds, asked_ns)
+        age = ring.age_s(entry, asked_ns)
+        self.restore(ring.read(entry))
+        entities = self.world.entity_count()
+        self.report(
+            f"engine: world rewound {age:.1f} s, to frame {entry.frame} ({entities} entities)"
+        )
+        return {"seconds": round(age, 3), "frame": entry.frame, "entities": entities}
+
     # -- reporting -----------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Everything ``engine run --stats-json`` writes."""
@@ -464,12 +509,15 @@ class Engine:
             "frames_over_budget": snap["frames_over_budget"],
             "paced_frames_skipped": self.pacer.skipped,
             "swaps": [s.to_json() for s in self.loader.swaps],
+            "swap_counts": self.loader.swaps.counts(),
+            "shader_swap_counts": self.shader_swaps.counts(),
             "world": {"entities": self.world.entity_count()},
             "hung": self.hung_reason,
         }
 
     @property
-    def swaps(self) -> list[SwapRecord]:
+    def swaps(self) -> SwapLog:
+        """Module swaps: the newest records (``swaps[-1]``) and counts of all (``total``)."""
         return self.loader.swaps
 
     # -- the run file (lets `engine undo` find a running game) ---------------------------

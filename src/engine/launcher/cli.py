@@ -6,9 +6,11 @@
     engine undo|redo PROJECT MODULE                          move the active version
     engine enable PROJECT SYSTEM                             re-enable a disabled system
     engine doctor [PROJECT]                                  check the machine (and a project)
+    engine rewind PROJECT SECONDS                            put back the world of then
 
 ``undo``, ``redo`` and ``enable`` act on a running game (through a command file it
-watches) or, when none runs, on the project's history directly.
+watches) or, when none runs, on the project's history directly; ``rewind`` acts on a
+running game only.
 """
 
 from __future__ import annotations
@@ -300,6 +302,33 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     return doctor(args.project)
 
+def _ns_since_start() -> int:
+    """How long ago this process started (Linux; 0 elsewhere): Python's start-up is part of
+    what ``engine rewind`` must not count as the past."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started_s = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # since boot
+        return max(0, time.clock_gettime_ns(time.CLOCK_BOOTTIME) - round(started_s * 1e9))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0
+
+
+def cmd_rewind(args: argparse.Namespace) -> int:
+    project = Path(args.project)
+    if running_pid(project) is None:
+        print(f"engine: rewind acts on a running game; none runs on {project}", file=sys.stderr)
+        return 1
+    asked_ns = time.monotonic_ns() - _ns_since_start()  # when the user pressed enter
+    result = send_command(project, "rewind", seconds=str(args.seconds), asked_ns=str(asked_ns))
+    if not result.get("ok"):
+        print(f"engine: rewind failed: {result.get('error')}", file=sys.stderr)
+        return 1
+    print(
+        f"engine: world rewound {result['seconds']:.1f} s, to frame {result['frame']} "
+        f"({result['entities']} entities)"
+    )
+    return 0
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="engine", description="The All-Source Engine.")
@@ -347,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="check what this machine (and a project) gives the engine")
     d.add_argument("project", nargs="?", help="also check this project's modules and shaders")
     d.set_defaults(func=cmd_doctor)
+    w = sub.add_parser("rewind", help="put back the world of a running game as it was then")
+    w.add_argument("project")
+    w.add_argument("seconds", type=float, help="how many seconds back (the last minute is kept)")
+    w.set_defaults(func=cmd_rewind)
     return p
 
 

@@ -39,6 +39,11 @@ is a valid snapshot as it is.
 redraws it in place at most 4 times a second; when the output is not a terminal (CI
 logs, a pipe) it prints one plain line every few seconds instead.
 
+Drawing a table costs milliseconds (rich lays it out and writes the escape codes), so a
+running game draws on a console thread (``background=True``, what
+:func:`attach_live_console` uses): the frame thread only hands over a callable that builds
+the snapshot, right after its frame, when it is about to wait for the next one.
+
 Example::
 
     with LiveConsole() as live:
@@ -49,6 +54,7 @@ Example::
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -60,6 +66,9 @@ from rich.table import Table
 from rich.text import Text
 
 Snapshot = Mapping[str, Any]
+#: What :meth:`LiveConsole.update` takes: a snapshot, or a callable that builds one when
+#: (and where) it is drawn.
+SnapshotSource = Snapshot | Callable[[], Snapshot]
 
 _MISSING = "—"
 _STATE_STYLE = {"enabled": "green", "probation": "yellow", "disabled": "bold red"}
@@ -208,6 +217,11 @@ class LiveConsole:
     Otherwise (``console.is_terminal`` false, or ``plain=True``) one :func:`plain_line`
     is printed per ``plain_every_s`` seconds. ``clock`` returns seconds; tests inject
     their own.
+
+    With ``background=True`` the snapshot is built and drawn on a console thread started
+    on entering ``with``: :meth:`update` only hands it over (and returns False); the
+    thread draws the newest one it was handed, no more than ``max_hz`` times a second.
+    On exit the thread is stopped and the newest snapshot not drawn yet is drawn.
     """
 
     def __init__(
@@ -220,6 +234,7 @@ class LiveConsole:
         plain_every_s: float = 5.0,
         plain: bool | None = None,
         enabled: bool = True,
+        background: bool = False,
     ) -> None:
         """Raise ``ValueError`` if ``max_hz`` is not positive."""
         if max_hz <= 0:
@@ -230,11 +245,15 @@ class LiveConsole:
         self.plain = (not self.console.is_terminal) if plain is None else plain
         self.min_interval_s = plain_every_s if self.plain else 1.0 / max_hz
         self.enabled = enabled
+        self.background = background
         self.draws = 0
         self._live: Live | None = None
         self._active = False
         self._last_draw: float | None = None
-        self._pending: Snapshot | None = None
+        self._pending: SnapshotSource | None = None
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
 
     def __enter__(self) -> LiveConsole:
         """Start drawing (on a terminal, take over the bottom of the screen)."""
@@ -243,6 +262,12 @@ class LiveConsole:
             if not self.plain:
                 self._live = Live(console=self.console, auto_refresh=False, transient=False)
                 self._live.start()
+            if self.background:
+                self._stopping = False
+                self._thread = threading.Thread(
+                    target=self._draw_loop, name="live-console", daemon=True
+                )
+                self._thread.start()
         return self
 
     def __exit__(
@@ -254,33 +279,70 @@ class LiveConsole:
         """Draw the last skipped snapshot, if any, and give the terminal back."""
         if not self._active:
             return
-        if self._pending is not None:
-            self._draw(self._pending)
+        if self._thread is not None:
+            with self._wake:
+                self._stopping = True
+                self._wake.notify()
+            self._thread.join()
+            self._thread = None
+        pending = self._take()
+        if pending is not None:
+            self._draw(pending)
         if self._live is not None:
             self._live.stop()
             self._live = None
         self._active = False
 
-    def update(self, snapshot: Snapshot) -> bool:
-        """Offer a new snapshot; return True if it was drawn now.
+    def update(self, snapshot: SnapshotSource) -> bool:
+        """Offer a new snapshot (or a callable building one); return True if drawn now.
 
         Skipped (and kept for later) when the last draw was less than the minimum
-        interval ago, or when not inside ``with``.
+        interval ago, or when not inside ``with``. In ``background`` mode it is only
+        handed to the console thread: nothing is built or drawn on the calling thread.
         """
         if not self.enabled:
             return False
-        self._pending = snapshot
+        with self._wake:
+            self._pending = snapshot
+            if self._thread is not None:
+                self._wake.notify()
+                return False
         if not self._active:
             return False
         now = self.clock()
         if self._last_draw is not None and now - self._last_draw < self.min_interval_s:
             return False
         self._last_draw = now
-        self._draw(snapshot)
+        self._draw(self._take())
         return True
 
-    def _draw(self, snapshot: Snapshot) -> None:
-        self._pending = None
+    def _take(self) -> SnapshotSource | None:
+        with self._wake:
+            pending, self._pending = self._pending, None
+        return pending
+
+    def _draw_loop(self) -> None:
+        """The console thread: draw the newest snapshot, at most every min interval."""
+        while True:
+            with self._wake:
+                while self._pending is None and not self._stopping:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                if self._last_draw is not None:
+                    wait_s = self._last_draw + self.min_interval_s - self.clock()
+                    if wait_s > 0:
+                        self._wake.wait(wait_s)  # a stop, or a newer snapshot, may come
+                        continue
+                pending, self._pending = self._pending, None
+            self._last_draw = self.clock()
+            if pending is not None:
+                self._draw(pending)
+
+    def _draw(self, source: SnapshotSource | None) -> None:
+        if source is None:
+            return
+        snapshot = source() if callable(source) else source
         self.draws += 1
         if self._live is not None:
             self._live.update(self.table.render(snapshot), refresh=True)
@@ -297,17 +359,27 @@ class LiveConsole:
 def attach_live_console(engine: Any, enabled: bool = True, every_s: float = 0.25) -> LiveConsole:
     """Show ``engine``'s systems table while it runs: use the result as a context manager.
 
-    The snapshot is built at most every ``every_s`` (building it costs more than drawing),
-    from an ``after_frame`` hook, so it never runs inside a system's time.
+    An ``after_frame`` hook hands the console thread, at most every ``every_s``, a
+    callable that builds the snapshot (the scheduler's numbers and the few newest swaps
+    the table shows); building and drawing happen on that thread, in the time the frame
+    thread spends waiting for its next frame. The frame thread pays a clock read per
+    frame and a notify per update.
     """
-    live = LiveConsole(enabled=enabled)
+    live = LiveConsole(enabled=enabled, background=True)
+    shown = live.table.max_swaps
     last = [float("-inf")]
+
+    def build() -> Snapshot:
+        # The scheduler replaces (never mutates) its lists and a swap log copies its
+        # ring in one C call, so reading them from the console thread is safe.
+        swaps = [s.to_json() for s in engine.swaps.last(shown)]
+        return {**engine.scheduler.snapshot(), "swaps": swaps}
 
     def show(eng: Any) -> None:
         now = time.monotonic()
         if now - last[0] >= every_s:
             last[0] = now
-            live.update({**eng.scheduler.snapshot(), "swaps": [s.to_json() for s in eng.swaps]})
+            live.update(build)
 
     if enabled:
         engine.after_frame.append(show)

@@ -8,9 +8,10 @@ What it does each frame, on top of the engine's own frame (``Engine.after_frame`
    ``render(frame, eyes, slot)`` factory (a CPU test pattern for benches and tests);
 2. beat: write its frame number and time to the heartbeat block (the supervisor's proof
    of life);
-3. every ``checkpoint_interval_s`` or more, serialize the world at this frame boundary and
-   hand the bytes to a writer thread, which replaces the checkpoint file atomically (tmp +
-   ``os.replace``), so a frame pays only for the serialization.
+3. every ``checkpoint_interval_s`` or more, checkpoint the world at this frame boundary:
+   a forked child writes it (the frame pays for the fork only; see
+   :mod:`engine.world.checkpointer`), into a ring of the last ``rewind_s`` seconds
+   (``engine rewind``) and atomically as the newest checkpoint.
 
 The frame starts when the compositor publishes a new display frame (:class:`HandoffPacer`)
 and samples the pose the compositor predicted for that frame's display
@@ -34,10 +35,10 @@ from __future__ import annotations
 import faulthandler
 import importlib
 import json
+import math
 import multiprocessing
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ from engine.pose.base import EyeView
 from engine.pose.handoff import HandoffPacer, HandoffPoseSource
 from engine.scheduler.scheduler import SchedulePolicy
 from engine.world.checkpoint import CheckpointError
+from engine.world.checkpointer import Checkpointer, write_atomically
+from engine.world.ring import DEFAULT_MAX_BYTES, CheckpointRing
 from engine.world.world import World
 
 #: Draws one frame: ``render(frame, eyes, slot)`` fills ``slot`` (both eyes) for ``eyes``.
@@ -82,7 +85,8 @@ class GameConfig:
     ``console`` shows the live systems table; ``plot_path`` writes per-system frame times
     as a PNG when the game stops. ``memory_limit`` is the most private memory the game
     may commit, in bytes (``None``: no limit; see
-    :func:`engine.launcher.containment.limit_memory`).
+    :func:`engine.launcher.containment.limit_memory`). ``rewind_s`` is how far back
+    ``engine rewind`` can go (checkpoints kept, at most ``rewind_max_bytes`` of them on disk).
     """
 
     project_dir: str
@@ -97,6 +101,8 @@ class GameConfig:
     console: bool = False
     plot_path: str | None = None
     stats_path: str | None = None  # where the engine's stats go when it stops cleanly
+    rewind_s: float = 60.0
+    rewind_max_bytes: int = DEFAULT_MAX_BYTES
 
 
 def load_render_factory(path: str) -> RenderFactory:
@@ -128,71 +134,6 @@ def fill_renderer(engine: Engine, spec: LayerSpec) -> Render:
         slot.pixels[:, :, x : x + bar, :3] = 255
 
     return render
-
-
-class Checkpointer:
-    """Takes a checkpoint at most every ``interval_ns`` and writes it off the frame.
-
-    :meth:`maybe_take` serializes on the calling (main) thread, at a frame boundary, and
-    hands the bytes to a writer thread; if the writer is still busy with an older one,
-    the older one is simply replaced. The file is written to ``path.tmp`` then renamed,
-    so a reader (the next game process) sees the old checkpoint or the new one, never
-    half of one.
-    """
-
-    def __init__(self, path: Path, interval_ns: int) -> None:
-        self.path = path
-        self.interval_ns = interval_ns
-        self.last_ns: int | None = None
-        self.taken = 0
-        self.last_dump_ns = 0
-        self.last_bytes = 0
-        self._pending: bytes | None = None
-        self._wake = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._write_loop, name="checkpoint", daemon=True)
-        self._thread.start()
-
-    def maybe_take(self, engine: Engine, now_ns: int) -> bool:
-        """Serialize the world if the interval has passed since the last one."""
-        if self.last_ns is not None and now_ns - self.last_ns < self.interval_ns:
-            return False
-        t0 = time.perf_counter_ns()
-        data = engine.checkpoint()
-        self.last_dump_ns = time.perf_counter_ns() - t0
-        self.last_ns, self.last_bytes = now_ns, len(data)
-        self.taken += 1
-        with self._wake:
-            self._pending = data
-            self._wake.notify()
-        return True
-
-    def _write_loop(self) -> None:
-        while True:
-            with self._wake:
-                while self._pending is None and not self._closed:
-                    self._wake.wait()
-                data, self._pending = self._pending, None
-                if data is None:
-                    return
-            write_atomically(self.path, data)
-
-    def close(self, final: bytes | None = None) -> None:
-        """Write ``final`` (if given) after anything pending, then stop the thread."""
-        with self._wake:
-            if final is not None:
-                self._pending = final
-            self._closed = True
-            self._wake.notify()
-        self._thread.join(10.0)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data``: readers see the old file or the new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 class LayerPublisher:
@@ -233,11 +174,11 @@ class LayerPublisher:
                 self.heartbeat.published_frame = engine.frame
         now = time.monotonic_ns()
         self.running.phase(Phase.CHECKPOINT)
-        if self.checkpointer.maybe_take(engine, now):
-            hb = self.heartbeat
-            hb.checkpoints, hb.checkpoint_frame = self.checkpointer.taken, engine.frame
-            hb.checkpoint_ns = self.checkpointer.last_dump_ns
-            hb.checkpoint_bytes = self.checkpointer.last_bytes
+        cp = self.checkpointer
+        cp.maybe_take(engine, now)
+        hb = self.heartbeat  # checkpoint_ns: what the newest one cost this (frame) thread
+        hb.checkpoints, hb.checkpoint_frame = cp.taken, cp.last_frame
+        hb.checkpoint_ns, hb.checkpoint_bytes = cp.last_dump_ns, cp.last_bytes
         self.running.phase(Phase.FRAME)
         self.heartbeat.beat(engine.frame, now)
 
@@ -294,6 +235,8 @@ def game_main(
         )
     running.phase(Phase.RESTORE)
     checkpoint_path = Path(config.checkpoint_path)
+    # A new world (not a restart, nothing to resume) is not rewound into an older one's.
+    fresh = not config.restarted and not checkpoint_path.is_file()
     world = restore_world(checkpoint_path, report)
     engine = Engine(
         config.project_dir,
@@ -311,8 +254,21 @@ def game_main(
     if gpu_images is not None:
         gpu_images.close()  # imported (or refused): the imports hold the memory now
     writer = None if use_render_system else LayerWriter(layer_fd, spec)
-    checkpointer = Checkpointer(checkpoint_path, round(config.checkpoint_interval_s * 1e9))
+    ring = CheckpointRing(
+        checkpoint_path.parent / "checkpoints",
+        keep=max(1, math.ceil(config.rewind_s / config.checkpoint_interval_s) + 1),
+        max_bytes=config.rewind_max_bytes,
+        fresh=fresh,
+        remove_in_background=True,
+    )
+    checkpointer = Checkpointer(
+        checkpoint_path,
+        round(config.checkpoint_interval_s * 1e9),
+        ring=ring,
+        report=engine.report,
+    )
     checkpointer.last_ns = time.monotonic_ns()  # the restored state is already on disk
+    engine.checkpoint_ring = ring
     render = None if use_render_system else load_render_factory(config.render)(engine, spec)
     engine.after_frame.append(LayerPublisher(writer, render, heartbeat, checkpointer))
     if input_fd is not None:
@@ -340,7 +296,7 @@ def game_main(
             # the running-now word still names it; keep that as what ended the game.
             running.note_exit(0)
         running.phase(Phase.STOP)
-        checkpointer.close(final=engine.checkpoint())
+        checkpointer.close(final=engine.checkpoint(), frame=engine.frame)
         if config.stats_path:
             write_atomically(Path(config.stats_path), json.dumps(engine.stats()).encode())
         if config.plot_path and engine.recorder is not None and len(engine.recorder):

@@ -15,11 +15,13 @@ fails to compile, import or execute leaves the running game exactly as it was.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 import time
 import types
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,52 @@ class SwapRecord:
         }
 
 
+class SwapLog:
+    """The newest swap records (a ring of ``keep``) and counts of every swap since start.
+
+    A long session swaps thousands of times: only the newest records are kept (what the
+    console and the stats show), so memory and the cost of showing them stay bounded.
+    Reads like a list of the kept records (``log[-1]``, ``len(log)``, iteration);
+    ``total`` and ``failed`` count every record ever appended. Works for any record with
+    an ``ok`` attribute (shader swaps too).
+    """
+
+    def __init__(self, keep: int = 256) -> None:
+        self.recent: deque[Any] = deque(maxlen=keep)
+        self.total = 0
+        self.failed = 0
+
+    def append(self, record: Any) -> None:
+        self.recent.append(record)
+        self.total += 1
+        if not record.ok:
+            self.failed += 1
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.recent)
+
+    def __len__(self) -> int:
+        return len(self.recent)
+
+    def __getitem__(self, index: int) -> Any:
+        """A kept record by position (``-1``: the newest); raises ``IndexError``."""
+        return self.recent[index]
+
+    def __repr__(self) -> str:
+        return f"SwapLog(total={self.total}, failed={self.failed}, recent={list(self.recent)!r})"
+
+    def last(self, n: int) -> list[Any]:
+        """The newest ``n`` kept records, oldest of them first."""
+        if n <= 0:
+            return []
+        newest_first = list(itertools.islice(reversed(self.recent), n))
+        newest_first.reverse()
+        return newest_first
+
+    def counts(self) -> dict[str, int]:
+        return {"total": self.total, "failed": self.failed, "kept": len(self.recent)}
+
+
 class _Batch:
     """Modules being prepared together (a ``git checkout`` changes several at once)."""
 
@@ -133,7 +181,7 @@ class Loader:
         self.active: dict[str, LoadedModule] = {}
         self.dependents: dict[str, set[str]] = {}
         self.probation: dict[str, int] = {}  # module -> frame its probation ends
-        self.swaps: list[SwapRecord] = []
+        self.swaps = SwapLog()
         self.errors: dict[str, LoadError] = {}
         self._pending: list[PendingSwap] = []
         self._lock = threading.RLock()

@@ -363,8 +363,12 @@ class Scheduler:
     def _rebuild_query_cache(self) -> None:
         """Warm esper's query caches after a structural change, timed on its own line."""
         t0 = self.clock_ns()
-        singles = list(esper._get_component_cache)
-        multis = list(esper._get_components_cache)
+        # Only queries on types some entity still has: a query on a type that is gone (an
+        # old version of a reloaded component) is empty and cheap, and re-warming it would
+        # keep that old class, and its module version, alive for ever.
+        live = esper._components
+        singles = [ct for ct in esper._get_component_cache if ct in live]
+        multis = [cts for cts in esper._get_components_cache if all(ct in live for ct in cts)]
         esper._clear_cache_now()
         for ct in singles:
             esper.get_component(ct)

@@ -14,6 +14,8 @@ it). Two additions, both for hot-swapping:
 * **class aliases** — when a component class is reloaded, its old class object is aliased
   to the new one; queries and additions made with the old class (held by a module that
   imported it before the reload) act on the new class. No cost while no alias exists.
+  An alias holds its old class only weakly: once nothing else uses the old class (the
+  module that imported it was reloaded too), the alias goes and the old version with it.
 * **resources** — per-world singletons that are not components (the renderer, the frame's
   pose), keyed by type: ``world.resources[Renderer]``. They are not checkpointed.
   ``world.input`` is the keyboard and mouse this frame (:class:`~engine.input.state.Input`).
@@ -22,8 +24,9 @@ it). Two additions, both for hot-swapping:
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import esper
 
@@ -52,7 +55,11 @@ class World:
     def __init__(self, name: str | None = None) -> None:
         self.name = name or f"engine-world-{next(_world_ids)}"
         self.resources: dict[type, Any] = {}
-        self._aliases: dict[type, type] = {}
+        # Keyed by id(old class), so the alias does not keep the old class (and through its
+        # methods' globals, its whole module version) alive; a weak reference removes the
+        # entry when the old class dies, before its id can be reused.
+        self._aliases: dict[int, type] = {}
+        self._alias_refs: dict[int, weakref.ref[type]] = {}
         previous = esper.current_world
         esper.switch_world(self.name)
         if previous != self.name:
@@ -73,21 +80,35 @@ class World:
 
     # -- class aliases (component reloads) ------------------------------------------
     def alias_component(self, old: type, new: type) -> None:
-        """Route every use of ``old`` to ``new`` from now on (and earlier aliases of ``old``)."""
-        for stale, target in list(self._aliases.items()):
+        """Route every use of ``old`` to ``new`` from now on (and earlier aliases of ``old``).
+
+        The alias lasts as long as something else keeps ``old`` alive (a module that
+        imported it, an instance of it); it never keeps ``old`` alive itself.
+        """
+        aliases = self._aliases
+        for stale, target in list(aliases.items()):
             if target is old:
-                self._aliases[stale] = new
+                aliases[stale] = new
         if old is not new:
-            self._aliases[old] = new
-        self._aliases.pop(new, None)
+            key = id(old)
+            aliases[key] = new
+            if key not in self._alias_refs:
+                self._alias_refs[key] = weakref.ref(old, _forget(key, aliases, self._alias_refs))
+        aliases.pop(id(new), None)
+        ref = self._alias_refs.pop(id(new), None)
+        del ref  # dropping the weakref also drops its callback
 
     def current_type(self, component_type: type[C]) -> type[C]:
         """The class a (possibly stale) component class resolves to."""
-        return self._aliases.get(component_type, component_type)
+        return self._aliases.get(id(component_type), component_type)
+
+    def alias_count(self) -> int:
+        """How many old classes are still routed to a newer one (bounded by the live ones)."""
+        return len(self._aliases)
 
     def _resolve(self, types: tuple[type, ...]) -> tuple[type, ...]:
         aliases = self._aliases
-        return tuple(aliases.get(t, t) for t in types)
+        return tuple(aliases.get(id(t), t) for t in types)
 
     # -- entities (esper-faithful) ---------------------------------------------------
     def create_entity(self, *components: Any) -> int:
@@ -138,22 +159,23 @@ class World:
         if self._aliases:
             component = self._upgrade(component)
             if type_alias is not None:
-                type_alias = self._aliases.get(type_alias, type_alias)
+                type_alias = self._aliases.get(id(type_alias), type_alias)
         esper.add_component(entity, component, type_alias)
 
     def remove_component(self, entity: int, component_type: type[C]) -> C:
         self.activate()
-        return esper.remove_component(entity, self._aliases.get(component_type, component_type))
+        return esper.remove_component(entity, self._aliases.get(id(component_type), component_type))
 
     def try_remove_component(self, entity: int, component_type: type[C]) -> C | None:
         self.activate()
-        ct = self._aliases.get(component_type, component_type)
+        ct = self._aliases.get(id(component_type), component_type)
         return esper.try_remove_component(entity, ct)
 
     def component_for_entity(self, entity: int, component_type: type[C]) -> C:
         """Raises ``KeyError`` if the entity or the component does not exist — as esper."""
         self.activate()
-        return esper.component_for_entity(entity, self._aliases.get(component_type, component_type))
+        ct = self._aliases.get(id(component_type), component_type)
+        return esper.component_for_entity(entity, ct)
 
     def components_for_entity(self, entity: int) -> tuple[Any, ...]:
         self.activate()
@@ -161,7 +183,7 @@ class World:
 
     def has_component(self, entity: int, component_type: type) -> bool:
         self.activate()
-        return esper.has_component(entity, self._aliases.get(component_type, component_type))
+        return esper.has_component(entity, self._aliases.get(id(component_type), component_type))
 
     def has_components(self, entity: int, *component_types: type) -> bool:
         self.activate()
@@ -172,7 +194,7 @@ class World:
         if esper.current_world != self.name:
             esper.switch_world(self.name)
         if self._aliases:
-            component_type = self._aliases.get(component_type, component_type)
+            component_type = self._aliases.get(id(component_type), component_type)
         return esper.get_component(component_type)
 
     def get_components(self, *component_types: type) -> list[tuple[int, tuple[Any, ...]]]:
@@ -185,7 +207,7 @@ class World:
 
     def try_component(self, entity: int, component_type: type[C]) -> C | None:
         self.activate()
-        return esper.try_component(entity, self._aliases.get(component_type, component_type))
+        return esper.try_component(entity, self._aliases.get(id(component_type), component_type))
 
     def try_components(self, entity: int, *component_types: type) -> tuple[Any, ...] | None:
         self.activate()
@@ -274,6 +296,12 @@ class World:
 
         return dump_world(self)
 
+    def checkpoint_to(self, file: IO[bytes]) -> None:
+        """Write :meth:`checkpoint`'s bytes to ``file``, streamed (large arrays unbuffered)."""
+        from engine.world.checkpoint import dump_world
+
+        dump_world(self, file)
+
     @classmethod
     def restore(cls, data: bytes, resolve: Any = None, name: str | None = None) -> World:
         """A new world holding a checkpoint's entities, with the same ids.
@@ -338,9 +366,25 @@ class World:
             esper.add_component(entity, new_instance)
 
     def _upgrade(self, component: Any) -> Any:
-        target = self._aliases.get(type(component))
+        target = self._aliases.get(id(type(component)))
         if target is None:
             return component
         from engine.world.migration import migrate_instance
 
         return migrate_instance(component, target)
+
+
+def _forget(
+    key: int, aliases: dict[int, type], refs: dict[int, weakref.ref[type]]
+) -> Callable[[weakref.ref[type]], None]:
+    """A weakref callback that drops the alias of a class that just died.
+
+    It holds the two dicts, never the world, so an alias cannot keep a world alive.
+    """
+
+    def forget(ref: weakref.ref[type]) -> None:
+        if refs.get(key) is ref:
+            refs.pop(key, None)
+            aliases.pop(key, None)
+
+    return forget
