@@ -542,7 +542,7 @@ def test_checkpoints_written_with_persistent_ids_still_load(project, make_engine
     buf = io.BytesIO()
     OldPickler(buf, protocol=5).dump(payload)
     eng.restore(buf.getvalue())
-    assert eng.world.get_entities() == [7]
+    assert list(eng.world.get_entities()) == [7]
     assert eng.world.components_for_entity(7)[0].fields == {"value": cls}  # pending: key
 
 
