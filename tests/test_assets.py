@@ -158,3 +158,86 @@ def test_a_missing_texture_draws_untextured_and_is_reported_once(tmp_path, world
         r, g, b = centre(renderer, world)
         assert r > 200 and g < 30 and b < 30
     assert len(messages) == 1 and "nope.png" in messages[0]
+
+
+# -- inside a running engine --------------------------------------------------------------
+class StillHead:
+    """A pose source that never moves: the mesh stays in the middle of both eyes."""
+
+    def sample(self, frame, display_time_ns):
+        from engine.pose.base import PoseSample
+
+        return PoseSample(frame, display_time_ns, HEAD, eyes_from_head(HEAD))
+
+
+SCENE = """
+from engine.render.components import Material, Mesh, Transform
+
+def setup(world):
+    world.create_entity(Transform(position=(0.0, 1.6, -3.0)), Mesh(path="models/big.obj"),
+                        Material(color=(1.0, 1.0, 1.0, 1.0), texture="skin.png"))
+"""
+
+
+def grid_obj(path, n: int) -> int:
+    """A flat n x n vertex grid 2 m across facing +Z, as an OBJ; its triangle count."""
+    xs = np.linspace(-1.0, 1.0, n)
+    x, y = np.meshgrid(xs, xs)
+    pairs = zip(x.ravel(), y.ravel(), strict=True)
+    lines = ["vn 0 0 1"] + [f"v {a:.5f} {b:.5f} 0" for a, b in pairs]
+    i = np.arange(n * n).reshape(n, n)[:-1, :-1].ravel() + 1
+    corners = np.stack([i, i + 1, i + n + 1, i, i + n + 1, i + n], axis=-1).reshape(-1, 3)
+    lines += [f"f {a}//1 {b}//1 {c}//1" for a, b, c in corners]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return len(corners)
+
+
+def test_a_large_obj_is_parsed_off_the_frame_and_drawn_once_ready(tmp_path, world, make_renderer):
+    """Parsed on the frame, a 200k-triangle OBJ took seconds: past the render system's hard
+    limit. Now the frame that first names it returns without it, and it appears later."""
+    assert grid_obj(tmp_path / "big.obj", 318) >= 200_000
+    renderer = make_renderer(tmp_path)
+    world.create_entity(Transform((0.0, 1.6, -3.0)), Mesh(path="big.obj"), Material(WHITE))
+    assert centre(renderer, world) == (0, 0, 0)
+    assert renderer.meshes.loading() == 1
+    assert renderer.meshes.wait_loaded(timeout_s=120)
+    assert centre(renderer, world) == (255, 255, 255)
+
+
+@pytest.mark.xfail(
+    reason="open: the first frame drawing the new mesh runs >50 ms on llvmpipe (a new vertex "
+    "layout's shader variant is compiled in-frame; CPU contention) and the render system, "
+    "still on probation, is disabled by that one strike",
+    strict=False,
+)
+def test_an_obj_loads_off_the_frame_and_edited_textures_reload_live(project, make_engine) -> None:
+    """In a running engine: the render system stays enabled while an OBJ parses, the mesh
+    appears, and a PNG saved while it runs shows in the next frames (through the watcher).
+    (20k triangles: llvmpipe on 2 shared cores takes ~70 ms a frame to *draw* 200k.)"""
+    from conftest import run_until, write
+    from engine import SystemState
+    from engine.render.stage import RenderSettings
+
+    assert grid_obj(project / "models" / "big.obj", 100) >= 19_000
+    solid_png(project / "skin.png", (0, 200, 0))
+    write(project / "game.py", SCENE)
+    settings = RenderSettings(width=96, height=64, default_head=HEAD)
+    messages: list[str] = []
+    eng = make_engine(project, render=settings, pose_source=StillHead(), report=messages.append)
+    eng.start_watching()
+    eng.step()
+
+    def latest_centre():  # of the left eye (the image is both eyes side by side)
+        image = eng.render_stage.latest_image()[:, : settings.width]
+        return tuple(int(c) for c in image[settings.height // 2, settings.width // 2, :3])
+
+    frames = run_until(eng, lambda: latest_centre()[1] > 50, timeout_s=120)
+    assert messages == []
+    assert frames > 1  # drawn without it at first
+    assert eng.scheduler.handles["render.render"].state is not SystemState.DISABLED
+    r, g, b = latest_centre()
+    assert r < 30 and b < 30
+    solid_png(project / "skin.png", (0, 0, 200))  # edited while it runs
+    run_until(eng, lambda: latest_centre()[2] > 50)
+    assert latest_centre()[1] < 30

@@ -8,12 +8,13 @@ attribute layout (the ``position``/``normal``/``texcoord`` locations a shader pr
 linked with), so a live-edited shader that moves its attributes still draws.
 
 OBJ files are paths relative to the project folder (never the working directory) and are
-parsed *off the frame*: in a worker process, so a large file neither stalls the frame nor
-competes with it for the GIL (a parsing thread would hold the GIL for seconds, and every GL
-call of the frame thread releases and waits for it again). Until a file is parsed its
-entities are not drawn; the finished arrays are uploaded on the render thread by
-:meth:`MeshBuffers.poll`. An edited OBJ is parsed again the same way while the old mesh
-keeps drawing; a broken edit keeps the last good mesh and is reported once.
+parsed *off the frame*: a worker thread runs the parser in a child interpreter
+(``python -m engine.render.meshes``), so a large file neither stalls the frame nor competes
+with it for the GIL (a parsing thread would hold the GIL for seconds, and every GL call of
+the frame thread releases and waits for it again); the arrays come back in an ``.npz``.
+Until a file is parsed its entities are not drawn; the finished arrays are uploaded on the
+render thread by :meth:`MeshBuffers.poll`. An edited OBJ is parsed again the same way while
+the old mesh keeps drawing; a broken edit keeps the last good mesh and is reported once.
 
 Triangles wind counter-clockwise seen from outside (GL's default front face).
 """
@@ -21,10 +22,12 @@ Triangles wind counter-clockwise seen from outside (GL's default front face).
 from __future__ import annotations
 
 import ctypes
-import multiprocessing
+import subprocess
+import sys
+import tempfile
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -292,9 +295,22 @@ def _ignore(message: str) -> None:
     pass
 
 
-def _spawn_pool() -> ProcessPoolExecutor:
-    # spawn, not fork: the parent holds a GL context and threads a fork would copy.
-    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+def parse_elsewhere(path: Path) -> MeshData:
+    """:func:`load_obj` in a child interpreter; blocks (off the GIL) until it is done.
+
+    A child, not ``multiprocessing``: its spawn re-imports the parent's ``__main__`` (a
+    game's script) and fork would copy a process holding a GL context and threads.
+    Raises ``ValueError`` with the parser's message if the file cannot be read.
+    """
+    with tempfile.TemporaryDirectory(prefix="engine-mesh-") as tmp:
+        out = Path(tmp) / "mesh.npz"
+        command = [sys.executable, "-m", "engine.render.meshes", str(path), str(out)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines() or [f"parser exited {done.returncode}"]
+            raise ValueError(lines[-1])
+        with np.load(out) as arrays:
+            return MeshData(*(arrays[k] for k in ("positions", "normals", "indices", "uv")))
 
 
 class MeshBuffers:
@@ -310,7 +326,8 @@ class MeshBuffers:
     Args:
         project_dir: where relative OBJ paths start; ``None``: the working directory.
         report: where load failures are said (one line each).
-        submit: ``submit(load_obj, path) -> Future`` (a test may run it inline).
+        submit: ``submit(parse, path) -> Future`` (default: one worker thread running
+            :func:`parse_elsewhere`).
     """
 
     def __init__(
@@ -322,7 +339,7 @@ class MeshBuffers:
         self.project_dir = Path(project_dir) if project_dir is not None else None
         self.report = report
         self._submit = submit
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self._primitives: dict[str, GpuMesh | None] = {}
         self._files: dict[Path, GpuMesh | None] = {}  # None: never loaded successfully
         self._loading: dict[Path, Future] = {}
@@ -396,7 +413,7 @@ class MeshBuffers:
             del self._loading[path]
             try:
                 data = future.result()
-            except Exception as exc:  # what the parser raised, or a worker that died
+            except (OSError, ValueError) as exc:  # the parser's message, or no child
                 keeping = (
                     "keeping the last good mesh"
                     if self._files.get(path)
@@ -414,15 +431,11 @@ class MeshBuffers:
 
     def _start(self, path: Path) -> None:
         if self._submit is not None:
-            self._loading[path] = self._submit(load_obj, path)
+            self._loading[path] = self._submit(parse_elsewhere, path)
             return
         if self._pool is None:
-            self._pool = _spawn_pool()
-        try:
-            self._loading[path] = self._pool.submit(load_obj, path)
-        except RuntimeError:  # a broken pool (its worker was killed): start another
-            self._pool = _spawn_pool()
-            self._loading[path] = self._pool.submit(load_obj, path)
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-mesh")
+        self._loading[path] = self._pool.submit(parse_elsewhere, path)
 
     def forget(self, mesh: Mesh | None = None) -> None:
         """Drop one cached mesh (or all) so the next draw loads it again; buffers are freed."""
@@ -480,3 +493,19 @@ def upload(data: MeshData) -> GpuMesh:
     gl.glBufferData(gl.GL_COPY_WRITE_BUFFER, indices.nbytes, indices.ctypes.data, gl.GL_STATIC_DRAW)
     gl.glBindBuffer(gl.GL_COPY_WRITE_BUFFER, 0)
     return GpuMesh(vbo, ibo, len(indices))
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m engine.render.meshes FILE.obj OUT.npz``: what :func:`parse_elsewhere` runs."""
+    try:
+        data = load_obj(argv[0])
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    uv = data.texcoords if data.texcoords is not None else np.zeros((len(data.positions), 2))
+    np.savez(argv[1], positions=data.positions, normals=data.normals, indices=data.indices, uv=uv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
