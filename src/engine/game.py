@@ -224,6 +224,7 @@ class Engine:
 
             self.pose_source = SimulatedHeadset(fov=settings.view_fov)
         self.shader_listeners.append(stage.shaders.queue_change)
+        self.shader_listeners.append(stage.renderer.queue_asset_change)  # OBJ, PNG
         self.before_frame.append(lambda eng: self._apply_shader_swaps(stage))
 
     def _apply_shader_swaps(self, stage: RenderStage) -> None:

@@ -33,8 +33,9 @@ from __future__ import annotations
 import ctypes
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -55,8 +56,9 @@ from engine.render.camera import (
     view_matrix,
 )
 from engine.render.components import Material, Mesh, Transform
-from engine.render.meshes import GpuMesh, MeshBuffers
+from engine.render.meshes import GpuMesh, MeshBuffers, _ignore
 from engine.render.shaders import ShaderLibrary
+from engine.render.textures import TextureCache
 
 #: A place one eye's pixels go: a numpy array (h, w, 4) uint8, or an address of h*w*4 bytes.
 Destination = np.ndarray | int
@@ -205,6 +207,7 @@ class _ProgramSlots:
         "u_ambient",
         "u_time",
         "u_camera_position",
+        "u_texture",
     )
 
     def __init__(self, program: ShaderProgram) -> None:
@@ -215,6 +218,7 @@ class _ProgramSlots:
         attributes = program.attributes
         self.position = attributes.get("position", {}).get("location", -1)
         self.normal = attributes.get("normal", {}).get("location", -1)
+        self.texcoord = attributes.get("texcoord", {}).get("location", -1)
 
 
 def _mat4(m: np.ndarray) -> ctypes.Array:
@@ -272,9 +276,15 @@ class Renderer:
         ambient: float = 0.25,
         bgra: bool = False,
         readback: str = "auto",
+        project_dir: Path | None = None,
+        report: Callable[[str], None] = _ignore,
     ) -> None:
         """Raises ``ValueError`` for a non-positive size (or one beyond the GL limit) or a
         ``readback`` not in :data:`READBACKS`.
+
+        Mesh and texture paths resolve from ``project_dir`` (default: the shader library's
+        project; the working directory if it has none). ``report(message)`` hears about
+        assets that fail to load.
 
         ``bgra`` writes frames B G R A (a BGRA8 layer) instead of R G B A. ``readback`` is
         ``"pbo"``, ``"sync"`` or ``"auto"`` (see the module docstring); the choice made is
@@ -302,13 +312,26 @@ class Renderer:
         self.light_direction = tuple(light_direction)
         self.ambient = ambient
         self.near, self.far = DEFAULT_NEAR, DEFAULT_FAR
-        self.meshes = MeshBuffers()
+        self.project_dir = project_dir if project_dir is not None else shaders.project_dir
+        self.report = report
+        self.meshes = MeshBuffers(self.project_dir, report)
+        self.textures = TextureCache(self.project_dir, report)
         self._targets: list[_EyeTarget] = []
         self._buffers: _PixelBuffers | None = None
         # Locations per linked program; a swapped-out program drops out by itself.
         self._slots: weakref.WeakKeyDictionary[ShaderProgram, _ProgramSlots] = (
             weakref.WeakKeyDictionary()
         )
+
+    def queue_asset_change(self, path: Path | str, event_time_ns: int = 0) -> None:
+        """Note that an asset file (OBJ, PNG) changed on disk; any thread, cheap.
+
+        Files no entity uses are ignored. The change is taken up at the next frame: a
+        texture is read again then, a mesh is parsed off the frame and swapped in when
+        ready; a broken file keeps the last good one (reported once).
+        """
+        self.meshes.queue_change(path, event_time_ns)
+        self.textures.queue_change(path, event_time_ns)
 
     # -- per frame --------------------------------------------------------------------
     def render(
@@ -503,10 +526,14 @@ class Renderer:
         gl.glViewport(0, 0, self.width, self.height)
 
     def _gather(self, world: DrawableWorld) -> _DrawList:
-        """The frame's draw list: per program, ``(gpu mesh, model, normal, colour)`` items.
+        """The frame's draw list: per program, ``(gpu mesh, model, normal, colour, texture)``
+        items.
 
-        Items are sorted by mesh within a program so consecutive draws share a VAO.
+        Items are sorted by mesh and texture within a program so consecutive draws share a
+        VAO and a texture. Finished mesh parses are uploaded and edited files reloaded first.
         """
+        self.meshes.poll()
+        self.textures.poll()
         rows = world.get_components(Transform, Mesh, Material)
         if not rows:
             return _DrawList([], 0, ())
@@ -527,11 +554,12 @@ class Renderer:
                 continue
             slots = self._slots_for(self.shaders.program(material.shader))
             entry = by_program.setdefault(slots.program_id, (slots, []))
-            entry[1].append((gpu, model_p[i], normal_p[i], color_p[i]))
+            texture = self.textures.get(getattr(material, "texture", None))
+            entry[1].append((gpu, model_p[i], normal_p[i], color_p[i], texture))
             drawn += 1
         batches = list(by_program.values())
         for _, items in batches:
-            items.sort(key=lambda item: id(item[0]))
+            items.sort(key=lambda item: (id(item[0]), item[4]))
         return _DrawList(batches, drawn, (models, normals, colors))
 
     def _slots_for(self, program: ShaderProgram) -> _ProgramSlots:
@@ -558,18 +586,25 @@ class Renderer:
             gl.glUniform1f(slots.u_ambient, self.ambient)
             gl.glUniform1f(slots.u_time, time_s)
             gl.glUniform3f(slots.u_camera_position, *eye.pose.position)
+            gl.glUniform1i(slots.u_texture, 0)  # texture unit 0
             # Uniform calls with location -1 are no-ops in GL, so absent uniforms cost nothing.
             u_model, u_normal, u_color = slots.u_model, slots.u_normal_matrix, slots.u_color
             bound: GpuMesh | None = None
-            for gpu, model, normal, color in items:
+            bound_texture = -1
+            gl.glActiveTexture(gl.GL_TEXTURE0)
+            for gpu, model, normal, color, texture in items:
                 if gpu is not bound:
-                    gl.glBindVertexArray(gpu.vao(slots.position, slots.normal))
+                    gl.glBindVertexArray(gpu.vao(slots.position, slots.normal, slots.texcoord))
                     bound = gpu
+                if texture != bound_texture:
+                    gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
+                    bound_texture = texture
                 set_mat4(u_model, 1, True, model)
                 set_mat3(u_normal, 1, True, normal)
                 set_vec4(u_color, 1, color)
                 draw(triangles, gpu.index_count, uint, None)
         gl.glBindVertexArray(0)
+        gl.glBindTexture(gl.GL_TEXTURE_2D, 0)
         gl.glUseProgram(0)
 
     # -- lifetime ---------------------------------------------------------------------
@@ -590,6 +625,7 @@ class Renderer:
         if self._buffers is not None:
             self._buffers.delete()
             self._buffers = None
+        self.meshes.close()  # the parsing worker; a later OBJ starts another
 
     def forget_gl_objects(self) -> None:
         """Drop every GL object without deleting it: after the context was lost and
@@ -597,5 +633,7 @@ class Renderer:
         The next frame makes framebuffers, buffers and meshes again in the new context."""
         self._targets = []
         self._buffers = None
-        self.meshes = MeshBuffers()
+        self.meshes.close()
+        self.meshes = MeshBuffers(self.project_dir, self.report)
+        self.textures.forget_gl_objects()
         self._slots = weakref.WeakKeyDictionary()

@@ -139,6 +139,7 @@ class RenderStage:
             clear_color=settings.clear_color,
             bgra=settings.pixel_format is PixelFormat.BGRA8,
             readback=settings.readback,
+            report=report,
         )
         self.spec = LayerSpec(settings.width, settings.height, eyes=2, format=settings.pixel_format)
         self.owns_layer = layer_fd is None
