@@ -95,19 +95,85 @@ def _unit(project: Path, name: str) -> VersionHistory:
     return ProjectHistory(project).unit("systems", name)
 
 
+def user_error(message: str) -> int:
+    """Say what is wrong and what to do (one or two lines, on stderr); exit status 2."""
+    print(f"engine: {message}", file=sys.stderr)
+    return 2
+
+
+def project_problem(project: Path) -> str | None:
+    """Why ``project`` cannot be run (a missing path, a file), or ``None``."""
+    if not project.exists():
+        return (
+            f"no project folder at {project}\n"
+            f"  make one with: engine new {project}   (or give the folder holding game.py)"
+        )
+    if not project.is_dir():
+        return (
+            f"{project} is a file, not a project folder\n"
+            "  give the folder that holds game.py and systems/"
+        )
+    return None
+
+
+def display_problem() -> str | None:
+    """Why ``--window`` cannot open a window here, or ``None``: asked of a child process
+    (``engine doctor``'s display probe), so a missing or unreachable X display is found
+    before the compositor starts."""
+    from engine.launcher.doctor import OK, PROBE_TIMEOUT_S, Probe, display_check
+
+    probe = None
+    if os.environ.get("DISPLAY"):
+        probe = Probe("display", timeout_s=PROBE_TIMEOUT_S["display"], env={"PYGLET_HEADLESS": "0"})
+    check = display_check(probe.result() if probe else None)
+    if check.status == OK:
+        return None
+    return (
+        f"--window needs a display: {check.detail.split(': --window')[0]}\n"
+        f"  run without --window (headless; --capture FILE saves a frame), or {check.fix}"
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run under the supervisor: a compositor process and a restartable game process."""
+    """Run under the supervisor: a compositor process and a restartable game process.
+
+    Refused with exit status 2 and a line on stderr (never a traceback): a project path
+    that is missing or a file, ``--window`` without a reachable display, a project another
+    ``engine run`` holds (:mod:`engine.launcher.project_lock`), a bad ``--input-script``,
+    a compositor that cannot start."""
+    from engine.launcher.project_lock import ProjectBusy, ProjectLock
+
+    project = _project(args.project)
+    problem = project_problem(project)
+    if problem is None and args.window and not args.single_process:
+        problem = display_problem()
+    if problem is not None:
+        return user_error(problem)
     script = load_input_script(args.input_script)
     if script is None:
         return 2
-    if args.single_process:
-        return cmd_run_single(args, script)
+    lock = ProjectLock(project)
+    try:
+        lock.acquire()
+    except ProjectBusy as exc:
+        return user_error(
+            f"{exc}\n  stop that one first (Ctrl-C there, or kill {exc.pid or 'it'}); "
+            "engine undo/redo/enable/rewind act on it as it runs"
+        )
+    try:  # held for this process's life: it is the supervisor
+        if args.single_process:
+            return cmd_run_single(args, script)
+        return run_supervised(args, project)
+    finally:
+        lock.release()
+
+
+def run_supervised(args: argparse.Namespace, project: Path) -> int:
     from engine.compositor.process import CompositorConfig
     from engine.launcher.game_process import DEFAULT_RENDER, RENDER_SYSTEM
     from engine.launcher.supervisor import Supervisor
     from engine.render.stage import RenderSettings
 
-    project = _project(args.project)
     size = RenderSettings.parse_size(args.size)
     supervisor = Supervisor(
         project,
@@ -130,7 +196,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{project / 'systems'} live (Ctrl-C to stop)"
     )
     install_supervisor_signals(supervisor)
-    stats = flatten_stats(supervisor.run(frames=args.frames))
+    try:
+        supervised = supervisor.run(frames=args.frames)
+    except RuntimeError as exc:
+        if "compositor did not start" not in str(exc):
+            raise
+        return user_error(f"{exc}\n  `engine doctor` says what this machine lacks")
+    stats = flatten_stats(supervised)
     if args.stats_json:
         Path(args.stats_json).write_text(json.dumps(stats, indent=1))
         print(f"engine: stats written to {args.stats_json}")
