@@ -206,24 +206,37 @@ def run_supervised(args: argparse.Namespace, project: Path) -> int:
     if args.stats_json:
         Path(args.stats_json).write_text(json.dumps(stats, indent=1))
         print(f"engine: stats written to {args.stats_json}")
-    comp = stats.get("compositor") or {}
-    print(
-        f"engine: compositor {comp.get('frames', 0)} frames ({comp.get('missed', 0)} missed), "
-        f"game {stats.get('frames', 0)} frames, {len(stats.get('restarts', []))} restarts"
-    )
+    print(f"engine: {run_summary(stats)}")
     if args.capture:
         print(f"engine: last composited frame written to {args.capture}")
     return 0 if not stats.get("compositor_failure") else 1
 
 
+def run_summary(stats: dict) -> str:
+    """The closing line of a supervised run, from :func:`flatten_stats`' dict: display
+    frames the compositor presented, and game frames across every game process."""
+    comp = stats.get("compositor") or {}
+    restarts = len(stats.get("restarts", []))
+    games = f" in {restarts + 1} game processes" if restarts else ""
+    return (
+        f"compositor presented {comp.get('frames', 0)} frames ({comp.get('missed', 0)} missed); "
+        f"the game ran {stats.get('frames', 0)} frames{games}, "
+        f"{restarts} restart{'s' if restarts != 1 else ''}"
+    )
+
+
 def flatten_stats(supervised: dict) -> dict:
-    """The game's own stats at the top (``frames``, ``systems``, ``swaps``, ``world``) plus
-    the supervisor's (``compositor``, ``restarts``, …), as ``--stats-json`` writes them."""
+    """The game's own stats at the top (``systems``, ``swaps``, ``world``) plus the
+    supervisor's (``compositor``, ``restarts``, …), as ``--stats-json`` writes them.
+
+    ``frames`` is the game frames of every game process of the run (a restarted game's
+    count goes on); the last process's own count is ``game.last_process_frames``."""
     game = supervised.get("game") or {}
     engine_stats = game.get("engine") or {}
     out = {**engine_stats, **{k: v for k, v in supervised.items() if k != "game"}}
     out["game"] = {k: v for k, v in game.items() if k != "engine"}
-    out.setdefault("frames", game.get("frames", 0))
+    out["game"]["last_process_frames"] = engine_stats.get("frames")
+    out["frames"] = game.get("frames", engine_stats.get("frames", 0))
     return out
 
 
@@ -407,7 +420,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a game project (default: the bundled example)")
     r.add_argument("project", nargs="?")
-    r.add_argument("--frames", type=int, default=None, help="stop after N frames")
+    r.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop once the compositor has presented N display frames (90 a second); the "
+        "game runs fewer (it starts later, and a restart loses a few). With "
+        "--single-process: N game frames",
+    )
     r.add_argument("--stats-json", help="write run statistics to this file at exit")
     r.add_argument("--no-watch", action="store_true", help="do not watch for edits")
     r.add_argument("--fixed-dt", type=float, default=None, help="constant dt per frame")

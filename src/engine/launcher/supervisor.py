@@ -491,6 +491,11 @@ class Supervisor:
         game_input_fd = read_only_fd(self._input_fd)  # nor the input
         layer_fd, spec = self.compositor.layers[0]
         config = GameConfig(**{**asdict(self.game_config), "restarted": restarted})
+        # Counts go on across games (a failure, a compositor restart): a new game's
+        # heartbeat starts again from frame 0.
+        self._frames_before = self.game_frames
+        self._checkpoints_before = self.game_checkpoints
+        self.game_stats_path.unlink(missing_ok=True)  # what stop() reads is this game's
         # The same GPU images for every game: a restarted one imports them again.
         gpu_images = self.compositor.gpu_images_for_child(0)
         process = SPAWN.Process(
@@ -774,6 +779,9 @@ class Supervisor:
             self.game_engine_stats = json.loads(self.game_stats_path.read_text())
         except (OSError, ValueError):
             self.game_engine_stats = None
+        last_game = (self.game_engine_stats or {}).get("frames")
+        if isinstance(last_game, int):  # exact: it may have run past its last heartbeat
+            self.game_frames = max(self.game_frames, self._frames_before + last_game)
         self._close_compositor()
         if self._warden is not None:
             self._warden.close()
