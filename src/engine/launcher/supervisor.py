@@ -67,6 +67,7 @@ from engine.contracts.handoff import (
 )
 from engine.contracts.shm import PassedFd, create_block_fd, read_only_fd
 from engine.launcher import containment
+from engine.launcher.console import priority_words
 from engine.launcher.game_process import (
     DEFAULT_RENDER,
     DUMP_SIGNAL,
@@ -434,7 +435,8 @@ class Supervisor:
         )
         self.report(
             "supervisor: compositor up, priority "
-            f"{self.compositor.ready['priority']}, {self.compositor.ready['gl']}; layer images "
+            f"{priority_words(self.compositor.ready['priority'])}, "
+            f"{self.compositor.ready['gl']}; layer images "
             f"in {', '.join(self.compositor.ready.get('layer_images', [])) or 'shared memory'}"
         )
 
