@@ -143,3 +143,21 @@ def test_a_broken_game_py_is_one_line_with_its_line_and_the_game_still_runs(
     assert "Traceback" not in out
     assert f"game.py:{line}: SyntaxError" in out
     assert "engine: 20 frames" in r.stdout  # the systems ran all the same
+
+
+def test_stats_prints_the_last_run_or_says_there_is_none(tmp_path: Path) -> None:
+    proj = new_project(tmp_path)
+    r = engine_cmd("stats", str(proj))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stdout.strip() == (
+        f"engine: no stats for {proj} yet: `engine run {proj}` writes them as it stops"
+    )
+    r = engine_cmd("run", str(proj), "--frames", "30", "--quiet", "--single-process", "--no-render")
+    assert r.returncode == 0, r.stderr
+    r = engine_cmd("stats", str(proj))
+    assert r.returncode == 0, r.stderr
+    assert f"last run of {proj}" in r.stdout
+    assert "bob.bob" in r.stdout and "frames 30 |" in r.stdout
+    assert "in all, 0 failed" in r.stdout
+    assert max(len(line) for line in r.stdout.splitlines()) <= 100
+    assert_user_error(engine_cmd("stats", str(tmp_path / "nothing")), "no project folder")

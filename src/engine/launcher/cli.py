@@ -203,6 +203,7 @@ def run_supervised(args: argparse.Namespace, project: Path) -> int:
             raise
         return user_error(f"{exc}\n  `engine doctor` says what this machine lacks")
     stats = flatten_stats(supervised)
+    write_last_run(project, stats)
     if args.stats_json:
         Path(args.stats_json).write_text(json.dumps(stats, indent=1))
         print(f"engine: stats written to {args.stats_json}")
@@ -223,6 +224,54 @@ def run_summary(stats: dict) -> str:
         f"the game ran {stats.get('frames', 0)} frames{games}, "
         f"{restarts} restart{'s' if restarts != 1 else ''}"
     )
+
+
+#: Where a run's stats are kept for ``engine stats``, in the project.
+LAST_RUN = Path(".engine") / "last-run.json"
+
+
+def write_last_run(project: Path, stats: dict) -> None:
+    """Keep ``stats`` as the project's last run (``engine stats``); a failure to write
+    it is said in one line, never raised: the run itself went well."""
+    try:
+        (project / LAST_RUN).parent.mkdir(parents=True, exist_ok=True)
+        (project / LAST_RUN).write_text(json.dumps(stats, indent=1))
+    except OSError as exc:
+        print(f"engine: could not keep the run's stats for `engine stats`: {exc}")
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Print the last run's stats (``PROJECT/.engine/last-run.json``, written when
+    ``engine run`` stops): the closing line, the systems table and the swap counts.
+    Exit status 1, in one line, when there are none; 2 for a bad project path."""
+    from rich.console import Console
+
+    from engine.launcher.console import SystemsTable
+
+    project = Path(args.project)
+    problem = project_problem(project)
+    if problem is not None:
+        return user_error(problem)
+    path = project / LAST_RUN
+    try:
+        stats = json.loads(path.read_text())
+    except FileNotFoundError:
+        print(f"engine: no stats for {project} yet: `engine run {project}` writes them as it stops")
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"engine: cannot read {path}: {exc}", file=sys.stderr)
+        return 1
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(path.stat().st_mtime))
+    print(f"engine: last run of {project}, stopped {when}")
+    if "compositor" in stats:
+        print(f"engine: {run_summary(stats)}")
+    Console(width=100, soft_wrap=False).print(SystemsTable(title="systems").render(stats))
+    counts = stats.get("swap_counts") or {}
+    if counts:
+        print(f"swaps: {counts.get('total', 0)} in all, {counts.get('failed', 0)} failed")
+    for r in stats.get("restarts", []):
+        print(f"restart at {r.get('at_s', 0):.1f} s: {r.get('message') or r.get('cause')}")
+    return 0
 
 
 def flatten_stats(supervised: dict) -> dict:
@@ -309,6 +358,7 @@ def cmd_run_single(args: argparse.Namespace, script: list | None = None) -> int:
 
             plot_frame_times(engine.recorder, Path(args.plot))
             print(f"engine: per-system frame times plotted to {args.plot}")
+        write_last_run(project, stats)
         if args.stats_json:
             Path(args.stats_json).write_text(json.dumps(stats, indent=1))
             print(f"engine: stats written to {args.stats_json}")
@@ -450,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the game in this process, without the compositor (debugging, profiling)",
     )
     r.set_defaults(func=cmd_run)
+    st = sub.add_parser("stats", help="print the last run's statistics of a project")
+    st.add_argument("project")
+    st.set_defaults(func=cmd_stats)
     n = sub.add_parser("new", help="scaffold a new game project")
     n.add_argument("dir")
     n.set_defaults(func=cmd_new)
