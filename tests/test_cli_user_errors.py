@@ -159,5 +159,6 @@ def test_stats_prints_the_last_run_or_says_there_is_none(tmp_path: Path) -> None
     assert f"last run of {proj}" in r.stdout
     assert "bob.bob" in r.stdout and "frames 30 |" in r.stdout
     assert "in all, 0 failed" in r.stdout
-    assert max(len(line) for line in r.stdout.splitlines()) <= 100
+    table = [line for line in r.stdout.splitlines() if not line.startswith("engine:")]
+    assert max(len(line) for line in table) <= 100  # the table fits 100 columns
     assert_user_error(engine_cmd("stats", str(tmp_path / "nothing")), "no project folder")
