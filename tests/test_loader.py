@@ -579,3 +579,18 @@ def test_broken_game_py_is_reported_and_the_game_starts_anyway(project, make_eng
     assert eng.setup_error.startswith(f"{game}:5: NameError")
     eng.step()
     assert counter_value(eng) == 1  # what setup made before failing is kept and runs
+
+
+def test_an_unreadable_history_index_is_reported_and_moved_aside(tmp_path: Path, capsys) -> None:
+    from engine.loader.history import ProjectHistory
+
+    first = ProjectHistory(tmp_path).unit("systems", "bob")
+    first.index_path.parent.mkdir(parents=True, exist_ok=True)
+    first.index_path.write_text("{not json")
+    messages: list[str] = []
+    unit = ProjectHistory(tmp_path, report=messages.append).unit("systems", "bob")
+    assert unit.versions == []
+    (message,) = messages
+    assert "unreadable" in message and "moved aside" in message
+    assert list(unit.dir.glob("*.broken-*.json"))
+    assert capsys.readouterr() == ("", "")  # through the report channel, never print

@@ -102,7 +102,8 @@ def test_built_ins_draw_without_a_project(world):
 def test_good_edit_swaps_and_broken_edit_keeps_last_good_program(project, world, capsys):
     frag = project / "shaders" / "basic.frag"
     frag.write_text((BUILTIN_DIR / "basic.frag").read_text())
-    library = ShaderLibrary(project)
+    messages: list[str] = []
+    library = ShaderLibrary(project, report=messages.append)
     assert dominant(centre(library, world)) == "r"
 
     swaps = edit(library, frag, solid("0.0, 1.0, 0.0"), t=123)
@@ -114,7 +115,9 @@ def test_good_edit_swaps_and_broken_edit_keeps_last_good_program(project, world,
     assert swap.error.path == frag
     assert swap.error.line == 4
     assert "error" in swap.error.message
-    assert f"{frag}:4" in capsys.readouterr().out
+    (message,) = messages  # through the report channel, not print
+    assert f"{frag}:4" in message
+    assert capsys.readouterr().out == ""
     assert dominant(centre(library, world)) == "g"  # still the last good program
     assert library.last_error("basic") == swap.error
     assert statuses(project, "basic.frag") == ["good", "good", "error"]

@@ -151,7 +151,7 @@ class Engine:
         self.pacer: Pacer = pacer or FixedRatePacer(self.clock, rate_hz)
         self.pose_source = pose_source
         self.fixed_dt = fixed_dt
-        self.history_store = ProjectHistory(self.project_dir)
+        self.history_store = ProjectHistory(self.project_dir, report=report)
         self.running = running or RunningNow()
         self.running.user_dir = str(self.project_dir / "systems")
         self.scheduler = Scheduler(policy, on_hung=self._on_hung)

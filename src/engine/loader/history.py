@@ -26,11 +26,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
+
+
+def report_to_stderr(message: str) -> None:
+    """Where a history's messages go when it is given no ``report`` (tools, tests)."""
+    sys.stderr.write(message + "\n")
+
 
 HISTORY_DIR = Path(".engine") / "history"
 
@@ -122,7 +130,15 @@ class VersionHistory:
         1
     """
 
-    def __init__(self, project_dir: Path, kind: str, name: str, suffix: str = ".py") -> None:
+    def __init__(
+        self,
+        project_dir: Path,
+        kind: str,
+        name: str,
+        suffix: str = ".py",
+        report: Callable[[str], None] = report_to_stderr,
+    ) -> None:
+        self.report = report  # an unreadable index is said here, then moved aside
         self.kind = kind
         self.name = name
         self.suffix = suffix
@@ -156,7 +172,7 @@ class VersionHistory:
                 os.replace(self.index_path, broken)
             except OSError:
                 pass
-            print(f"engine: history index {self.index_path} unreadable ({exc}); moved aside")
+            self.report(f"engine: history index {self.index_path} unreadable ({exc}); moved aside")
             data = {}
         self.versions = [Version.from_json(v) for v in data.get("versions", [])]
         self.active_number = data.get("active")
@@ -317,15 +333,19 @@ class VersionHistory:
 class ProjectHistory:
     """All units' histories of one project, opened on demand and cached."""
 
-    def __init__(self, project_dir: Path) -> None:
+    def __init__(self, project_dir: Path, report: Callable[[str], None] = report_to_stderr) -> None:
+        """``report`` takes each unit's messages (an unreadable index, moved aside)."""
         self.project_dir = Path(project_dir)
+        self.report = report
         self._units: dict[tuple[str, str], VersionHistory] = {}
 
     def unit(self, kind: str, name: str, suffix: str = ".py") -> VersionHistory:
         key = (kind, name)
         h = self._units.get(key)
         if h is None:
-            h = self._units[key] = VersionHistory(self.project_dir, kind, name, suffix)
+            h = self._units[key] = VersionHistory(
+                self.project_dir, kind, name, suffix, report=self.report
+            )
         return h
 
     def names(self, kind: str) -> list[str]:

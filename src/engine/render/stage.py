@@ -131,7 +131,7 @@ class RenderStage:
         from engine.render.shaders import ShaderLibrary
 
         self.settings = settings
-        self.shaders = ShaderLibrary(project_dir, history)
+        self.shaders = ShaderLibrary(project_dir, history, report=report)
         self.renderer = Renderer(
             settings.width,
             settings.height,
