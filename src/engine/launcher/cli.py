@@ -437,6 +437,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     return doctor(args.project)
 
+
 def _ns_since_start() -> int:
     """How long ago this process started (Linux; 0 elsewhere): Python's start-up is part of
     what ``engine rewind`` must not count as the past."""
