@@ -1,26 +1,42 @@
 """Stopping runaway code without stopping the engine.
 
-Two mechanisms, one per place code runs:
+Three lines of defence for system calls on the main thread, one for load-time code:
 
-* **Frame watchdog** (main thread): ``signal.setitimer(ITIMER_REAL)`` raises
-  :class:`Overrun` inside a system call that passes the hard limit. The timer is armed
-  once per frame, not per call: when it fires, the handler looks at the call running
-  *now* and either raises (it is over its limit) or re-arms for the moment it will be.
-  So the per-call cost is two attribute writes, and per frame two system calls.
+* **The timer** (main thread): ``signal.setitimer(ITIMER_REAL)`` raises :class:`Overrun`
+  inside a system call that passes its hard limit. While a frame runs there is always a
+  timer pending, due no later than the running call's limit: the frame arms it once, and
+  every time it fires the handler arms it again, also when it finds no call running (a
+  C call can hold the signal back until after its call has returned: the timer must then
+  still be there for the next call). It never waits longer than the shortest hard limit,
+  so a call that starts after a long one is still covered. Per call the scheduler writes
+  three attributes; per frame there are two ``setitimer`` calls.
+* **The backstop thread**: a daemon thread looks at the running call about once per
+  shortest hard limit. A call still running ``grace`` after it was due to be interrupted
+  means the timer did not do its job: user code cancelled it (``setitimer(ITIMER_REAL,
+  0)``), took ``SIGALRM`` over (``signal.signal(SIGALRM, SIG_IGN)``), or the call is
+  inside C code. The thread samples the call's innermost Python frame (the line of a
+  C call) and *kicks* the main thread with ``SIGURG`` (ignored by default, so it harms
+  nothing), whose handler is the same as the timer's: it raises at once in Python code
+  and interrupts a blocking wait. If user code took ``SIGURG`` too, the thread raises
+  :class:`Overrun` through ``PyThreadState_SetAsyncExc`` (pure Python only). The main
+  thread puts its handlers back at the start of every frame.
 * **Thread watchdog** (any thread, used for module load-time code):
   ``PyThreadState_SetAsyncExc`` raises :class:`LoadTimeout` in the loading thread.
 
-What neither can do: interrupt a long call inside a C extension (a big numpy matmul, a
+What none can do: interrupt a long call inside a C extension (a big numpy matmul, a
 blocking C library call). Python runs signal handlers and async exceptions only between
 bytecodes, so the interrupt lands when the C call returns; the scheduler then sees a call
-far over the limit and disables the system. Code that swallows the interrupt
-(``except BaseException: pass`` in a loop) is interrupted again ``max_interrupts`` times;
-after that the watchdog declares the process *hung* (``on_hung`` is called) and only
+far over the limit and files it as a ``c-call``, at the line the backstop sampled. Code that
+swallows the interrupt (``except BaseException: pass`` in a loop) is interrupted again
+``max_interrupts`` times; after that the watchdog declares the process *hung* (``on_hung``
+is called: it may only record, it runs in a signal handler or the backstop thread) and only
 something outside the process — the supervisor — can stop it.
 
-The interrupt never fires outside the call it was armed for: the handler checks that a
-call is armed and that the innermost frame is not the engine's own bookkeeping (the
-scheduler, the world wrapper, esper), so engine state is never left half-updated.
+The handlers never print: they record an :class:`Interruption` (what, where, how late) and
+raise; the frame loop reports it after the frame. The interrupt never fires outside the call
+it was armed for: the handler checks that a call is armed and that the innermost frame is
+not the engine's own bookkeeping (the scheduler, the world wrapper, esper, the cross-process
+contracts), so engine state is never left half-updated.
 """
 
 from __future__ import annotations
@@ -28,10 +44,14 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import esper
@@ -39,6 +59,16 @@ import esper
 #: A handler that runs this long after its timer fired was held up by a C call, unless
 #: the thread spent that time waiting for a CPU (a loaded machine), which does not count.
 C_CALL_LATE_NS = 2_000_000
+
+#: The backstop thread's kick: ignored by default, so a kick that arrives where the
+#: watchdog's handler is not installed does nothing.
+KICK_SIGNAL = signal.SIGURG
+
+# The C function: ``signal.getsignal`` converts to an enum and costs ~0.6 µs; this, ~15 ns.
+try:
+    from _signal import getsignal as _getsignal
+except ImportError:  # pragma: no cover - other Pythons
+    _getsignal = signal.getsignal
 
 
 class _RunQueueWait:
@@ -77,50 +107,77 @@ def _no_run_delay() -> int:
     return 0
 
 
-class Overrun(BaseException):  # noqa: N818 - a control-flow signal, like KeyboardInterrupt
-    """Raised inside a system call that ran past the hard limit.
+@dataclass(frozen=True, slots=True)
+class Interruption:
+    """What the watchdog saw when it stopped a call: recorded by the handler (or the
+    backstop thread), reported by the frame loop.
 
-    Derives from ``BaseException`` so that ordinary ``except Exception`` in user code does
-    not swallow it.
+    Attributes:
+        key: the call (``module.system`` or ``module.on_load``).
+        elapsed_ns: how long the call had run.
+        limit_ns: its hard limit.
+        attempt: how many times this call has been interrupted (>1: it swallowed some).
+        late_ns: how long after the interrupt was due the handler could run, less the
+            time the thread waited for a CPU meanwhile: large when the call was stuck
+            inside C code, which Python cannot interrupt.
+        starved_ns: how long the thread waited for a CPU since the timer was armed.
+        location: ``file:line`` where the call was interrupted, or for a C call, the line
+            that made it (sampled by the backstop thread while it ran), when known.
+        by: ``"timer"``, ``"kick"`` (the backstop's signal: the timer had been cancelled)
+            or ``"thread-state"`` (the backstop's async exception: the signals had been
+            taken over by user code).
     """
 
-    def __init__(
-        self,
-        key: str,
-        elapsed_ns: int,
-        limit_ns: int,
-        attempt: int = 1,
-        late_ns: int = 0,
-        starved_ns: int = 0,
-    ) -> None:
-        super().__init__(
-            f"{key} ran {elapsed_ns / 1e6:.2f} ms, over the hard limit of {limit_ns / 1e6:.2f} ms"
-            + (f" (interrupt #{attempt})" if attempt > 1 else "")
-            + (
-                f"; the interrupt waited {late_ns / 1e6:.1f} ms for a C call to return"
-                if late_ns >= C_CALL_LATE_NS
-                else ""
-            )
-            + (
-                f"; the process waited {starved_ns / 1e6:.1f} ms for a CPU"
-                if starved_ns >= C_CALL_LATE_NS
-                else ""
-            )
-        )
-        self.key = key
-        self.elapsed_ns = elapsed_ns
-        self.limit_ns = limit_ns
-        self.attempt = attempt
-        #: How long after the timer fired the handler could run, less the time the thread
-        #: waited for a CPU meanwhile: large when the call was stuck inside C code, which
-        #: Python cannot interrupt.
-        self.late_ns = late_ns
-        #: How long the thread waited for a CPU since the timer was armed.
-        self.starved_ns = starved_ns
+    key: str
+    elapsed_ns: int
+    limit_ns: int
+    attempt: int = 1
+    late_ns: int = 0
+    starved_ns: int = 0
+    location: str | None = None
+    by: str = "timer"
 
     @property
     def in_c_call(self) -> bool:
         return self.late_ns >= C_CALL_LATE_NS
+
+    def detail(self) -> str:
+        """One line: how long it ran against which limit, and anything unusual."""
+        ran, limit = self.elapsed_ns / 1e6, self.limit_ns / 1e6
+        text = f"ran {ran:.2f} ms, over the hard limit of {limit:.2f} ms"
+        if self.attempt > 1:
+            text += f" (interrupt #{self.attempt})"
+        if self.in_c_call:
+            text += f"; the interrupt waited {self.late_ns / 1e6:.1f} ms for a C call to return"
+        if self.starved_ns >= C_CALL_LATE_NS:
+            text += f"; the process waited {self.starved_ns / 1e6:.1f} ms for a CPU"
+        if self.by == "kick" and not self.in_c_call:
+            text += "; its timer had been cancelled, the watchdog's backstop stopped it"
+        elif self.by == "thread-state":
+            text += "; its signals had been taken over, the watchdog's backstop stopped it"
+        return text
+
+
+class Overrun(BaseException):  # noqa: N818 - a control-flow signal, like KeyboardInterrupt
+    """Raised inside a system call that ran past the hard limit.
+
+    Derives from ``BaseException`` so that ordinary ``except Exception`` in user code does
+    not swallow it. Raised without arguments by ``PyThreadState_SetAsyncExc`` (the
+    backstop's last resort); the watchdog's :attr:`FrameWatchdog.last` then says what
+    happened.
+    """
+
+    def __init__(self, interruption: Interruption | None = None) -> None:
+        super().__init__(interruption.detail() if interruption else "interrupted by the watchdog")
+        self.interruption = interruption
+
+    @property
+    def in_c_call(self) -> bool:
+        return self.interruption is not None and self.interruption.in_c_call
+
+    @property
+    def starved_ns(self) -> int:
+        return self.interruption.starved_ns if self.interruption else 0
 
 
 class LoadTimeout(BaseException):  # noqa: N818
@@ -140,23 +197,56 @@ def _protected_files() -> frozenset[str]:
     return frozenset(os.path.realpath(f) for f in files if f)
 
 
+def _library_dirs() -> tuple[str, ...]:
+    """Folders whose code is not the user's: the engine, the standard library and
+    installed packages. A location names the innermost frame outside them."""
+    paths = sysconfig.get_paths()
+    dirs = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    dirs.add(str(Path(__file__).resolve().parent.parent))  # the engine package
+    out = set()
+    for d in dirs:
+        out.add(os.path.join(d, ""))
+        out.add(os.path.join(os.path.realpath(d), ""))
+    return tuple(sorted(out))
+
+
+def where(frame: FrameType | None, stop: FrameType | None, library: tuple[str, ...]) -> str | None:
+    """``file:line`` of the innermost frame of user code between ``frame`` (innermost)
+    and ``stop`` (the engine frame that made the call, excluded); the innermost frame if
+    all of them are library code; None without a frame."""
+    first = None
+    f = frame
+    while f is not None and f is not stop:
+        path = f.f_code.co_filename
+        if first is None:
+            first = f
+        if not path.startswith(library) and not path.startswith("<"):
+            return f"{path}:{f.f_lineno}"
+        f = f.f_back
+    return f"{first.f_code.co_filename}:{first.f_lineno}" if first is not None else None
+
+
 class FrameWatchdog:
     """The main-thread interrupt for system calls.
 
     Usage by the scheduler, per frame::
 
-        wd.start_frame()            # arms the timer once
-        wd.enter(key, now_ns)       # before each call  (two attribute writes)
+        wd.start_frame()            # puts the handlers back if needed, arms the timer
+        wd.enter(key, now_ns)       # before each call  (attribute writes; inlined there)
         fn(world, dt)
         wd.leave()                  # after each call
         wd.end_frame()              # disarms
 
     Args:
-        hard_limit_ns: longest one call may run.
+        hard_limit_ns: longest one call may run (unless ``enter`` says otherwise).
         retry_ns: how soon to interrupt again a call that swallowed the interrupt.
         max_interrupts: interrupts of one call before the process is declared hung.
         clock_ns: monotonic clock in ns (``perf_counter_ns``; injectable for tests).
-        on_hung: called (from the signal handler) when the process is declared hung.
+        on_hung: called with the call's key when the process is declared hung; it runs in
+            the signal handler or the backstop thread, so it may only record.
+        run_delay_ns: the main thread's run-queue wait (default: its schedstat).
+        backstop_grace_ns: how long past an interrupt's due time the backstop thread
+            waits before it steps in (0: no backstop thread).
     """
 
     def __init__(
@@ -168,48 +258,82 @@ class FrameWatchdog:
         clock_ns: Callable[[], int] = time.perf_counter_ns,
         on_hung: Callable[[str], None] | None = None,
         run_delay_ns: Callable[[], int] | None = None,
+        backstop_grace_ns: int = 1_000_000,
     ) -> None:
         self.hard_limit_ns = hard_limit_ns
+        #: The shortest hard limit any call may have: the timer is never armed further
+        #: ahead, so a call that starts later is still covered (the scheduler sets it).
+        self.min_limit_ns = hard_limit_ns
         self.retry_ns = retry_ns
         self.max_interrupts = max_interrupts
         self.clock_ns = clock_ns
         self.on_hung = on_hung
+        self.backstop_grace_ns = backstop_grace_ns
         # Injected, or this thread's schedstat while installed (opened by install()).
         self._injected_run_delay = run_delay_ns
         self._run_delay_ns: Callable[[], int] = run_delay_ns or _no_run_delay
         self._waited_at_arm_ns = 0
+        self.frame_waited_ns = 0  # run-queue wait when the frame started
         self.key: str | None = None
         self.call_start_ns = 0
         self.call_limit_ns = hard_limit_ns  # the running call's own hard limit
         self.interrupts = 0
         self.hung = False
         self.fired = 0  # handler invocations, for tests and stats
+        self.kicks = 0  # backstop kicks
+        self.repairs = 0  # times a handler taken over by user code was put back
+        #: The latest interruption (what the frame loop reports).
+        self.last: Interruption | None = None
+        #: ``(call start, file:line)`` sampled by the backstop while a call was overdue.
+        self.stuck_at: tuple[int, str | None] | None = None
         self._alarm_at_ns = 0  # when the armed timer is due
+        self._kick_ns = 0  # when the backstop last kicked
+        self._in_frame = False
+        self._caller: FrameType | None = None  # the engine frame that makes the calls
         self._installed = False
-        self._previous_handler: Any = None
+        self._previous: dict[int, Any] = {}
         self._protected = _protected_files()
+        self._file_protected: dict[str, bool] = {}  # co_filename -> in self._protected
+        self._handling = False
+        self._library = _library_dirs()
+        self._handler = self._on_alarm  # one bound method, so `is` finds it installed
+        self._backstop: _Backstop | None = None
+        self.async_pending = False
         self.available = threading.current_thread() is threading.main_thread() and hasattr(
             signal, "setitimer"
         )
 
     # -- installation -------------------------------------------------------------------
     def install(self) -> bool:
-        """Take SIGALRM (main thread only). Returns False where that is impossible."""
+        """Take SIGALRM and the kick signal, start the backstop thread (main thread only).
+
+        Returns False where that is impossible (not the main thread, no ``setitimer``).
+        """
         if self._installed:
             return True
         if not (self.available and threading.current_thread() is threading.main_thread()):
             return False
-        self._previous_handler = signal.signal(signal.SIGALRM, self._on_alarm)
+        for sig in (signal.SIGALRM, KICK_SIGNAL):
+            self._previous[sig] = signal.signal(sig, self._handler)
         if self._injected_run_delay is None:
             self._run_delay_ns = schedstat_run_delay()  # this (the main) thread's
         self._installed = True
+        if self.backstop_grace_ns > 0:
+            self._backstop = _Backstop(self, threading.main_thread().ident or 0)
         return True
 
     def uninstall(self) -> None:
+        """Stop the backstop thread, disarm, and give the signals back."""
         if not self._installed:
             return
+        if self._backstop is not None:
+            self._backstop.stop()
+            self._backstop = None
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, self._previous_handler or signal.SIG_DFL)
+        self._in_frame = False
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
         if isinstance(self._run_delay_ns, _RunQueueWait):
             self._run_delay_ns.close()
             self._run_delay_ns = _no_run_delay
@@ -219,6 +343,20 @@ class FrameWatchdog:
     def installed(self) -> bool:
         return self._installed
 
+    def repair(self) -> bool:
+        """Put the handlers back where user code replaced them (main thread). True if it
+        had to. Does nothing while not installed."""
+        if not self._installed:
+            return False
+        repaired = False
+        for sig in (signal.SIGALRM, KICK_SIGNAL):
+            if _getsignal(sig) is not self._handler:
+                signal.signal(sig, self._handler)
+                repaired = True
+        if repaired:
+            self.repairs += 1
+        return repaired
+
     # -- per frame / per call -------------------------------------------------------------
     def _arm(self, delay_ns: int) -> None:
         self._alarm_at_ns = self.clock_ns() + delay_ns
@@ -226,12 +364,26 @@ class FrameWatchdog:
         signal.setitimer(signal.ITIMER_REAL, delay_ns / 1e9)
 
     def start_frame(self) -> None:
-        if self._installed:
-            self._arm(self.hard_limit_ns)
+        """Arm for a frame of calls: handlers put back if user code took them, timer set."""
+        if not self._installed:
+            self.frame_waited_ns = self._run_delay_ns()
+            return
+        if _getsignal(signal.SIGALRM) is not self._handler or (
+            _getsignal(KICK_SIGNAL) is not self._handler
+        ):
+            self.repair()
+        self._caller = sys._getframe(1)
+        self._in_frame = True
+        self._arm(self.min_limit_ns)
+        self.frame_waited_ns = self._waited_at_arm_ns
 
     def end_frame(self) -> None:
+        self._in_frame = False
+        self._caller = None
         if self._installed:
             signal.setitimer(signal.ITIMER_REAL, 0)
+            if self.async_pending:
+                self.clear_async()
 
     def enter(self, key: str, start_ns: int, limit_ns: int | None = None) -> None:
         self.interrupts = 0
@@ -246,40 +398,189 @@ class FrameWatchdog:
         """Arm for a single call outside the frame loop (``on_load`` hooks)."""
         self.enter(key, self.clock_ns(), limit_ns)
         if self._installed:
-            self._arm(self.call_limit_ns)
+            self.repair()
+            self._caller = sys._getframe(1)
+            self._in_frame = True
+            self._arm(min(self.call_limit_ns, self.min_limit_ns))
 
     def disarm_once(self) -> None:
         self.key = None
-        if self._installed:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        self.end_frame()
+
+    def stolen_ns(self) -> int:
+        """How long the main thread waited for a CPU since the frame started."""
+        return max(0, self._run_delay_ns() - self.frame_waited_ns)
+
+    def location(self, frame: FrameType | None) -> str | None:
+        """``file:line`` of the user code at ``frame`` (see :func:`where`)."""
+        return where(frame, self._caller, self._library)
+
+    def must_finish(self, frame: FrameType | None) -> bool:
+        """True when ``frame``, or one of its callers up to the engine frame that made the
+        call, runs engine code that must not be left half-done (esper, the world wrapper,
+        the scheduler, this module, the cross-process contracts), so an interrupt there
+        waits. A call into library code from there counts too."""
+        cache = self._file_protected
+        stop = self._caller
+        f = frame
+        while f is not None and f is not stop:
+            name = f.f_code.co_filename
+            protected = cache.get(name)
+            if protected is None:
+                protected = cache[name] = os.path.realpath(name) in self._protected
+            if protected:
+                return True
+            f = f.f_back
+        return False
+
+    def clear_async(self) -> None:
+        """Drop an async :class:`Overrun` the backstop set that has not landed yet."""
+        self.async_pending = False
+        ident = threading.main_thread().ident
+        if ident is not None:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
 
     # -- the handler ------------------------------------------------------------------------
     def _on_alarm(self, signum: int, frame: Any) -> None:
+        if self._handling:
+            return  # a signal that arrived while the handler ran: the outer call re-arms
+        self._handling = True
+        try:
+            self._interrupt(frame)
+        finally:
+            self._handling = False
+
+    def _interrupt(self, frame: Any) -> None:
         self.fired += 1
         key = self.key
         if key is None:
-            return  # between calls: the frame's own code is never interrupted
+            # Between calls. A C call can hold the signal back until after it returned:
+            # keep a timer pending for the next call, which may be a runaway.
+            if self._in_frame:
+                self._arm(self.min_limit_ns)
+            return
         now = self.clock_ns()
-        # Time spent waiting for a CPU since the timer was armed is not a C call's doing.
-        starved = max(0, self._run_delay_ns() - self._waited_at_arm_ns)
-        late = max(0, now - self._alarm_at_ns - starved)
         elapsed = now - self.call_start_ns
         due = self.call_limit_ns + self.interrupts * self.retry_ns
         if elapsed < due:
-            self._arm(max(due - elapsed, 50_000))
+            self._arm(max(min(due - elapsed, self.min_limit_ns), 50_000))
             return
-        if frame is not None and os.path.realpath(frame.f_code.co_filename) in self._protected:
-            # Inside esper / the world wrapper / the scheduler: let it finish its update.
+        if self.must_finish(frame):
+            # Inside esper / the world wrapper / a contract: let it finish its update.
             self._arm(100_000)
             return
+        # Time spent waiting for a CPU since the timer was armed is not a C call's doing;
+        # lateness counts from the last signal sent (the timer's, or the backstop's kick).
+        starved = max(0, self._run_delay_ns() - self._waited_at_arm_ns)
+        sent = max(self._alarm_at_ns, self._kick_ns)
+        late = max(0, now - sent - starved)
+        kicked = self._kick_ns > self._alarm_at_ns
+        location = self.location(frame)
+        stuck = self.stuck_at
+        if late >= C_CALL_LATE_NS and stuck is not None and stuck[0] == self.call_start_ns:
+            location = stuck[1] or location  # the line of the C call, sampled while it ran
         self.interrupts += 1
+        self.last = Interruption(
+            key,
+            elapsed,
+            self.call_limit_ns,
+            self.interrupts,
+            late,
+            starved,
+            location,
+            "kick" if kicked else "timer",
+        )
+        self._note_hung(key)
+        # Keep interrupting a call that swallows it; slower once it is declared hung.
+        self._arm(self.retry_ns if not self.hung else 50 * self.retry_ns)
+        raise Overrun(self.last)
+
+    def _note_hung(self, key: str) -> None:
         if self.interrupts > self.max_interrupts and not self.hung:
             self.hung = True
             if self.on_hung is not None:
                 self.on_hung(key)
-        # Keep interrupting a call that swallows it; slower once it is declared hung.
-        self._arm(self.retry_ns if not self.hung else 50 * self.retry_ns)
-        raise Overrun(key, elapsed, self.call_limit_ns, self.interrupts, late, starved)
+
+
+class _Backstop:
+    """The watchdog's second line: a thread that stops a call the timer did not.
+
+    About once per shortest hard limit it looks at the running call (it needs the GIL, so
+    against a pure-Python loop it looks up to one switch interval, 5 ms, later than it
+    wanted). A call still running ``grace`` past the moment it was due to be interrupted:
+
+    1. its innermost user frame is sampled (``stuck_at``: the line of a C call);
+    2. if the kick signal is still the watchdog's, the main thread is kicked with it
+       (the handler raises at once in Python code; a C call keeps it until it returns,
+       and is kicked again less and less often);
+    3. otherwise :class:`Overrun` is raised through ``PyThreadState_SetAsyncExc``, which
+       lands at the next bytecode (pure Python only; a blocking wait keeps it).
+    """
+
+    def __init__(self, wd: FrameWatchdog, main_ident: int) -> None:
+        self.wd = wd
+        self.main_ident = main_ident
+        self._stop = threading.Event()
+        self._kicked: tuple[int, int] | None = None  # (call start, attempt) last kicked
+        self._kicks_this_call = 0
+        self.thread = threading.Thread(target=self._run, name="watchdog-backstop", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        wait_ns = self.wd.min_limit_ns
+        while not self._stop.wait(wait_ns / 1e9):
+            wait_ns = self.check()
+
+    def check(self) -> int:
+        """One look at the main thread; returns how long to wait before the next."""
+        wd = self.wd
+        grace = wd.backstop_grace_ns
+        idle = wd.min_limit_ns + grace
+        key = wd.key
+        if key is None or not wd._in_frame:
+            return idle
+        start = wd.call_start_ns
+        now = wd.clock_ns()
+        due = start + wd.call_limit_ns + wd.interrupts * wd.retry_ns + grace
+        if now < due:
+            return max(due - now, 100_000)
+        frame = sys._current_frames().get(self.main_ident)
+        if frame is None or wd.key != key or wd.call_start_ns != start:
+            return idle  # the call ended while we looked
+        if wd._handling or wd.must_finish(frame):
+            return 100_000  # the handler would defer there too
+        wd.stuck_at = (start, wd.location(frame))
+        attempt = (start, wd.interrupts)
+        self._kicks_this_call = self._kicks_this_call + 1 if self._kicked == attempt else 0
+        self._kicked = attempt
+        if _getsignal(KICK_SIGNAL) is wd._handler:
+            wd._kick_ns = now
+            wd.kicks += 1
+            signal.pthread_kill(self.main_ident, KICK_SIGNAL)
+            # Inside a C call nothing happens until it returns: look less and less often.
+            return wd.retry_ns << min(self._kicks_this_call, 6)
+        # User code took the kick signal too: the thread-state exception, the last resort.
+        wd.interrupts += 1
+        wd.last = Interruption(
+            key,
+            now - start,
+            wd.call_limit_ns,
+            wd.interrupts,
+            0,
+            0,
+            wd.stuck_at[1],
+            "thread-state",
+        )
+        wd._note_hung(key)
+        wd.async_pending = True
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(self.main_ident), ctypes.py_object(Overrun)
+        )
+        return wd.retry_ns + grace
 
 
 class ThreadWatchdog:

@@ -1,0 +1,283 @@
+"""Every way a system can run away or fail, each in a real engine with a healthy counter
+beside it: the counter keeps ticking, the faulty system is contained, and the message says
+the file and line. The runaways run after a long C call (which used to eat the watchdog's
+timer) and after user code took the watchdog's signal or cancelled its timer.
+
+Each project has ``systems/base.py`` (a counter, order -10) and the systems below; the
+hard limit is 20 ms so a 1000x1000 matmul (~0.3 s here) is a long C call.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import pytest
+
+from conftest import write
+from engine import SchedulePolicy, SystemState
+from engine.scheduler.watchdog import KICK_SIGNAL
+
+HARD_MS = 20
+
+BASE = """
+import engine
+
+@engine.component
+class Counter:
+    value: int = 0
+
+@engine.system(order=-10)
+def count(world, dt):
+    for _, (c,) in world.get_components(Counter):
+        c.value += 1
+"""
+
+GAME = """
+from systems.base import Counter
+
+def setup(world):
+    world.create_entity(Counter())
+"""
+
+HEAVY = """
+import numpy as np
+import engine
+
+A = np.random.default_rng(0).random((1000, 1000))
+
+@engine.system(order=0)
+def heavy(world, dt):
+    A @ A
+"""
+
+#: The healthy counter, then the offender(s): a C call first where ``heavy`` is given.
+#: ``{line}`` marks the line the message must name.
+
+
+def engine_with(project, make_engine, messages, **systems: str):
+    write(project / "systems" / "base.py", BASE)
+    write(project / "game.py", GAME)
+    for name, source in systems.items():
+        write(project / "systems" / f"{name}.py", source)
+    policy = SchedulePolicy(hard_limit_ns=HARD_MS * 1_000_000)
+    return make_engine(project, policy=policy, report=messages.append)
+
+
+def counter(eng) -> int:
+    mod = eng.loader.active["base"].components["systems.base:Counter"]
+    return [c.value for _, c in eng.world.get_component(mod)][0]
+
+
+def line_of(source: str, text: str) -> int:
+    """The 1-based line of ``text`` in a source as ``write`` stores it."""
+    import textwrap
+
+    lines = textwrap.dedent(source).lstrip("\n").splitlines()
+    return next(i for i, line in enumerate(lines, 1) if text in line)
+
+
+def run_frames(eng, frames: int = 4) -> None:
+    for _ in range(frames):
+        eng.step()
+    assert counter(eng) == frames, "the healthy counter missed a frame"
+
+
+def the_message(messages: list[str], system: str) -> str:
+    (line,) = [m for m in messages if f" {system} v" in m and "swap" not in m]
+    assert "\n" not in line
+    return line
+
+
+SPIN = """
+import engine
+
+@engine.system(order=1)
+def spin(world, dt):
+    while True:
+        pass
+"""
+
+
+def test_a_long_c_call_then_a_runaway_loop_are_both_stopped(project, make_engine) -> None:
+    messages: list[str] = []
+    eng = engine_with(project, make_engine, messages, heavy=HEAVY, spin=SPIN)
+    run_frames(eng)
+    heavy, spin = eng.scheduler.handles["heavy.heavy"], eng.scheduler.handles["spin.spin"]
+    assert heavy.state is spin.state is SystemState.DISABLED
+    assert heavy.reason.fault == "c-call" and spin.reason.fault == "hard-limit"
+    assert spin.stats.max_ns < (HARD_MS + 15) * 1_000_000  # stopped at its limit
+    assert f"systems/heavy.py:{line_of(HEAVY, 'A @ A')}: heavy.heavy v1 overran the frame" in (
+        the_message(messages, "heavy.heavy")
+    )
+    spin_line = the_message(messages, "spin.spin")
+    assert spin_line.startswith("engine: systems/spin.py:")
+    assert int(spin_line.split(":")[2]) in (line_of(SPIN, "while"), line_of(SPIN, "pass"))
+    assert "ran away" in spin_line
+
+
+def test_a_sleep_after_a_long_c_call_is_interrupted_as_a_runaway(project, make_engine) -> None:
+    sleepy = """
+    import time
+    import engine
+
+    @engine.system(order=1)
+    def sleepy(world, dt):
+        time.sleep(1)
+    """
+    messages: list[str] = []
+    eng = engine_with(project, make_engine, messages, heavy=HEAVY, sleepy=sleepy)
+    run_frames(eng)
+    h = eng.scheduler.handles["sleepy.sleepy"]
+    assert h.reason.fault == "hard-limit"  # not filed as a C call
+    assert h.stats.max_ns < 500_000_000  # it did not sleep its second
+    assert f"systems/sleepy.py:{line_of(sleepy, 'sleep(1)')}:" in the_message(
+        messages, "sleepy.sleepy"
+    )
+
+
+def test_a_loop_that_catches_base_exception_after_a_c_call_is_interrupted_again(
+    project, make_engine
+) -> None:
+    stubborn = """
+    import engine
+
+    @engine.system(order=1)
+    def stubborn(world, dt):
+        swallowed = 0
+        while swallowed < 5:       # gives up eventually, so the test can end
+            try:
+                while True:
+                    pass
+            except BaseException:
+                swallowed += 1
+    """
+    messages: list[str] = []
+    eng = engine_with(project, make_engine, messages, heavy=HEAVY, stubborn=stubborn)
+    run_frames(eng)
+    h = eng.scheduler.handles["stubborn.stubborn"]
+    assert h.state is SystemState.DISABLED and h.reason.fault == "hard-limit"
+    assert h.reason.detail.startswith("swallowed 5 interrupts")
+    assert eng.hung_reason == "stubborn.stubborn swallowed 3 interrupts"
+    message = the_message(messages, "stubborn.stubborn")
+    assert message.startswith("engine: systems/stubborn.py:")
+    assert any(m.startswith("engine: process declared hung: stubborn.stubborn") for m in messages)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "by"),
+    [
+        ("signal.signal(signal.SIGALRM, signal.SIG_IGN)", "kick"),
+        ("signal.signal(signal.SIGALRM, lambda *a: None)", "kick"),
+        ("signal.setitimer(signal.ITIMER_REAL, 0)", "kick"),
+        ("signal.alarm(0)", "kick"),
+        (
+            "signal.signal(signal.SIGALRM, signal.SIG_IGN); "
+            f"signal.signal({int(KICK_SIGNAL)}, signal.SIG_IGN)",
+            "thread-state",
+        ),
+    ],
+)
+def test_a_loop_after_user_code_tampered_with_the_watchdog_is_stopped(
+    project, make_engine, tamper, by
+) -> None:
+    rogue = f"""
+    import signal
+    import engine
+
+    @engine.system(order=1)
+    def rogue(world, dt):
+        {tamper}
+        while True:
+            pass
+    """
+    messages: list[str] = []
+    eng = engine_with(project, make_engine, messages, heavy=HEAVY, rogue=rogue)
+    run_frames(eng)
+    h = eng.scheduler.handles["rogue.rogue"]
+    assert h.state is SystemState.DISABLED and h.reason.fault == "hard-limit"
+    assert eng.scheduler.watchdog.last.by == by
+    assert "backstop stopped it" in h.reason.detail
+    assert the_message(messages, "rogue.rogue").startswith("engine: systems/rogue.py:")
+    # The watchdog took its signals back: a plain runaway is stopped by the timer again.
+    wd = eng.scheduler.watchdog
+    assert signal.getsignal(signal.SIGALRM) == wd._handler
+    assert signal.getsignal(KICK_SIGNAL) == wd._handler
+    write(project / "systems" / "spin.py", SPIN)
+    eng.loader.prepare({"spin": (project / "systems" / "spin.py").read_text()}, kind="edit")
+    eng.step()
+    assert eng.scheduler.handles["spin.spin"].reason.fault == "hard-limit"
+    assert wd.last.by == "timer"
+
+
+def test_a_memory_error_is_an_out_of_memory_fault(project, make_engine) -> None:
+    greedy = """
+    import engine
+
+    @engine.system(order=1)
+    def greedy(world, dt):
+        world.hoard = bytearray(1 << 62)   # refused: MemoryError
+    """
+    messages: list[str] = []
+    eng = engine_with(project, make_engine, messages, greedy=greedy)
+    run_frames(eng)
+    h = eng.scheduler.handles["greedy.greedy"]
+    assert h.state is SystemState.DISABLED and h.reason.fault == "memory"
+    assert "greedy.greedy v1 ran out of memory: MemoryError" in the_message(
+        messages, "greedy.greedy"
+    )
+    assert f"systems/greedy.py:{line_of(greedy, 'bytearray')}:" in h.reason.message
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["raise ValueError('bad input')", "raise KeyboardInterrupt", "raise SystemExit(3)"],
+)
+def test_a_raising_system_is_contained_and_named_by_line(project, make_engine, statement) -> None:
+    raiser = f"""
+    import engine
+
+    def helper():
+        {statement}
+
+    @engine.system(order=1)
+    def raiser(world, dt):
+        helper()
+    """
+    messages: list[str] = []
+    eng = engine_with(project, make_engine, messages, raiser=raiser)
+    run_frames(eng)
+    h = eng.scheduler.handles["raiser.raiser"]
+    assert h.state is SystemState.DISABLED and h.reason.fault == "exception"
+    assert h.reason.location == f"systems/raiser.py:{line_of(raiser, 'raise')}"
+
+
+def test_the_watchdog_reports_after_the_frame_never_from_its_handler(project, make_engine) -> None:
+    stubborn = """
+    import engine
+
+    @engine.system(order=1)
+    def stubborn(world, dt):
+        swallowed = 0
+        while swallowed < 5:
+            try:
+                while True:
+                    pass
+            except BaseException:
+                swallowed += 1
+    """
+    where: list[list[str]] = []
+
+    def report(message: str) -> None:
+        frames, f = [], sys._getframe(1)
+        while f is not None:
+            frames.append(f.f_code.co_name)
+            f = f.f_back
+        where.append(frames)
+
+    eng = engine_with(project, make_engine, [], stubborn=stubborn)
+    eng.report = eng.scheduler.report = report
+    run_frames(eng, 2)
+    assert eng.hung_reason is not None and len(where) >= 2
+    for frames in where:
+        assert "_on_alarm" not in frames and "_interrupt" not in frames
