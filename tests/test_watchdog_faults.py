@@ -106,7 +106,10 @@ def test_a_long_c_call_then_a_runaway_loop_are_both_stopped(project, make_engine
     heavy, spin = eng.scheduler.handles["heavy.heavy"], eng.scheduler.handles["spin.spin"]
     assert heavy.state is spin.state is SystemState.DISABLED
     assert heavy.reason.fault == "c-call" and spin.reason.fault == "hard-limit"
-    assert spin.stats.max_ns < (HARD_MS + 15) * 1_000_000  # stopped at its limit
+    # Stopped at its limit: its own time, not the time other threads (BLAS) or processes
+    # had the CPU (a loaded machine stretches the wall time, not the call's own).
+    last = eng.scheduler.watchdog.last
+    assert last.key == "spin.spin" and last.elapsed_ns < (HARD_MS + 1) * 1_000_000, last
     assert f"systems/heavy.py:{line_of(HEAVY, 'A @ A')}: heavy.heavy v1 overran the frame" in (
         the_message(messages, "heavy.heavy")
     )

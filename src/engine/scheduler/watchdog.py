@@ -72,25 +72,28 @@ except ImportError:  # pragma: no cover - other Pythons
 
 
 class _RunQueueWait:
-    """Calling it gives the opening thread's total run-queue wait in ns (Linux schedstat:
-    time spent runnable but not running), or 0 where there is none. About a microsecond
-    per call: the file is opened once, by the thread it describes."""
+    """Calling it gives a thread's total run-queue wait in ns (Linux schedstat: time spent
+    runnable but not running), or 0 where there is none. About a microsecond per call: the
+    file is opened once; by default the opening thread's."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: str = "/proc/thread-self/schedstat") -> None:
         try:
-            self._fd: int | None = os.open(
-                "/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC
-            )
+            self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             self._fd = None
 
     def __call__(self) -> int:
+        return self.cpu_and_wait()[1]
+
+    def cpu_and_wait(self) -> tuple[int, int]:
+        """The thread's CPU time and run-queue wait, in ns (zeros where unknown)."""
         if self._fd is None:
-            return 0
+            return 0, 0
         try:
-            return int(os.pread(self._fd, 128, 0).split()[1])
+            fields = os.pread(self._fd, 128, 0).split()
+            return int(fields[0]), int(fields[1])
         except (OSError, ValueError, IndexError):
-            return 0
+            return 0, 0
 
     def close(self) -> None:
         if self._fd is not None:
@@ -114,18 +117,20 @@ class Interruption:
 
     Attributes:
         key: the call (``module.system`` or ``module.on_load``).
-        elapsed_ns: how long the call had run.
+        elapsed_ns: how long the call had run, less the time its thread waited for a CPU
+            (the watchdog counts a call's own time against its limit).
         limit_ns: its hard limit.
         attempt: how many times this call has been interrupted (>1: it swallowed some).
         late_ns: how long after the interrupt was due the handler could run, less the
             time the thread waited for a CPU meanwhile: large when the call was stuck
             inside C code, which Python cannot interrupt.
-        starved_ns: how long the thread waited for a CPU since the timer was armed.
+        starved_ns: how long the thread waited for a CPU since the frame started.
         location: ``file:line`` where the call was interrupted, or for a C call, the line
             that made it (sampled by the backstop thread while it ran), when known.
-        by: ``"timer"``, ``"kick"`` (the backstop's signal: the timer had been cancelled)
+        by: ``"timer"``, ``"kick"`` (the backstop's signal: the timer's did not come)
             or ``"thread-state"`` (the backstop's async exception: the signals had been
             taken over by user code).
+        note: for the backstop, what it found wrong with the timer.
     """
 
     key: str
@@ -136,6 +141,7 @@ class Interruption:
     starved_ns: int = 0
     location: str | None = None
     by: str = "timer"
+    note: str = ""
 
     @property
     def in_c_call(self) -> bool:
@@ -151,10 +157,8 @@ class Interruption:
             text += f"; the interrupt waited {self.late_ns / 1e6:.1f} ms for a C call to return"
         if self.starved_ns >= C_CALL_LATE_NS:
             text += f"; the process waited {self.starved_ns / 1e6:.1f} ms for a CPU"
-        if self.by == "kick" and not self.in_c_call:
-            text += "; its timer had been cancelled, the watchdog's backstop stopped it"
-        elif self.by == "thread-state":
-            text += "; its signals had been taken over, the watchdog's backstop stopped it"
+        if self.by != "timer" and not self.in_c_call:
+            text += f"; {self.note or 'the timer did not fire'}, the watchdog's backstop stopped it"
         return text
 
 
@@ -242,6 +246,8 @@ class FrameWatchdog:
         retry_ns: how soon to interrupt again a call that swallowed the interrupt.
         max_interrupts: interrupts of one call before the process is declared hung.
         clock_ns: monotonic clock in ns (``perf_counter_ns``; injectable for tests).
+        cpu_ns: the main thread's CPU clock (``thread_time_ns``; injectable); the
+            scheduler stores its reading at each call's start in ``call_cpu_ns``.
         on_hung: called with the call's key when the process is declared hung; it runs in
             the signal handler or the backstop thread, so it may only record.
         run_delay_ns: the main thread's run-queue wait (default: its schedstat).
@@ -256,6 +262,7 @@ class FrameWatchdog:
         retry_ns: int = 2_000_000,
         max_interrupts: int = 3,
         clock_ns: Callable[[], int] = time.perf_counter_ns,
+        cpu_ns: Callable[[], int] = time.thread_time_ns,
         on_hung: Callable[[str], None] | None = None,
         run_delay_ns: Callable[[], int] | None = None,
         backstop_grace_ns: int = 1_000_000,
@@ -267,6 +274,7 @@ class FrameWatchdog:
         self.retry_ns = retry_ns
         self.max_interrupts = max_interrupts
         self.clock_ns = clock_ns
+        self.cpu_ns = cpu_ns
         self.on_hung = on_hung
         self.backstop_grace_ns = backstop_grace_ns
         # Injected, or this thread's schedstat while installed (opened by install()).
@@ -274,8 +282,15 @@ class FrameWatchdog:
         self._run_delay_ns: Callable[[], int] = run_delay_ns or _no_run_delay
         self._waited_at_arm_ns = 0
         self.frame_waited_ns = 0  # run-queue wait when the frame started
+        # The run-queue wait sampled at the frame's start and at every handler run, and
+        # the sample the running call is measured from (the last one before it started).
+        self._sample_ns = 0
+        self._sample_waited_ns = 0
+        self._base_call_ns = -1
+        self._base_waited_ns = 0
         self.key: str | None = None
         self.call_start_ns = 0
+        self.call_cpu_ns = 0  # the main thread's CPU time when the call started
         self.call_limit_ns = hard_limit_ns  # the running call's own hard limit
         self.interrupts = 0
         self.hung = False
@@ -288,6 +303,7 @@ class FrameWatchdog:
         self.stuck_at: tuple[int, str | None] | None = None
         self._alarm_at_ns = 0  # when the armed timer is due
         self._kick_ns = 0  # when the backstop last kicked
+        self._kick_note = ""  # what the backstop found wrong when it kicked
         self._in_frame = False
         self._caller: FrameType | None = None  # the engine frame that makes the calls
         self._installed = False
@@ -358,15 +374,20 @@ class FrameWatchdog:
         return repaired
 
     # -- per frame / per call -------------------------------------------------------------
-    def _arm(self, delay_ns: int) -> None:
-        self._alarm_at_ns = self.clock_ns() + delay_ns
-        self._waited_at_arm_ns = self._run_delay_ns()
+    def _arm(self, delay_ns: int, waited_ns: int | None = None) -> None:
+        now = self.clock_ns()
+        self._alarm_at_ns = now + delay_ns
+        if waited_ns is None:
+            waited_ns = self._run_delay_ns()
+        self._waited_at_arm_ns = self._sample_waited_ns = waited_ns
+        self._sample_ns = now
         signal.setitimer(signal.ITIMER_REAL, delay_ns / 1e9)
 
     def start_frame(self) -> None:
         """Arm for a frame of calls: handlers put back if user code took them, timer set."""
         if not self._installed:
-            self.frame_waited_ns = self._run_delay_ns()
+            self.frame_waited_ns = self._sample_waited_ns = self._run_delay_ns()
+            self._sample_ns = self.clock_ns()
             return
         if _getsignal(signal.SIGALRM) is not self._handler or (
             _getsignal(KICK_SIGNAL) is not self._handler
@@ -388,6 +409,7 @@ class FrameWatchdog:
     def enter(self, key: str, start_ns: int, limit_ns: int | None = None) -> None:
         self.interrupts = 0
         self.call_start_ns = start_ns
+        self.call_cpu_ns = self.cpu_ns()
         self.call_limit_ns = limit_ns or self.hard_limit_ns
         self.key = key
 
@@ -410,6 +432,20 @@ class FrameWatchdog:
     def stolen_ns(self) -> int:
         """How long the main thread waited for a CPU since the frame started."""
         return max(0, self._run_delay_ns() - self.frame_waited_ns)
+
+    def own_ns(self, now_ns: int, cpu_ns: int, waited_ns: int) -> int:
+        """How much of the running call's time is its own, given the main thread's CPU
+        time and run-queue wait now: its CPU time, or its wall time less the time the
+        thread waited for a CPU since the last sample before it started, whichever is
+        more. So a loop is measured by its CPU time, a sleep by the clock, and neither is
+        charged for the time the machine gave to others (a stale sample can only credit
+        it more, by what was lost between that sample and its start)."""
+        if self._base_call_ns == self.call_start_ns:
+            base = self._base_waited_ns
+        else:
+            base = self._sample_waited_ns if self._sample_ns <= self.call_start_ns else waited_ns
+        wall = now_ns - self.call_start_ns - max(0, waited_ns - base)
+        return max(cpu_ns - self.call_cpu_ns, wall)
 
     def location(self, frame: FrameType | None) -> str | None:
         """``file:line`` of the user code at ``frame`` (see :func:`where`)."""
@@ -446,11 +482,11 @@ class FrameWatchdog:
             return  # a signal that arrived while the handler ran: the outer call re-arms
         self._handling = True
         try:
-            self._interrupt(frame)
+            self._interrupt(frame, signum == KICK_SIGNAL)
         finally:
             self._handling = False
 
-    def _interrupt(self, frame: Any) -> None:
+    def _interrupt(self, frame: Any, kicked: bool) -> None:
         self.fired += 1
         key = self.key
         if key is None:
@@ -465,16 +501,27 @@ class FrameWatchdog:
         if elapsed < due:
             self._arm(max(min(due - elapsed, self.min_limit_ns), 50_000))
             return
+        # The call's own time counts, not the time the machine gave the CPU to others.
+        waited = self._run_delay_ns()
+        if self._base_call_ns != self.call_start_ns:
+            self._base_call_ns = self.call_start_ns
+            self._base_waited_ns = (
+                self._sample_waited_ns if self._sample_ns <= self.call_start_ns else waited
+            )
+        own = self.own_ns(now, self.cpu_ns(), waited)
+        stolen = max(0, waited - self._base_waited_ns)
+        if own < due:
+            self._arm(max(min(due - own, self.min_limit_ns), 50_000), waited)
+            return
         if self.must_finish(frame):
             # Inside esper / the world wrapper / a contract: let it finish its update.
-            self._arm(100_000)
+            self._arm(100_000, waited)
             return
         # Time spent waiting for a CPU since the timer was armed is not a C call's doing;
-        # lateness counts from the last signal sent (the timer's, or the backstop's kick).
-        starved = max(0, self._run_delay_ns() - self._waited_at_arm_ns)
-        sent = max(self._alarm_at_ns, self._kick_ns)
-        late = max(0, now - sent - starved)
-        kicked = self._kick_ns > self._alarm_at_ns
+        # lateness counts from the signal that ran this handler (the timer's, or the
+        # backstop's kick: when both are pending, the timer's runs first).
+        starved = max(0, waited - self._waited_at_arm_ns)
+        late = max(0, now - (self._kick_ns if kicked else self._alarm_at_ns) - starved)
         location = self.location(frame)
         stuck = self.stuck_at
         if late >= C_CALL_LATE_NS and stuck is not None and stuck[0] == self.call_start_ns:
@@ -482,17 +529,18 @@ class FrameWatchdog:
         self.interrupts += 1
         self.last = Interruption(
             key,
-            elapsed,
+            own,
             self.call_limit_ns,
             self.interrupts,
             late,
-            starved,
+            stolen,
             location,
             "kick" if kicked else "timer",
+            self._kick_note if kicked else "",
         )
         self._note_hung(key)
         # Keep interrupting a call that swallows it; slower once it is declared hung.
-        self._arm(self.retry_ns if not self.hung else 50 * self.retry_ns)
+        self._arm(self.retry_ns if not self.hung else 50 * self.retry_ns, waited)
         raise Overrun(self.last)
 
     def _note_hung(self, key: str) -> None:
@@ -520,6 +568,10 @@ class _Backstop:
     def __init__(self, wd: FrameWatchdog, main_ident: int) -> None:
         self.wd = wd
         self.main_ident = main_ident
+        native = threading.main_thread().native_id
+        # The main thread's CPU time and run-queue wait, read from here (the watchdog's
+        # own readers describe the thread that calls them).
+        self._main_stat = _RunQueueWait(f"/proc/self/task/{native}/schedstat")
         self._stop = threading.Event()
         self._kicked: tuple[int, int] | None = None  # (call start, attempt) last kicked
         self._kicks_this_call = 0
@@ -529,6 +581,7 @@ class _Backstop:
     def stop(self) -> None:
         self._stop.set()
         self.thread.join(timeout=5.0)
+        self._main_stat.close()
 
     def _run(self) -> None:
         wait_ns = self.wd.min_limit_ns
@@ -545,9 +598,16 @@ class _Backstop:
             return idle
         start = wd.call_start_ns
         now = wd.clock_ns()
-        due = start + wd.call_limit_ns + wd.interrupts * wd.retry_ns + grace
-        if now < due:
-            return max(due - now, 100_000)
+        due = wd.call_limit_ns + wd.interrupts * wd.retry_ns + grace
+        own = now - start
+        if own >= due:  # as the handler does: the call's own time counts
+            if wd._injected_run_delay is not None:  # tests: the injected clocks
+                own = wd.own_ns(now, wd.cpu_ns(), wd._injected_run_delay())
+            else:
+                cpu, waited = self._main_stat.cpu_and_wait()
+                own = wd.own_ns(now, cpu, waited)
+        if own < due:
+            return max(due - own, 100_000)
         frame = sys._current_frames().get(self.main_ident)
         if frame is None or wd.key != key or wd.call_start_ns != start:
             return idle  # the call ended while we looked
@@ -558,6 +618,11 @@ class _Backstop:
         self._kicks_this_call = self._kicks_this_call + 1 if self._kicked == attempt else 0
         self._kicked = attempt
         if _getsignal(KICK_SIGNAL) is wd._handler:
+            wd._kick_note = (
+                "SIGALRM had been taken over by user code"
+                if _getsignal(signal.SIGALRM) is not wd._handler
+                else "its timer had not fired (cancelled by user code?)"
+            )
             wd._kick_ns = now
             wd.kicks += 1
             signal.pthread_kill(self.main_ident, KICK_SIGNAL)
@@ -567,13 +632,14 @@ class _Backstop:
         wd.interrupts += 1
         wd.last = Interruption(
             key,
-            now - start,
+            own,
             wd.call_limit_ns,
             wd.interrupts,
             0,
             0,
             wd.stuck_at[1],
             "thread-state",
+            "SIGALRM and the backstop's signal had been taken over by user code",
         )
         wd._note_hung(key)
         wd.async_pending = True
