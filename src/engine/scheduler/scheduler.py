@@ -509,7 +509,7 @@ class Scheduler:
         if isinstance(exc, Overrun):
             if wd.async_pending:
                 wd.clear_async()
-            wd.repair()  # user code may have taken the signals over
+            wd.repair(unblock=True)  # user code may have taken the signals over
             i = exc.interruption or wd.last
             if i is None:  # pragma: no cover - an Overrun the watchdog did not raise
                 return SystemFault(h, FaultKind.HARD_LIMIT, str(exc), elapsed, error=exc)

@@ -359,11 +359,15 @@ class FrameWatchdog:
     def installed(self) -> bool:
         return self._installed
 
-    def repair(self) -> bool:
-        """Put the handlers back where user code replaced them (main thread). True if it
-        had to. Does nothing while not installed."""
+    def repair(self, unblock: bool = False) -> bool:
+        """Put the handlers back where user code replaced them (main thread); with
+        ``unblock``, also unblock the watchdog's signals in this thread (a system may have
+        blocked them). True if a handler had to be put back. Does nothing while not
+        installed."""
         if not self._installed:
             return False
+        if unblock:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGALRM, KICK_SIGNAL))
         repaired = False
         for sig in (signal.SIGALRM, KICK_SIGNAL):
             if _getsignal(sig) is not self._handler:
