@@ -432,3 +432,29 @@ def test_system_decorator_rejects_nonsense_limits() -> None:
         system(budget_ms=0)(lambda w, dt: None)
     with pytest.raises(ValueError):
         system(hard_limit_ms=-1)(lambda w, dt: None)
+
+
+def test_a_timer_that_fires_while_its_handler_runs_is_not_lost() -> None:
+    # On a starved CPU the handler can re-arm a short timer that fires before the handler
+    # has returned. That nested signal must make it look again, or the call runs on with no
+    # timer at all.
+    now = {"ns": 0}
+    wd = FrameWatchdog(
+        20_000_000, clock_ns=lambda: now["ns"], cpu_ns=lambda: now["ns"], run_delay_ns=lambda: 0
+    )
+    wd.enter("m.s", 0)
+    user = fake_frame("/game/x.py")
+    real_arm, nested = wd._arm, []
+
+    def arm(delay_ns, waited_ns=None):
+        real_arm(delay_ns, waited_ns)  # not installed: no real timer is set
+        if not nested:
+            nested.append(delay_ns)
+            now["ns"] += delay_ns  # the timer it just set fires inside the handler
+            wd._on_alarm(signal.SIGALRM, user)
+
+    wd._arm = arm
+    now["ns"] = 19_000_000  # 1 ms before the limit: the handler re-arms for 1 ms
+    with pytest.raises(Overrun):
+        wd._on_alarm(signal.SIGALRM, user)
+    assert nested == [1_000_000] and wd.last.elapsed_ns == 20_000_000

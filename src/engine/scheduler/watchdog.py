@@ -2,19 +2,26 @@
 
 Three lines of defence for system calls on the main thread, one for load-time code:
 
-* **The timer** (main thread): ``signal.setitimer(ITIMER_REAL)`` raises :class:`Overrun`
-  inside a system call that passes its hard limit. While a frame runs there is always a
-  timer pending, due no later than the running call's limit: the frame arms it once, and
-  every time it fires the handler arms it again, also when it finds no call running (a
-  C call can hold the signal back until after its call has returned: the timer must then
-  still be there for the next call). It never waits longer than the shortest hard limit,
-  so a call that starts after a long one is still covered. Per call the scheduler writes
-  three attributes; per frame there are two ``setitimer`` calls.
+* **The timer** (main thread): a one-shot timer whose ``SIGALRM`` handler raises
+  :class:`Overrun` inside a system call that passes its hard limit. On Linux it is a POSIX
+  timer that signals the main thread itself (``timer_create`` with ``SIGEV_THREAD_ID``):
+  ``setitimer``'s signal goes to the process, and the kernel may hand it to another thread
+  (numpy's BLAS workers), from where CPython does not wake the main thread's eval loop until
+  its next GIL switch, milliseconds late; and user code that calls ``setitimer`` or
+  ``alarm`` does not touch it. Elsewhere it is ``setitimer(ITIMER_REAL)``. While a frame
+  runs a timer is always pending, due no later than the running call's limit: the frame
+  arms it once, and every time it fires the handler arms it again, also when it finds no
+  call running (a C call can hold the signal back until after its call has returned: the
+  timer must then still be there for the next call). It never waits longer than the
+  shortest hard limit, so a call that starts after a long one is still covered. A call's
+  *own* time counts against its limit: its CPU time, or its wall time less the time its
+  thread waited for a CPU, whichever is more. Per call the scheduler writes four
+  attributes; per frame the timer is set twice.
 * **The backstop thread**: a daemon thread looks at the running call about once per
   shortest hard limit. A call still running ``grace`` after it was due to be interrupted
-  means the timer did not do its job: user code cancelled it (``setitimer(ITIMER_REAL,
-  0)``), took ``SIGALRM`` over (``signal.signal(SIGALRM, SIG_IGN)``), or the call is
-  inside C code. The thread samples the call's innermost Python frame (the line of a
+  means the timer did not do its job: user code took ``SIGALRM`` over
+  (``signal.signal(SIGALRM, SIG_IGN)``), cancelled the timer (where it is ``setitimer``),
+  or the call is inside C code. The thread samples the call's innermost Python frame (the line of a
   C call) and *kicks* the main thread with ``SIGURG`` (ignored by default, so it harms
   nothing), whose handler is the same as the timer's: it raises at once in Python code
   and interrupts a blocking wait. If user code took ``SIGURG`` too, the thread raises
@@ -230,6 +237,79 @@ def where(frame: FrameType | None, stop: FrameType | None, library: tuple[str, .
     return f"{first.f_code.co_filename}:{first.f_lineno}" if first is not None else None
 
 
+class _Timespec(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = (("it_interval", _Timespec), ("it_value", _Timespec))
+
+
+class _Sigevent(ctypes.Structure):
+    """glibc's ``struct sigevent`` (64 bytes), with the ``SIGEV_THREAD_ID`` target."""
+
+    _fields_ = (
+        ("sigev_value", ctypes.c_void_p),
+        ("sigev_signo", ctypes.c_int),
+        ("sigev_notify", ctypes.c_int),
+        ("tid", ctypes.c_int),
+        ("_pad", ctypes.c_int * ((64 - ctypes.sizeof(ctypes.c_void_p) - 12) // 4)),
+    )
+
+
+_SIGEV_THREAD_ID = 4
+
+
+class ThreadTimer:
+    """A one-shot timer that sends ``SIGALRM`` to the thread that made it.
+
+    Linux: a POSIX timer on ``CLOCK_MONOTONIC`` aimed at this thread (``timer_create``
+    with ``SIGEV_THREAD_ID``, through ctypes, ~1-4 µs to set). Elsewhere, or where that
+    is refused: ``setitimer(ITIMER_REAL)``, which signals the process (``directed`` is
+    then False). ``set(0)`` cancels.
+    """
+
+    def __init__(self) -> None:
+        self.directed = False
+        self._id = ctypes.c_void_p()
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            create, self._settime, self._delete = (
+                libc.timer_create,
+                libc.timer_settime,
+                libc.timer_delete,
+            )
+        except (OSError, AttributeError):
+            return
+        create.argtypes = (ctypes.c_int, ctypes.POINTER(_Sigevent), ctypes.c_void_p)
+        self._settime.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+        self._delete.argtypes = (ctypes.c_void_p,)
+        event = _Sigevent()
+        event.sigev_signo = signal.SIGALRM
+        event.sigev_notify = _SIGEV_THREAD_ID
+        event.tid = threading.get_native_id()
+        if create(time.CLOCK_MONOTONIC, ctypes.byref(event), ctypes.byref(self._id)) != 0:
+            return
+        self._spec = _Itimerspec()
+        self._value = self._spec.it_value
+        self._ref = ctypes.byref(self._spec)
+        self.directed = True
+
+    def set(self, delay_ns: int) -> None:
+        """Fire once, ``delay_ns`` from now (0: cancel)."""
+        if self.directed:
+            self._value.tv_sec, self._value.tv_nsec = divmod(delay_ns, 1_000_000_000)
+            self._settime(self._id, 0, self._ref, None)
+        else:
+            signal.setitimer(signal.ITIMER_REAL, delay_ns / 1e9)
+
+    def close(self) -> None:
+        self.set(0)
+        if self.directed:
+            self._delete(self._id)
+            self.directed = False
+
+
 class FrameWatchdog:
     """The main-thread interrupt for system calls.
 
@@ -286,6 +366,8 @@ class FrameWatchdog:
         # the sample the running call is measured from (the last one before it started).
         self._sample_ns = 0
         self._sample_waited_ns = 0
+        self._prev_sample_ns = 0
+        self._prev_sample_waited_ns = 0
         self._base_call_ns = -1
         self._base_waited_ns = 0
         self.key: str | None = None
@@ -311,9 +393,11 @@ class FrameWatchdog:
         self._protected = _protected_files()
         self._file_protected: dict[str, bool] = {}  # co_filename -> in self._protected
         self._handling = False
+        self._missed = 0  # a signal that came while the handler ran
         self._library = _library_dirs()
         self._handler = self._on_alarm  # one bound method, so `is` finds it installed
         self._backstop: _Backstop | None = None
+        self._timer: ThreadTimer | None = None
         self.async_pending = False
         self.available = threading.current_thread() is threading.main_thread() and hasattr(
             signal, "setitimer"
@@ -331,6 +415,7 @@ class FrameWatchdog:
             return False
         for sig in (signal.SIGALRM, KICK_SIGNAL):
             self._previous[sig] = signal.signal(sig, self._handler)
+        self._timer = ThreadTimer()
         if self._injected_run_delay is None:
             self._run_delay_ns = schedstat_run_delay()  # this (the main) thread's
         self._installed = True
@@ -345,7 +430,9 @@ class FrameWatchdog:
         if self._backstop is not None:
             self._backstop.stop()
             self._backstop = None
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
         self._in_frame = False
         for sig, previous in self._previous.items():
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
@@ -383,15 +470,30 @@ class FrameWatchdog:
         self._alarm_at_ns = now + delay_ns
         if waited_ns is None:
             waited_ns = self._run_delay_ns()
-        self._waited_at_arm_ns = self._sample_waited_ns = waited_ns
-        self._sample_ns = now
-        signal.setitimer(signal.ITIMER_REAL, delay_ns / 1e9)
+        self._sample(now, waited_ns)
+        self._waited_at_arm_ns = waited_ns
+        if self._timer is not None:
+            self._timer.set(delay_ns)
+
+    def _sample(self, now_ns: int, waited_ns: int) -> None:
+        self._prev_sample_ns, self._prev_sample_waited_ns = self._sample_ns, self._sample_waited_ns
+        self._sample_ns, self._sample_waited_ns = now_ns, waited_ns
+
+    def _base_for_call(self, waited_ns: int) -> int:
+        """The run-queue wait of the newest sample taken before the running call started
+        (one may come between the scheduler writing the call's start and its key)."""
+        start = self.call_start_ns
+        if self._sample_ns <= start:
+            return self._sample_waited_ns
+        if self._prev_sample_ns <= start:
+            return self._prev_sample_waited_ns
+        return waited_ns
 
     def start_frame(self) -> None:
         """Arm for a frame of calls: handlers put back if user code took them, timer set."""
         if not self._installed:
-            self.frame_waited_ns = self._sample_waited_ns = self._run_delay_ns()
-            self._sample_ns = self.clock_ns()
+            self.frame_waited_ns = self._run_delay_ns()
+            self._sample(self.clock_ns(), self.frame_waited_ns)
             return
         if _getsignal(signal.SIGALRM) is not self._handler or (
             _getsignal(KICK_SIGNAL) is not self._handler
@@ -405,8 +507,8 @@ class FrameWatchdog:
     def end_frame(self) -> None:
         self._in_frame = False
         self._caller = None
-        if self._installed:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        if self._timer is not None:
+            self._timer.set(0)
             if self.async_pending:
                 self.clear_async()
 
@@ -447,7 +549,7 @@ class FrameWatchdog:
         if self._base_call_ns == self.call_start_ns:
             base = self._base_waited_ns
         else:
-            base = self._sample_waited_ns if self._sample_ns <= self.call_start_ns else waited_ns
+            base = self._base_for_call(waited_ns)
         wall = now_ns - self.call_start_ns - max(0, waited_ns - base)
         return max(cpu_ns - self.call_cpu_ns, wall)
 
@@ -483,10 +585,18 @@ class FrameWatchdog:
     # -- the handler ------------------------------------------------------------------------
     def _on_alarm(self, signum: int, frame: Any) -> None:
         if self._handling:
-            return  # a signal that arrived while the handler ran: the outer call re-arms
+            # A signal that came while the handler ran (a timer it re-armed, a kick): the
+            # running handler looks again when it is done, or its timer would be lost.
+            self._missed = signum
+            return
         self._handling = True
         try:
-            self._interrupt(frame, signum == KICK_SIGNAL)
+            while True:
+                self._missed = 0
+                self._interrupt(frame, signum == KICK_SIGNAL)
+                if not self._missed:
+                    break
+                signum = self._missed
         finally:
             self._handling = False
 
@@ -509,9 +619,7 @@ class FrameWatchdog:
         waited = self._run_delay_ns()
         if self._base_call_ns != self.call_start_ns:
             self._base_call_ns = self.call_start_ns
-            self._base_waited_ns = (
-                self._sample_waited_ns if self._sample_ns <= self.call_start_ns else waited
-            )
+            self._base_waited_ns = self._base_for_call(waited)
         own = self.own_ns(now, self.cpu_ns(), waited)
         stolen = max(0, waited - self._base_waited_ns)
         if own < due:
@@ -576,6 +684,7 @@ class _Backstop:
         # The main thread's CPU time and run-queue wait, read from here (the watchdog's
         # own readers describe the thread that calls them).
         self._main_stat = _RunQueueWait(f"/proc/self/task/{native}/schedstat")
+        self._main_status = f"/proc/self/task/{native}/status"
         self._stop = threading.Event()
         self._kicked: tuple[int, int] | None = None  # (call start, attempt) last kicked
         self._kicks_this_call = 0
@@ -592,8 +701,24 @@ class _Backstop:
         while not self._stop.wait(wait_ns / 1e9):
             wait_ns = self.check()
 
+    def _alarm_blocked(self) -> bool:
+        """Whether the main thread blocks SIGALRM (its ``SigBlk`` mask in /proc)."""
+        try:
+            with open(self._main_status) as f:
+                for line in f:
+                    if line.startswith("SigBlk:"):
+                        return bool(int(line.split()[1], 16) >> (signal.SIGALRM - 1) & 1)
+        except (OSError, ValueError, IndexError):
+            pass
+        return False
+
     def check(self) -> int:
-        """One look at the main thread; returns how long to wait before the next."""
+        """One look at the main thread; returns how long to wait before the next.
+
+        Reading /proc releases the GIL, and taking it back from a busy main thread takes
+        up to a switch interval (5 ms): all reads come first, then the decision and the
+        kick, with the GIL held from one to the other.
+        """
         wd = self.wd
         grace = wd.backstop_grace_ns
         idle = wd.min_limit_ns + grace
@@ -601,20 +726,25 @@ class _Backstop:
         if key is None or not wd._in_frame:
             return idle
         start = wd.call_start_ns
-        now = wd.clock_ns()
         due = wd.call_limit_ns + wd.interrupts * wd.retry_ns + grace
-        own = now - start
-        if own >= due:  # as the handler does: the call's own time counts
-            if wd._injected_run_delay is not None:  # tests: the injected clocks
-                own = wd.own_ns(now, wd.cpu_ns(), wd._injected_run_delay())
-            else:
-                cpu, waited = self._main_stat.cpu_and_wait()
-                own = wd.own_ns(now, cpu, waited)
+        if wd.clock_ns() - start < due:
+            return max(due - (wd.clock_ns() - start), 100_000)
+        # The reads (the main thread's CPU time and run-queue wait, its blocked signals).
+        if wd._injected_run_delay is not None:  # tests: the injected clocks
+            cpu, waited = wd.cpu_ns(), wd._injected_run_delay()
+        else:
+            cpu, waited = self._main_stat.cpu_and_wait()
+        blocked = self._alarm_blocked()
+        # The decision, and the kick: no I/O from here on.
+        if wd.key != key or wd.call_start_ns != start:
+            return idle  # the call ended while we read
+        now = wd.clock_ns()
+        own = wd.own_ns(now, cpu, waited)
         if own < due:
             return max(due - own, 100_000)
         frame = sys._current_frames().get(self.main_ident)
-        if frame is None or wd.key != key or wd.call_start_ns != start:
-            return idle  # the call ended while we looked
+        if frame is None:
+            return idle
         if wd._handling or wd.must_finish(frame):
             return 100_000  # the handler would defer there too
         wd.stuck_at = (start, wd.location(frame))
@@ -622,13 +752,14 @@ class _Backstop:
         self._kicks_this_call = self._kicks_this_call + 1 if self._kicked == attempt else 0
         self._kicked = attempt
         if _getsignal(KICK_SIGNAL) is wd._handler:
-            wd._kick_note = (
-                "SIGALRM had been taken over by user code"
-                if _getsignal(signal.SIGALRM) is not wd._handler
-                else "its timer had not fired (cancelled by user code?)"
-            )
-            wd._kick_ns = now
+            if _getsignal(signal.SIGALRM) is not wd._handler:
+                wd._kick_note = "SIGALRM had been taken over by user code"
+            elif blocked:
+                wd._kick_note = "SIGALRM had been blocked by user code"
+            else:
+                wd._kick_note = "its timer had not fired"
             wd.kicks += 1
+            wd._kick_ns = wd.clock_ns()
             signal.pthread_kill(self.main_ident, KICK_SIGNAL)
             # Inside a C call nothing happens until it returns: look less and less often.
             return wd.retry_ns << min(self._kicks_this_call, 6)
