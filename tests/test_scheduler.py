@@ -8,10 +8,13 @@ not depend on this machine's speed; the interrupt tests measure the real interru
 from __future__ import annotations
 
 import signal
+import threading
+import time
 import types
 from pathlib import Path
 
 import esper
+import numpy as np
 import pytest
 
 from conftest import write
@@ -458,3 +461,37 @@ def test_a_timer_that_fires_while_its_handler_runs_is_not_lost() -> None:
     with pytest.raises(Overrun):
         wd._on_alarm(signal.SIGALRM, user)
     assert nested == [1_000_000] and wd.last.elapsed_ns == 20_000_000
+
+
+def square(a: np.ndarray) -> None:
+    a @ a  # one C call (an operator: no signal check after it here) that lets go of the GIL
+
+
+def test_the_backstop_samples_the_line_of_a_long_c_call() -> None:
+    a = np.random.default_rng(0).random((1200, 1200))
+    wd = FrameWatchdog(2_000_000)
+    assert wd.install()
+    looked = threading.Event()
+
+    def look_while_it_runs() -> None:
+        time.sleep(0.01)
+        wd._backstop.check()  # what the backstop thread does once the timer is overdue
+        looked.set()
+
+    try:
+        threading.Thread(target=look_while_it_runs).start()
+        wd.start_frame()
+        wd.enter("m.square", time.perf_counter_ns())
+        with pytest.raises(Overrun) as caught:
+            try:
+                square(a)
+                square(a)
+            finally:
+                wd.leave()  # at once: the next interrupt is 2 ms away
+                wd.end_frame()
+    finally:
+        wd.uninstall()
+    assert looked.wait(5)
+    interruption = caught.value.interruption
+    assert interruption.in_c_call, interruption
+    assert interruption.location == f"{__file__}:{square.__code__.co_firstlineno + 1}"

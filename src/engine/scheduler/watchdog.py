@@ -333,6 +333,9 @@ class FrameWatchdog:
         run_delay_ns: the main thread's run-queue wait (default: its schedstat).
         backstop_grace_ns: how long past an interrupt's due time the backstop thread
             waits before it steps in (0: no backstop thread).
+        backstop_idle_ns: how often the backstop looks while no call is running (None:
+            every four shortest hard limits). Each look can stall a busy main thread (see
+            :class:`_Backstop`); a C call is sampled at its line only if a look falls in it.
     """
 
     def __init__(
@@ -346,6 +349,7 @@ class FrameWatchdog:
         on_hung: Callable[[str], None] | None = None,
         run_delay_ns: Callable[[], int] | None = None,
         backstop_grace_ns: int = 1_000_000,
+        backstop_idle_ns: int | None = None,
     ) -> None:
         self.hard_limit_ns = hard_limit_ns
         #: The shortest hard limit any call may have: the timer is never armed further
@@ -357,6 +361,7 @@ class FrameWatchdog:
         self.cpu_ns = cpu_ns
         self.on_hung = on_hung
         self.backstop_grace_ns = backstop_grace_ns
+        self.backstop_idle_ns = backstop_idle_ns
         # Injected, or this thread's schedstat while installed (opened by install()).
         self._injected_run_delay = run_delay_ns
         self._run_delay_ns: Callable[[], int] = run_delay_ns or _no_run_delay
@@ -385,7 +390,6 @@ class FrameWatchdog:
         self.stuck_at: tuple[int, str | None] | None = None
         self._alarm_at_ns = 0  # when the armed timer is due
         self._kick_ns = 0  # when the backstop last kicked
-        self._kick_note = ""  # what the backstop found wrong when it kicked
         self._in_frame = False
         self._caller: FrameType | None = None  # the engine frame that makes the calls
         self._installed = False
@@ -648,12 +652,20 @@ class FrameWatchdog:
             stolen,
             location,
             "kick" if kicked else "timer",
-            self._kick_note if kicked else "",
+            self._timer_trouble() if kicked else "",
         )
         self._note_hung(key)
         # Keep interrupting a call that swallows it; slower once it is declared hung.
         self._arm(self.retry_ns if not self.hung else 50 * self.retry_ns, waited)
         raise Overrun(self.last)
+
+    def _timer_trouble(self) -> str:
+        """Why the timer's signal did not stop the call (the backstop's kick did)."""
+        if _getsignal(signal.SIGALRM) is not self._handler:
+            return "SIGALRM had been taken over by user code"
+        if signal.SIGALRM in signal.pthread_sigmask(signal.SIG_BLOCK, ()):
+            return "SIGALRM had been blocked by user code"
+        return "its timer had not fired"
 
     def _note_hung(self, key: str) -> None:
         if self.interrupts > self.max_interrupts and not self.hung:
@@ -665,28 +677,36 @@ class FrameWatchdog:
 class _Backstop:
     """The watchdog's second line: a thread that stops a call the timer did not.
 
-    About once per shortest hard limit it looks at the running call (it needs the GIL, so
-    against a pure-Python loop it looks up to one switch interval, 5 ms, later than it
-    wanted). A call still running ``grace`` past the moment it was due to be interrupted:
+    Every run of the handler arms the timer again, so a timer overdue by ``grace`` while a
+    call runs means its signal did not get handled: user code took ``SIGALRM`` over or
+    blocked it (or, where the timer is ``setitimer``, cancelled it), the call is inside C
+    code, or the main thread is waiting for a CPU. Then:
 
-    1. its innermost user frame is sampled (``stuck_at``: the line of a C call);
-    2. if the kick signal is still the watchdog's, the main thread is kicked with it
-       (the handler raises at once in Python code; a C call keeps it until it returns,
-       and is kicked again less and less often);
+    1. the call's innermost user frame is sampled (``stuck_at``: the line of a C call);
+    2. if the kick signal is still the watchdog's, the main thread is kicked with it: its
+       handler checks the call's own time as the timer's would, and raises at once in
+       Python code (a C call keeps it until it returns; a starved call that is not over
+       its limit yet is left alone), and is kicked again less and less often;
     3. otherwise :class:`Overrun` is raised through ``PyThreadState_SetAsyncExc``, which
        lands at the next bytecode (pure Python only; a blocking wait keeps it).
+
+    The thread needs the GIL to look: taking it from a busy main thread takes up to a
+    switch interval (5 ms), and CPython then makes the main thread wait until this thread
+    has run, which on a loaded machine can be a scheduler time slice. So it looks as
+    seldom as it can: at a running call's timer due plus ``grace`` (when that call has
+    most likely ended or been stopped already, or is what needs looking at), and with no
+    call running, every ``backstop_idle_ns`` (four shortest hard limits).
     """
 
     def __init__(self, wd: FrameWatchdog, main_ident: int) -> None:
         self.wd = wd
         self.main_ident = main_ident
         native = threading.main_thread().native_id
-        # The main thread's CPU time and run-queue wait, read from here (the watchdog's
-        # own readers describe the thread that calls them).
+        # The main thread's CPU time and run-queue wait, read from here (the last resort
+        # needs them: the watchdog's own readers describe the thread that calls them).
         self._main_stat = _RunQueueWait(f"/proc/self/task/{native}/schedstat")
-        self._main_status = f"/proc/self/task/{native}/status"
         self._stop = threading.Event()
-        self._kicked: tuple[int, int] | None = None  # (call start, attempt) last kicked
+        self._kicked: tuple[int, int] | None = None  # (alarm due, attempt) last kicked
         self._kicks_this_call = 0
         self.thread = threading.Thread(target=self._run, name="watchdog-backstop", daemon=True)
         self.thread.start()
@@ -701,69 +721,42 @@ class _Backstop:
         while not self._stop.wait(wait_ns / 1e9):
             wait_ns = self.check()
 
-    def _alarm_blocked(self) -> bool:
-        """Whether the main thread blocks SIGALRM (its ``SigBlk`` mask in /proc)."""
-        try:
-            with open(self._main_status) as f:
-                for line in f:
-                    if line.startswith("SigBlk:"):
-                        return bool(int(line.split()[1], 16) >> (signal.SIGALRM - 1) & 1)
-        except (OSError, ValueError, IndexError):
-            pass
-        return False
-
     def check(self) -> int:
-        """One look at the main thread; returns how long to wait before the next.
-
-        Reading /proc releases the GIL, and taking it back from a busy main thread takes
-        up to a switch interval (5 ms): all reads come first, then the decision and the
-        kick, with the GIL held from one to the other.
-        """
+        """One look at the main thread; returns how long until the next."""
         wd = self.wd
         grace = wd.backstop_grace_ns
-        idle = wd.min_limit_ns + grace
+        idle = wd.backstop_idle_ns or 4 * wd.min_limit_ns
         key = wd.key
         if key is None or not wd._in_frame:
             return idle
-        start = wd.call_start_ns
-        due = wd.call_limit_ns + wd.interrupts * wd.retry_ns + grace
-        if wd.clock_ns() - start < due:
-            return max(due - (wd.clock_ns() - start), 100_000)
-        # The reads (the main thread's CPU time and run-queue wait, its blocked signals).
-        if wd._injected_run_delay is not None:  # tests: the injected clocks
-            cpu, waited = wd.cpu_ns(), wd._injected_run_delay()
-        else:
-            cpu, waited = self._main_stat.cpu_and_wait()
-        blocked = self._alarm_blocked()
-        # The decision, and the kick: no I/O from here on.
-        if wd.key != key or wd.call_start_ns != start:
-            return idle  # the call ended while we read
+        start, alarm = wd.call_start_ns, wd._alarm_at_ns
         now = wd.clock_ns()
-        own = wd.own_ns(now, cpu, waited)
-        if own < due:
-            return max(due - own, 100_000)
+        if now < alarm + grace:
+            return alarm + grace - now  # the timer is not overdue (yet)
         frame = sys._current_frames().get(self.main_ident)
-        if frame is None:
+        if frame is None or wd.key != key or wd.call_start_ns != start:
             return idle
         if wd._handling or wd.must_finish(frame):
             return 100_000  # the handler would defer there too
         wd.stuck_at = (start, wd.location(frame))
-        attempt = (start, wd.interrupts)
+        attempt = (alarm, wd.interrupts)
         self._kicks_this_call = self._kicks_this_call + 1 if self._kicked == attempt else 0
         self._kicked = attempt
         if _getsignal(KICK_SIGNAL) is wd._handler:
-            if _getsignal(signal.SIGALRM) is not wd._handler:
-                wd._kick_note = "SIGALRM had been taken over by user code"
-            elif blocked:
-                wd._kick_note = "SIGALRM had been blocked by user code"
-            else:
-                wd._kick_note = "its timer had not fired"
             wd.kicks += 1
             wd._kick_ns = wd.clock_ns()
             signal.pthread_kill(self.main_ident, KICK_SIGNAL)
             # Inside a C call nothing happens until it returns: look less and less often.
             return wd.retry_ns << min(self._kicks_this_call, 6)
-        # User code took the kick signal too: the thread-state exception, the last resort.
+        # User code took the kick signal too: the thread-state exception, the last resort,
+        # once the call is over its limit by its own time.
+        cpu, waited = self._main_stat.cpu_and_wait()
+        if wd.key != key or wd.call_start_ns != start:
+            return idle  # the call ended while we read
+        due = wd.call_limit_ns + wd.interrupts * wd.retry_ns
+        own = wd.own_ns(wd.clock_ns(), cpu, waited)
+        if own < due:
+            return max(due - own, 100_000)
         wd.interrupts += 1
         wd.last = Interruption(
             key,
