@@ -542,10 +542,10 @@ class Scheduler:
                 f"ran {elapsed / 1e6:.2f} ms, over the hard limit of {h.hard_ns / 1e6:.2f} ms "
                 "(long C-level work the watchdog cannot interrupt)"
             )
-        if location is None:
-            code = getattr(h.fn, "__code__", None)
-            if code is not None:
-                location = f"{code.co_filename}:{code.co_firstlineno}"
+        code = getattr(h.fn, "__code__", None)
+        if location is None and code is not None:  # the system, where in it unknown
+            location = f"{code.co_filename}:{code.co_firstlineno}"
+            why += f"; somewhere in {code.co_name}, the line was not caught"
         return SystemFault(h, kind, why, elapsed, elapsed - h.hard_ns, self._show(location))
 
     def _late_frame(
