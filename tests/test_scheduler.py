@@ -495,3 +495,27 @@ def test_the_backstop_samples_the_line_of_a_long_c_call() -> None:
     interruption = caught.value.interruption
     assert interruption.in_c_call, interruption
     assert interruption.location == f"{__file__}:{square.__code__.co_firstlineno + 1}"
+
+
+def test_a_long_limit_call_is_not_charged_for_waiting_for_a_cpu() -> None:
+    # A render-like call with a 50 ms limit, under a 10 ms shortest limit: the handler looks
+    # every 10 ms (each look samples the run-queue wait); the call waited 30 ms for a CPU
+    # in all, so at 60 ms of wall time it has used 30 ms of its own and runs on.
+    now = {"ns": 0, "waited": 0, "cpu": 0}
+    wd = FrameWatchdog(
+        10_000_000,
+        clock_ns=lambda: now["ns"],
+        cpu_ns=lambda: now["cpu"],
+        run_delay_ns=lambda: now["waited"],
+    )
+    wd.start_frame()  # not installed: samples, sets no timer
+    wd.enter("m.render", 0, 50_000_000)
+    user = fake_frame("/game/render.py")
+    for t in range(10, 61, 10):  # half of each 10 ms spent waiting for a CPU
+        now["ns"], now["waited"], now["cpu"] = t * 1_000_000, t * 500_000, t * 500_000
+        wd._on_alarm(signal.SIGALRM, user)  # no raise: its own time is t / 2
+    now["ns"], now["waited"], now["cpu"] = 110_000_000, 55_000_000, 55_000_000
+    with pytest.raises(Overrun) as caught:
+        wd._on_alarm(signal.SIGALRM, user)
+    assert caught.value.interruption.elapsed_ns == 55_000_000
+    assert caught.value.starved_ns == 55_000_000

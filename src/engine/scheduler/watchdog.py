@@ -17,16 +17,15 @@ Three lines of defence for system calls on the main thread, one for load-time co
   *own* time counts against its limit: its CPU time, or its wall time less the time its
   thread waited for a CPU, whichever is more. Per call the scheduler writes four
   attributes; per frame the timer is set twice.
-* **The backstop thread**: a daemon thread looks at the running call about once per
-  shortest hard limit. A call still running ``grace`` after it was due to be interrupted
-  means the timer did not do its job: user code took ``SIGALRM`` over
-  (``signal.signal(SIGALRM, SIG_IGN)``), cancelled the timer (where it is ``setitimer``),
-  or the call is inside C code. The thread samples the call's innermost Python frame (the line of a
-  C call) and *kicks* the main thread with ``SIGURG`` (ignored by default, so it harms
-  nothing), whose handler is the same as the timer's: it raises at once in Python code
-  and interrupts a blocking wait. If user code took ``SIGURG`` too, the thread raises
-  :class:`Overrun` through ``PyThreadState_SetAsyncExc`` (pure Python only). The main
-  thread puts its handlers back at the start of every frame.
+* **The backstop thread**: a daemon thread that looks when the timer is overdue by
+  ``grace`` and its handler has not run: user code took ``SIGALRM`` over
+  (``signal.signal(SIGALRM, SIG_IGN)``) or blocked it, cancelled the timer (where it is
+  ``setitimer``), or the call is inside C code. It samples the call's innermost user frame
+  (the line of a C call) and *kicks* the main thread with ``SIGURG`` (ignored by default,
+  so a stray kick harms nothing), whose handler is the timer's: it raises at once in
+  Python code and interrupts a blocking wait. If user code took ``SIGURG`` too, the thread
+  raises :class:`Overrun` through ``PyThreadState_SetAsyncExc`` (pure Python only). The
+  main thread puts its handlers back at the start of every frame and after an interrupt.
 * **Thread watchdog** (any thread, used for module load-time code):
   ``PyThreadState_SetAsyncExc`` raises :class:`LoadTimeout` in the loading thread.
 
@@ -41,9 +40,10 @@ something outside the process — the supervisor — can stop it.
 
 The handlers never print: they record an :class:`Interruption` (what, where, how late) and
 raise; the frame loop reports it after the frame. The interrupt never fires outside the call
-it was armed for: the handler checks that a call is armed and that the innermost frame is
-not the engine's own bookkeeping (the scheduler, the world wrapper, esper, the cross-process
-contracts), so engine state is never left half-updated.
+it was armed for: the handler checks that a call is armed and that neither the innermost
+frame nor its callers up to the scheduler run engine code that must finish (the scheduler,
+the world wrapper, esper, the cross-process contracts), so engine state is never left
+half-updated. It is not re-entered: a signal that comes while it runs makes it look again.
 """
 
 from __future__ import annotations
@@ -299,9 +299,10 @@ class ThreadTimer:
         """Fire once, ``delay_ns`` from now (0: cancel)."""
         if self.directed:
             self._value.tv_sec, self._value.tv_nsec = divmod(delay_ns, 1_000_000_000)
-            self._settime(self._id, 0, self._ref, None)
-        else:
-            signal.setitimer(signal.ITIMER_REAL, delay_ns / 1e9)
+            if self._settime(self._id, 0, self._ref, None) == 0:
+                return
+            self.directed = False  # refused (a forked child has no POSIX timers): fall back
+        signal.setitimer(signal.ITIMER_REAL, delay_ns / 1e9)
 
     def close(self) -> None:
         self.set(0)
@@ -613,6 +614,11 @@ class FrameWatchdog:
             if self._in_frame:
                 self._arm(self.min_limit_ns)
             return
+        if self._base_call_ns != self.call_start_ns:
+            # The first look at this call, before this look samples: its baseline is the
+            # last sample taken before it started.
+            self._base_call_ns = self.call_start_ns
+            self._base_waited_ns = self._base_for_call(self._prev_sample_waited_ns)
         now = self.clock_ns()
         elapsed = now - self.call_start_ns
         due = self.call_limit_ns + self.interrupts * self.retry_ns
@@ -621,9 +627,6 @@ class FrameWatchdog:
             return
         # The call's own time counts, not the time the machine gave the CPU to others.
         waited = self._run_delay_ns()
-        if self._base_call_ns != self.call_start_ns:
-            self._base_call_ns = self.call_start_ns
-            self._base_waited_ns = self._base_for_call(waited)
         own = self.own_ns(now, self.cpu_ns(), waited)
         stolen = max(0, waited - self._base_waited_ns)
         if own < due:
