@@ -78,9 +78,11 @@ def fault(world, dt):
 FAULTS = {
     "exit": ("os._exit(3)", "exit 3"),
     "segfault": ("ctypes.string_at(0)", "signal SIGSEGV"),
-    # A C call the watchdog cannot interrupt: its signal is blocked, so only SIGKILL works.
+    # A C call the watchdog cannot interrupt: its signals (the timer's and the backstop's
+    # kick) are blocked, so only SIGKILL works.
     "c_hang": (
-        "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])\nctypes.CDLL(None).sleep(100)",
+        "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM, signal.SIGURG])\n"
+        "ctypes.CDLL(None).sleep(100)",
         "hung",
     ),
     "swallow": (

@@ -9,8 +9,10 @@ Reads like a table of contents::
       loader     — prepares new module versions off the frame, swaps them between frames
       watcher    — tells the loader (and the shader library) what changed on disk
 
-A frame (``step``): apply prepared swaps → sample the pose → run systems → apply the
-failure policy (probation rollback, strikes) → promote versions that passed probation.
+A frame (``step``): apply prepared swaps → sample the pose → run systems (the scheduler
+reports each fault to the failure policy, ``engine.policy``, and carries out its decision;
+a roll-back it asks of the loader through :class:`LoaderVersions`) → promote versions that
+passed probation.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from engine.loader.loader import Loader, SwapLog
 from engine.loader.watcher import COMMANDS_DIR, SHADER_SUFFIXES, ProjectWatcher
 from engine.pose.base import PoseSample, PoseSource
 from engine.scheduler.pacing import Clock, FixedRatePacer, MonotonicClock
-from engine.scheduler.scheduler import Fault, SchedulePolicy, Scheduler
+from engine.scheduler.scheduler import SchedulePolicy, Scheduler, SystemFault
 from engine.scheduler.stats import FrameRecorder
 from engine.world.world import World
 
@@ -98,6 +100,28 @@ def user_copy_of_example(name: str = "spinning_cubes") -> Path:
     return target
 
 
+class LoaderVersions:
+    """The scheduler's questions about versions, answered by the loader (the one place
+    the two meet): whether a module is on probation, whether it has a good version to go
+    back to, and rolling it back when the failure policy says so."""
+
+    def __init__(self, loader: Loader) -> None:
+        self.loader = loader
+
+    def on_probation(self, module: str) -> bool:
+        return self.loader.on_probation(module)
+
+    def has_good_version(self, module: str) -> bool:
+        loaded = self.loader.active.get(module)
+        if loaded is None or loaded.version is None:
+            return False
+        good = self.loader.unit(module).last_good()
+        return good is not None and good.number != loaded.version
+
+    def roll_back(self, module: str, why: str) -> bool:
+        return self.loader.rollback(module, why) is not None
+
+
 class Engine:
     """A running game: a project folder's systems acting on one world.
 
@@ -154,7 +178,7 @@ class Engine:
         self.history_store = ProjectHistory(self.project_dir, report=report)
         self.running = running or RunningNow()
         self.running.user_dir = str(self.project_dir / "systems")
-        self.scheduler = Scheduler(policy, on_hung=self._on_hung)
+        self.scheduler = Scheduler(policy, on_hung=self._on_hung, report=report)
         self.scheduler.running_now = self.running.main
         self.policy = self.scheduler.policy
         is_new_world = world is None
@@ -170,8 +194,12 @@ class Engine:
             report=report,
         )
         self.loader.running = self.running
+        self.scheduler.versions = LoaderVersions(self.loader)
+        self.scheduler.root = str(self.project_dir)
+        self.failure_policy = self.scheduler.failure_policy
         self.frame = 0
         self.hung_reason: str | None = None
+        self._hung_reported = False
         self.setup_error: str | None = None
         #: Set to a ``FrameRecorder`` to keep every frame's per-system times (for plots).
         self.recorder: FrameRecorder | None = None
@@ -259,8 +287,9 @@ class Engine:
             self.report(f"engine: game.py setup failed; starting anyway\n  {self.setup_error}")
 
     # -- the frame -----------------------------------------------------------------------
-    def step(self) -> list[Fault]:
-        """Run one frame now (no pacing). Returns the frame's faults."""
+    def step(self) -> list[SystemFault]:
+        """Run one frame now (no pacing). Returns the frame's faults, each with the
+        failure policy's decision, already carried out and reported."""
         self.frame += 1
         frame = self.frame
         while not self._main_calls.empty():
@@ -289,31 +318,16 @@ class Engine:
         faults = self.scheduler.run_frame(self.world, dt, frame)
         if self.recorder is not None:
             self.recorder.record(self.scheduler.last_frame_times())
-        if faults:
-            self._apply_fault_policy(faults)
+        if self.hung_reason is not None and not self._hung_reported:
+            self._hung_reported = True  # recorded by the watchdog's handler, said here
+            self.report(
+                f"engine: process declared hung: {self.hung_reason}; a call that keeps doing "
+                "this must be stopped from outside (the supervisor kills and restarts it)"
+            )
         self.loader.tick(frame)
         for hook in self.after_frame:
             hook(self)
         return faults
-
-    def _apply_fault_policy(self, faults: list[Fault]) -> None:
-        rolled: set[str] = set()
-        for f in faults:
-            h = f.handle
-            if f.kind != "budget" and self.loader.on_probation(h.module):
-                if h.module not in rolled:
-                    rolled.add(h.module)
-                    self.loader.rollback(h.module, f"{h.key}: {f.detail}")
-                continue
-            if f.kind == "exception":
-                self.report(f"engine: {h.key} raised (strike {h.strikes}): {f.detail}")
-                if h.strikes >= self.policy.strikes:
-                    self.scheduler.disable(
-                        h, "exception", f"raised {h.strikes} frames in a row: {f.detail}"
-                    )
-                    self.report(f"engine: {h.key} disabled: {f.detail}")
-            else:
-                self.report(f"engine: {h.key} disabled ({f.kind}): {f.detail}")
 
     def run(self, frames: int | None = None, *, watch: bool = True) -> None:
         """Run paced frames until ``frames`` have run or :meth:`stop` is called.
@@ -340,11 +354,8 @@ class Engine:
         self._stop.set()
 
     def _on_hung(self, key: str) -> None:
+        # Called from the watchdog's signal handler (or its thread): record, never report.
         self.hung_reason = f"{key} swallowed {self.policy.watchdog_max_interrupts} interrupts"
-        self.report(
-            f"engine: process declared hung: {self.hung_reason}; it needs to be "
-            "stopped from outside (the supervisor kills it)"
-        )
 
     # -- watching ------------------------------------------------------------------------
     def start_watching(self) -> None:

@@ -42,7 +42,7 @@ from engine.loader.modules import (
     error_from_exception,
     execute_module,
 )
-from engine.scheduler.scheduler import Scheduler, SystemState
+from engine.scheduler.scheduler import Scheduler
 from engine.scheduler.watchdog import Overrun
 from engine.world.checkpoint import PendingComponent, default_resolver
 from engine.world.components import component_key
@@ -513,9 +513,6 @@ class Loader:
                     unit = self.unit(name)
                     if unit.get(loaded.version).status is VersionStatus.PROBATION:
                         unit.mark(loaded.version, VersionStatus.GOOD)
-                for h in self.scheduler.handles.values():
-                    if h.module == name and h.state is SystemState.PROBATION:
-                        h.state = SystemState.ENABLED
 
     def on_probation(self, name: str) -> bool:
         return name in self.probation
@@ -523,8 +520,9 @@ class Loader:
     def rollback(self, name: str, why: str) -> int | None:
         """Mark the active version of ``name`` bad and go back to its last good version.
 
-        Returns the version rolled back to, or None if there is none (the module's systems
-        are then disabled, with the reason). The swap happens at the next frame boundary.
+        Returns the version rolled back to, or None if there is none (the scheduler then
+        disables the module's systems). The swap happens at the next frame boundary. The
+        decision, and its message, are the failure policy's (see ``engine.policy``).
         """
         loaded = self.active.get(name)
         if loaded is None or loaded.version is None:
@@ -534,23 +532,7 @@ class Loader:
         self.probation.pop(name, None)
         target = unit.last_good()
         if target is None or target.number == loaded.version:
-            for h in self.scheduler.handles.values():
-                # A system the scheduler already disabled keeps its own, sharper reason.
-                if h.module == name and h.state is not SystemState.DISABLED:
-                    self.scheduler.disable(
-                        h,
-                        "rolled-back",
-                        f"v{loaded.version} failed on probation and no good version exists: {why}",
-                    )
-            self.report(
-                f"engine: {name} v{loaded.version} failed on probation, no good "
-                f"version to fall back to; its systems are disabled\n  {why}"
-            )
             return None
-        self.report(
-            f"engine: {name} v{loaded.version} failed on probation; rolling back to "
-            f"v{target.number}\n  {why}"
-        )
         self.prepare(
             {name: unit.source(target.number)}, kind="rollback", versions={name: target.number}
         )
