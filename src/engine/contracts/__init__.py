@@ -11,6 +11,8 @@ module                        contract
 :mod:`~.layer`                the layer block (game → compositor): header, ring, images
 :mod:`~.handoff`              the pose block (compositor → clients) and the heartbeat
                               block (game → supervisor)
+:mod:`~.control`              runtime commands (``engine undo`` → a running game): JSON
+                              lines with replies over the game's control socket
 ============================  ==========================================================
 
 Code in this package writes shared memory that another process reads; the frame watchdog

@@ -6,8 +6,9 @@
     engine undo|redo PROJECT MODULE                          move the active version
     engine enable PROJECT SYSTEM                             re-enable a disabled system
 
-``undo``, ``redo`` and ``enable`` act on a running game (through a command file it
-watches) or, when none runs, on the project's history directly.
+``undo``, ``redo`` and ``enable`` act on a running game (a request on its control socket,
+``.engine/control.sock``, answered by the game) or, when none runs, on the project's
+history directly.
 """
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ def cmd_new(args: argparse.Namespace) -> int:
     (root / "shaders").mkdir(exist_ok=True)
     (root / "game.py").write_text(SCAFFOLD_GAME.format(name=root.name))
     (root / "systems" / "bob.py").write_text(SCAFFOLD_SYSTEM)
-    (root / ".gitignore").write_text(".engine/run.json\n.engine/commands/\n")
+    (root / ".gitignore").write_text(".engine/run.json\n.engine/control.sock\n")
     print(f"engine: new project in {root}; run it with: engine run {root}")
     return 0
 
