@@ -390,8 +390,10 @@ class Engine:
         try:
             server.start()
         except OSError as exc:
-            self.report(f"engine: no control socket ({exc}); engine undo/redo/enable act on "
-                        "the history only")
+            self.report(
+                f"engine: no control socket ({exc}); engine undo/redo/enable act on "
+                "the history only"
+            )
             return
         self.control = server
 
