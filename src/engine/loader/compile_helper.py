@@ -10,17 +10,18 @@ Protocol on stdin/stdout, little-endian lengths:
 * reply, compiled: ``b"K"`` + ``u32 count`` + ``count`` x (``u32 length`` + marshal of a
   code object). Each chunk is a run of consecutive top-level statements of about
   ``chunk_bytes`` of source, compiled on its own (same file name, same line numbers,
-  the module's ``__future__`` flags), so that the game loads and runs them one by one,
-  each a short C call, and never holds the GIL for the whole module.
+  the module's ``__future__`` flags; see :func:`compile_chunks`), so that the game loads
+  and runs them one by one, each a short C call, and never holds the GIL for the whole
+  module.
 * reply, refused: ``b"E"`` + ``u32 length`` + ``marshal((type name, message, line, offset))``.
 """
 
 from __future__ import annotations
 import __future__
 
-import ast
 import marshal
 import os
+import re
 import signal
 import struct
 import sys
@@ -44,67 +45,66 @@ def die_with_parent() -> None:
         os._exit(0)
 
 
-def _line_starts(source: str) -> list[int]:
-    starts = [0]
-    pos = source.find("\n")
-    while pos != -1:
-        starts.append(pos + 1)
-        pos = source.find("\n", pos + 1)
-    return starts
+#: Compiler flags of ``from __future__ import …``: chunks compile with the module's own.
+FUTURE_FLAGS = 0
+for _name in __future__.all_feature_names:
+    FUTURE_FLAGS |= getattr(__future__, _name).compiler_flag
+#: Lines a chunk never starts at: the rest of a compound statement, or a string (the
+#: first statement of a chunk that is a string would become the module's ``__doc__``).
+NOT_A_START = re.compile(r"(else|elif|except|finally)\b|[rRbBuUfF]{0,2}['\"]")
 
 
 def compile_chunks(source: str, filename: str, optimize: int, chunk_bytes: int) -> list[bytes]:
-    """Compile ``source`` as runs of top-level statements; raises ``SyntaxError``."""
-    tree = ast.parse(source, filename)
-    body = tree.body
-    flags = 0
-    leading = True
-    for i, node in enumerate(body):
-        docstring = i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-        is_future = isinstance(node, ast.ImportFrom) and node.module == "__future__"
-        if is_future and not leading:
-            # Compiled whole, the module would be refused: so is it compiled in chunks.
-            raise SyntaxError(
-                "from __future__ imports must occur at the beginning of the file",
-                (filename, node.lineno, node.col_offset + 1, None),
-            )
-        if is_future:
-            for alias in node.names:
-                feature = getattr(__future__, alias.name, None)
-                if feature is not None:
-                    flags |= feature.compiler_flag
-        elif not docstring:
-            leading = False
-    starts = _line_starts(source)
+    """Compile ``source`` as runs of top-level statements; raises ``SyntaxError``.
 
-    def offset(line: int) -> int:
-        return starts[min(line, len(starts)) - 1]
-
-    groups: list[list[ast.stmt]] = []
+    The module is cut before lines that start at column 0 with a name or ``@`` once a
+    chunk holds ``chunk_bytes``; each chunk is compiled alone, after as many blank lines
+    as precede it (line numbers stay true), with the ``__future__`` flags of the first.
+    A cut inside a string, a bracket or a compound statement leaves a chunk that does not
+    compile: it is joined to the next one. When a chunk does not compile, or brings in a
+    ``__future__`` import of its own, the whole module is compiled once, so that errors
+    (and their lines) are exactly Python's.
+    """
+    if len(source) <= chunk_bytes:
+        return [marshal.dumps(_compile(source, filename, 0, optimize))]
+    lines = source.splitlines(keepends=True)
+    cuts = [0]
     size = 0
-    for node in body:
-        length = offset((node.end_lineno or node.lineno) + 1) - offset(node.lineno)
-        if not groups or size + length > chunk_bytes:
-            groups.append([])
-            size = 0
-        groups[-1].append(node)
-        size += max(length, 1)
-    out = []
-    for n, group in enumerate(groups or [[]]):
-        first = group[0] if group else None
+    for i, line in enumerate(lines):
         if (
-            n > 0
-            and isinstance(first, ast.Expr)
-            and isinstance(first.value, ast.Constant)
-            and isinstance(first.value.value, str)
+            size >= chunk_bytes
+            and (line[:1].isalpha() or line[:1] in "_@")
+            and not NOT_A_START.match(line)
         ):
-            # A string first in a chunk would become the module's __doc__.
-            group = [ast.Pass(lineno=first.lineno, col_offset=0), *group]
-        module = ast.Module(body=group, type_ignores=[])
-        ast.fix_missing_locations(module)
-        code = compile(module, filename, "exec", flags=flags, dont_inherit=True, optimize=optimize)
+            cuts.append(i)
+            size = 0
+        size += len(line)
+    cuts.append(len(lines))
+    out: list[bytes] = []
+    flags = 0
+    start = 0
+    whole_compiles = False
+    for end in cuts[1:]:
+        try:
+            code = _compile("\n" * start + "".join(lines[start:end]), filename, flags, optimize)
+        except (SyntaxError, ValueError):
+            if not whole_compiles:
+                _compile(source, filename, 0, optimize)  # raises the module's own error
+                whole_compiles = True
+            continue  # a cut in the middle of something: join the next chunk
+        if not out:
+            flags = code.co_flags & FUTURE_FLAGS
+        elif code.co_flags & FUTURE_FLAGS & ~flags:
+            _compile(source, filename, 0, optimize)  # a late __future__ import: refused
         out.append(marshal.dumps(code))
+        start = end
+    if start != len(lines):  # cannot happen for a module that compiled whole; be safe
+        return [marshal.dumps(_compile(source, filename, 0, optimize))]
     return out
+
+
+def _compile(text: str, filename: str, flags: int, optimize: int):  # noqa: ANN202
+    return compile(text, filename, "exec", flags=flags, dont_inherit=True, optimize=optimize)
 
 
 def _read_exact(stream, n: int) -> bytes | None:  # noqa: ANN001

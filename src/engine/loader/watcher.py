@@ -314,11 +314,12 @@ def read_settled(path: Path, received_ns: int) -> tuple[str | None | LoadError, 
     """The module file's final text (``None`` if gone, a :class:`LoadError` if it cannot
     be a module) and the time it was written.
 
-    An empty file read right after an event is read again a little later: a
-    truncate-then-write save can be caught between its two steps.
+    An empty or missing file right after an event is read again a little later: a
+    truncate-then-write save can be caught between its two steps, and a file replaced
+    (by a new file or a folder) between its removal and its return.
     """
     source = read_source(path.stem, path)
-    if isinstance(source, LoadError) and source.message == EMPTY_FILE:
+    if source is None or isinstance(source, LoadError) and source.message == EMPTY_FILE:
         time.sleep(EMPTY_RECHECK_S)
         source = read_source(path.stem, path)
     if source is None:
