@@ -67,6 +67,9 @@ def _error(message: str) -> Reply:
     return {"ok": False, "error": message}
 
 
+_TOO_LONG = _error(f"request longer than {MAX_LINE} bytes")
+
+
 def request(path: Path, message: dict[str, Any], timeout_s: float = 10.0) -> Reply:
     """Send ``message`` to the game listening on ``path`` and return its reply.
 
@@ -224,10 +227,11 @@ class ControlServer:
                 buffer += chunk
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
-                    if not self._reply(conn, self._answer(line)):
+                    reply = self._answer(line) if len(line) <= MAX_LINE else _TOO_LONG
+                    if not self._reply(conn, reply):
                         return
-                if len(buffer) > MAX_LINE:
-                    self._reply(conn, _error(f"request longer than {MAX_LINE} bytes"))
+                if len(buffer) > MAX_LINE:  # no end in sight: refuse and hang up
+                    self._reply(conn, _TOO_LONG)
                     return
 
     def _answer(self, line: bytes) -> Reply:

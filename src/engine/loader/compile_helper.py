@@ -6,7 +6,9 @@ started it (``PR_SET_PDEATHSIG``, and it exits when its stdin closes).
 
 Protocol on stdin/stdout, little-endian lengths:
 
-* request: ``u32 length`` + ``marshal((source, filename, optimize, chunk_bytes))``
+* request: ``u32 length`` + ``marshal((filename, optimize, chunk_bytes))``, then
+  ``u32 length`` + the source in UTF-8 (raw bytes: marshalling 5 MB of text would hold
+  the game's GIL for milliseconds)
 * reply, compiled: ``b"K"`` + ``u32 count`` + ``count`` x (``u32 length`` + marshal of a
   code object). Each chunk is a run of consecutive top-level statements of about
   ``chunk_bytes`` of source, compiled on its own (same file name, same line numbers,
@@ -123,7 +125,12 @@ def main() -> None:
         payload = _read_exact(rin, _U32.unpack(head)[0])
         if payload is None:
             return
-        source, filename, optimize, chunk_bytes = marshal.loads(payload)
+        filename, optimize, chunk_bytes = marshal.loads(payload)
+        head = _read_exact(rin, 4)
+        raw = None if head is None else _read_exact(rin, _U32.unpack(head)[0])
+        if raw is None:
+            return
+        source = raw.decode("utf-8", "surrogatepass")
         try:
             chunks = compile_chunks(source, filename, optimize, chunk_bytes)
         except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:

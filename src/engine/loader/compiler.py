@@ -136,11 +136,13 @@ class Compiler:
         if proc is None or proc.poll() is not None:
             self._stop()
             proc = self._proc = self._start()
-        request = marshal.dumps((source, path, sys.flags.optimize, self.chunk_bytes))
+        header = marshal.dumps((path, sys.flags.optimize, self.chunk_bytes))
+        text = source.encode("utf-8", "surrogatepass")
         deadline = time.monotonic() + self.limit_s
         try:
             assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(_U32.pack(len(request)) + request)
+            proc.stdin.write(_U32.pack(len(header)) + header + _U32.pack(len(text)))
+            proc.stdin.write(text)
             proc.stdin.flush()
             reader = _Reader(proc.stdout.fileno(), deadline)
             kind = reader.read(1)

@@ -169,7 +169,7 @@ def read_source(name: str, path: Path) -> str | None | LoadError:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         return LoadError(name, str(path), line, f"not UTF-8 text: {exc.reason} (byte {exc.start})")
-    if not text.strip():
+    if not text or text.isspace():
         return LoadError(name, str(path), 1, EMPTY_FILE)
     return text
 
