@@ -116,6 +116,10 @@ def _read_exact(stream, n: int) -> bytes | None:  # noqa: ANN001
 
 def main() -> None:
     die_with_parent()
+    try:
+        os.nice(10)  # compile on surplus CPU: the game's frame loop comes first
+    except OSError:
+        pass
     warnings.simplefilter("ignore")  # SyntaxWarnings are the game's to show, not ours
     rin, wout = sys.stdin.buffer, sys.stdout.buffer
     while True:

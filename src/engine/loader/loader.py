@@ -76,6 +76,9 @@ KIND = "systems"
 #: blocks) before it is abandoned and a new loader thread takes over.
 ABANDON_AFTER_S = 1.0
 
+#: How much lower the loader thread's CPU priority is than the game's (nice levels).
+LOADER_NICENESS = 10
+
 #: A module's new source: text, ``None`` (the file is gone) or why it cannot be a module.
 Source = str | None | LoadError
 
@@ -526,6 +529,7 @@ class Loader:
 
     def _work(self) -> None:
         me = threading.current_thread()
+        _run_on_surplus()
         while True:
             job = self._jobs.get()
             if job is None:
@@ -558,9 +562,10 @@ class Loader:
     def _supervise(self) -> None:
         """Abandon the running load if it stopped returning to Python past its limit."""
         job = self._job
-        if job is None or not job.runs or job.abandoned:
+        runs = list(job.runs) if job is not None else []  # the loader thread changes it
+        if job is None or not runs or job.abandoned:
             return
-        run = job.runs[-1][0]
+        run = runs[-1][0]
         if run.started_ns and run.running_ns() > (self.load_limit_s + ABANDON_AFTER_S) * 1e9:
             self._abandon(job, "did not return (a call that blocks?); its thread was stopped")
 
@@ -572,19 +577,20 @@ class Loader:
     def _abandon(self, job: _Job, why: str) -> None:
         """Give up on a job whose user code will not finish: its batch is dropped, its
         thread parks at its next Python event, and a new loader thread takes over."""
+        runs = list(job.runs)
         with self._lock:
             if job.abandoned:
                 return
             job.abandoned = True
             if job.batch is not None:
                 job.batch.abandoned = True
-            if job.runs:
-                job.runs[-1][0].abandoned = True
+            if runs:
+                runs[-1][0].abandoned = True
             if self._job is job:
                 self._job = None
             if not self._closed:
                 self._start_worker()
-        run, name, version, path = job.runs[-1] if job.runs else (None, "?", None, Path("?"))
+        run, name, version, path = runs[-1] if runs else (None, "?", None, Path("?"))
         line = run and _current_line(run.thread_id, str(path))
         err = LoadError(name, str(path), line, f"LoadTimeout: module code {why}", timeout=True)
         self._load_failed(name, version, err, job.batch.kind if job.batch else "edit")
@@ -998,6 +1004,17 @@ class Loader:
             if active is not None and unchanged and active.status in RUNNABLE:
                 return unit.source(active.number), active.number
         return source, None
+
+
+def _run_on_surplus(niceness: int = LOADER_NICENESS) -> None:
+    """Lower the calling thread's CPU priority (Linux: a thread is a task with its own nice
+    value), so that on a busy machine the frame loop gets a core before a load does."""
+    try:
+        tid = threading.get_native_id()
+        now = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, now + niceness))
+    except (OSError, AttributeError):
+        pass
 
 
 def _import_line(importer: str) -> int | None:

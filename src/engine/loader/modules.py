@@ -203,7 +203,7 @@ def execute_module(
             code = marshal.loads(chunk) if isinstance(chunk, bytes) else chunk
             exec(code, module.__dict__)
         loaded = LoadedModule(name, version, path, module)
-        collect_declarations(loaded)
+        collect_declarations(loaded, between)
     except (Exception, LoadTimeout, SystemExit) as exc:
         raise error_from_exception(name, path, exc) from None
     finally:
@@ -211,10 +211,15 @@ def execute_module(
     return loaded
 
 
-def collect_declarations(loaded: LoadedModule) -> None:
-    """Find the systems, esper Processors and components a module defines (not imports)."""
+def collect_declarations(loaded: LoadedModule, between: Callable[[], None] = lambda: None) -> None:
+    """Find the systems, esper Processors and components a module defines (not imports).
+
+    ``between()`` runs every few hundred names (a module may define hundreds of thousands:
+    the caller waits at its frame gate there)."""
     mod_name = loaded.module.__name__
-    for obj in list(loaded.module.__dict__.values()):
+    for i, obj in enumerate(list(loaded.module.__dict__.values())):
+        if not i & 511:
+            between()
         if getattr(obj, "__module__", None) != mod_name:
             continue
         spec = getattr(obj, "__engine_system__", None)
