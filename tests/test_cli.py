@@ -360,3 +360,20 @@ def test_a_command_for_a_game_that_runs_no_frame_is_withdrawn(
 def test_a_command_for_a_game_that_is_not_running_says_so(tmp_path: Path) -> None:
     reply = send_command(tmp_path, "enable", system="x.y")
     assert not reply["ok"] and reply["error"].startswith("no running game answered")
+
+
+def test_a_project_deeper_than_a_socket_address_allows_still_takes_commands(
+    tmp_path: Path,
+) -> None:
+    """AF_UNIX addresses hold 107 bytes; a project path may be longer."""
+    from engine.contracts.control import ControlServer, request
+
+    deep = tmp_path / ("d" * 80) / ("e" * 80)
+    path = deep / ".engine" / "control.sock"
+    server = ControlServer(path, lambda message: {"ok": True, "op": message.get("op")})
+    server.start()
+    try:
+        assert request(path, {"op": "ping"}) == {"ok": True, "op": "ping"}
+    finally:
+        server.stop()
+    assert len(str(path)) > 107 and not path.exists()

@@ -76,7 +76,8 @@ class Command:
     """A runtime command: ``engine OP PROJECT …`` reaches a running game as a request
     ``{"op": OP, …}`` on its control socket (see :mod:`engine.contracts.control`).
 
-    Add one with ``engine.commands["op"] = Command(run, args={"seconds": (int, float)})``.
+    A game adds one with ``engine.commands["op"] = Command(run, args={"seconds": float})``
+    (``engine`` an :class:`Engine`).
 
     Attributes:
         run: ``run(args) -> reply`` (``{"ok": True, …}``); raise ``LookupError`` or

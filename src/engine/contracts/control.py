@@ -139,6 +139,10 @@ class ControlServer:
 
     def stop(self) -> None:
         self._stop.set()
+        sock = self._sock
+        if sock is not None and self._healthy(sock):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the accept at once
         if self._thread is not None:
             self._thread.join(timeout=2 * self.check_s + 1)
         self._drop_socket()
