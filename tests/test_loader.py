@@ -996,3 +996,30 @@ def test_an_on_unload_that_raises_is_undone_and_the_new_version_goes_live(
     assert eng.world.get_entities() == entities  # what the failed on_unload deleted is back
     line = next(m for m in messages if "on_unload" in m)
     assert line.startswith("engine: systems/hooked.py:19: hooked.on_unload v1 failed")
+
+
+def test_the_compile_helper_dies_with_the_game(tmp_path) -> None:
+    script = """
+import os, sys
+from engine.loader.compiler import Compiler
+c = Compiler()
+c.compile("x = 1\\n" * 2000, "big.py")   # big enough for the helper
+print(c._proc.pid, flush=True)
+os._exit(0)                              # no clean-up: as a killed game
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    helper = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{helper}").exists() and _alive(helper):
+        assert time.monotonic() < deadline, "the helper outlived its game"
+        time.sleep(0.01)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
