@@ -281,7 +281,7 @@ def test_the_control_socket_answers_garbage_with_errors_and_keeps_serving(tmp_pa
         assert "a JSON object" in errors[0] and "[1, 2]" in errors[0]
         assert errors[1].startswith("not JSON")
         assert "UTF-8" in errors[2]
-        assert errors[3].startswith("unknown command 5 (known: enable, ping, redo, undo")
+        assert errors[3].startswith("unknown command 5 (known: enable, ping, redo, rewind, undo")
         assert errors[4].startswith("unknown command 'nope'")
         assert errors[5] == errors[6] == "undo needs 'module' (str)"
         assert errors[7].startswith("no single system named 'no.such'")

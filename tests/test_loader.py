@@ -952,7 +952,7 @@ def test_a_failed_on_load_puts_back_what_the_old_on_unload_did(project, make_eng
     eng = make_engine(counter_project(project))
     eng.start_watching()
     eng.step()
-    entities = eng.world.get_entities()
+    entities = list(eng.world.get_entities())
     assert entities and eng.world.resources["loaded"] == "v1"
     write(
         project / "systems" / "hooked.py",
@@ -961,7 +961,7 @@ def test_a_failed_on_load_puts_back_what_the_old_on_unload_did(project, make_eng
     run_until(eng, lambda: any(not s.ok for s in eng.swaps))
     assert "on_load failed" in eng.swaps[-1].error
     # v1's on_unload deleted every entity and its resource; both are back, v1 runs on.
-    assert eng.world.get_entities() == entities
+    assert list(eng.world.get_entities()) == entities
     assert eng.world.resources["loaded"] == "v1"
     eng.step()
     assert eng.world.resources["running"] == "v1"
@@ -979,12 +979,12 @@ def test_an_on_unload_that_raises_is_undone_and_the_new_version_goes_live(
     eng = make_engine(counter_project(project), report=messages.append)
     eng.start_watching()
     eng.step()
-    entities = eng.world.get_entities()
+    entities = list(eng.world.get_entities())
     write(project / "systems" / "hooked.py", HOOKED.format(tag="v2", on_load="", on_unload=""))
     run_until(eng, lambda: eng.history("hooked").active_number == 2)
     eng.step()
     assert eng.world.resources["running"] == "v2" and eng.world.resources["loaded"] == "v2"
-    assert eng.world.get_entities() == entities  # what the failed on_unload deleted is back
+    assert list(eng.world.get_entities()) == entities  # what the failed on_unload deleted is back
     line = next(m for m in messages if "on_unload" in m)
     assert line.startswith("engine: systems/hooked.py:19: hooked.on_unload v1 failed")
 
