@@ -160,9 +160,16 @@ class Engine:
     """A running game: a project folder's systems acting on one world.
 
     Example:
-        >>> eng = Engine("examples/spinning_cubes")          # doctest: +SKIP
-        >>> eng.run(frames=90)                               # doctest: +SKIP
-        >>> eng.history("spin")[-1].status                   # doctest: +SKIP
+        >>> import pathlib, tempfile
+        >>> project = pathlib.Path(tempfile.mkdtemp())
+        >>> (project / "systems").mkdir()
+        >>> _ = (project / "systems" / "pulse.py").write_text(
+        ...     "import engine\\n\\n@engine.system\\ndef pulse(world, dt):\\n    pass\\n")
+        >>> eng = Engine(project, report=lambda line: None)
+        >>> eng.run(frames=3, watch=False)
+        >>> eng.frame, eng.history("pulse").active.number, str(eng.history("pulse").active.status)
+        (3, 1, 'probation')
+        >>> eng.close()
 
     Args:
         project_dir: a folder with ``systems/*.py`` and optionally ``game.py``.
