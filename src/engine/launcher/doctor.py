@@ -344,15 +344,25 @@ class DiskModules:
             self.in_progress.pop(stem, None)
 
     def _load(self, name: str, path: Path) -> Any:
-        from engine.loader.modules import LoadError, error_from_exception, execute_module
+        from engine.loader.compiler import compile_in_process
+        from engine.loader.modules import (
+            LoadError,
+            error_from_exception,
+            execute_module,
+            new_module,
+        )
+        from engine.scheduler.watchdog import ThreadWatchdog
 
         try:
             source = path.read_text(encoding="utf-8")
-            loaded = execute_module(name, source, path, None, self, self.load_limit_s)
+            module = new_module(name, path, self)
+            with ThreadWatchdog(self.load_limit_s):  # module code that runs away at import
+                chunks = compile_in_process(source, str(path))
+                loaded = execute_module(module, chunks, None, path)
         except LoadError as err:
             self.errors[name] = err
             raise
-        except (OSError, UnicodeDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, SyntaxError, ValueError) as exc:
             self.errors[name] = error_from_exception(name, path, exc)
             raise self.errors[name] from None
         self.loaded[name] = loaded
