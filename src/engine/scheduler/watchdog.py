@@ -172,6 +172,15 @@ class Interruption:
         return text
 
 
+class _AsyncCleared(BaseException):  # noqa: N818 - taken and dropped at once
+    """What :meth:`FrameWatchdog.clear_async` has the main thread take instead of a
+    pending :class:`Overrun`."""
+
+
+def _land() -> None:
+    """A call: an asynchronous exception lands at its first instruction."""
+
+
 class Overrun(BaseException):  # noqa: N818 - a control-flow signal, like KeyboardInterrupt
     """Raised inside a system call that ran past the hard limit.
 
@@ -584,11 +593,26 @@ class FrameWatchdog:
         return False
 
     def clear_async(self) -> None:
-        """Drop an async :class:`Overrun` the backstop set that has not landed yet."""
+        """Drop an async :class:`Overrun` the backstop set that has not landed yet (called
+        on the main thread, between calls).
+
+        Not with ``PyThreadState_SetAsyncExc(id, NULL)``: on CPython 3.11 that leaves the
+        interpreter's async-exception flag set, after which ``sys.settrace`` hooks stop
+        working in every thread (the loader's frame gate among them). The pending exception
+        is replaced by one this thread takes at once instead, which clears the flag.
+        """
         self.async_pending = False
         ident = threading.main_thread().ident
-        if ident is not None:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+        if ident is None or threading.get_ident() != ident:
+            return
+        try:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(ident), ctypes.py_object(_AsyncCleared)
+            )
+            _land()  # the pending exception is raised at the call's first instruction
+            _land()
+        except _AsyncCleared:
+            pass
 
     # -- the handler ------------------------------------------------------------------------
     def _on_alarm(self, signum: int, frame: Any) -> None:
