@@ -264,12 +264,13 @@ Action = Write | Remove | ReplaceByFolder | Signal | EngineCommand
 @dataclass(frozen=True)
 class Step:
     """Do ``action`` ``delay_s`` after ``after``: ``"ready"`` (the counter's first tick),
-    ``"probation"`` (the faulty module's first version is marked good) or ``"step"`` (the
-    previous step)."""
+    ``"probation"`` (the first version of ``unit``, by default the file the action
+    touches, is marked good) or ``"step"`` (the previous step)."""
 
     after: str
     delay_s: float
     action: Action
+    unit: str | None = None  # a project path: whose probation "probation" waits for
 
 
 @dataclass(frozen=True)
@@ -284,9 +285,10 @@ class Kind:
     rule: str = "stopped"
     runs: tuple[str, ...] = ()
     fast: bool = False
-    hold_s: float = 1.5  # at least this long after the last step ...
+    hold_s: float = 1.0  # at least this long after the last step ...
     max_hold_s: float = 8.0  # ... and at most this long, waiting for the counter (and probe)
     rewind_s: float = 0.0  # a rewind of the world this far back is no reset
+    render: bool = False  # draw with the engine's render system (else: --no-render)
 
     @property
     def texts(self) -> list[tuple[str, str | bytes]]:
@@ -349,6 +351,7 @@ def probe_after(seconds: float = 1.0) -> Step:
 
 
 SPIN = "while True:  # FAULT\n    pass\n"
+RENDER = "systems/render.py"  # the engine's render system (its history is the project's)
 DONE = "DONE = []"
 F = "systems/fault.py"
 
@@ -825,15 +828,17 @@ def kinds(bomb_gb: float = 4.0) -> list[Kind]:
             "shader-infinite-loop",
             "a fragment shader that never ends (a GPU hang)",
             {"shaders/basic.frag": builtin_shader("basic.frag")},
-            (Step("ready", 1.0, Write("shaders/basic.frag", SHADER_LOOP)),),
+            (Step("probation", 0.5, Write("shaders/basic.frag", SHADER_LOOP), RENDER),),
             max_hold_s=10.0,
+            render=True,
         ),
         Kind(
             "shader-link-error",
             "a fragment shader that compiles but does not link",
             {"shaders/basic.frag": builtin_shader("basic.frag")},
-            (Step("ready", 1.0, Write("shaders/basic.frag", SHADER_UNLINKED)),),
+            (Step("probation", 0.5, Write("shaders/basic.frag", SHADER_UNLINKED), RENDER),),
             rule="refused",
+            render=True,
         ),
         # -- signals to `engine run` itself ------------------------------------------------
         Kind(
@@ -946,7 +951,8 @@ def processes_of_run(token: str, folder: Path, known: Iterable[Proc] = ()) -> se
         try:
             mine = marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             if not mine:
-                mine = os.readlink(f"/proc/{pid}/cwd").startswith(folder_text)
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+                mine = cwd == folder_text or cwd.startswith(folder_text + "/")
             if not mine:
                 mine = folder_text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
@@ -982,6 +988,7 @@ def _engine_child_setup() -> None:
 @dataclass
 class Options:
     size: str = "128x96"
+    render: bool = False  # every kind with the render system, not only those that need it
     keep: bool = False
     floor_missed_per_frame: float | None = None  # None: the compositor column is not judged
     report: Callable[[str], None] = lambda line: None
@@ -1103,6 +1110,8 @@ class Run:
             "--stats-json",
             str(self.root / "stats.json"),
         ]
+        if not (self.kind.render or self.options.render):
+            command.append("--no-render")
         self._output = open(self.root / "output.txt", "wb")  # noqa: SIM115 - closed in _collect
         self.process = subprocess.Popen(
             command,
@@ -1170,7 +1179,7 @@ class Run:
         previous = self.record.t_ready
         for step in self.kind.steps:
             if step.after == "probation":
-                target = step.action.path if hasattr(step.action, "path") else "systems/fault.py"
+                target = step.unit or getattr(step.action, "path", F)
                 if not self._wait(lambda t=target: self._good(t), PROBATION_TIMEOUT_S):
                     return
                 base = time.monotonic_ns()
@@ -1362,7 +1371,7 @@ def judge(kind: Kind, rec: RunRecord, options: Options) -> Row:
         "survived": judge_survived(kind, rec),
         "healthy": judge_healthy(kind, rec),
         "contained": judge_contained(kind, rec),
-        "compositor": judge_compositor(rec, options.floor_missed_per_frame),
+        "compositor": judge_compositor(kind, rec, options.floor_missed_per_frame),
         "message": judge_message(kind, rec),
         "leftovers": Cell(not rec.leftovers, ", ".join(rec.leftovers) or "none"),
     }
@@ -1383,12 +1392,19 @@ def judge_survived(kind: Kind, rec: RunRecord) -> Cell:
     if rec.early_exit:
         after = (rec.t_exit - rec.t_start) / S
         return Cell(False, f"ended by itself after {after:.1f} s ({describe_rc(rec.rc)})")
-    if any(isinstance(s.action, Signal) and s.action.signum == signal.SIGKILL for s in kind.steps):
+    if kills_engine(kind):
         return Cell(None, "n/a (killed)")
     if rec.rc != 0:
         return Cell(False, describe_rc(rec.rc))
     took = (rec.t_exit - rec.t_stop) / S if rec.t_stop else 0.0
     return Cell(True, f"exit 0, stopped in {took:.1f} s")
+
+
+def kills_engine(kind: Kind) -> bool:
+    """Whether a step SIGKILLs ``engine run`` (it then cannot exit 0 or write stats)."""
+    return any(
+        isinstance(s.action, Signal) and s.action.signum == signal.SIGKILL for s in kind.steps
+    )
 
 
 def describe_rc(rc: int | None) -> str:
@@ -1430,7 +1446,9 @@ def judge_healthy(kind: Kind, rec: RunRecord) -> Cell:
     return Cell(True, f"{len(ticks)} ticks, {last} in the world")
 
 
-def judge_compositor(rec: RunRecord, floor_per_frame: float | None) -> Cell:
+def judge_compositor(kind: Kind, rec: RunRecord, floor_per_frame: float | None) -> Cell:
+    if kills_engine(kind):
+        return Cell(None, "n/a (killed)")
     comp = (rec.stats or {}).get("compositor") or {}
     frames = comp.get("frames") or 0
     if not frames:
@@ -1838,7 +1856,8 @@ def print_table(rows: list[Row], floor: float | None, wall_s: float) -> None:
     if floor is not None:
         console.print(
             f"bare pacing loop: {floor * 100:.2f} % of frames missed (worst of the start "
-            f"and the end of the bench); bench took {wall_s:.0f} s"
+            f"and the end of the bench); bench took {wall_s:.0f} s; load average now "
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
         )
     holes = [r for r in rows if r.kind in KNOWN_HOLES]
     if holes:
@@ -1860,6 +1879,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the kinds and exit")
     parser.add_argument("--keep", action="store_true", help="keep each run's folder")
     parser.add_argument("--size", default=Options.size, help="per-eye render size")
+    parser.add_argument(
+        "--render", action="store_true", help="every kind with the render system (see above)"
+    )
     parser.add_argument("--floor-seconds", type=float, default=3.0)
     parser.add_argument("--bomb-gb", type=float, default=4.0, help="where the bomb stops")
     args = parser.parse_args(argv)
@@ -1886,9 +1908,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with `&`
     t0 = time.monotonic()
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    log(f"bare pacing loop for {args.floor_seconds:g} s ...")
+    log(
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other work on this "
+        f"machine shows in every column); bare pacing loop for {args.floor_seconds:g} s ..."
+    )
     floor = measure_floor(args.floor_seconds)
-    options = Options(size=args.size, keep=args.keep, floor_missed_per_frame=floor, report=log)
+    options = Options(
+        size=args.size,
+        render=args.render,
+        keep=args.keep,
+        floor_missed_per_frame=floor,
+        report=log,
+    )
     rows: list[Row] = []
     try:
         for i, kind in enumerate(chosen, 1):
