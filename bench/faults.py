@@ -801,9 +801,11 @@ def kinds(bomb_gb: float = 4.0) -> list[Kind]:
             "subprocess.Popen(['sleep', '300']) once",
             {
                 F: module(
+                    # The child writes its own pid: the watchdog may interrupt the parent
+                    # right after the (slow) spawn.
                     once(
-                        "child = subprocess.Popen(['sleep', '300'])\n"
-                        "Path('@ROOT@/child.pid').write_text(str(child.pid))"
+                        "subprocess.Popen(['sh', '-c', 'echo $$ > @ROOT@/child.pid; "
+                        "exec sleep 300'])"
                     ),
                     imports="import subprocess",
                     head=DONE,
@@ -818,8 +820,10 @@ def kinds(bomb_gb: float = 4.0) -> list[Kind]:
             {
                 F: module(
                     once(
-                        "pid = os.fork()\nif pid == 0:\n    time.sleep(300)\n"
-                        "    os._exit(0)\nPath('@ROOT@/child.pid').write_text(str(pid))"
+                        "if os.fork() == 0:  # the child says who it is, sleeps, never returns\n"
+                        "    Path('@ROOT@/child.pid').write_text(str(os.getpid()))\n"
+                        "    time.sleep(300)\n"
+                        "    os._exit(0)"
                     ),
                     head=DONE,
                 )
