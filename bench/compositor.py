@@ -1,6 +1,7 @@
 """How well the compositor keeps its frame rate, against a bare pacing loop on the same machine.
 
     python bench/compositor.py [--seconds 5] [--crash-seconds 10] [--json PATH]
+        [--sizes 1280x720,1440x1600] [--layers 1,4] [--before] [--no-game]
 
 Runs, one after another, each in its own process at the priority the compositor gets:
 
@@ -9,8 +10,20 @@ Runs, one after another, each in its own process at the priority the compositor 
 2. **1 layer / 4 layers** — the compositor process at 2 x (1280 x 720) on this machine's
    renderer (llvmpipe here), with a producer process publishing a new 1280 x 720 stereo
    image into every layer each display frame (so every frame uploads every layer), with
-   the compositor's automatic choices (on llvmpipe: the mesh warp, nearest sampling);
+   the compositor's automatic choices (on llvmpipe: the mesh warp, nearest sampling, BGRA8
+   layers; on NVIDIA: the exact warp, linear sampling, RGBA8 layers);
    "1 linear" samples with bilinear filtering instead (``CompositorConfig.filter``).
+   ``--sizes`` adds the same runs at other per-eye sizes (``"4 @1440x1600"``; the
+   compositor's eyes are that size too), ``--layers`` sets the layer counts. ``--before``
+   adds, at the first size, each count as the code before the per-driver tuning ran it
+   (``"1 before"``: BGRA8 layers whatever the driver prefers, and the start-up frame
+   timed with its first touches): the baseline for the tuning, in the same run.
+   Below the table, each run's layer path (shared memory), pixel format and upload.
+   The layer runs keep the layers in shared memory (``gpu_images="off"``); "1 gpu" / "4 gpu" run
+   the same with the layers' images in GPU memory where Vulkan and GL allow it, on a CPU
+   renderer too (``gpu_images="on"``; "auto" keeps shared memory there): the producer
+   draws each ring image once with GL, the compositor samples them in place, no upload.
+   Which path each run used is printed after the table.
 3. **game / crashes** — the supervisor running a game (fill renderer, 2 x 640 x 360: see
    ``GAME_EYE``), left alone, then killed with SIGKILL again and again: the compositor's
    misses over each run, and how long each restart took, from detection to the new
@@ -38,9 +51,10 @@ from engine.compositor.clock import DisplaySchedule
 from engine.compositor.priority import raise_cpu_priority
 from engine.compositor.process import CompositorConfig, CompositorHandle
 from engine.contracts.handoff import PoseHandoffReader
-from engine.contracts.layer import LayerSpec, LayerWriter
+from engine.contracts.layer import LayerSpec, LayerWriter, PixelFormat
 from engine.contracts.shm import PassedFd, create_block_fd
-from engine.launcher.supervisor import RestartPolicy, Supervisor
+from engine.launcher.supervisor import Supervisor
+from engine.policy import FailurePolicy, Settings
 from engine.scheduler.pacing import MonotonicClock
 from engine.scheduler.stats import summarize
 
@@ -133,15 +147,27 @@ def produce(pose_fd: int, layers: list[tuple[int, LayerSpec]], seconds: float) -
             writer.publish(slot, record.frame, record.sample.eyes, time.monotonic_ns())
 
 
-def run_compositor(layer_count: int, seconds: float, lead_ns: int, filter: str = "auto") -> dict:
+def run_compositor(
+    layer_count: int,
+    seconds: float,
+    lead_ns: int,
+    filter: str = "auto",
+    eye: tuple[int, int] = EYE,
+    before: bool = False,
+) -> dict:
+    """One compositor run; ``before`` runs it as the code before the per-driver tuning
+    did: BGRA8 layers and the start-up frame timed without warm-up frames."""
     pose_fd = create_block_fd("bench-pose")
-    layers = tuple((f"layer{i}", *EYE) for i in range(layer_count))
+    layers = tuple((f"layer{i}", *eye) for i in range(layer_count))
     config = CompositorConfig(
-        eye_width=EYE[0],
-        eye_height=EYE[1],
+        eye_width=eye[0],
+        eye_height=eye[1],
         layers=layers,
         compose_lead_ns=lead_ns,
         filter=filter,
+        layer_format=PixelFormat.BGRA8 if before else None,
+        timing_warmups=0 if before else 2,
+        gpu_images="off",  # the producer writes the block: shared memory, populated
     )
     handle = CompositorHandle.start(config, pose_fd)
     producer = SPAWN.Process(
@@ -153,7 +179,120 @@ def run_compositor(layer_count: int, seconds: float, lead_ns: int, filter: str =
     stats = handle.stop()
     os.close(pose_fd)
     stats["rate_hz"] = stats["frames"] / stats["seconds"]
+    stats["eye"] = list(eye)
+    stats["ready"] = handle.ready
     return stats
+
+
+# --- 2b. the same with the layers' images in GPU memory --------------------------------
+
+
+def produce_in_gpu_memory(pose_fd: int, layers: list, seconds: float) -> None:
+    """As :func:`produce`, drawing each ring image once with GL into the layer's GPU images
+    (``layers`` are ``(fd, spec, offer)``); a layer whose images cannot be imported here
+    is painted in its block instead."""
+    os.environ["PYGLET_HEADLESS"] = "1"
+    from engine.contracts.layer import ImageStorage
+    from engine.gpu.gl_memory import GpuLayerTargets, ImportRefused, wait_for_rendering
+    from engine.render.context import gl, offscreen_context
+
+    offscreen_context()
+    pose = PoseHandoffReader(pose_fd)
+    targets, writers = [], []
+    for fd, spec, offer in layers:
+        target = None
+        if offer.offered:
+            try:
+                target = GpuLayerTargets(offer.images, tuple(offer.fds))
+            except ImportRefused:
+                target = None
+        storage = ImageStorage.SHARED_MEMORY if target is None else ImageStorage.GPU_MEMORY
+        targets.append(target)
+        writers.append(LayerWriter(fd, spec, storage))
+    painted: set[tuple[int, int]] = set()
+    last = None
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        record = pose.read()
+        if record is None or record.frame == last:
+            time.sleep(0.0005)
+            continue
+        last = record.frame
+        slots = [writer.acquire() for writer in writers]
+        drew = False
+        for i, (writer, target, slot) in enumerate(zip(writers, targets, slots, strict=True)):
+            if (i, slot.index) in painted:
+                continue
+            painted.add((i, slot.index))
+            alpha = 255 if i == 0 else 96
+            rgba = np.array([*(np.array([40 + 50 * i, 200 - 40 * i, 90]) * alpha // 255), alpha])
+            if target is None:
+                slot.pixels[...] = rgba[writer.spec.format.rgba_order]
+                continue
+            for framebuffer in target.framebuffers(slot.index):
+                gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, framebuffer.fbo)
+                gl.glViewport(0, 0, writer.spec.width, writer.spec.height)
+                gl.glClearColor(*(rgba / 255.0))
+                gl.glClear(gl.GL_COLOR_BUFFER_BIT)
+            drew = True
+        if drew:
+            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+            wait_for_rendering()
+        for writer, slot in zip(writers, slots, strict=True):
+            writer.publish(slot, record.frame, record.sample.eyes, time.monotonic_ns())
+
+
+def run_compositor_in_gpu_memory(
+    layer_count: int, seconds: float, lead_ns: int, eye: tuple[int, int] = EYE
+) -> dict:
+    pose_fd = create_block_fd("bench-pose")
+    layers = tuple((f"layer{i}", *eye) for i in range(layer_count))
+    config = CompositorConfig(
+        eye_width=eye[0], eye_height=eye[1], layers=layers, compose_lead_ns=lead_ns,
+        gpu_images="on",  # on a CPU renderer too ("auto" keeps shared memory there)
+    )  # fmt: skip
+    handle = CompositorHandle.start(config, pose_fd)
+    given = [
+        (PassedFd(fd), spec, handle.gpu_images_for_child(i))
+        for i, (fd, spec) in enumerate(handle.layers)
+    ]
+    producer = SPAWN.Process(target=produce_in_gpu_memory, args=(PassedFd(pose_fd), given, seconds))
+    producer.start()
+    producer.join(seconds + 60)
+    stats = handle.stop()
+    os.close(pose_fd)
+    stats["rate_hz"] = stats["frames"] / stats["seconds"]
+    return stats
+
+
+def gpu_memory_runs(
+    seconds: float, lead_ns: int, sizes: list[tuple[int, int]], counts: list[int]
+) -> dict[str, dict]:
+    """The "1 gpu" and "4 gpu" rows (``"4 gpu @1440x1600"`` at other sizes)."""
+    return {
+        f"{count} gpu" + ("" if eye == EYE else f" @{eye[0]}x{eye[1]}"): (
+            run_compositor_in_gpu_memory(count, seconds, lead_ns, eye)
+        )
+        for eye in sizes
+        for count in counts
+    }
+
+
+def image_paths(results: dict[str, dict]) -> list[str]:
+    """One line per run: where its layers' images were, and why."""
+    lines = []
+    for name, r in results.items():
+        layers = r.get("gl", {}).get("layer_images")
+        if not layers:
+            continue
+        shown = sorted({str(layer["shown_from"]) for layer in layers})
+        offered = sorted({f"{layer['offered']} ({layer['why']})" for layer in layers})
+        lines.append(
+            f"  {name:<10} shown from {' and '.join(shown)}; offered {'; '.join(offered)}; "
+            f"{r['gl']['uploads']} uploads, {r['gl'].get('gpu_images_shown', 0)} GPU images "
+            f"sampled in place"
+        )
+    return lines
 
 
 # --- 3. crashes -----------------------------------------------------------------------
@@ -193,7 +332,7 @@ def run_game(seconds: float, lead_ns: int, crash: bool) -> dict:
         compose_lead_ns=lead_ns,
     )
     # Induced crashes are the same fault every time: no crash-loop back-off here.
-    policy = RestartPolicy(loop_faults=10**9)
+    policy = FailurePolicy(Settings(loop_faults=10**9))
     sup = Supervisor(root, compositor=config, policy=policy, report=lambda m: None, watch=False)
     sup.start()
     # Past the first game's probation (90 frames), so its modules are proven good and no
@@ -231,7 +370,7 @@ def row(name: str, r: dict, floor: dict) -> str:
     refreshes = r["frames"] + r.get("skipped_slots", 0)
     missed_pct = 100.0 * r["missed"] / max(1, refreshes)
     line = (
-        f"{name:<12} {r['frames']:>6} {r['rate_hz']:>7.2f} "
+        f"{name:<14} {r['frames']:>6} {r['rate_hz']:>7.2f} "
         f"{r['interval_error_ms_p50']:>7.3f} {r['interval_error_ms_p99']:>7.3f} "
         f"{r['missed']:>5} {missed_pct:>6.2f}% "
         f"{r.get('compose_ms_p50', 0):>7.2f} {r.get('compose_ms_p99', 0):>7.2f} "
@@ -271,56 +410,104 @@ def miss_causes(misses: list[dict]) -> str:
     return f"{text}; at frames {frames[:8]}{' ...' if len(frames) > 8 else ''}"
 
 
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``"1280x720,1440x1600"`` -> ``[(1280, 720), (1440, 1600)]``."""
+    sizes = []
+    for part in text.split(","):
+        w, _, h = part.strip().lower().partition("x")
+        sizes.append((int(w), int(h)))
+    return sizes
+
+
+def run_name(count: int, eye: tuple[int, int]) -> str:
+    base = f"{count} layer{'s' if count > 1 else ''}"
+    return base if eye == EYE else f"{count} @{eye[0]}x{eye[1]}"
+
+
+def layer_path(r: dict) -> str:
+    """Which path a run's layers took, their format and how they were uploaded."""
+    gl = r.get("gl", {})
+    shown = [layer.get("shown_from") for layer in gl.get("layer_images") or []]
+    path = gl.get("layer_path") or (shown[0] if shown and shown[0] else "shared memory")
+    uploads = gl.get("uploads_as") or ["?"]
+    return f"{path}, {uploads[0]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--no-gpu", action="store_true", help="skip the runs with layers in GPU memory"
+    )
     parser.add_argument("--crash-seconds", type=float, default=10.0)
     parser.add_argument("--lead-ms", type=float, default=4.0, help="compose lead")
+    parser.add_argument("--sizes", default=f"{EYE[0]}x{EYE[1]}", help="per-eye sizes, a,b")
+    parser.add_argument("--layers", default="1,4", help="layer counts at each size")
+    parser.add_argument("--before", action="store_true", help="add the untuned baseline runs")
+    parser.add_argument("--no-linear", action="store_true", help="skip the '1 linear' run")
+    parser.add_argument("--no-game", action="store_true", help="skip the game and crash runs")
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args(argv)
     lead = round(args.lead_ms * 1e6)
+    sizes = parse_sizes(args.sizes)
+    counts = [int(c) for c in args.layers.split(",")]
     t0 = time.monotonic()
     results = {"floor": run_floor(args.seconds, lead)}
-    results["1 layer"] = run_compositor(1, args.seconds, lead)
-    results["1 linear"] = run_compositor(1, args.seconds, lead, filter="linear")
-    results["4 layers"] = run_compositor(4, args.seconds, lead)
-    results["game"] = run_game(args.crash_seconds, lead, crash=False)
-    results["crashes"] = run_game(args.crash_seconds, lead, crash=True)
+    for eye in sizes:
+        for count in counts:
+            results[run_name(count, eye)] = run_compositor(count, args.seconds, lead, eye=eye)
+            if args.before and eye == sizes[0]:
+                name = f"{count} before"
+                results[name] = run_compositor(count, args.seconds, lead, eye=eye, before=True)
+            if count == 1 and eye == sizes[0] and not args.no_linear:
+                results["1 linear"] = run_compositor(1, args.seconds, lead, "linear", eye=eye)
+    if not args.no_gpu:
+        results.update(gpu_memory_runs(args.seconds, lead, sizes, counts))
+    if not args.no_game:
+        results["game"] = run_game(args.crash_seconds, lead, crash=False)
+        results["crashes"] = run_game(args.crash_seconds, lead, crash=True)
     floor = results["floor"]
+    first = next(r for name, r in results.items() if name != "floor")
     print(
-        f"\ncompositor at {RATE_HZ:g} Hz, 2 x {EYE[0]}x{EYE[1]}, "
-        f"{results['1 layer']['priority']['cpu']}, GPU priority: "
-        f"{results['1 layer']['priority']['gpu']}; compose lead {args.lead_ms:g} ms; "
-        f"{os.cpu_count()} CPUs; bench took {time.monotonic() - t0:.0f} s"
+        f"\ncompositor at {RATE_HZ:g} Hz, {first['priority']['cpu']}, GPU priority: "
+        f"{first['priority']['gpu']} (reset: {first['priority'].get('gpu_reset', '?')}); "
+        f"compose lead {args.lead_ms:g} ms; {os.cpu_count()} CPUs; "
+        f"bench took {time.monotonic() - t0:.0f} s"
     )
+    print(f"GL: {first.get('ready', {}).get('gl', '?')}")
     print(
-        f"{'run':<12} {'frames':>6} {'Hz':>7} {'err p50':>7} {'err p99':>7} "
+        f"{'run':<14} {'frames':>6} {'Hz':>7} {'err p50':>7} {'err p99':>7} "
         f"{'missed':>5} {'':>7} {'cmp p50':>7} {'cmp p99':>7} {'age p50':>7} {'age p99':>7}"
         "   vs floor"
     )
     for name, r in results.items():
         print(row(name, r, floor))
-    print(f"(game and crashes at 2 x {GAME_EYE[0]}x{GAME_EYE[1]}, the others at 2 x 1280x720)")
+    print(
+        f"(game and crashes at 2 x {GAME_EYE[0]}x{GAME_EYE[1]}; '@WxH' runs at 2 x WxH, "
+        f"the others at 2 x {EYE[0]}x{EYE[1]})"
+    )
     print(
         "(ms; err = |interval between presents - period|; missed = refreshes without an "
         "on-time frame, % of refreshes; cmp = pose sample to frame drawn; "
         "age = pose age at present)"
     )
     print(
-        "\na full frame timed at start-up (every layer uploaded and warped; how fast this "
-        "VM was during each run):"
+        "\neach run's layers, and a full frame timed at start-up (every layer uploaded and "
+        "warped; how fast this VM was during each run):"
     )
     for name, r in results.items():
         timed = r.get("gl", {}).get("timed_frame_ms")
         if timed is not None:
-            print(f"  {name:<10} {timed:.2f} ms")
+            print(f"  {name:<14} {timed:6.2f} ms  {layer_path(r)}")
+    print("\nwhere each run's layer images were:")
+    print("\n".join(image_paths(results)))
     print("\nwhere the misses came from (the last 32 of each run):")
     for name, r in results.items():
         if name != "floor" and r.get("recent_misses"):
-            print(f"  {name:<10} {miss_causes(r['recent_misses'])}")
-    crashes = results["crashes"]
-    restart_ms = crashes["restart_ms"]
-    if restart_ms:
+            print(f"  {name:<14} {miss_causes(r['recent_misses'])}")
+    crashes = results.get("crashes")
+    restart_ms = crashes["restart_ms"] if crashes else []
+    if crashes and restart_ms:
         print(
             f"\ncrashes: {crashes['crashes']} induced (SIGKILL), {len(restart_ms)} restarts timed: "
             f"detection -> first new game frame p50 {statistics.median(restart_ms):.0f} ms, "

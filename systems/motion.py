@@ -8,6 +8,7 @@ Import it from a game's module or ``game.py`` to use it (importing is what loads
 import math
 
 import engine
+from engine.render.camera import axis_angle, quaternion_multiply
 from engine.render.components import Transform
 
 
@@ -37,17 +38,7 @@ def integrate_velocity(world, dt):
 @engine.system(order=-90)
 def integrate_spin(world, dt):
     for _, (t, s) in world.get_components(Transform, Spin):
-        half = 0.5 * s.speed * dt
-        ax, ay, az = s.axis
-        sh = math.sin(half)
-        # q = dq * q, both (x, y, z, w)
-        bx, by, bz, bw = ax * sh, ay * sh, az * sh, math.cos(half)
-        x, y, z, w = t.rotation
-        q = (
-            bw * x + bx * w + by * z - bz * y,
-            bw * y - bx * z + by * w + bz * x,
-            bw * z + bx * y - by * x + bz * w,
-            bw * w - bx * x - by * y - bz * z,
-        )
+        turn = axis_angle(s.axis, s.speed * dt)
+        q = quaternion_multiply(turn, t.rotation)  # turn in world space, after the rest
         n = math.sqrt(sum(c * c for c in q)) or 1.0
         t.rotation = tuple(c / n for c in q)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from engine.launcher.console import LiveConsole, SystemsTable, plain_line
+from engine.launcher.console import LiveConsole, SystemsTable, plain_line, priority_words
 from engine.scheduler.plot import band_colors, plot_frame_times
 from engine.scheduler.stats import FrameRecorder, FrameStats, SystemStats
 
@@ -51,24 +51,66 @@ def snapshot(frames: int = 5400) -> dict:
     }  # fmt: skip
 
 
-def rendered(table) -> str:
-    console = Console(record=True, width=160, file=io.StringIO())
+def rendered(table, width: int = 100) -> str:
+    console = Console(record=True, width=width, file=io.StringIO())
     console.print(table)
     return console.export_text()
 
 
-def test_table_shows_each_system_with_state_version_times_share_and_reason():
-    text = rendered(SystemsTable().render(snapshot()))
-    rows = {line.split("│")[1].strip(): line for line in text.splitlines() if "│" in line}
+def table_rows(text: str) -> dict[str, str]:
+    """Rendered rows by system name (the second column), continuation lines joined."""
+    rows: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        cells = line.split()
+        if len(cells) >= 3 and cells[0] in "●◐○✖·":
+            name = cells[2]
+            rows[name] = line
+        elif name is not None and line.startswith(" " * 20) and line.strip():
+            rows[name] = " ".join(f"{rows[name]} {line}".split())
+    return rows
+
+
+def test_table_at_100_columns_has_a_lamp_version_times_budget_and_why_per_system():
+    snap = snapshot()
+    snap["systems"][0]["budget_ms"] = 2.0
+    snap["systems"][1]["reason"] = {"limit": "budget", "detail": "over 3 frames", "retry_in_s": 12}
+    text = rendered(SystemsTable().render(snap), width=100)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    rows = table_rows(text)
 
     physics = rows["physics"]
-    assert "enabled" in physics and "3" in physics
-    assert "1.00" in physics and "50%" in physics  # 1 ms of a 2 ms budget
+    assert physics.split()[:4] == ["●", "running", "physics", "3"]
+    assert "1.00" in physics and "2.00" in physics  # mean, budget
     spinner = rows["spinner"]
-    assert "disabled" in spinner and "45.50" in spinner and "1500%" in spinner
-    assert "over budget 3 frames in a row" in spinner and " 3 " in spinner
-    assert "probation" in rows["esper cache rebuild"]
-    assert "—" in rows["esper cache rebuild"]  # missing version and p99
+    assert spinner.split()[:2] == ["○", "disabled"]
+    assert "45.50" in spinner and "budget: over 3 frames (retried in 12 s)" in spinner
+    assert rows["esper"].split()[:2] == ["◐", "probation"]
+    assert "—" not in text  # nothing missing is drawn as a dash
+
+
+def test_a_system_that_raised_is_an_error_with_no_time_and_says_why():
+    snap = {
+        "systems": {
+            "boom.run": {"state": "disabled", "version": 2, "mean_ms": None, "p99_ms": None,
+                         "reason": {"limit": "exception", "detail": "ZeroDivisionError (x.py:3)"}},
+        },
+        "swaps": [{"module": "boom", "version": 3, "ok": False, "latency_ms": None,
+                   "error": "SyntaxError (boom.py:1)"}],
+    }  # fmt: skip
+    text = rendered(SystemsTable(max_swaps=1).render(snap))
+    row = table_rows(text)["boom.run"]
+    assert row.split()[:4] == ["✖", "error", "boom.run", "2"]
+    assert "exception: ZeroDivisionError (x.py:3)" in row
+    assert "ms" not in row.split("boom.run")[1].split("exception")[0]
+    assert "swap boom v3 failed: SyntaxError (boom.py:1)" in text
+    assert "— ms" not in text
+
+
+def test_priority_is_words_not_a_dict():
+    words = priority_words({"cpu": "SCHED_FIFO 10", "gpu": "not offered", "gpu_reset": "x"})
+    assert words == "CPU SCHED_FIFO 10; GPU not offered; on a GPU reset x"
+    assert "{" not in words
 
 
 def test_footer_has_frame_totals_and_latest_swaps():
@@ -76,9 +118,9 @@ def test_footer_has_frame_totals_and_latest_swaps():
     assert "frames 5400" in text
     assert "frame p50 6.00 ms" in text and "p99 6.00 ms" in text
     assert "over budget 0" in text
-    assert "physics v3 ok 12.50 ms" in text
-    assert "spinner v7 error: ZeroDivisionError 3.25 ms" in text
-    assert "physics v4 ok 8.00 ms" in text
+    assert "physics v3 ok in 12.50 ms" in text
+    assert "spinner v7 failed: ZeroDivisionError" in text
+    assert "physics v4 ok in 8.00 ms" in text
     assert "old v1" not in text  # only the latest three
 
 
@@ -107,13 +149,13 @@ def test_scheduler_shaped_snapshot_with_systems_by_name_and_flat_frame_totals():
     }  # fmt: skip
 
     text = rendered(SystemsTable().render(snap))
-    rows = {line.split("│")[1].strip(): line for line in text.splitlines() if "│" in line}
+    rows = table_rows(text)
 
-    assert "KeyError: 'x'" in rows["physics.step"] and "50%" in rows["physics.step"]
+    assert "KeyError: 'x'" in rows["physics.step"]
     assert "budget: over 3 frames" in rows["spin.run"]
-    assert "engine" in rows["esper cache"] and "0.25" in rows["esper cache"]
+    assert "engine" in rows["esper"] and "0.25" in rows["esper"]
     assert "frames 1 | frame p50 7.00 ms" in text
-    assert "spin.run disabled —/— ms (budget: over 3 frames)" in plain_line(snap)
+    assert "spin.run disabled (budget: over 3 frames)" in plain_line(snap)
 
 
 def test_empty_snapshot_renders_a_table_with_zero_frames():
@@ -152,7 +194,7 @@ def test_updates_are_throttled_to_four_per_second():
     assert "spinner" in out.getvalue()
 
 
-def test_not_a_terminal_prints_plain_lines_every_few_seconds():
+def test_not_a_terminal_prints_a_line_per_event_and_totals_every_few_seconds():
     clock = FakeClock()
     out = io.StringIO()
     console = Console(file=out, width=80)  # a StringIO is not a terminal
@@ -160,17 +202,22 @@ def test_not_a_terminal_prints_plain_lines_every_few_seconds():
         assert live.plain
         for step in range(12):  # 12 s, one update a second
             clock.now = 100.0 + step
-            live.update(snapshot(frames=step + 1))
+            snap = snapshot(frames=step + 1)
+            if step >= 7:  # physics v4 swapped in, on probation
+                snap["systems"][0].update(version=4, state="probation")
+            live.update(snap)
 
     lines = out.getvalue().splitlines()
-    assert [line.split(" | ")[0] for line in lines] == [
-        "frames 1",
-        "frames 6",
-        "frames 11",
-        "frames 12",  # flushed on exit
+    assert lines == [
+        "physics v3: running",
+        "spinner v7: disabled (over budget 3 frames in a row)",
+        "esper cache rebuild: probation",
+        "frames 1 | frame p50 6.00 ms | p99 6.00 ms | over budget 0",
+        "frames 6 | frame p50 6.00 ms | p99 6.00 ms | over budget 0",
+        "physics v4: probation",
+        "frames 11 | frame p50 6.00 ms | p99 6.00 ms | over budget 0",
+        "frames 12 | frame p50 6.00 ms | p99 6.00 ms | over budget 0",  # on exit
     ]
-    assert lines[0] == plain_line(snapshot(frames=1))
-    assert "spinner disabled 30.00/45.50 ms (over budget 3 frames in a row)" in lines[0]
     assert "\x1b[" not in out.getvalue()
 
 

@@ -26,6 +26,7 @@ from engine.contracts.layer import (
     READ_ATTEMPTS,
     VERSION,
     ImageSlot,
+    ImageStorage,
     LayerFrame,
     LayerReader,
     LayerSpec,
@@ -109,7 +110,10 @@ def assert_sane(reader: LayerReader, result: LayerFrame | None, block_size: int)
         return
     spec = result.spec
     assert spec.block_size <= block_size
-    assert result.pixels.shape == spec.shape and not result.pixels.flags.writeable
+    if result.storage is ImageStorage.GPU_MEMORY:  # the header says: images on the GPU
+        assert result.pixels is None
+    else:
+        assert result.pixels.shape == spec.shape and not result.pixels.flags.writeable
     assert 0 <= result.index < spec.images and result.seq % 2 == 0 and result.seq > 0
     assert len(result.eyes) == spec.eyes
     for eye in result.eyes:

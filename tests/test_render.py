@@ -146,12 +146,15 @@ def test_obj_with_a_bad_index_names_the_line(tmp_path):
 
 
 # -- drawing (real GL, headless) --------------------------------------------------------
-@pytest.fixture(scope="module")
-def renderer():
+@pytest.fixture(scope="module", params=["sync", "pbo"])
+def renderer(request):
+    """A renderer reading back each way: straight into client memory, or through a
+    pixel-buffer object and a fence. Every drawing test checks the pixels of both."""
     from engine.render.renderer import Renderer
     from engine.render.shaders import ShaderLibrary
 
-    r = Renderer(W, H, ShaderLibrary(), clear_color=CLEAR)
+    r = Renderer(W, H, ShaderLibrary(), clear_color=CLEAR, readback=request.param)
+    assert r.readback == request.param
     yield r
     r.close()
 
@@ -201,7 +204,10 @@ def test_a_bgra_renderer_writes_the_same_frame_blue_first(renderer, world):
 
     world.create_entity(Transform((0.0, 1.6, -2.0)), Mesh("cube"), Material(RED))
     (rgba, _), _ = frames(renderer, world)
-    bgra_renderer = Renderer(W, H, ShaderLibrary(), clear_color=(0.2, 0.4, 0.6, 1.0), bgra=True)
+    bgra_renderer = Renderer(
+        W, H, ShaderLibrary(), clear_color=(0.2, 0.4, 0.6, 1.0), bgra=True,
+        readback=renderer.readback,
+    )  # fmt: skip
     try:
         (bgra, _), _ = frames(bgra_renderer, world)
     finally:
@@ -262,16 +268,23 @@ def test_an_unloadable_mesh_is_skipped_and_the_frame_goes_on(renderer, world, tm
     world.create_entity(
         Transform((0.0, 1.6, -2.0)), Mesh(path=str(tmp_path / "nope.obj")), Material(BLUE)
     )
-    (left, _), timings = frames(renderer, world)
+    (left, _), timings = frames_once_loaded(renderer, world)
     assert timings.drawn == 1
     assert is_red(left[H // 2, W // 2])
+
+
+def frames_once_loaded(renderer, world, eyes=None):
+    """Frames drawn after every OBJ file the world names has been parsed (off the frame)."""
+    frames(renderer, world, eyes)  # the first draw starts the parses
+    assert renderer.meshes.wait_loaded(timeout_s=120)
+    return frames(renderer, world, eyes)
 
 
 def test_an_obj_file_draws(renderer, world, tmp_path):
     path = tmp_path / "tri.obj"
     path.write_text("v -1 -1 0\nv 1 -1 0\nv 0 1 0\nvn 0 0 1\nf 1//1 2//1 3//1\n")
     world.create_entity(Transform((0.0, 1.6, -2.0)), Mesh(path=str(path)), Material(RED))
-    (left, _), _ = frames(renderer, world)
+    (left, _), _ = frames_once_loaded(renderer, world)
     assert is_red(left[H // 2, W // 2])
 
 
@@ -353,3 +366,62 @@ def test_a_renderer_on_another_thread_gets_that_threads_context(world):
     thread.join()
     assert failures == []
     assert is_red(image[H // 2, W // 2])
+
+
+def test_a_frame_drawn_now_can_be_read_later_until_its_buffer_is_reused(world):
+    """The pixel-buffer readback in two steps: draw (the GPU copies into the buffer), then
+    read (wait for the fence, map, copy out). A read that times out copies nothing and
+    may be tried again; a frame whose buffer two later draws reused cannot be read."""
+    from engine.render.renderer import Renderer
+    from engine.render.shaders import ShaderLibrary
+
+    renderer = Renderer(W, H, ShaderLibrary(), clear_color=CLEAR, readback="pbo")
+    try:
+        world.create_entity(Transform((0.0, 1.6, -2.0)), Mesh("cube"), Material(RED))
+        eyes = eyes_from_head(HEAD)
+        images = tuple(np.zeros((H, W, 4), dtype=np.uint8) for _ in eyes)
+        frame = renderer.draw(world, eyes)
+        if renderer.read(frame, images, 0) is None:  # not signalled yet: nothing copied
+            assert not images[0].any()
+            assert renderer.read(frame, images, 2_000_000_000) is not None
+        assert is_red(images[0][H // 2, W // 2]) and is_red(images[1][H // 2, W // 2])
+        old = renderer.draw(world, eyes)
+        renderer.draw(world, eyes)
+        renderer.draw(world, eyes)  # the ring has two buffers: the old one is reused
+        with pytest.raises(ValueError):
+            renderer.read(old, images, 2_000_000_000)
+    finally:
+        renderer.close()
+
+
+def test_the_pixel_buffer_is_unbound_after_a_frame(world):
+    """A later plain glReadPixels in the same context must land in client memory, not in
+    the renderer's pixel buffer."""
+    import ctypes
+
+    from pyglet import gl
+
+    from engine.render.renderer import Renderer
+    from engine.render.shaders import ShaderLibrary
+
+    renderer = Renderer(W, H, ShaderLibrary(), clear_color=CLEAR, readback="pbo")
+    try:
+        frames(renderer, world)
+        bound = gl.GLint(-1)
+        gl.glGetIntegerv(gl.GL_PIXEL_PACK_BUFFER_BINDING, ctypes.byref(bound))
+        assert bound.value == 0
+    finally:
+        renderer.close()
+
+
+def test_auto_readback_copies_once_on_a_cpu_renderer_and_through_a_buffer_on_a_gpu():
+    from pyglet import gl
+
+    from engine.render.renderer import Renderer
+    from engine.render.shaders import ShaderLibrary
+
+    renderer = Renderer(W, H, ShaderLibrary())
+    software = "llvmpipe" in gl.gl_info.get_renderer() or "softpipe" in gl.gl_info.get_renderer()
+    assert renderer.readback == ("sync" if software else "pbo")
+    with pytest.raises(ValueError):
+        Renderer(W, H, ShaderLibrary(), readback="dma")

@@ -44,9 +44,16 @@ def centre(image: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(c) for c in image[h // 2, w // 2, :3])
 
 
-def test_render_system_publishes_both_eyes_with_the_frames_pose(project, make_engine) -> None:
+@pytest.mark.parametrize("readback", ["sync", "pbo"])
+def test_render_system_publishes_both_eyes_with_the_frames_pose(
+    project, make_engine, readback
+) -> None:
+    from dataclasses import replace
+
     write(project / "game.py", SCENE)
-    eng = make_engine(project, render=SETTINGS, pose_source=StillHead())
+    settings = replace(SETTINGS, readback=readback)
+    eng = make_engine(project, render=settings, pose_source=StillHead())
+    assert eng.render_stage.renderer.readback == readback
     for _ in range(3):
         eng.step()
     reader = LayerReader(eng.render_stage.layer_fd)
@@ -167,3 +174,52 @@ def test_cli_capture_writes_a_png_of_both_eyes(project, tmp_path) -> None:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])
     assert (width, height) == (160, 60)
+
+
+GUILTY_CONTEXT_RESET = 0x8253
+
+
+def test_a_lost_gl_context_is_made_again_and_the_game_draws_on(project, make_engine) -> None:
+    """A GPU reset cannot be provoked here: the stage is told of one (the reset status it
+    reads is injected), and everything after that is real: a new context, the project's
+    running shader built again in it, frames drawn and published from it."""
+    from pyglet import gl
+
+    write(project / "game.py", SCENE)
+    write(project / "shaders" / "basic.frag", GREEN)
+    messages: list[str] = []
+    eng = make_engine(project, render=SETTINGS, pose_source=StillHead(), report=messages.append)
+    stage = eng.render_stage
+    statuses = [0]
+    stage._reset_status = lambda: statuses[-1]
+    eng.step()
+    assert centre(stage.latest_image()[:, : SETTINGS.width]) == (0, 255, 0)
+    before = gl.current_context
+    statuses.append(GUILTY_CONTEXT_RESET)
+    # The status is read between frames: the next frame starts with a new context.
+    real_status = stage._reset_status
+    stage._reset_status = lambda: statuses.pop() if len(statuses) > 1 else real_status()
+    published = stage.last_frame
+    eng.step()
+    assert stage.context_resets == 1
+    assert gl.current_context is not before
+    assert any("GL context lost (GL_GUILTY_CONTEXT_RESET)" in m for m in messages)
+    eng.step()
+    assert stage.last_frame > published  # frames are published again
+    assert centre(stage.latest_image()[:, : SETTINGS.width]) == (0, 255, 0)  # the project shader
+
+
+def test_a_frame_whose_pixels_never_arrive_is_not_published(project, make_engine) -> None:
+    write(project / "game.py", SCENE)
+    eng = make_engine(project, render=SETTINGS, pose_source=StillHead())
+    stage = eng.render_stage
+    eng.step()
+    published = stage.last_frame
+    read = stage.renderer.read
+    stage.renderer.read = lambda frame, destinations, timeout_ns: None  # a fence never signals
+    eng.step()
+    assert stage.late_readbacks == 1 and stage.last_frame == published
+    assert stage.context_lost is None  # the context itself is fine: the next frame draws
+    stage.renderer.read = read
+    eng.step()
+    assert stage.last_frame > published

@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 
 from engine.compositor.process import CompositorConfig
-from engine.launcher.supervisor import RestartPolicy, Supervisor
+from engine.launcher.supervisor import Supervisor
 from engine.loader.history import ProjectHistory, VersionStatus
+from engine.policy import FailurePolicy, Settings
 from engine.world.checkpoint import PendingComponent
 from engine.world.world import World
 
@@ -77,9 +78,11 @@ def fault(world, dt):
 FAULTS = {
     "exit": ("os._exit(3)", "exit 3"),
     "segfault": ("ctypes.string_at(0)", "signal SIGSEGV"),
-    # A C call the watchdog cannot interrupt: its signal is blocked, so only SIGKILL works.
+    # A C call the watchdog cannot interrupt: its signals (the timer's and the backstop's
+    # kick) are blocked, so only SIGKILL works.
     "c_hang": (
-        "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])\nctypes.CDLL(None).sleep(100)",
+        "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM, signal.SIGURG])\n"
+        "ctypes.CDLL(None).sleep(100)",
         "hung",
     ),
     "swallow": (
@@ -87,10 +90,13 @@ FAULTS = {
         "    except BaseException:\n        pass",
         "hung",
     ),
-    # Heartbeats go on, but the render step fails from now on in this process.
+    # Heartbeats go on, but the render step fails from now on in this process. Once per
+    # project: the renderer consumes the marker, and nothing is blamed for it (a game
+    # that stops publishing is restarted as it is), so the next game publishes again.
     "stop_publishing": (
-        "if not hasattr(fault, 'done'):  # once: the marker is the renderer's to consume\n"
-        "    fault.done = True\n"
+        "once = Path({stop!r} + '.sent')\n"
+        "if not once.exists():\n"
+        "    once.touch()\n"
         "    Path({stop!r}).touch()",
         "not publishing",
     ),
@@ -235,13 +241,21 @@ def test_game_failure_is_survived_and_restarted_from_its_checkpoint(tmp_path, fa
     assert new_values[0] == checkpointed + 1
 
     history = fault_history(project)
-    if fault == "kill9":
+    if fault == "kill9":  # sent from outside: nothing is blamed
         assert [v.status for v in history.versions] == [VersionStatus.GOOD]
+        assert "sent from outside the game" in restart["message"]
+    elif fault == "stop_publishing":  # the renderer broke, not the system: no blame
+        assert restart["blamed"] is None
+        assert history.active_number == 2
     else:
         # The version that broke the game is marked bad; the new game runs v1 again.
         assert history.versions[-1].status is VersionStatus.BAD
         assert history.active_number == 1
         assert (project / "marks" / f"v1-{new_pid}").exists()
+        # Blamed by name, with the place: the heartbeat named the running system.
+        assert restart["blamed"] == "fault v2"
+        assert restart["location"].startswith("systems/fault.py:"), restart
+        assert restart["message"].startswith(f"{restart['location']}: fault.fault v2 "), restart
 
 
 def test_a_crash_loop_backs_off_and_says_so(tmp_path):
@@ -251,7 +265,9 @@ def test_a_crash_loop_backs_off_and_says_so(tmp_path):
     # the same fault every time, and no module version to blame.
     (project / "game.py").write_text("import os\n\ndef setup(world):\n    os._exit(7)\n")
     messages: list[str] = []
-    policy = RestartPolicy(backoff_ns=60 * 1_000_000_000, max_backoff_ns=120 * 1_000_000_000)
+    policy = FailurePolicy(
+        Settings(backoff_ns=60 * 1_000_000_000, max_backoff_ns=120 * 1_000_000_000)
+    )
     sup = make_supervisor(project, messages, policy=policy)
     with sup:
         sup.start()

@@ -4,12 +4,7 @@ and when restarting turns into backing off."""
 from __future__ import annotations
 
 from engine.contracts.handoff import Heartbeat
-from engine.launcher.supervisor import (
-    GameWatch,
-    RestartPolicy,
-    describe_exit,
-    fault_kind,
-)
+from engine.launcher.supervisor import GameWatch
 
 MS = 1_000_000
 S = 1000 * MS
@@ -62,26 +57,3 @@ def test_beating_without_publishing_is_a_fault_of_its_own():
             break
     assert t > 1 * S
     assert w.observe(beat(frame + 1, published=1), t).startswith("not publishing")
-
-
-def test_restarts_at_once_until_the_same_fault_repeats_three_times_in_ten_seconds():
-    p = RestartPolicy()
-    assert p.on_fault("exit 3", 0) == 0
-    assert p.on_fault("signal SIGSEGV", 1 * S) == 0  # a different fault
-    assert p.on_fault("exit 3", 2 * S) == 0
-    assert p.on_fault("exit 3", 3 * S) == 2 * S  # third within 10 s: back off
-    assert p.on_fault("exit 3", 6 * S) == 4 * S  # and longer each time
-    assert p.on_fault("exit 3", 30 * S) == 0  # ten quiet seconds: forgiven
-
-
-def test_backoff_is_capped():
-    p = RestartPolicy()
-    delays = [p.on_fault("hung", t * MS) for t in range(12)]
-    assert max(delays) == p.max_backoff_ns
-
-
-def test_causes_read_like_what_happened():
-    assert describe_exit(-11) == "signal SIGSEGV"
-    assert describe_exit(-9) == "signal SIGKILL"
-    assert describe_exit(3) == "exit 3"
-    assert fault_kind("hung: no heartbeat for 512 ms") == "hung"

@@ -29,6 +29,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "Engine": "engine.game",
     "FrameInfo": "engine.game",
+    "Input": "engine.input.state",
     "World": "engine.world.world",
     "component": "engine.world.components",
     "CheckpointError": "engine.world.checkpoint",
@@ -55,6 +56,7 @@ __all__ = [
     "EyeView",
     "Fov",
     "FrameInfo",
+    "Input",
     "ManualClock",
     "MigrationError",
     "MonotonicClock",
@@ -91,6 +93,7 @@ if TYPE_CHECKING:
     from esper import Processor
 
     from engine.game import Engine, FrameInfo
+    from engine.input.state import Input
     from engine.loader.history import VersionHistory, VersionStatus
     from engine.pose.base import EyeView, Fov, Pose, PoseSample, PoseSource
     from engine.scheduler.pacing import ManualClock, MonotonicClock

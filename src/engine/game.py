@@ -9,8 +9,10 @@ Reads like a table of contents::
       loader     — prepares new module versions off the frame, swaps them between frames
       watcher    — tells the loader (and the shader library) what changed on disk
 
-A frame (``step``): apply prepared swaps → sample the pose → run systems → apply the
-failure policy (probation rollback, strikes) → promote versions that passed probation.
+A frame (``step``): apply prepared swaps → sample the pose → run systems (the scheduler
+reports each fault to the failure policy, ``engine.policy``, and carries out its decision;
+a roll-back it asks of the loader through :class:`LoaderVersions`) → promote versions that
+passed probation.
 """
 
 from __future__ import annotations
@@ -28,17 +30,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from engine.contracts.handoff import Phase, RunningNow
 from engine.loader.history import ProjectHistory, VersionHistory
-from engine.loader.loader import Loader, SwapRecord
+from engine.loader.loader import Loader, SwapLog
 from engine.loader.watcher import COMMANDS_DIR, SHADER_SUFFIXES, ProjectWatcher
 from engine.pose.base import PoseSample, PoseSource
 from engine.scheduler.pacing import Clock, FixedRatePacer, MonotonicClock
-from engine.scheduler.scheduler import Fault, SchedulePolicy, Scheduler
+from engine.scheduler.scheduler import SchedulePolicy, Scheduler, SystemFault
 from engine.scheduler.stats import FrameRecorder
 from engine.world.world import World
 
 if TYPE_CHECKING:
     from engine.render.stage import RenderSettings, RenderStage
+    from engine.world.ring import CheckpointRing
 
 RUN_FILE = Path(".engine") / "run.json"
 
@@ -96,6 +100,28 @@ def user_copy_of_example(name: str = "spinning_cubes") -> Path:
     return target
 
 
+class LoaderVersions:
+    """The scheduler's questions about versions, answered by the loader (the one place
+    the two meet): whether a module is on probation, whether it has a good version to go
+    back to, and rolling it back when the failure policy says so."""
+
+    def __init__(self, loader: Loader) -> None:
+        self.loader = loader
+
+    def on_probation(self, module: str) -> bool:
+        return self.loader.on_probation(module)
+
+    def has_good_version(self, module: str) -> bool:
+        loaded = self.loader.active.get(module)
+        if loaded is None or loaded.version is None:
+            return False
+        good = self.loader.unit(module).last_good()
+        return good is not None and good.number != loaded.version
+
+    def roll_back(self, module: str, why: str) -> bool:
+        return self.loader.rollback(module, why) is not None
+
+
 class Engine:
     """A running game: a project folder's systems acting on one world.
 
@@ -114,8 +140,9 @@ class Engine:
         fixed_dt: hand systems this ``dt`` every frame instead of measured time.
         pacer: what each frame waits on (default: a fixed 90 Hz rate on ``clock``; under
             the compositor, its pose handoff). Needs ``wait() -> int`` and ``period_ns``.
-        blame_probation: on start, a version still on probation (the game died while it
-            was new) is marked bad and its last good version is loaded instead.
+        running: where the engine says what runs now (the game's heartbeat block, so the
+            supervisor can blame exactly that when the process dies or hangs); default: a
+            private one.
         render: draw both eyes every frame (headless GL) into a layer; with no
             ``pose_source`` a simulated headset moves the head.
         layer_fd: the layer block to publish into (made by the compositor); default: the
@@ -136,7 +163,7 @@ class Engine:
         report: Callable[[str], None] = print,
         load_limit_s: float = 2.0,
         pacer: Pacer | None = None,
-        blame_probation: bool = False,
+        running: RunningNow | None = None,
         render: RenderSettings | None = None,
         layer_fd: int | None = None,
     ) -> None:
@@ -148,8 +175,11 @@ class Engine:
         self.pacer: Pacer = pacer or FixedRatePacer(self.clock, rate_hz)
         self.pose_source = pose_source
         self.fixed_dt = fixed_dt
-        self.history_store = ProjectHistory(self.project_dir)
-        self.scheduler = Scheduler(policy, on_hung=self._on_hung)
+        self.history_store = ProjectHistory(self.project_dir, report=report)
+        self.running = running or RunningNow()
+        self.running.user_dir = str(self.project_dir / "systems")
+        self.scheduler = Scheduler(policy, on_hung=self._on_hung, report=report)
+        self.scheduler.running_now = self.running.main
         self.policy = self.scheduler.policy
         is_new_world = world is None
         self.world = world or World()
@@ -163,8 +193,13 @@ class Engine:
             load_limit_s=load_limit_s,
             report=report,
         )
+        self.loader.running = self.running
+        self.scheduler.versions = LoaderVersions(self.loader)
+        self.scheduler.root = str(self.project_dir)
+        self.failure_policy = self.scheduler.failure_policy
         self.frame = 0
         self.hung_reason: str | None = None
+        self._hung_reported = False
         self.setup_error: str | None = None
         #: Set to a ``FrameRecorder`` to keep every frame's per-system times (for plots).
         self.recorder: FrameRecorder | None = None
@@ -178,24 +213,38 @@ class Engine:
         self.shader_listeners: list[Callable[[Path, int], None]] = []
         #: Called between frames on the main thread, before systems run (shader swaps).
         self.before_frame: list[Callable[[Engine], None]] = []
-        self.shader_swaps: list[Any] = []
-        self.scheduler.watchdog.install()
+        #: Shader swaps: the newest ones and counts of all (bounded, as ``swaps``).
+        self.shader_swaps = SwapLog()
+        #: The checkpoints :meth:`rewind` can go back to; set by whoever takes them (the
+        #: game process's checkpointer). None: this engine keeps none.
+        self.checkpoint_ring: CheckpointRing | None = None
         self.render_stage: RenderStage | None = None
-        if render is not None:
-            self._start_rendering(render, layer_fd)
-        self.loader.load_all(frame=0, blame_probation=blame_probation)
-        if render is not None:
-            self.loader.require("render")
-        if is_new_world:
-            self._run_setup()
-        if self.render_stage is not None:
-            self.render_stage.warm_up(self.world)
+        self.scheduler.watchdog.install()
+        try:  # whatever fails from here on, SIGALRM and GL are given back
+            if render is not None:
+                self._start_rendering(render, layer_fd)
+            self.running.phase(Phase.LOAD)
+            self.loader.load_all(frame=0)
+            if render is not None:
+                self.loader.require("render")
+            if is_new_world:
+                self.running.phase(Phase.SETUP)
+                self._run_setup()
+            if self.render_stage is not None:
+                self.running.phase(Phase.SHADER)
+                self.render_stage.warm_up(self.world)
+            self.running.phase(Phase.FRAME)
+        except BaseException:
+            self.close(delete_world=is_new_world)
+            raise
 
     # -- set-up --------------------------------------------------------------------------
     def _start_rendering(self, settings: RenderSettings, layer_fd: int | None) -> None:
         from engine.render.stage import RenderStage
 
-        stage = RenderStage(settings, self.project_dir, self.history_store, layer_fd)
+        stage = RenderStage(
+            settings, self.project_dir, self.history_store, layer_fd, report=self.report
+        )
         self.render_stage = stage
         self.world.resources[RenderStage] = stage
         if self.pose_source is None:
@@ -203,9 +252,13 @@ class Engine:
 
             self.pose_source = SimulatedHeadset(fov=settings.view_fov)
         self.shader_listeners.append(stage.shaders.queue_change)
+        self.shader_listeners.append(stage.renderer.queue_asset_change)  # OBJ, PNG
         self.before_frame.append(lambda eng: self._apply_shader_swaps(stage))
 
     def _apply_shader_swaps(self, stage: RenderStage) -> None:
+        # Between frames, outside any system: a lost GL context is remade here, where the
+        # watchdog cannot interrupt it half-way.
+        stage.check_context()
         for swap in stage.shaders.apply_pending():
             self.shader_swaps.append(swap)
 
@@ -234,15 +287,20 @@ class Engine:
             self.report(f"engine: game.py setup failed; starting anyway\n  {self.setup_error}")
 
     # -- the frame -----------------------------------------------------------------------
-    def step(self) -> list[Fault]:
-        """Run one frame now (no pacing). Returns the frame's faults."""
+    def step(self) -> list[SystemFault]:
+        """Run one frame now (no pacing). Returns the frame's faults, each with the
+        failure policy's decision, already carried out and reported."""
         self.frame += 1
         frame = self.frame
         while not self._main_calls.empty():
             self._main_calls.get_nowait()()
         self.loader.apply_pending(frame)
-        for hook in self.before_frame:
-            hook(self)
+        if self.before_frame:
+            self.running.phase(Phase.SHADER)
+            for hook in self.before_frame:
+                hook(self)
+            self.running.phase(Phase.FRAME)
+        self.running.name_handles(self.scheduler)
         now = self.clock.now_ns()
         if self.fixed_dt is not None:
             dt = self.fixed_dt
@@ -260,31 +318,16 @@ class Engine:
         faults = self.scheduler.run_frame(self.world, dt, frame)
         if self.recorder is not None:
             self.recorder.record(self.scheduler.last_frame_times())
-        if faults:
-            self._apply_fault_policy(faults)
+        if self.hung_reason is not None and not self._hung_reported:
+            self._hung_reported = True  # recorded by the watchdog's handler, said here
+            self.report(
+                f"engine: process declared hung: {self.hung_reason}; a call that keeps doing "
+                "this must be stopped from outside (the supervisor kills and restarts it)"
+            )
         self.loader.tick(frame)
         for hook in self.after_frame:
             hook(self)
         return faults
-
-    def _apply_fault_policy(self, faults: list[Fault]) -> None:
-        rolled: set[str] = set()
-        for f in faults:
-            h = f.handle
-            if f.kind != "budget" and self.loader.on_probation(h.module):
-                if h.module not in rolled:
-                    rolled.add(h.module)
-                    self.loader.rollback(h.module, f"{h.key}: {f.detail}")
-                continue
-            if f.kind == "exception":
-                self.report(f"engine: {h.key} raised (strike {h.strikes}): {f.detail}")
-                if h.strikes >= self.policy.strikes:
-                    self.scheduler.disable(
-                        h, "exception", f"raised {h.strikes} frames in a row: {f.detail}"
-                    )
-                    self.report(f"engine: {h.key} disabled: {f.detail}")
-            else:
-                self.report(f"engine: {h.key} disabled ({f.kind}): {f.detail}")
 
     def run(self, frames: int | None = None, *, watch: bool = True) -> None:
         """Run paced frames until ``frames`` have run or :meth:`stop` is called.
@@ -297,7 +340,9 @@ class Engine:
         try:
             target = None if frames is None else self.frame + frames
             while not self._stop.is_set() and (target is None or self.frame < target):
+                self.running.phase(Phase.IDLE)
                 self.pacer.wait()
+                self.running.phase(Phase.FRAME)
                 self.step()
         finally:
             self._remove_run_file()
@@ -309,11 +354,8 @@ class Engine:
         self._stop.set()
 
     def _on_hung(self, key: str) -> None:
+        # Called from the watchdog's signal handler (or its thread): record, never report.
         self.hung_reason = f"{key} swallowed {self.policy.watchdog_max_interrupts} interrupts"
-        self.report(
-            f"engine: process declared hung: {self.hung_reason}; it needs to be "
-            "stopped from outside (the supervisor kills it)"
-        )
 
     # -- watching ------------------------------------------------------------------------
     def start_watching(self) -> None:
@@ -367,6 +409,19 @@ class Engine:
             elif op in ("undo", "redo"):
                 version = self.loader.move(cmd["module"], op)
                 answer({"ok": True, "version": version})
+            elif op == "rewind":
+
+                def rewind() -> None:  # the world changes between frames, on the main thread
+                    try:
+                        # "SECONDS ago" counts from when it was asked, not from when the
+                        # command got here.
+                        asked = cmd.get("asked_ns")
+                        asked_ns = int(asked) if asked else None
+                        answer({"ok": True, **self.rewind(float(cmd["seconds"]), asked_ns)})
+                    except Exception as exc:  # a bad request or checkpoint: said, not raised
+                        answer({"ok": False, "error": str(exc) or repr(exc)})
+
+                self._main_calls.put(rewind)
             elif op == "enable":
 
                 def enable() -> None:
@@ -426,6 +481,33 @@ class Engine:
         """Replace the world's entities with a checkpoint's (classes resolved as loaded now)."""
         self.world.restore_into(data, self.loader.resolve_component)
 
+    def rewind(self, seconds: float, asked_ns: int | None = None) -> dict[str, Any]:
+        """Put back the world as it was ``seconds`` before ``asked_ns`` (default: now).
+
+        ``asked_ns`` is a ``time.monotonic_ns()`` reading (``engine rewind`` sends when it
+        was started). Call on the main thread between frames (``engine rewind`` sends it
+        there). The entities, with their ids, are those of the newest checkpoint taken at
+        or before that moment, built with the component classes loaded now; resources and
+        code are not touched. Returns ``{"seconds": how far back it went, "frame": the
+        checkpoint's frame, "entities": how many}``. Raises ``LookupError`` when no
+        checkpoint is that old (or none is kept), ``ValueError`` for a negative
+        ``seconds``, ``OSError`` or :class:`~engine.world.CheckpointError` for a checkpoint
+        that cannot be read (the world is then left as it was).
+        """
+        ring = self.checkpoint_ring
+        if ring is None:
+            raise LookupError(
+                "this game keeps no checkpoints to rewind to (they are kept by `engine run`)"
+            )
+        entry = ring.find(seconds, asked_ns)
+        age = ring.age_s(entry, asked_ns)
+        self.restore(ring.read(entry))
+        entities = self.world.entity_count()
+        self.report(
+            f"engine: world rewound {age:.1f} s, to frame {entry.frame} ({entities} entities)"
+        )
+        return {"seconds": round(age, 3), "frame": entry.frame, "entities": entities}
+
     # -- reporting -----------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Everything ``engine run --stats-json`` writes."""
@@ -439,12 +521,15 @@ class Engine:
             "frames_over_budget": snap["frames_over_budget"],
             "paced_frames_skipped": self.pacer.skipped,
             "swaps": [s.to_json() for s in self.loader.swaps],
+            "swap_counts": self.loader.swaps.counts(),
+            "shader_swap_counts": self.shader_swaps.counts(),
             "world": {"entities": self.world.entity_count()},
             "hung": self.hung_reason,
         }
 
     @property
-    def swaps(self) -> list[SwapRecord]:
+    def swaps(self) -> SwapLog:
+        """Module swaps: the newest records (``swaps[-1]``) and counts of all (``total``)."""
         return self.loader.swaps
 
     # -- the run file (lets `engine undo` find a running game) ---------------------------
@@ -456,14 +541,16 @@ class Engine:
     def _remove_run_file(self) -> None:
         (self.project_dir / RUN_FILE).unlink(missing_ok=True)
 
-    def close(self) -> None:
-        """Stop watching, give back SIGALRM and free the world's esper context."""
+    def close(self, delete_world: bool = True) -> None:
+        """Stop watching, give back SIGALRM and GL, and free the world's esper context
+        (unless ``delete_world`` is false: a world the caller passed in stays theirs)."""
         self.stop_watching()
         if self.render_stage is not None:
             self.render_stage.close()
             self.render_stage = None
         self.scheduler.watchdog.uninstall()
-        self.world.delete()
+        if delete_world:
+            self.world.delete()
 
 
 def running_pid(project_dir: Path) -> int | None:

@@ -15,6 +15,10 @@ One display frame (:meth:`CompositorLoop.step`):
 
 Nothing in a frame waits on a client: reading a layer is a header check and a view, the
 composer uploads at most one image per layer, and the loop never blocks on a socket.
+
+An exception in a frame (the pose source, the composer, the sink) costs that frame, not the
+compositor: :meth:`CompositorLoop.run` counts it (``failed_frames``, a missed refresh),
+reports it (the first, then the 10th, 100th, ...) and goes on with the next slot.
 """
 
 from __future__ import annotations
@@ -186,6 +190,8 @@ class LoopStats:
     late_presents: int = 0
     skipped_slots: int = 0
     fallback_frames: int = 0
+    failed_frames: int = 0  # a frame whose pose, compose or present raised
+    last_failure: str | None = None
     intervals: RollingWindow = field(default_factory=lambda: RollingWindow(STATS_WINDOW))
     compose: RollingWindow = field(default_factory=lambda: RollingWindow(STATS_WINDOW))
     pose_age: RollingWindow = field(default_factory=lambda: RollingWindow(STATS_WINDOW))
@@ -196,8 +202,9 @@ class LoopStats:
 
     @property
     def missed(self) -> int:
-        """Display refreshes without an on-time frame: late presents plus skipped slots."""
-        return self.late_presents + self.skipped_slots
+        """Display refreshes without an on-time frame: late presents, skipped slots and
+        frames that failed."""
+        return self.late_presents + self.skipped_slots + self.failed_frames
 
 
 class CompositorLoop:
@@ -224,6 +231,7 @@ class CompositorLoop:
         latch_at_vsync: present a frame composed in time at its slot's display time, as a
             swap with vsync does (the display shows it then, not when drawing ended); a
             late frame is presented at once and counted as missed.
+        report: where a failed frame is reported (one line; not every repeat).
     """
 
     ADAPT_EVERY = 30
@@ -245,6 +253,7 @@ class CompositorLoop:
         adapt_lead: bool = False,
         lead_margin_ns: int = 1_000_000,
         latch_at_vsync: bool = True,
+        report: Callable[[str], None] | None = None,
     ) -> None:
         self.clock = clock
         self.schedule = schedule
@@ -263,6 +272,8 @@ class CompositorLoop:
         self.latch_at_vsync = latch_at_vsync
         self._needed = RollingWindow(self.ADAPT_WINDOW)  # deadline -> present, per frame
         self._last_present_ns: int | None = None
+        self.report = report
+        self._attempted_slot: int | None = None
 
     def step(self) -> FrameRecord:
         """Compose and present one frame at the next slot still ahead."""
@@ -271,6 +282,7 @@ class CompositorLoop:
         earliest = self.schedule.first_slot_not_before(now)
         skipped = 0 if self.slot is None else max(0, earliest - self.slot - 1)
         slot = earliest if self.slot is None else max(self.slot + 1, earliest)
+        self._attempted_slot = slot
         self.clock.sleep_until(self.schedule.compose_deadline(slot))
         woke = self.clock.now_ns()
         display_ns = self.schedule.vsync(slot)
@@ -396,7 +408,27 @@ class CompositorLoop:
         """Step until ``frames`` frames have run or ``stop()`` is true (checked every frame)."""
         target = None if frames is None else self.frame + frames
         while (target is None or self.frame < target) and not (stop and stop()):
-            self.step()
+            try:
+                self.step()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - GL's ShaderException is one
+                self._frame_failed(exc)
+
+    def _frame_failed(self, exc: BaseException) -> None:
+        """A frame raised: count it, say so (sparingly), and move on to the next slot."""
+        s = self.stats
+        s.failed_frames += 1
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else ""
+        s.last_failure = f"{type(exc).__name__}: {exc}{where}"
+        if self._attempted_slot is not None:
+            self.slot = self._attempted_slot  # never retry the slot that failed
+        n = s.failed_frames
+        if self.report is not None and str(n).rstrip("0") == "1":  # 1st, 10th, 100th...
+            self.report(f"frame {self.frame} failed and was skipped ({n} so far): {s.last_failure}")
 
     def stats_dict(self) -> dict[str, Any]:
         """The ``compositor`` entry of the supervisor's stats (times in milliseconds).
@@ -422,6 +454,8 @@ class CompositorLoop:
             "late_presents": s.late_presents,
             "skipped_slots": s.skipped_slots,
             "fallback_frames": s.fallback_frames,
+            "failed_frames": s.failed_frames,
+            "last_failure": s.last_failure,
             "period_ms": self.schedule.period_ns / 1e6,
             "compose_lead_ms": self.schedule.compose_lead_ns / 1e6,
             "interval_ms_p50": interval.p50_ms,

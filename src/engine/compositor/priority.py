@@ -8,16 +8,21 @@ that spins is throttled by the kernel's RT bandwidth limit (``sched_rt_runtime_u
 the compositor's clock therefore sleeps coarsely and spins only the last stretch.
 
 GPU: a high-priority EGL context needs ``EGL_IMG_context_priority``. pyglet creates its
-contexts without attributes, so where the extension is offered this reports that it is
-offered but not requested; Mesa's llvmpipe does not offer it.
+contexts without attributes, so the engine makes them itself (``engine.render.context``),
+asking for what ``ENGINE_GL_PRIORITY`` says: :func:`request_gpu_priority` sets it to
+``high`` for the compositor before its GL loads (every other engine process asks for
+``low``), and :func:`gpu_context_priority` reports what the driver granted. NVIDIA offers
+the extension and grants HIGH; Mesa's llvmpipe does not offer it (reported, not an error).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
+import sys
 from dataclasses import asdict, dataclass
 
+#: What ``engine.render.context`` reads (its ``PRIORITY_ENV``) when it makes contexts.
+GPU_PRIORITY_ENV = "ENGINE_GL_PRIORITY"
 FIFO_PRIORITY = 10  # above ordinary RT helpers (the kernel's own threads sit at 50+)
 
 
@@ -53,24 +58,30 @@ def raise_cpu_priority(realtime: bool = True, fifo_priority: int = FIFO_PRIORITY
     return f"nice {current} (not permitted to raise)"
 
 
-def gpu_context_priority() -> str:
-    """Whether a high-priority GL context is available, and whether this one has it.
+def request_gpu_priority(level: str = "high") -> None:
+    """Have this process's GL contexts ask for ``level`` (``high``, ``medium``, ``low``).
 
-    Reads the EGL extension list of pyglet's headless display; without EGL (a desktop
-    GLX context) it says so. Never raises.
+    Only effective before ``engine.render.context`` is first imported (it reads the
+    choice then, and loads GL: so it is not imported here); the compositor calls this
+    before its GL. Raises ``RuntimeError`` when called too late.
+    """
+    if "engine.render.context" in sys.modules:
+        raise RuntimeError("GL contexts are already made; ask for a GPU priority before")
+    os.environ[GPU_PRIORITY_ENV] = level
+
+
+def gpu_context_priority() -> dict[str, str]:
+    """What the current GL context was granted: ``{"gpu": ..., "gpu_reset": ...}``.
+
+    ``gpu`` reads e.g. ``"HIGH granted"``, ``"not offered (EGL_IMG_context_priority
+    absent)"`` or, for a desktop (GLX) context, ``"not checked (GLX context; ...)"``;
+    ``gpu_reset`` says whether a GPU reset loses the context (see
+    :class:`engine.render.context.ContextGrant`). Never raises.
     """
     try:
-        import pyglet
+        from engine.render.context import context_grant
 
-        if not pyglet.options["headless"]:
-            return "not checked (GLX context; EGL_IMG_context_priority is EGL only)"
-        from pyglet.libs.egl import egl
-
-        egl.eglQueryString.restype = ctypes.c_char_p
-        display = egl.eglGetCurrentDisplay()
-        extensions = egl.eglQueryString(display, egl.EGL_EXTENSIONS) or b""
+        grant = context_grant()
     except Exception as exc:  # an odd driver must not stop the compositor from starting
-        return f"unknown ({exc.__class__.__name__}: {exc})"
-    if b"EGL_IMG_context_priority" not in extensions.split():
-        return "not offered (EGL_IMG_context_priority absent)"
-    return "offered, not requested (pyglet creates contexts without priority attributes)"
+        return {"gpu": f"unknown ({exc.__class__.__name__}: {exc})", "gpu_reset": "unknown"}
+    return {"gpu": grant.priority, "gpu_reset": grant.reset}

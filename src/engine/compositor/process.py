@@ -4,14 +4,21 @@ The process never imports or runs user code. What it holds:
 
 * the layers it reads: it creates each block itself (:func:`create_layer_fd`, sealed) and
   sends the fds to its parent over the control socket, which hands them to producers;
+  where Vulkan and GL allow, each layer's images in GPU memory too
+  (:mod:`engine.compositor.gpu_images`): it allocates them, imports them into its own GL
+  context and sends their fds after the block's (or why it could not); it samples them in
+  place and never draws into them;
 * the pose handoff block, whose fd the parent passes in; the process writes it each frame;
 * a control socket (``SOCK_SEQPACKET``, one JSON object per message): ``ready`` once at
-  start (priorities granted, GL renderer), and ``{"op": "stop"}`` answered by the final
-  stats. It is polled without blocking once per frame; a parent that goes away (socket
-  closed) stops the compositor too.
+  start (priorities granted, GL renderer, the layers' pixel format and how they are
+  uploaded), and ``{"op": "stop"}`` answered by the final stats. It is polled without
+  blocking once per frame; a parent that goes away (socket closed) stops the compositor
+  too.
 
-Start-up order matters: priority first (threads created later inherit it), then the
-headless choice, then GL.
+Start-up order matters: priority first (threads created later inherit it; the GPU
+priority is asked for when the GL context is made), then the headless choice, then GL,
+then the layers (their pixel format is the one the driver uploads fastest, and their GPU
+images go on the GL context's device).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,10 +39,22 @@ import numpy as np
 
 from engine.compositor.clock import DEFAULT_COMPOSE_LEAD_NS, DisplaySchedule
 from engine.compositor.loop import CompositorLoop, LayerDraw
-from engine.compositor.priority import gpu_context_priority, raise_cpu_priority
+from engine.compositor.priority import (
+    gpu_context_priority,
+    raise_cpu_priority,
+    request_gpu_priority,
+)
 from engine.compositor.timewarp import fov_tangents, rotation_delta
+from engine.compositor.upload import UploadFormat, choose_upload, driver_preference
+from engine.contracts.gpu_layer import (
+    GpuImagesOffer,
+    not_offered,
+    recv_gpu_images,
+    send_gpu_images,
+)
 from engine.contracts.handoff import PoseHandoffWriter
 from engine.contracts.layer import (
+    ImageStorage,
     LayerReader,
     LayerSpec,
     PixelFormat,
@@ -57,8 +76,9 @@ class CompositorConfig:
     """Everything the compositor process is started with (picklable).
 
     ``layers`` are ``(name, width, height)``, bottom first; each gets 2 eyes and 3 images
-    in ``layer_format`` (BGRA8 by default: the format textures are stored in, uploaded
-    without conversion; producers read the format from the layer's header).
+    in ``layer_format``; ``None`` (the default) takes the format the driver uploads
+    fastest (:func:`engine.compositor.upload.choose_upload`: BGRA8 on Mesa, RGBA8 on
+    NVIDIA). Producers read the format from the layer's header.
     ``pose`` is ``"simulated"`` (the scripted headset) or ``"trace:PATH"`` (a recorded
     head trace, looped).
     """
@@ -67,11 +87,12 @@ class CompositorConfig:
     eye_width: int = 1280
     eye_height: int = 720
     layers: tuple[tuple[str, int, int], ...] = (("game", 1280, 720),)
-    layer_format: PixelFormat = PixelFormat.BGRA8
+    layer_format: PixelFormat | None = None
     deadline_periods: float = 2.0
     grace_s: float = 0.5
     compose_lead_ns: int = DEFAULT_COMPOSE_LEAD_NS  # the start; adapted unless adapt_lead=False
     adapt_lead: bool = True
+    timing_warmups: int = 2  # untimed frames before the start-up frame is timed (0: none)
     filter: str = "auto"  # "linear", "nearest", or "auto": see GLComposer
     warp: str = "auto"  # "exact", "mesh", or "auto": see GLComposer
     spin_ns: int = 1_000_000
@@ -80,9 +101,16 @@ class CompositorConfig:
     realtime: bool = True
     pose: str = "simulated"
     frames: int | None = None  # stop by itself after this many frames (benchmarks)
+    input_script: str | None = None  # scripted input played into the input block
+    #: Layer images in GPU memory: "auto" where Vulkan and GL allow it on a GPU (a CPU
+    #: renderer keeps shared memory: see gpu_images.CPU_RENDERER_REASON), "on" wherever
+    #: they allow it, "off" never.
+    gpu_images: str = "auto"
 
-    def layer_specs(self) -> list[LayerSpec]:
-        return [LayerSpec(width=w, height=h, format=self.layer_format) for _, w, h in self.layers]
+    def layer_specs(self, default_format: PixelFormat = PixelFormat.BGRA8) -> list[LayerSpec]:
+        """Each layer's spec, in ``layer_format`` or else ``default_format``."""
+        fmt = self.layer_format or default_format
+        return [LayerSpec(width=w, height=h, format=fmt) for _, w, h in self.layers]
 
 
 # --- control messages -----------------------------------------------------------------
@@ -121,11 +149,22 @@ class _LayerTextures:
     """
 
     spec: LayerSpec
+    upload: UploadFormat
     textures: list[list[int]]  # [set][eye]
     front: int = 0
     front_key: tuple[int, int] | None = None
     failed_key: tuple[int, int] | None = None
     eyes: tuple[EyeView, ...] = field(default_factory=tuple)
+    gpu: Any = None  # the layer's GPU images imported here (ImportedImages), if offered
+    gpu_reason: str = "not offered"  # why the layer has GPU images or not
+    gpu_index: int | None = None  # the GPU image shown; None: the uploaded set is
+    shown_from: str | None = None  # "gpu memory" or "shared memory": the last image's
+
+    def texture(self, eye: int) -> int:
+        """The texture shown for ``eye``: the GPU image in place, or the uploaded copy."""
+        if self.gpu_index is not None:
+            return self.gpu.textures[self.gpu_index][eye].texture
+        return self.textures[self.front][eye]
 
 
 #: GL renderers that draw on the CPU (Mesa's llvmpipe and softpipe).
@@ -135,6 +174,15 @@ SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swrast")
 def is_software_renderer(renderer: str) -> bool:
     """Whether a ``GL_RENDERER`` string names a CPU renderer."""
     return any(name in renderer.lower() for name in SOFTWARE_RENDERERS)
+
+
+def preferred_upload() -> UploadFormat:
+    """The layer format and upload the current context's driver copies fastest (see
+    :func:`engine.compositor.upload.choose_upload`). Needs a current GL context."""
+    from engine.render.context import gl
+
+    software = is_software_renderer(gl.gl_info.get_renderer())
+    return choose_upload(driver_preference(gl), software)
 
 
 class GLComposer:
@@ -152,6 +200,10 @@ class GLComposer:
     Layers are blended in order with premultiplied alpha (``ONE, ONE_MINUS_SRC_ALPHA``,
     OpenXR's default): a layer's colour is already multiplied by its alpha, so filtering
     never darkens edges, and a layer drawn opaque (alpha 255) covers what is below.
+
+    Each layer's textures are stored and uploaded as the driver prefers for the layer's
+    pixel format (:mod:`engine.compositor.upload`; ``preferred_upload`` is the driver's
+    own choice, which the compositor process creates its layers in).
 
     Each new layer image is uploaded once, into the texture not being shown, and checked
     with the layer's seqlock afterwards; an image the producer overwrote during the upload
@@ -183,14 +235,17 @@ class GLComposer:
         self.gl = gl
         self.eye_width, self.eye_height = eye_width, eye_height
         software = is_software_renderer(gl.gl_info.get_renderer())
+        preference = driver_preference(gl)
+        self.preferred_upload = choose_upload(preference, software)
         if filter == "auto":
             filter = "nearest" if software else "linear"
         if warp == "auto":
             warp = "mesh" if software else "exact"
         self.filter, self.warp = filter, warp
         self._filter = gl.GL_LINEAR if filter == "linear" else gl.GL_NEAREST
+        eye_format = choose_upload(None, True)  # render targets: BGRA, as ever
         self._eye_textures = [
-            self._texture(eye_width, eye_height, gl.GL_LINEAR, gl.GL_CLAMP_TO_EDGE)
+            self._texture(eye_width, eye_height, gl.GL_LINEAR, gl.GL_CLAMP_TO_EDGE, eye_format)
             for _ in range(2)
         ]
         self._fbos = []
@@ -206,19 +261,19 @@ class GLComposer:
         # Layers clamp to their (transparent) border: beyond the rendered image the timewarp
         # shows the layers below, not the image's edge pixels smeared outwards.
         border = gl.GL_CLAMP_TO_BORDER
-        self._layers = [
-            _LayerTextures(
-                spec,
+        self._layers = []
+        for spec in layer_specs:
+            upload = self.preferred_upload
+            if spec.format is not upload.layer_format:
+                upload = choose_upload(preference, software, spec.format)
+            sets = [
                 [
-                    [
-                        self._texture(spec.width, spec.height, self._filter, border)
-                        for _ in range(spec.eyes)
-                    ]
-                    for _ in range(2)
-                ],
-            )
-            for spec in layer_specs
-        ]
+                    self._texture(spec.width, spec.height, self._filter, border, upload)
+                    for _ in range(spec.eyes)
+                ]
+                for _ in range(2)
+            ]
+            self._layers.append(_LayerTextures(spec, upload, sets))
         # One warp pass: the mesh draws its edge cells with its own exact program.
         self.mesh = MeshTimewarpPass(mesh_cell or CELL_PX) if warp == "mesh" else None
         self.timewarp = TimewarpPass() if warp == "exact" else None
@@ -226,19 +281,24 @@ class GLComposer:
         self.uploads = 0
         self.torn_uploads = 0
         self.rejected_images = 0
+        self.gpu_images_shown = 0
+        self.torn_gpu_samples = 0
+        self._sampled_gpu: list[LayerDraw] = []  # last frame's GPU images, checked next frame
         self.timed_frame_ns: int | None = None  # what time_frame measured, if it ran
 
-    def _texture(self, width: int, height: int, filter: int, wrap: int) -> int:
+    def _texture(
+        self, width: int, height: int, filter: int, wrap: int, upload: UploadFormat
+    ) -> int:
         gl = self.gl
         name = gl.GLuint()
         gl.glGenTextures(1, ctypes.byref(name))
         gl.glBindTexture(gl.GL_TEXTURE_2D, name.value)
-        # Unsized RGBA described as BGRA bytes: Mesa then stores BGRA, the only 8-bit
-        # layout llvmpipe's linear path renders into (22.x). BGRA8 layer images upload as a
-        # plain copy; RGBA8 ones are converted on the way in.
+        # For BGRA8: unsized RGBA described as BGRA bytes; Mesa then stores BGRA, the only
+        # 8-bit layout llvmpipe's linear path renders into (22.x), and BGRA8 layer images
+        # upload as a plain copy. For RGBA8: sized RGBA8, what NVIDIA copies fastest.
         gl.glTexImage2D(
-            gl.GL_TEXTURE_2D, 0, gl.GL_RGBA, width, height, 0, gl.GL_BGRA,
-            gl.GL_UNSIGNED_BYTE, None,
+            gl.GL_TEXTURE_2D, 0, upload.internal_format, width, height, 0,
+            upload.data_format, upload.data_type, None,
         )  # fmt: skip
         for pname, value in (
             (gl.GL_TEXTURE_MIN_FILTER, filter),
@@ -250,10 +310,55 @@ class GLComposer:
         gl.glBindTexture(gl.GL_TEXTURE_2D, 0)
         return name.value
 
+    def attach_gpu_images(self, layer_index: int, offer: GpuImagesOffer) -> str | None:
+        """Import layer ``layer_index``'s GPU images into this context, to sample in place.
+
+        Returns ``None``, or why they cannot be used (the layer then stays in shared
+        memory; nothing is raised for a driver's refusal).
+        """
+        from engine.gpu.gl_memory import ImportedImages, ImportRefused
+
+        layer = self._layers[layer_index]
+        if offer.images is None:
+            layer.gpu_reason = offer.reason
+            return offer.reason
+        spec, images = layer.spec, offer.images
+        if (images.width, images.height, images.eyes, images.images) != (
+            spec.width, spec.height, spec.eyes, spec.images,
+        ):  # fmt: skip
+            layer.gpu_reason = f"the GPU images do not match the layer ({images})"
+            return layer.gpu_reason
+        try:
+            layer.gpu = ImportedImages(images, tuple(offer.fds), self._filter)
+        except ImportRefused as exc:
+            layer.gpu_reason = f"the compositor's GL cannot import them: {exc}"
+            return layer.gpu_reason
+        layer.gpu_reason = offer.reason or "offered"
+        return None
+
+    def _show_gpu_image(self, layer: _LayerTextures, draw: LayerDraw) -> None:
+        image = draw.image
+        key = (image.index, image.seq)
+        spec = getattr(image, "spec", None)
+        same_size = spec is not None and spec.shape == layer.spec.shape
+        if layer.gpu is None or not same_size or not 0 <= image.index < layer.spec.images:
+            # No images of ours, or a header re-describing them: not what we allocated.
+            layer.failed_key = key
+            self.rejected_images += 1
+            return
+        # Sampled in place, never copied: the producer does not draw into this image again
+        # before it has published two more, which the pacing makes a frame or more away.
+        layer.gpu_index, layer.front_key, layer.eyes = image.index, key, tuple(image.eyes)
+        layer.shown_from = "gpu memory"
+        self.gpu_images_shown += 1
+
     def _upload(self, draw: LayerDraw) -> None:
         layer, image = self._layers[draw.layer], draw.image
         key = (image.index, image.seq)
         if key in (layer.front_key, layer.failed_key):
+            return
+        if getattr(image, "storage", None) is ImageStorage.GPU_MEMORY:
+            self._show_gpu_image(layer, draw)
             return
         pixels = getattr(image, "pixels", None)
         if pixels is None or pixels.shape != layer.spec.shape or pixels.dtype != np.uint8:
@@ -266,20 +371,20 @@ class GLComposer:
         # glTexSubImage2D has copied the client memory when it returns: check it is whole.
         if draw.source.still_valid(image):
             layer.front, layer.front_key, layer.eyes = back, key, tuple(image.eyes)
+            layer.gpu_index, layer.shown_from = None, "shared memory"
             self.uploads += 1
         else:
             layer.failed_key = key
             self.torn_uploads += 1
 
     def _upload_pixels(self, layer: _LayerTextures, texture_set: int, pixels: np.ndarray) -> None:
-        gl, spec = self.gl, layer.spec
-        data_format = gl.GL_BGRA if spec.format is PixelFormat.BGRA8 else gl.GL_RGBA
+        gl, spec, upload = self.gl, layer.spec, layer.upload
         gl.glPixelStorei(gl.GL_UNPACK_ALIGNMENT, 1)
         for eye, texture in enumerate(layer.textures[texture_set]):
             gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
             gl.glTexSubImage2D(
-                gl.GL_TEXTURE_2D, 0, 0, 0, spec.width, spec.height, data_format,
-                gl.GL_UNSIGNED_BYTE, ctypes.c_void_p(pixels[eye].ctypes.data),
+                gl.GL_TEXTURE_2D, 0, 0, 0, spec.width, spec.height, upload.data_format,
+                upload.data_type, ctypes.c_void_p(pixels[eye].ctypes.data),
             )  # fmt: skip
         gl.glBindTexture(gl.GL_TEXTURE_2D, 0)
 
@@ -299,24 +404,35 @@ class GLComposer:
             assert self.timewarp is not None
             self.timewarp.draw(texture, delta, out_tan, src_tan)
 
-    def time_frame(self, eyes: tuple[EyeView, EyeView], repeats: int = 5) -> int:
-        """The slowest of ``repeats`` full frames, in ns: every layer uploaded and warped
-        by a typical turn.
+    def time_frame(
+        self,
+        eyes: tuple[EyeView, EyeView],
+        repeats: int = 5,
+        warmups: int = 2,
+        clock: Callable[[], int] = time.perf_counter_ns,
+    ) -> int:
+        """The slowest of ``repeats`` full frames, in ns of ``clock``: every layer
+        uploaded and warped by a typical turn.
 
         What a frame costs before any has run; the compositor starts its compose lead
-        from it, so the first frames are not late while the lead adapts. The repeats
-        alternate between each layer's two texture sets, so that the first real uploads
-        do not fault in texture memory nobody has touched yet (that made the frame a
-        layer's images start arriving a millisecond slower than any before it).
+        from it, so the first frames are not late while the lead adapts. ``warmups``
+        untimed frames come first: the first touch of each texture set costs several
+        times a steady frame (14.6 ms against 5 ms on an H200), and a lead started from
+        that held one layer at half rate. The frames alternate between each layer's two
+        texture sets, so that the first real uploads do not fault in texture memory
+        nobody has touched yet (that made the frame a layer's images start arriving a
+        millisecond slower than any before it). At least 2 frames are timed.
         """
         gl = self.gl
         # Written, not np.zeros: untouched pages all read the one shared zero page.
         blanks = [np.full(layer.spec.shape, 128, np.uint8) for layer in self._layers]
         worst = 0
-        for repeat in range(max(2, repeats)):
-            start = time.perf_counter_ns()
+        warmups, repeats = max(0, warmups), max(2, repeats)
+        for repeat in range(warmups + repeats):
+            start = clock()
             for layer, blank in zip(self._layers, blanks, strict=True):
-                self._upload_pixels(layer, repeat % 2, blank)
+                if layer.gpu is None:  # GPU images are sampled in place, never uploaded
+                    self._upload_pixels(layer, repeat % 2, blank)
             gl.glBlendFunc(gl.GL_ONE, gl.GL_ONE_MINUS_SRC_ALPHA)
             for e, fbo in enumerate(self._fbos):
                 gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
@@ -325,11 +441,17 @@ class GLComposer:
                 tan = fov_tangents(eyes[e].fov)
                 for i, layer in enumerate(self._layers):
                     (gl.glEnable if i else gl.glDisable)(gl.GL_BLEND)
-                    self._warp(layer, layer.textures[repeat % 2][0], _TURN_1_DEGREE, tan, tan)
+                    texture = (
+                        layer.textures[repeat % 2][0]
+                        if layer.gpu is None
+                        else layer.gpu.textures[repeat % layer.spec.images][0].texture
+                    )
+                    self._warp(layer, texture, _TURN_1_DEGREE, tan, tan)
             gl.glDisable(gl.GL_BLEND)
             gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
             self.finish()
-            worst = max(worst, time.perf_counter_ns() - start)
+            if repeat >= warmups:
+                worst = max(worst, clock() - start)
         self.timed_frame_ns = worst
         return worst
 
@@ -337,6 +459,7 @@ class GLComposer:
         self, draws: Sequence[LayerDraw], eyes: tuple[EyeView, EyeView], fallback: bool
     ) -> None:
         gl = self.gl
+        self._check_gpu_samples()
         for draw in draws:
             self._upload(draw)
         gl.glBlendFunc(gl.GL_ONE, gl.GL_ONE_MINUS_SRC_ALPHA)
@@ -363,10 +486,21 @@ class GLComposer:
                 source_eye = min(e, len(layer.eyes) - 1)
                 rendered = layer.eyes[source_eye]
                 delta = rotation_delta(rendered.pose.orientation, eye.pose.orientation)
-                texture = layer.textures[layer.front][source_eye]
+                texture = layer.texture(source_eye)
                 self._warp(layer, texture, delta, out_tan, fov_tangents(rendered.fov))
+                if e == 0 and layer.gpu_index is not None:
+                    self._sampled_gpu.append(draw)
             gl.glDisable(gl.GL_BLEND)
         gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+
+    def _check_gpu_samples(self) -> None:
+        """Count GPU images the producer started rewriting while the last frame sampled
+        them (that frame is finished now). Nothing to undo: the count says whether the
+        producer kept to the ring."""
+        for draw in self._sampled_gpu:
+            if not draw.source.still_valid(draw.image):
+                self.torn_gpu_samples += 1
+        self._sampled_gpu = []
 
     def warm_up(self, eyes: tuple[EyeView, EyeView]) -> None:
         """Draw every pass once (fallback, each layer's empty texture) and wait for it.
@@ -408,6 +542,22 @@ class GLComposer:
         gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, 0)
         return out
 
+    def layer_uploads(self) -> list[UploadFormat]:
+        """How each layer (bottom first) is stored and uploaded."""
+        return [layer.upload for layer in self._layers]
+
+    def layer_images(self) -> list[dict[str, Any]]:
+        """Per layer: where its images can be (``offered``: "gpu memory" or "shared
+        memory", and ``why``) and where the last one shown came from (``shown_from``)."""
+        return [
+            {
+                "offered": "gpu memory" if layer.gpu is not None else "shared memory",
+                "why": layer.gpu_reason,
+                "shown_from": layer.shown_from,
+            }
+            for layer in self._layers
+        ]
+
     def eye_textures(self) -> tuple[int, int]:
         return (self._eye_textures[0], self._eye_textures[1])
 
@@ -418,7 +568,13 @@ class GLComposer:
             "rejected_images": self.rejected_images,
             "warp": self.warp,
             "filter": self.filter,
+            "layer_formats": [layer.spec.format.name for layer in self._layers],
+            "uploads_as": [layer.upload.describe() for layer in self._layers],
+            "driver_prefers": self.preferred_upload.describe(),
             "timed_frame_ms": None if self.timed_frame_ns is None else self.timed_frame_ns / 1e6,
+            "gpu_images_shown": self.gpu_images_shown,
+            "torn_gpu_samples": self.torn_gpu_samples,
+            "layer_images": self.layer_images(),
         }
         if self.mesh is not None:
             stats["mesh_cells_affine"] = self.mesh.rect_cells
@@ -446,13 +602,25 @@ def make_pose_source(spec: str, fov: Fov | None = None) -> Any:
     raise ValueError(f"unknown pose source {spec!r} (use 'simulated' or 'trace:PATH')")
 
 
-def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.socket) -> None:
+def compositor_main(
+    config: CompositorConfig, pose_fd: int, control: socket.socket, input_fd: int | None = None
+) -> None:
     """The compositor process's entry point (run with the ``spawn`` context).
 
+    ``input_fd`` is the input block it writes (keyboard, mouse, ``config.input_script``).
+
     Runs until told to stop, until ``config.frames`` frames, or until the parent closes
-    the control socket. Exceptions at start-up propagate (the process exits non-zero and
-    the parent sees the socket close); once running, nothing a client does can raise here.
+    the control socket; dies with its parent (:func:`~engine.launcher.containment.die_with_parent`).
+    Exceptions at start-up propagate (the process exits non-zero and the parent sees the
+    socket close); once running, nothing a client does can raise here, and an exception
+    in a frame (compose, present, pose) costs that frame only (the loop counts and reports
+    it).
     """
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # first: a compositor never outlives its supervisor
+        from engine.launcher.containment import die_with_parent
+
+        die_with_parent(parent.pid, parent.sentinel)
     # Ctrl-C in a terminal reaches the whole process group; the parent decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cpu = raise_cpu_priority(config.realtime)
@@ -460,25 +628,25 @@ def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.sock
 
     pyglet.options["headless"] = not config.window
     os.environ["PYGLET_HEADLESS"] = "0" if config.window else "1"
-    specs = config.layer_specs()
-    readers = []
-    for (name, _, _), spec in zip(config.layers, specs, strict=True):
-        fd = create_layer_fd(spec, name=f"layer-{name}")
-        readers.append(LayerReader(fd))
-        send_layer_fd(control, fd, spec)
-        os.close(fd)  # the reader's mapping and the parent's copy keep the block alive
+    request_gpu_priority("high")  # before the context is made: it is asked for then
+    from engine.render.context import gl_description, offscreen_context
 
+    offscreen_context()
+    preferred = preferred_upload()
+    specs = config.layer_specs(preferred.layer_format)
     from engine.compositor.sinks import HeadlessSink, MirrorWindowSink
-    from engine.render.context import gl_description
 
     composer = GLComposer(
         config.eye_width, config.eye_height, specs, filter=config.filter, warp=config.warp
     )
+    readers, allocator = _share_layers(config, specs, composer, control)
     sink = (
         MirrorWindowSink(composer, config.capture_path)
         if config.window
         else HeadlessSink(composer, config.capture_path)
     )
+    if input_fd is not None:
+        sink = input_feed(sink, input_fd, config.input_script)
     gpu = gpu_context_priority()
     pose_source = make_pose_source(config.pose, Fov.for_image(config.eye_width, config.eye_height))
     eyes = pose_source.sample(0, time.monotonic_ns()).eyes
@@ -490,7 +658,7 @@ def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.sock
         # run with cold caches and producers still starting (one compose in a few runs
         # came to 1.4 x the timed frame). A frame that cannot fit a period starts at half
         # rate. The loop adapts it from then on.
-        timed = composer.time_frame(eyes)
+        timed = composer.time_frame(eyes, warmups=config.timing_warmups)
         full_rate_most = period_ns - 1_000_000
         fits = timed + 1_000_000 <= full_rate_most
         most = full_rate_most if fits else 2 * period_ns - 1_000_000
@@ -508,9 +676,23 @@ def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.sock
         deadline_ns=round(config.deadline_periods * period_ns),
         grace_ns=round(config.grace_s * 1e9),
         adapt_lead=config.adapt_lead,
+        report=_stderr_report,
     )
-    priority = {"cpu": cpu, "gpu": gpu}
-    send_message(control, {"op": "ready", "priority": priority, "gl": gl_description()})
+    if input_fd is not None:
+        sink.started = lambda: any(w.image is not None for w in loop.watches)
+    priority = {"cpu": cpu, **gpu}
+    # Every layer has the one format: the first says how they all upload.
+    upload = composer.layer_uploads()[0] if specs else preferred
+    formats = {"layer_format": upload.layer_format.name, "upload": upload.describe()}
+    layer_images = [f"{entry['offered']} ({entry['why']})" for entry in composer.layer_images()]
+    ready = {
+        "op": "ready",
+        "priority": priority,
+        "gl": gl_description(),
+        **formats,
+        "layer_images": layer_images,
+    }
+    send_message(control, ready)
     control.setblocking(False)
     stop_requested = False
 
@@ -538,11 +720,60 @@ def compositor_main(config: CompositorConfig, pose_fd: int, control: socket.sock
         "capture": str(getattr(sink, "captured", None) or "") or None,
         "capture_error": getattr(sink, "capture_error", None),
     }
+    if input_fd is not None:
+        stats["input"] = sink.stats()
     try:
         control.setblocking(True)
         send_message(control, {"op": "stats", "stats": stats})
     except OSError:
         pass  # nobody is listening any more
+    if allocator is not None:
+        allocator.close()
+
+
+def _share_layers(
+    config: CompositorConfig,
+    specs: list[LayerSpec],
+    composer: GLComposer,
+    control: socket.socket,
+) -> tuple[list[LayerReader], Any]:
+    """Create each layer's block and, where possible, its GPU images; send both to the
+    parent (block first, then the GPU images or why there are none). Returns the readers
+    and the Vulkan allocator (``None`` without one), which must outlive the layers."""
+    from engine.compositor.gpu_images import GpuImagesUnavailable, open_allocator
+
+    software = is_software_renderer(composer.gl.gl_info.get_renderer())
+    allocator, why_not = open_allocator(config.gpu_images, software)
+    readers = []
+    for i, ((name, _, _), spec) in enumerate(zip(config.layers, specs, strict=True)):
+        offer = not_offered(why_not)
+        if allocator is not None:
+            try:
+                offer = allocator.allocate(spec)
+            except GpuImagesUnavailable as exc:
+                offer = not_offered(f"allocation refused: {exc}")
+            problem = composer.attach_gpu_images(i, offer)
+            if problem:
+                offer = not_offered(problem)
+        else:
+            composer.attach_gpu_images(i, offer)
+        fd = create_layer_fd(spec, name=f"layer-{name}")
+        # A layer offered GPU images normally never reads the block's image bytes, so they
+        # are not faulted in up front (a producer that falls back to the block pays about a
+        # millisecond per ring image, once, on the compositor's side).
+        readers.append(LayerReader(fd, populate=not offer.offered))
+        send_layer_fd(control, fd, spec)
+        send_gpu_images(control, offer)
+        os.close(fd)  # the reader's mapping and the parent's copy keep the block alive
+    return readers, allocator
+
+
+def _stderr_report(message: str) -> None:
+    """The compositor's messages: straight to fd 2 (no Python buffering, never raises)."""
+    try:
+        os.write(2, f"compositor: {message}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
 
 
 class CompositorHandle:
@@ -558,20 +789,27 @@ class CompositorHandle:
         self.process = process
         self.control = control
         self.layers: list[tuple[int, LayerSpec]] = []
+        #: Per layer, its GPU images as offered (fds owned here), or why there are none.
+        self.gpu_images: list[GpuImagesOffer] = []
         self.ready: dict[str, Any] = {}
 
     @classmethod
     def start(
-        cls, config: CompositorConfig, pose_fd: int, timeout_s: float = 60.0
+        cls,
+        config: CompositorConfig,
+        pose_fd: int,
+        timeout_s: float = 60.0,
+        input_fd: int | None = None,
     ) -> CompositorHandle:
-        """Spawn the process and wait for its layers and ``ready``.
+        """Spawn the process and wait for its layers and ``ready``; ``input_fd`` is the
+        input block it is to write (``None``: no input).
 
         Raises ``RuntimeError`` if it dies or is not ready within ``timeout_s``.
         """
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         process = SPAWN.Process(
             target=compositor_main,
-            args=(config, PassedFd(pose_fd), child),
+            args=(config, PassedFd(pose_fd), child, _passed(input_fd)),
             name="engine-compositor",
             daemon=True,
         )
@@ -582,6 +820,7 @@ class CompositorHandle:
             parent.settimeout(timeout_s)
             for _ in config.layers:
                 handle.layers.append(recv_layer_fd(parent))
+                handle.gpu_images.append(recv_gpu_images(parent))
             ready = recv_message(parent, timeout_s)
         except (OSError, ConnectionError, ValueError) as exc:
             handle.kill()
@@ -594,6 +833,12 @@ class CompositorHandle:
 
     def alive(self) -> bool:
         return self.process.is_alive()
+
+    def gpu_images_for_child(self, layer: int) -> GpuImagesOffer:
+        """Layer ``layer``'s GPU images offer, its fds wrapped to pass to a ``spawn``
+        child (which receives its own copies; every child gets the same images)."""
+        offer = self.gpu_images[layer]
+        return GpuImagesOffer(offer.images, tuple(PassedFd(fd) for fd in offer.fds), offer.reason)
 
     def stop(self, timeout_s: float = 10.0) -> dict[str, Any]:
         """Ask it to stop and return its final stats (``{}`` if it could not say)."""
@@ -624,4 +869,28 @@ class CompositorHandle:
             except OSError:
                 pass
         self.layers = []
+        for offer in self.gpu_images:
+            offer.close()
+        self.gpu_images = []
         self.control.close()
+
+
+# --- input (see engine.compositor.input_feed) -------------------------------------------
+
+
+def input_feed(sink: Any, input_fd: int, script_path: str | None) -> Any:
+    """``sink`` wrapped so that it also writes the input block (window events, script).
+
+    Raises :class:`~engine.input.script.InputScriptError` or ``OSError`` for a script that
+    cannot be played (the compositor then fails to start, saying why).
+    """
+    from engine.compositor.input_feed import InputFeed
+    from engine.contracts.input import InputWriter
+    from engine.input.script import load_script
+
+    script = load_script(script_path) if script_path else None
+    return InputFeed(sink, InputWriter(input_fd), script)
+
+
+def _passed(fd: int | None) -> PassedFd | None:
+    return None if fd is None else PassedFd(fd)

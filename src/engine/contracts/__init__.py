@@ -11,6 +11,8 @@ module                        contract
 :mod:`~.layer`                the layer block (game → compositor): header, ring, images
 :mod:`~.handoff`              the pose block (compositor → clients) and the heartbeat
                               block (game → supervisor)
+:mod:`~.input`                the input block (compositor → game): keys, mouse, press
+                              and release counters
 ============================  ==========================================================
 
 Code in this package writes shared memory that another process reads; the frame watchdog

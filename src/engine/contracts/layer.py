@@ -18,6 +18,12 @@ The byte layout is in ``docs/layer-format.md``; in short (all little-endian)::
            BGRA8), eye 0 (left) first,
            rows bottom-to-top as glReadPixels returns them
 
+Where the drivers allow it, the images live in GPU memory instead (one image per ring
+image and eye, allocated by the compositor and imported by both sides, see
+:mod:`engine.contracts.gpu_layer`): the writer says so in the header's ``image_storage``
+(:class:`ImageStorage`), the image bytes of the block are then unused, and everything
+else (header, records, seqlocks, poses, frame numbers) works exactly as above.
+
 Torn frames are prevented by two seqlocks: each image's ``seq`` is odd while the producer
 writes it and even once complete; ``publish_seq`` guards ``latest_index`` the same way. The
 reader checks an image's ``seq`` before and after using it and retries a bounded number of
@@ -73,6 +79,7 @@ QUATERNION_TOLERANCE = 1e-3  # how far |orientation| may be from 1
 _GLOBAL = struct.Struct("<8sIIIIIIQQQ")
 _PUBLISH_SEQ_OFFSET = 56  # u64
 _LATEST_INDEX_OFFSET = 64  # u32
+_IMAGE_STORAGE_OFFSET = 68  # u32, in what was reserved space: 0 (images here) for old writers
 # Per-image record: seq, frame, completed_ns, reserved; then per eye 11 doubles:
 # position xyz, orientation xyzw, fov left right up down.
 _SLOT_HEAD = struct.Struct("<QQqQ")
@@ -103,6 +110,23 @@ class PixelFormat(enum.IntEnum):
 
 
 _BYTES_PER_PIXEL = {PixelFormat.RGBA8: 4, PixelFormat.BGRA8: 4}
+
+
+class ImageStorage(enum.IntEnum):
+    """Where a layer's images are, as the writer states it in the header.
+
+    Zero is the block itself, which is what every writer wrote before this field existed
+    (the word was reserved and zeroed).
+    """
+
+    SHARED_MEMORY = 0
+    """In this block, after the records: the reader copies (uploads) them."""
+
+    GPU_MEMORY = 1
+    """In the GPU images the compositor handed over with the block (one per ring image and
+    eye, :mod:`engine.contracts.gpu_layer`); image ``i`` of the ring is GPU image ``i``.
+    The block's image bytes are unused and :attr:`ImageSlot.pixels` /
+    :attr:`LayerFrame.pixels` are ``None``."""
 
 
 def _align(n: int) -> int:
@@ -272,11 +296,12 @@ class ImageSlot:
     Attributes:
         index: which image of the ring this is.
         pixels: writable ``uint8`` view ``(eyes, height, width, 4)`` straight onto the
-            shared memory; eye 0 (left) first, rows bottom-to-top.
+            shared memory; eye 0 (left) first, rows bottom-to-top. ``None`` when the
+            images are in GPU memory (draw into GPU image ``index`` instead).
     """
 
     index: int
-    pixels: np.ndarray
+    pixels: np.ndarray | None
 
     def eye(self, i: int) -> np.ndarray:
         """Writable ``(height, width, 4)`` view of eye ``i``'s pixels."""
@@ -307,6 +332,8 @@ class LayerFrame:
             overwrite (check :meth:`LayerReader.still_valid` after use); from
             :meth:`LayerReader.read_into` the caller's array.
         spec: the layer's spec as the header stated it for this read.
+        storage: where the image is; for :attr:`ImageStorage.GPU_MEMORY` ``pixels`` is
+            ``None`` and the image is GPU image ``index`` of the layer.
     """
 
     index: int
@@ -314,8 +341,9 @@ class LayerFrame:
     frame: int
     completed_ns: int
     eyes: tuple[EyeView, ...]
-    pixels: np.ndarray
+    pixels: np.ndarray | None
     spec: LayerSpec
+    storage: ImageStorage = ImageStorage.SHARED_MEMORY
 
 
 class _Mapping:
@@ -325,14 +353,14 @@ class _Mapping:
     stores, so they are never torn.
     """
 
-    def __init__(self, fd: int, size: int, writable: bool) -> None:
+    def __init__(self, fd: int, size: int, writable: bool, populate: bool = True) -> None:
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         # Populated up front: otherwise each image's first use faults in its pages one by
         # one (about a millisecond per 720p stereo image), which made the compositor's
         # first frames of a new layer late. Not past a sane size: a block handed over by
         # someone else could be a huge sparse file that would then all be allocated here.
         flags = mmap.MAP_SHARED
-        if size <= POPULATE_MAX_BYTES:
+        if populate and size <= POPULATE_MAX_BYTES:
             flags |= getattr(mmap, "MAP_POPULATE", 0)
         self.mm = mmap.mmap(fd, size, flags=flags, prot=prot)
         self.size = size
@@ -362,8 +390,13 @@ class LayerWriter:
 
     Creating a writer (re)initialises the header for ``spec``; a restarted producer may
     attach to the same block again, and frames a reader still holds from before become
-    invalid. Raises ``ValueError`` if the block is smaller than ``spec.block_size`` and
-    ``OSError`` for an fd that cannot be mapped read-write. The fd stays the caller's.
+    invalid. A writer attaching to a block that had an image published starts the ring
+    after that image, so it does not draw into the image a reader may still be showing
+    (which matters when that image is GPU memory the reader samples in place).
+    ``storage`` says where the images are: with :attr:`ImageStorage.GPU_MEMORY` only the
+    header and records are mapped and slots carry no pixels. Raises ``ValueError`` if the
+    block is smaller than ``spec.block_size`` and ``OSError`` for an fd that cannot be
+    mapped read-write. The fd stays the caller's.
 
     Example:
         >>> spec = LayerSpec(width=2, height=2, eyes=1)
@@ -374,12 +407,19 @@ class LayerWriter:
         True
     """
 
-    def __init__(self, fd: int, spec: LayerSpec) -> None:
+    def __init__(
+        self, fd: int, spec: LayerSpec, storage: ImageStorage = ImageStorage.SHARED_MEMORY
+    ) -> None:
         size = os.fstat(fd).st_size
         if size < spec.block_size:
             raise ValueError(f"block is {size} bytes, {spec} needs {spec.block_size}")
         self.spec = spec
-        self._map = _Mapping(fd, spec.block_size, writable=True)
+        self.storage = ImageStorage(storage)
+        # GPU images: the block's image bytes are never touched, so never mapped (a
+        # populated writable mapping would allocate them all).
+        in_block = self.storage is ImageStorage.SHARED_MEMORY
+        mapped = spec.block_size if in_block else spec.images_offset
+        self._map = _Mapping(fd, mapped, writable=True)
         self._publish = self._map.seqlock(_PUBLISH_SEQ_OFFSET)
         self._images = [self._map.seqlock(_slot_offset(i)) for i in range(spec.images)]
         self._last_published: int | None = None
@@ -389,6 +429,10 @@ class LayerWriter:
 
     def _initialise(self) -> None:
         m, spec = self._map, self.spec
+        if m.mm[0:8] == MAGIC:
+            previous = int(m.u32[_LATEST_INDEX_OFFSET // 4])
+            if previous < spec.images:
+                self._last_published = previous  # acquire() starts after it
         odd = self._publish.begin_write()  # readers keep out
         m.bytes[0:8] = 0  # magic last, so a half-written header never looks valid
         m.u32[_LATEST_INDEX_OFFSET // 4] = NO_IMAGE
@@ -407,6 +451,7 @@ class LayerWriter:
             spec.image_stride,
             spec.block_size,
         )
+        m.u32[_IMAGE_STORAGE_OFFSET // 4] = self.storage
         for lock in self._images:
             # Move every image's counter on to a fresh even value, so frames a reader
             # took from a previous writer fail still_valid().
@@ -429,8 +474,10 @@ class LayerWriter:
         last = self._last_published
         index = 0 if last is None else (last + 1) % spec.images
         self._images[index].begin_write()
-        start = spec.image_offset(index)
-        pixels = m.bytes[start : start + spec.image_bytes].reshape(spec.shape)
+        pixels = None
+        if self.storage is ImageStorage.SHARED_MEMORY:
+            start = spec.image_offset(index)
+            pixels = m.bytes[start : start + spec.image_bytes].reshape(spec.shape)
         self._drawing = ImageSlot(index, pixels)
         return self._drawing
 
@@ -492,10 +539,12 @@ class LayerReader:
     a block whose fd is not sealed against shrinking (``F_SEAL_SHRINK``: without it the
     producer could truncate the block and the reader would die of SIGBUS), one smaller than
     the 4 KiB header page, and one it cannot map. The fd stays the caller's; the reader
-    keeps its own reference through the mapping.
+    keeps its own reference through the mapping. ``populate=False`` maps the block without
+    faulting its pages in up front (for a layer whose images will be in GPU memory, whose
+    block image bytes are never read).
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, populate: bool = True) -> None:
         size = os.fstat(fd).st_size
         self.last_error: str | None = None
         self._map: _Mapping | None = None
@@ -510,7 +559,7 @@ class LayerReader:
             self._refusal = f"refusing layer: block is {size} bytes, less than one header page"
         else:
             try:
-                self._map = _Mapping(fd, size, writable=False)
+                self._map = _Mapping(fd, size, writable=False, populate=populate)
             except (OSError, ValueError) as exc:
                 self._refusal = f"refusing layer: cannot map it read-only ({exc})"
 
@@ -594,12 +643,18 @@ class LayerReader:
             spec = _parse_header(header, m.size)
             if isinstance(spec, str):
                 return self._fail(spec)
+            storage = _parse_storage(header)
+            if isinstance(storage, str):
+                return self._fail(storage)
+            in_block = storage is ImageStorage.SHARED_MEMORY
             if latest == NO_IMAGE:
                 return self._fail("nothing published yet")
             if latest >= spec.images:
                 return self._fail(f"latest image index {latest} is not below {spec.images}")
             if dst is not None:
-                problem = _destination_problem(dst, spec)
+                problem = (
+                    _destination_problem(dst, spec) if in_block else "images are in GPU memory"
+                )
                 if problem:
                     return self._fail(problem)
 
@@ -611,8 +666,10 @@ class LayerReader:
                 return self._fail(f"image {latest} is published but was never completed")
             record = m.mm[seq_offset : seq_offset + SLOT_BYTES]
             start = spec.image_offset(latest)
-            pixels = m.bytes[start : start + spec.image_bytes].reshape(spec.shape)
-            if dst is not None:
+            pixels = (
+                m.bytes[start : start + spec.image_bytes].reshape(spec.shape) if in_block else None
+            )
+            if dst is not None and pixels is not None:
                 np.copyto(dst, pixels)
                 pixels = dst
             if m.load64(seq_offset) != seq:
@@ -628,7 +685,7 @@ class LayerReader:
                     return self._fail(f"image {latest} eye {i}: {problem}")
                 eyes.append(_eye_view(values))
             self.last_error = None
-            return LayerFrame(latest, seq, frame, completed_ns, tuple(eyes), pixels, spec)
+            return LayerFrame(latest, seq, frame, completed_ns, tuple(eyes), pixels, spec, storage)
         return self._fail(f"no settled frame after {READ_ATTEMPTS} attempts: {retry_reason}")
 
 
@@ -652,6 +709,14 @@ def _parse_header(header: bytes, mapped: int) -> LayerSpec | str:
     if spec.block_size > mapped:
         return f"layer needs {spec.block_size} bytes but the block has {mapped}"
     return spec
+
+
+def _parse_storage(header: bytes) -> ImageStorage | str:
+    """Where a header snapshot says the images are, or why that is not a known place."""
+    (value,) = struct.unpack_from("<I", header, _IMAGE_STORAGE_OFFSET)
+    if value not in ImageStorage.__members__.values():
+        return f"unknown image storage {value}"
+    return ImageStorage(value)
 
 
 def _destination_problem(dst: np.ndarray, spec: LayerSpec) -> str | None:

@@ -5,9 +5,12 @@
     engine history PROJECT MODULE                            list a module's versions
     engine undo|redo PROJECT MODULE                          move the active version
     engine enable PROJECT SYSTEM                             re-enable a disabled system
+    engine doctor [PROJECT]                                  check the machine (and a project)
+    engine rewind PROJECT SECONDS                            put back the world of then
 
 ``undo``, ``redo`` and ``enable`` act on a running game (through a command file it
-watches) or, when none runs, on the project's history directly.
+watches) or, when none runs, on the project's history directly; ``rewind`` acts on a
+running game only.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ can edit while the game runs.
 """
 
 from engine.render.components import Material, Mesh, Transform
+from systems.bob import Bob
 from systems.motion import Spin
 
 
@@ -46,21 +50,28 @@ def setup(world):
         Mesh("cube"),
         Material(color=(0.9, 0.3, 0.2, 1.0)),
         Spin(speed=1.0),
+        Bob(base_y=1.5),
     )
 '''
 
 SCAFFOLD_SYSTEM = '''"""A system module: edit it while the game runs.
 
-A broken save never stops play: the last working version keeps running.
+Change SPEED or HEIGHT and save: the cube bobs differently from the next frame on. A
+broken save never stops play: the last working version keeps running.
 """
+
+import math
 
 import engine
 from engine.render.components import Transform
 
+SPEED = 2.0  # radians per second: try 6.0
+HEIGHT = 0.3  # metres up and down: try 0.8
+
 
 @engine.component
 class Bob:
-    height: float = 0.2
+    base_y: float = 1.5
     t: float = 0.0
 
 
@@ -68,6 +79,8 @@ class Bob:
 def bob(world, dt):
     for _, (t, b) in world.get_components(Transform, Bob):
         b.t += dt
+        x, _, z = t.position
+        t.position = (x, b.base_y + HEIGHT * math.sin(SPEED * b.t), z)
 '''
 
 
@@ -82,16 +95,85 @@ def _unit(project: Path, name: str) -> VersionHistory:
     return ProjectHistory(project).unit("systems", name)
 
 
+def user_error(message: str) -> int:
+    """Say what is wrong and what to do (one or two lines, on stderr); exit status 2."""
+    print(f"engine: {message}", file=sys.stderr)
+    return 2
+
+
+def project_problem(project: Path) -> str | None:
+    """Why ``project`` cannot be run (a missing path, a file), or ``None``."""
+    if not project.exists():
+        return (
+            f"no project folder at {project}\n"
+            f"  make one with: engine new {project}   (or give the folder holding game.py)"
+        )
+    if not project.is_dir():
+        return (
+            f"{project} is a file, not a project folder\n"
+            "  give the folder that holds game.py and systems/"
+        )
+    return None
+
+
+def display_problem() -> str | None:
+    """Why ``--window`` cannot open a window here, or ``None``: asked of a child process
+    (``engine doctor``'s display probe), so a missing or unreachable X display is found
+    before the compositor starts."""
+    from engine.launcher.doctor import OK, PROBE_TIMEOUT_S, Probe, display_check
+
+    probe = None
+    if os.environ.get("DISPLAY"):
+        probe = Probe("display", timeout_s=PROBE_TIMEOUT_S["display"], env={"PYGLET_HEADLESS": "0"})
+    check = display_check(probe.result() if probe else None)
+    if check.status == OK:
+        return None
+    return (
+        f"--window needs a display: {check.detail.split(': --window')[0]}\n"
+        f"  run without --window (headless; --capture FILE saves a frame), or {check.fix}"
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run under the supervisor: a compositor process and a restartable game process."""
-    if args.single_process:
-        return cmd_run_single(args)
+    """Run under the supervisor: a compositor process and a restartable game process.
+
+    Refused with exit status 2 and a line on stderr (never a traceback): a project path
+    that is missing or a file, ``--window`` without a reachable display, a project another
+    ``engine run`` holds (:mod:`engine.launcher.project_lock`), a bad ``--input-script``,
+    a compositor that cannot start."""
+    from engine.launcher.project_lock import ProjectBusy, ProjectLock
+
+    project = _project(args.project)
+    problem = project_problem(project)
+    if problem is None and args.window and not args.single_process:
+        problem = display_problem()
+    if problem is not None:
+        return user_error(problem)
+    script = load_input_script(args.input_script)
+    if script is None:
+        return 2
+    lock = ProjectLock(project)
+    try:
+        lock.acquire()
+    except ProjectBusy as exc:
+        return user_error(
+            f"{exc}\n  stop that one first (Ctrl-C there, or kill {exc.pid or 'it'}); "
+            "engine undo/redo/enable/rewind act on it as it runs"
+        )
+    try:  # held for this process's life: it is the supervisor
+        if args.single_process:
+            return cmd_run_single(args, script)
+        return run_supervised(args, project)
+    finally:
+        lock.release()
+
+
+def run_supervised(args: argparse.Namespace, project: Path) -> int:
     from engine.compositor.process import CompositorConfig
     from engine.launcher.game_process import DEFAULT_RENDER, RENDER_SYSTEM
     from engine.launcher.supervisor import Supervisor
     from engine.render.stage import RenderSettings
 
-    project = _project(args.project)
     size = RenderSettings.parse_size(args.size)
     supervisor = Supervisor(
         project,
@@ -101,6 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             eye_height=size.height,
             capture_path=args.capture,
             window=args.window,
+            input_script=args.input_script,
         ),
         watch=not args.no_watch,
         console=not args.quiet,
@@ -113,28 +196,96 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{project / 'systems'} live (Ctrl-C to stop)"
     )
     install_supervisor_signals(supervisor)
-    stats = flatten_stats(supervisor.run(frames=args.frames))
+    try:
+        supervised = supervisor.run(frames=args.frames)
+    except RuntimeError as exc:
+        if "compositor did not start" not in str(exc):
+            raise
+        return user_error(f"{exc}\n  `engine doctor` says what this machine lacks")
+    stats = flatten_stats(supervised)
+    write_last_run(project, stats)
     if args.stats_json:
         Path(args.stats_json).write_text(json.dumps(stats, indent=1))
         print(f"engine: stats written to {args.stats_json}")
-    comp = stats.get("compositor") or {}
-    print(
-        f"engine: compositor {comp.get('frames', 0)} frames ({comp.get('missed', 0)} missed), "
-        f"game {stats.get('frames', 0)} frames, {len(stats.get('restarts', []))} restarts"
-    )
+    print(f"engine: {run_summary(stats)}")
     if args.capture:
         print(f"engine: last composited frame written to {args.capture}")
     return 0 if not stats.get("compositor_failure") else 1
 
 
+def run_summary(stats: dict) -> str:
+    """The closing line of a supervised run, from :func:`flatten_stats`' dict: display
+    frames the compositor presented, and game frames across every game process."""
+    comp = stats.get("compositor") or {}
+    restarts = len(stats.get("restarts", []))
+    games = f" in {restarts + 1} game processes" if restarts else ""
+    return (
+        f"compositor presented {comp.get('frames', 0)} frames ({comp.get('missed', 0)} missed); "
+        f"the game ran {stats.get('frames', 0)} frames{games}, "
+        f"{restarts} restart{'s' if restarts != 1 else ''}"
+    )
+
+
+#: Where a run's stats are kept for ``engine stats``, in the project.
+LAST_RUN = Path(".engine") / "last-run.json"
+
+
+def write_last_run(project: Path, stats: dict) -> None:
+    """Keep ``stats`` as the project's last run (``engine stats``); a failure to write
+    it is said in one line, never raised: the run itself went well."""
+    try:
+        (project / LAST_RUN).parent.mkdir(parents=True, exist_ok=True)
+        (project / LAST_RUN).write_text(json.dumps(stats, indent=1))
+    except OSError as exc:
+        print(f"engine: could not keep the run's stats for `engine stats`: {exc}")
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Print the last run's stats (``PROJECT/.engine/last-run.json``, written when
+    ``engine run`` stops): the closing line, the systems table and the swap counts.
+    Exit status 1, in one line, when there are none; 2 for a bad project path."""
+    from rich.console import Console
+
+    from engine.launcher.console import SystemsTable
+
+    project = Path(args.project)
+    problem = project_problem(project)
+    if problem is not None:
+        return user_error(problem)
+    path = project / LAST_RUN
+    try:
+        stats = json.loads(path.read_text())
+    except FileNotFoundError:
+        print(f"engine: no stats for {project} yet: `engine run {project}` writes them as it stops")
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"engine: cannot read {path}: {exc}", file=sys.stderr)
+        return 1
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(path.stat().st_mtime))
+    print(f"engine: last run of {project}, stopped {when}")
+    if "compositor" in stats:
+        print(f"engine: {run_summary(stats)}")
+    Console(width=100, soft_wrap=False).print(SystemsTable(title="systems").render(stats))
+    counts = stats.get("swap_counts") or {}
+    if counts:
+        print(f"swaps: {counts.get('total', 0)} in all, {counts.get('failed', 0)} failed")
+    for r in stats.get("restarts", []):
+        print(f"restart at {r.get('at_s', 0):.1f} s: {r.get('message') or r.get('cause')}")
+    return 0
+
+
 def flatten_stats(supervised: dict) -> dict:
-    """The game's own stats at the top (``frames``, ``systems``, ``swaps``, ``world``) plus
-    the supervisor's (``compositor``, ``restarts``, …), as ``--stats-json`` writes them."""
+    """The game's own stats at the top (``systems``, ``swaps``, ``world``) plus the
+    supervisor's (``compositor``, ``restarts``, …), as ``--stats-json`` writes them.
+
+    ``frames`` is the game frames of every game process of the run (a restarted game's
+    count goes on); the last process's own count is ``game.last_process_frames``."""
     game = supervised.get("game") or {}
     engine_stats = game.get("engine") or {}
     out = {**engine_stats, **{k: v for k, v in supervised.items() if k != "game"}}
     out["game"] = {k: v for k, v in game.items() if k != "engine"}
-    out.setdefault("frames", game.get("frames", 0))
+    out["game"]["last_process_frames"] = engine_stats.get("frames")
+    out["frames"] = game.get("frames", engine_stats.get("frames", 0))
     return out
 
 
@@ -147,7 +298,21 @@ def install_supervisor_signals(supervisor: object) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def cmd_run_single(args: argparse.Namespace) -> int:
+def load_input_script(path: str | None) -> list | None:
+    """``--input-script``'s events (``[]`` without one), or ``None`` after saying in one
+    line why the file cannot be played."""
+    if not path:
+        return []
+    from engine.input.script import InputScriptError, load_script
+
+    try:
+        return load_script(path)
+    except (InputScriptError, OSError, UnicodeDecodeError) as exc:
+        print(f"engine: bad --input-script: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_run_single(args: argparse.Namespace, script: list | None = None) -> int:
     """Everything in this process (no compositor, no restarts): for debugging and profiling."""
     from engine.launcher.console import attach_live_console
     from engine.render.stage import RenderSettings
@@ -165,6 +330,10 @@ def cmd_run_single(args: argparse.Namespace) -> int:
         )
         engine = Engine(project, fixed_dt=args.fixed_dt)
     install_stop_signals(engine)
+    if script:
+        from engine.input.script import drive_engine
+
+        drive_engine(engine, script)
     stage = engine.render_stage
     drawing = f"drawing 2x{stage.spec.width}x{stage.spec.height}" if stage else "not drawing"
     print(
@@ -189,6 +358,7 @@ def cmd_run_single(args: argparse.Namespace) -> int:
 
             plot_frame_times(engine.recorder, Path(args.plot))
             print(f"engine: per-system frame times plotted to {args.plot}")
+        write_last_run(project, stats)
         if args.stats_json:
             Path(args.stats_json).write_text(json.dumps(stats, indent=1))
             print(f"engine: stats written to {args.stats_json}")
@@ -261,12 +431,55 @@ def cmd_enable(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """What this machine (and a project) gives the engine; see engine.launcher.doctor."""
+    from engine.launcher.doctor import main as doctor
+
+    return doctor(args.project)
+
+
+def _ns_since_start() -> int:
+    """How long ago this process started (Linux; 0 elsewhere): Python's start-up is part of
+    what ``engine rewind`` must not count as the past."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started_s = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # since boot
+        return max(0, time.clock_gettime_ns(time.CLOCK_BOOTTIME) - round(started_s * 1e9))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0
+
+
+def cmd_rewind(args: argparse.Namespace) -> int:
+    project = Path(args.project)
+    if running_pid(project) is None:
+        print(f"engine: rewind acts on a running game; none runs on {project}", file=sys.stderr)
+        return 1
+    asked_ns = time.monotonic_ns() - _ns_since_start()  # when the user pressed enter
+    result = send_command(project, "rewind", seconds=str(args.seconds), asked_ns=str(asked_ns))
+    if not result.get("ok"):
+        print(f"engine: rewind failed: {result.get('error')}", file=sys.stderr)
+        return 1
+    print(
+        f"engine: world rewound {result['seconds']:.1f} s, to frame {result['frame']} "
+        f"({result['entities']} entities)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="engine", description="The All-Source Engine.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a game project (default: the bundled example)")
     r.add_argument("project", nargs="?")
-    r.add_argument("--frames", type=int, default=None, help="stop after N frames")
+    r.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop once the compositor has presented N display frames (90 a second); the "
+        "game runs fewer (it starts later, and a restart loses a few). With "
+        "--single-process: N game frames",
+    )
     r.add_argument("--stats-json", help="write run statistics to this file at exit")
     r.add_argument("--no-watch", action="store_true", help="do not watch for edits")
     r.add_argument("--fixed-dt", type=float, default=None, help="constant dt per frame")
@@ -278,11 +491,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--window", action="store_true", help="show both eyes in a mirror window")
     r.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     r.add_argument(
+        "--input-script",
+        metavar="FILE",
+        help="play scripted key and mouse input (JSON lines; see docs/input.md)",
+    )
+    r.add_argument(
         "--single-process",
         action="store_true",
         help="run the game in this process, without the compositor (debugging, profiling)",
     )
     r.set_defaults(func=cmd_run)
+    st = sub.add_parser("stats", help="print the last run's statistics of a project")
+    st.add_argument("project")
+    st.set_defaults(func=cmd_stats)
     n = sub.add_parser("new", help="scaffold a new game project")
     n.add_argument("dir")
     n.set_defaults(func=cmd_new)
@@ -299,6 +520,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("project")
     e.add_argument("system")
     e.set_defaults(func=cmd_enable)
+    d = sub.add_parser("doctor", help="check what this machine (and a project) gives the engine")
+    d.add_argument("project", nargs="?", help="also check this project's modules and shaders")
+    d.set_defaults(func=cmd_doctor)
+    w = sub.add_parser("rewind", help="put back the world of a running game as it was then")
+    w.add_argument("project")
+    w.add_argument("seconds", type=float, help="how many seconds back (the last minute is kept)")
+    w.set_defaults(func=cmd_rewind)
     return p
 
 

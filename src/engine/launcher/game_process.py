@@ -8,14 +8,23 @@ What it does each frame, on top of the engine's own frame (``Engine.after_frame`
    ``render(frame, eyes, slot)`` factory (a CPU test pattern for benches and tests);
 2. beat: write its frame number and time to the heartbeat block (the supervisor's proof
    of life);
-3. every ``checkpoint_interval_s`` or more, serialize the world at this frame boundary and
-   hand the bytes to a writer thread, which replaces the checkpoint file atomically (tmp +
-   ``os.replace``), so a frame pays only for the serialization.
+3. every ``checkpoint_interval_s`` or more, checkpoint the world at this frame boundary:
+   a forked child writes it (the frame pays for the fork only; see
+   :mod:`engine.world.checkpointer`), into a ring of the last ``rewind_s`` seconds
+   (``engine rewind``) and atomically as the newest checkpoint.
 
 The frame starts when the compositor publishes a new display frame (:class:`HandoffPacer`)
 and samples the pose the compositor predicted for that frame's display
-(:class:`HandoffPoseSource`). Started after a crash (``restarted``), the engine blames the
-module version that was on probation and the world is restored from the checkpoint.
+(:class:`HandoffPoseSource`).
+
+Start-up order (:func:`game_main`): die with the supervisor, then fence the game in
+(:mod:`engine.launcher.containment`: own session, signals only within it, memory limit),
+then faulthandler into the supervisor's crash block, then restore the world from the
+checkpoint, then load the modules (their ``on_load`` sees the restored world; ``setup``
+runs only for a new world). From its first line the game says in its heartbeat block what
+it runs (:class:`~engine.contracts.handoff.RunningNow`), so the supervisor can blame
+exactly that code or phase if the process dies or hangs; a version it blames is marked
+bad in the history before the next game starts, so that game runs without it.
 
 A render callable may raise: the frame then publishes nothing (the compositor reprojects
 and later excludes the layer; the supervisor restarts a game that stops publishing).
@@ -26,9 +35,10 @@ from __future__ import annotations
 import faulthandler
 import importlib
 import json
+import math
+import multiprocessing
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,13 +46,18 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.contracts.handoff import HeartbeatWriter, PoseHandoffReader
+from engine.contracts.gpu_layer import GpuImagesOffer
+from engine.contracts.handoff import HeartbeatWriter, Phase, PoseHandoffReader, RunningNow
 from engine.contracts.layer import ImageSlot, LayerSpec, LayerWriter
 from engine.game import Engine, FrameInfo, install_stop_signals
+from engine.launcher.containment import ReportChannel, contain_game, die_with_parent, keep_fd
 from engine.pose.base import EyeView
 from engine.pose.handoff import HandoffPacer, HandoffPoseSource
 from engine.scheduler.scheduler import SchedulePolicy
 from engine.world.checkpoint import CheckpointError
+from engine.world.checkpointer import Checkpointer, write_atomically
+from engine.world.ring import DEFAULT_MAX_BYTES, CheckpointRing
+from engine.world.world import World
 
 #: Draws one frame: ``render(frame, eyes, slot)`` fills ``slot`` (both eyes) for ``eyes``.
 Render = Callable[[int, tuple[EyeView, ...], ImageSlot], None]
@@ -52,6 +67,9 @@ Render = Callable[[int, tuple[EyeView, ...], ImageSlot], None]
 RenderFactory = Callable[[Engine, LayerSpec], Render]
 
 DEFAULT_RENDER = "engine.launcher.game_process:fill_renderer"
+#: The signal the supervisor sends a hung game so that faulthandler writes where each
+#: thread is into the crash block (then it kills the game).
+DUMP_SIGNAL = signal.SIGUSR2
 #: ``GameConfig.render`` value that draws with the engine's own render system
 #: (``systems/render.py``: every Transform + Mesh + Material, both eyes, live shaders).
 RENDER_SYSTEM = "system"
@@ -65,12 +83,16 @@ class GameConfig:
     :data:`RenderFactory` as ``"module:attribute"``.
     ``probation_frames`` overrides the scheduler's probation length (tests shorten it).
     ``console`` shows the live systems table; ``plot_path`` writes per-system frame times
-    as a PNG when the game stops.
+    as a PNG when the game stops. ``memory_limit`` is the most private memory the game
+    may commit, in bytes (``None``: no limit; see
+    :func:`engine.launcher.containment.limit_memory`). ``rewind_s`` is how far back
+    ``engine rewind`` can go (checkpoints kept, at most ``rewind_max_bytes`` of them on disk).
     """
 
     project_dir: str
     checkpoint_path: str
     restarted: bool = False
+    memory_limit: int | None = None
     render: str = DEFAULT_RENDER
     checkpoint_interval_s: float = 1.0
     probation_frames: int | None = None
@@ -79,6 +101,8 @@ class GameConfig:
     console: bool = False
     plot_path: str | None = None
     stats_path: str | None = None  # where the engine's stats go when it stops cleanly
+    rewind_s: float = 60.0
+    rewind_max_bytes: int = DEFAULT_MAX_BYTES
 
 
 def load_render_factory(path: str) -> RenderFactory:
@@ -112,71 +136,6 @@ def fill_renderer(engine: Engine, spec: LayerSpec) -> Render:
     return render
 
 
-class Checkpointer:
-    """Takes a checkpoint at most every ``interval_ns`` and writes it off the frame.
-
-    :meth:`maybe_take` serializes on the calling (main) thread, at a frame boundary, and
-    hands the bytes to a writer thread; if the writer is still busy with an older one,
-    the older one is simply replaced. The file is written to ``path.tmp`` then renamed,
-    so a reader (the next game process) sees the old checkpoint or the new one, never
-    half of one.
-    """
-
-    def __init__(self, path: Path, interval_ns: int) -> None:
-        self.path = path
-        self.interval_ns = interval_ns
-        self.last_ns: int | None = None
-        self.taken = 0
-        self.last_dump_ns = 0
-        self.last_bytes = 0
-        self._pending: bytes | None = None
-        self._wake = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._write_loop, name="checkpoint", daemon=True)
-        self._thread.start()
-
-    def maybe_take(self, engine: Engine, now_ns: int) -> bool:
-        """Serialize the world if the interval has passed since the last one."""
-        if self.last_ns is not None and now_ns - self.last_ns < self.interval_ns:
-            return False
-        t0 = time.perf_counter_ns()
-        data = engine.checkpoint()
-        self.last_dump_ns = time.perf_counter_ns() - t0
-        self.last_ns, self.last_bytes = now_ns, len(data)
-        self.taken += 1
-        with self._wake:
-            self._pending = data
-            self._wake.notify()
-        return True
-
-    def _write_loop(self) -> None:
-        while True:
-            with self._wake:
-                while self._pending is None and not self._closed:
-                    self._wake.wait()
-                data, self._pending = self._pending, None
-                if data is None:
-                    return
-            write_atomically(self.path, data)
-
-    def close(self, final: bytes | None = None) -> None:
-        """Write ``final`` (if given) after anything pending, then stop the thread."""
-        with self._wake:
-            if final is not None:
-                self._pending = final
-            self._closed = True
-            self._wake.notify()
-        self._thread.join(10.0)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data``: readers see the old file or the new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 class LayerPublisher:
     """The after-frame hook: render and publish the layer, beat, maybe checkpoint."""
 
@@ -190,6 +149,7 @@ class LayerPublisher:
         self.writer = writer
         self.render = render
         self.heartbeat = heartbeat
+        self.running: RunningNow = heartbeat.running
         self.checkpointer = checkpointer
         self.render_errors = 0
 
@@ -202,6 +162,7 @@ class LayerPublisher:
         elif self.writer is not None and self.render and info is not None and info.pose:
             eyes = info.pose.eyes[: self.writer.spec.eyes]
             slot = self.writer.acquire()
+            self.running.phase(Phase.RENDER)
             try:
                 self.render(engine.frame, eyes, slot)
             except Exception as exc:  # a broken renderer must not stop the heartbeat
@@ -212,26 +173,54 @@ class LayerPublisher:
                 self.writer.publish(slot, engine.frame, eyes, time.monotonic_ns())
                 self.heartbeat.published_frame = engine.frame
         now = time.monotonic_ns()
-        if self.checkpointer.maybe_take(engine, now):
-            hb = self.heartbeat
-            hb.checkpoints, hb.checkpoint_frame = self.checkpointer.taken, engine.frame
-            hb.checkpoint_ns = self.checkpointer.last_dump_ns
-            hb.checkpoint_bytes = self.checkpointer.last_bytes
+        self.running.phase(Phase.CHECKPOINT)
+        cp = self.checkpointer
+        cp.maybe_take(engine, now)
+        hb = self.heartbeat  # checkpoint_ns: what the newest one cost this (frame) thread
+        hb.checkpoints, hb.checkpoint_frame = cp.taken, cp.last_frame
+        hb.checkpoint_ns, hb.checkpoint_bytes = cp.last_dump_ns, cp.last_bytes
+        self.running.phase(Phase.FRAME)
         self.heartbeat.beat(engine.frame, now)
 
 
 def game_main(
-    config: GameConfig, pose_fd: int, heartbeat_fd: int, layer_fd: int, spec: LayerSpec
+    config: GameConfig,
+    pose_fd: int,
+    heartbeat_fd: int,
+    layer_fd: int,
+    crash_fd: int,
+    spec: LayerSpec,
+    gpu_images: GpuImagesOffer | None = None,
+    input_fd: int | None = None,
 ) -> None:
-    """The game process's entry point (``spawn`` context). Runs until SIGTERM/SIGINT.
+    """The game process's entry point (``spawn`` context). Runs until SIGTERM.
 
-    Exceptions before the first frame propagate: the process exits non-zero and the
-    supervisor treats it like any other death.
+    ``input_fd`` is the compositor's input block (read-only): ``world.input`` comes from it.
+
+    ``gpu_images`` is the compositor's offer of the layer's images in GPU memory: the
+    render system draws straight into them where this process's GL can import them (a
+    render factory draws CPU pixels, so it keeps the shared block); the path taken is
+    reported at start. Exceptions before the first frame propagate: the process exits
+    non-zero and the supervisor treats it like any other death (and blames what the
+    heartbeat names).
     """
-    faulthandler.enable()  # a segfault leaves a Python traceback on stderr
-    # Ctrl-C in a terminal reaches the whole process group: the supervisor stops the game
-    # (SIGTERM) when it decides to, so the game does not also stop on its own.
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # first: nothing of the game outlives the supervisor
+        die_with_parent(parent.pid, parent.sentinel, group=True)
+    heartbeat = HeartbeatWriter(heartbeat_fd)
+    running = heartbeat.running
+    running.user_dir = str(Path(config.project_dir).resolve() / "systems")
+    contain_game(config.memory_limit, running.note_exit)
+    # A segfault or abort leaves every thread's Python stack in the crash block, and so
+    # does DUMP_SIGNAL (the supervisor's, before it kills a hung game): file and line.
+    crash = keep_fd(crash_fd)  # out of the way of user code closing fds
+    os.close(crash_fd)
+    faulthandler.enable(file=crash, all_threads=True)
+    faulthandler.register(DUMP_SIGNAL, file=crash, all_threads=True, chain=False)
+    # The supervisor stops the game (SIGTERM) when it decides to; a terminal's Ctrl-C no
+    # longer reaches it (its own session) and is ignored anyway.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    report = ReportChannel()
     os.environ.setdefault("PYGLET_HEADLESS", "1")
     reader = PoseHandoffReader(pose_fd)
     policy = SchedulePolicy()
@@ -241,29 +230,52 @@ def game_main(
     if use_render_system:
         from engine.render.stage import RenderSettings
 
-        render_settings = RenderSettings(spec.width, spec.height, pixel_format=spec.format)
+        render_settings = RenderSettings(
+            spec.width, spec.height, pixel_format=spec.format, layer_images=gpu_images
+        )
+    running.phase(Phase.RESTORE)
+    checkpoint_path = Path(config.checkpoint_path)
+    # A new world (not a restart, nothing to resume) is not rewound into an older one's.
+    fresh = not config.restarted and not checkpoint_path.is_file()
+    world = restore_world(checkpoint_path, report)
     engine = Engine(
         config.project_dir,
+        world=world,
         policy=policy,
         pacer=HandoffPacer(reader, timeout_ns=round(config.pacer_timeout_s * 1e9)),
         pose_source=HandoffPoseSource(reader),
-        blame_probation=config.restarted,
+        report=report,
+        running=running,
         render=render_settings if use_render_system else None,
         layer_fd=layer_fd if use_render_system else None,
     )
-    checkpoint_path = Path(config.checkpoint_path)
-    if checkpoint_path.is_file():
-        try:
-            engine.restore(checkpoint_path.read_bytes())
-            engine.report(f"game: world restored from {checkpoint_path}")
-        except (CheckpointError, OSError) as exc:
-            engine.report(f"game: checkpoint unusable, starting fresh: {exc}")
+    if engine.render_stage is not None:
+        engine.report(f"game: layer images in {engine.render_stage.image_path}")
+    if gpu_images is not None:
+        gpu_images.close()  # imported (or refused): the imports hold the memory now
     writer = None if use_render_system else LayerWriter(layer_fd, spec)
-    checkpointer = Checkpointer(checkpoint_path, round(config.checkpoint_interval_s * 1e9))
+    ring = CheckpointRing(
+        checkpoint_path.parent / "checkpoints",
+        keep=max(1, math.ceil(config.rewind_s / config.checkpoint_interval_s) + 1),
+        max_bytes=config.rewind_max_bytes,
+        fresh=fresh,
+        remove_in_background=True,
+    )
+    checkpointer = Checkpointer(
+        checkpoint_path,
+        round(config.checkpoint_interval_s * 1e9),
+        ring=ring,
+        report=engine.report,
+    )
     checkpointer.last_ns = time.monotonic_ns()  # the restored state is already on disk
-    heartbeat = HeartbeatWriter(heartbeat_fd)
+    engine.checkpoint_ring = ring
     render = None if use_render_system else load_render_factory(config.render)(engine, spec)
     engine.after_frame.append(LayerPublisher(writer, render, heartbeat, checkpointer))
+    if input_fd is not None:
+        from engine.contracts.input import InputReader
+        from engine.input.state import attach_input
+
+        attach_input(engine, InputReader(input_fd))
     install_stop_signals(engine)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # SIGTERM only, as above
     from engine.launcher.console import attach_live_console
@@ -273,11 +285,18 @@ def game_main(
         from engine.scheduler.stats import FrameRecorder
 
         engine.recorder = FrameRecorder(90 * 600)
+    clean = False
     try:
         with live:
             engine.run(watch=config.watch)
+        clean = True
     finally:
-        checkpointer.close(final=engine.checkpoint())
+        if not clean:
+            # Something escaped the frame loop (KeyboardInterrupt raised by a system...):
+            # the running-now word still names it; keep that as what ended the game.
+            running.note_exit(0)
+        running.phase(Phase.STOP)
+        checkpointer.close(final=engine.checkpoint(), frame=engine.frame)
         if config.stats_path:
             write_atomically(Path(config.stats_path), json.dumps(engine.stats()).encode())
         if config.plot_path and engine.recorder is not None and len(engine.recorder):
@@ -285,3 +304,20 @@ def game_main(
 
             plot_frame_times(engine.recorder, Path(config.plot_path))
         engine.close()
+
+
+def restore_world(path: Path, report: Callable[[str], None]) -> World | None:
+    """The world in the checkpoint at ``path``, or ``None`` (no file, or unusable).
+
+    Components of system modules come back as placeholders that the loader turns into
+    its classes as each module loads, so ``on_load`` hooks see the restored world.
+    """
+    if not path.is_file():
+        return None
+    try:
+        world = World.restore(path.read_bytes())
+    except (CheckpointError, OSError) as exc:
+        report(f"game: checkpoint unusable, starting fresh: {exc}")
+        return None
+    report(f"game: world restored from {path}")
+    return world

@@ -2,48 +2,85 @@
 
 Process tree (every child started with the ``spawn`` context, never ``fork``)::
 
-    supervisor (this process)
+    supervisor (this process; a child subreaper)
     ├── compositor   engine.compositor.process.compositor_main — never runs user code
-    └── game         engine.launcher.game_process.game_main    — may die or hang any time
+    ├── game         engine.launcher.game_process.game_main    — its own session; may die
+    │                or hang any time; everything it starts is in its session
+    └── warden       engine.launcher.containment.Warden         — kills the game's session
+                     if this process dies without doing it (SIGKILL)
 
-The restart policy lives here and only here (Erlang/OTP style). A game is *failed* when
+A game is *failed* when
 
-* its process has exited (an exit code, ``os._exit``, a signal such as SIGSEGV or an
-  outside ``kill -9``);
+* its process has exited without being asked (an exit code, ``os._exit``, a signal such as
+  SIGSEGV, an outside ``kill -9``);
 * it is hung: no heartbeat for ``heartbeat_timeout_s`` (a C call that never returns, code
-  that swallows the watchdog's interrupts), or no first frame within ``start_timeout_s``;
+  that swallows the watchdog's interrupts), no first frame within ``start_timeout_s``, or
+  user code (a module's import, a hook, ``setup``) running ``code_timeout_s`` without a
+  change before the first frame;
 * it stopped publishing its layer for ``publish_timeout_s`` while still beating.
 
-A failed game is killed (SIGKILL) and started again at once with ``restarted=True``: the
-engine blames the module version that was on probation, and the world comes back from
-the newest checkpoint. The same fault three times within ten seconds is a *crash loop*:
-the next start waits (2 s, doubling to 30 s) and the supervisor says so. The compositor
-keeps presenting through all of it; the game's layer is reprojected, then excluded, and
-back as soon as the new game publishes.
+**Blame.** The game writes into its heartbeat block, from its first line, which system
+(module and version), hook, module import or engine phase each thread runs now. When it
+fails, the supervisor reads that (and, for a crash or a hang, the Python stack faulthandler
+wrote into the crash block: the file and line), describes the failure as a
+:class:`~engine.policy.Fault` and asks the one failure policy (:mod:`engine.policy`) what
+follows. For :attr:`~engine.policy.Action.RESTART_WITHOUT` the version named is marked
+bad in the history (:func:`engine.loader.loader.leave_out`) before the next game starts,
+which then runs the version before it or leaves the module out — also for versions loaded
+at start-up and for faults before the first frame. The policy's crash-loop rule backs off
+a fault that keeps coming back. A SIGKILL the game did not send itself (an outside
+``kill -9``) blames nothing.
 
-Liveness is judged on the supervisor's own clock (:class:`GameWatch`), and the restart
-policy (:class:`RestartPolicy`) takes time as an argument, so both are tested without
-sleeping.
+**Containment.** At every game end the supervisor kills the game's session and any process
+re-parented to it (:mod:`engine.launcher.containment`); the children die with it if it
+dies. SIGTERM, SIGINT and SIGHUP stop :meth:`Supervisor.run` cleanly, stats written.
+
+The compositor keeps presenting through all of it; the game's layer is reprojected, then
+excluded, and back as soon as the new game publishes.
+
+Liveness is judged on the supervisor's own clock (:class:`GameWatch`), and the policy takes
+time as an argument, so both are tested without sleeping.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.compositor.process import SPAWN, CompositorConfig, CompositorHandle
-from engine.contracts.handoff import Heartbeat, HeartbeatReader, PoseHandoffReader
+from engine.contracts.handoff import (
+    FIRST_NAME_ID,
+    Heartbeat,
+    HeartbeatReader,
+    Phase,
+    PoseHandoffReader,
+    Running,
+    RunningReport,
+    create_heartbeat_fd,
+)
 from engine.contracts.shm import PassedFd, create_block_fd, read_only_fd
-from engine.launcher.game_process import DEFAULT_RENDER, GameConfig, game_main
+from engine.launcher import containment
+from engine.launcher.console import priority_words
+from engine.launcher.game_process import (
+    DEFAULT_RENDER,
+    DUMP_SIGNAL,
+    GameConfig,
+    game_main,
+)
+from engine.loader.history import ProjectHistory
+from engine.loader.loader import KIND, leave_out
+from engine.policy import Action, Decision, FailurePolicy, Fault, FaultKind
 
 S = 1_000_000_000  # nanoseconds per second
+#: How long a hung game is given to write its stacks (DUMP_SIGNAL) before SIGKILL.
+DUMP_WAIT_S = 0.25
 
 
 def describe_exit(exitcode: int) -> str:
@@ -56,43 +93,19 @@ def describe_exit(exitcode: int) -> str:
     return f"exit {exitcode}"
 
 
-@dataclass
-class RestartPolicy:
-    """Restart at once, unless the same fault keeps coming back.
-
-    ``on_fault(kind, now_ns)`` returns how long to wait before the next start. The same
-    ``kind`` ``loop_faults`` times within ``loop_window_ns`` is a crash loop: the wait is
-    ``backoff_ns``, doubled for each further repeat, at most ``max_backoff_ns``.
-
-    Example:
-        >>> p = RestartPolicy()
-        >>> [p.on_fault("exit 3", t * S) for t in (0, 1, 2, 3)]
-        [0, 0, 2000000000, 4000000000]
-    """
-
-    loop_faults: int = 3
-    loop_window_ns: int = 10 * S
-    backoff_ns: int = 2 * S
-    max_backoff_ns: int = 30 * S
-    history: deque[tuple[str, int]] = field(default_factory=lambda: deque(maxlen=64))
-    streak: int = 0
-
-    def on_fault(self, kind: str, now_ns: int) -> int:
-        self.history.append((kind, now_ns))
-        recent = [t for k, t in self.history if k == kind and now_ns - t <= self.loop_window_ns]
-        if len(recent) < self.loop_faults:
-            self.streak = 0
-            return 0
-        self.streak += 1
-        return min(self.max_backoff_ns, self.backoff_ns << (self.streak - 1))
-
-
 class GameWatch:
     """Whether one game process is alive and producing, judged from its heartbeat.
 
-    ``observe(beat, now_ns)`` returns a fault description, or ``None`` while all is well.
-    Times are the supervisor's: when a new frame number was first seen, not what the game
-    wrote, so a game with a broken clock cannot look alive.
+    ``observe(beat, now_ns, running_id)`` returns a fault description (``"hung: ..."`` or
+    ``"not publishing: ..."``), or ``None`` while all is well. Times are the supervisor's:
+    when a new frame number (or running-now id) was first seen, not what the game wrote,
+    so a game with a broken clock cannot look alive.
+
+    Before the first frame, the game may take ``start_timeout_ns`` in all; but user code
+    (an id naming code, or ``setup``) that keeps running for ``code_timeout_ns`` without
+    the running-now word changing is a hang of its own, blamed on that code. A game that
+    is stopping (:attr:`Phase.STOP`: its final checkpoint and stats, after a SIGTERM it
+    sent itself) has ``stop_timeout_ns`` to exit before it counts as hung.
     """
 
     def __init__(
@@ -102,17 +115,25 @@ class GameWatch:
         start_timeout_ns: int,
         heartbeat_timeout_ns: int,
         publish_timeout_ns: int,
+        code_timeout_ns: int | None = None,
+        stop_timeout_ns: int = 5 * S,
     ) -> None:
         self.started_ns = started_ns
+        self.stop_timeout_ns = stop_timeout_ns
         self.start_timeout_ns = start_timeout_ns
         self.heartbeat_timeout_ns = heartbeat_timeout_ns
         self.publish_timeout_ns = publish_timeout_ns
+        self.code_timeout_ns = code_timeout_ns
         self.last: Heartbeat | None = None
         self.beat_seen_ns = started_ns
         self.published_seen_ns = started_ns
         self.first_frame_ns: int | None = None
+        self.running_id = 0
+        self.running_since_ns = started_ns
 
-    def observe(self, beat: Heartbeat | None, now_ns: int) -> str | None:
+    def observe(
+        self, beat: Heartbeat | None, now_ns: int, running_id: int | None = None
+    ) -> str | None:
         if beat is not None and (self.last is None or beat.frame != self.last.frame):
             if self.first_frame_ns is None:
                 self.first_frame_ns = now_ns
@@ -121,11 +142,21 @@ class GameWatch:
             if self.last is None or beat.published_frame != self.last.published_frame:
                 self.published_seen_ns = now_ns
             self.last = beat
+        if running_id is not None and running_id != self.running_id:
+            self.running_id, self.running_since_ns = running_id, now_ns
         if self.first_frame_ns is None:
             if now_ns - self.started_ns > self.start_timeout_ns:
                 return f"hung: no first frame within {self.start_timeout_ns / S:g} s"
+            names_code = self.running_id >= FIRST_NAME_ID or self.running_id == Phase.SETUP
+            stuck = now_ns - self.running_since_ns
+            if names_code and self.code_timeout_ns is not None and stuck > self.code_timeout_ns:
+                return f"hung: ran {stuck / S:.1f} s before the first frame"
             return None
         silent = now_ns - self.beat_seen_ns
+        if self.running_id == Phase.STOP:
+            if now_ns - self.running_since_ns > self.stop_timeout_ns:
+                return f"hung: stopping for {self.stop_timeout_ns / S:g} s"
+            return None
         if silent > self.heartbeat_timeout_ns:
             return f"hung: no heartbeat for {silent / 1e6:.0f} ms"
         if now_ns - self.published_seen_ns > self.publish_timeout_ns:
@@ -133,9 +164,112 @@ class GameWatch:
         return None
 
 
-def fault_kind(cause: str) -> str:
-    """What makes two faults "the same" for crash-loop detection: the cause up to ':'."""
-    return cause.split(":", 1)[0]
+# --- blame ------------------------------------------------------------------------------
+
+_THREAD = re.compile(r"^(Current thread|Thread) (0x[0-9a-f]+) \(most recent call first\):")
+_FRAME = re.compile(r'^  File "(.*)", line (\d+) in ')
+
+
+def parse_dump(text: str) -> dict[int, list[tuple[str, int]]]:
+    """faulthandler's output as ``{thread ident: [(file, line), innermost first]}``; the
+    thread that crashed or took the dump signal is also under key 0."""
+    threads: dict[int, list[tuple[str, int]]] = {}
+    frames: list[tuple[str, int]] | None = None
+    for line in text.splitlines():
+        m = _THREAD.match(line)
+        if m:
+            frames = []
+            threads[int(m.group(2), 16)] = frames
+            if m.group(1) == "Current thread":
+                threads[0] = frames
+            continue
+        m = _FRAME.match(line)
+        if m and frames is not None:
+            frames.append((m.group(1), int(m.group(2))))
+    return threads
+
+
+def blame(
+    project_dir: Path,
+    kind: FaultKind,
+    detail: str,
+    report: RunningReport,
+    dump: str,
+    exitcode: int | None,
+) -> Fault:
+    """Describe a failed game as a :class:`Fault`: what ran (from the heartbeat block's
+    running-now words) and where (file and line from faulthandler's ``dump``, else where
+    that code is defined).
+
+    * A death by a signal the game sent itself, or an end it asked for (a self-sent
+      SIGTERM, an exception escaping the frame loop), is blamed on what ran *then*.
+    * Another SIGKILL came from outside (``kill -9``): nothing is blamed.
+    * A crash is blamed on the thread that crashed (faulthandler names it): the main
+      thread's word, or the loader thread's.
+    * A hang is blamed on the main thread's word.
+    """
+    threads = parse_dump(dump)
+    signum = -exitcode if exitcode is not None and exitcode < 0 else 0
+    running = report.main
+    stack = threads.get(report.main_thread, [])
+    from_outside = False
+    asked = report.exit_from is not None and (
+        (signum and report.exit_signal == signum)
+        or (not signum and report.exit_signal in (0, signal.SIGTERM))
+    )
+    stopping = kind is FaultKind.HUNG and running is not None and running.phase == "stop"
+    if (kind is FaultKind.PROCESS_DIED and asked) or (stopping and report.exit_from):
+        running, stack = report.exit_from, []
+    elif kind is FaultKind.PROCESS_DIED and signum == signal.SIGKILL:
+        from_outside = True
+    elif kind is FaultKind.PROCESS_DIED and signum and 0 in threads:
+        stack = threads[0]
+        crashed = next((i for i, f in threads.items() if i and f is stack), 0)
+        if crashed and crashed == report.other_thread and report.other is not None:
+            running = report.other
+    running = running or Running(Phase.IMPORT.text)
+    location = _location(project_dir, stack) or _defined_at(project_dir, running)
+    if from_outside:
+        detail += ", sent from outside the game: not blamed"
+    user = running.user and not from_outside
+    phase = "system" if running.phase == "system" else running.phase
+    system = running.system if running.phase != "load" else None
+    return Fault(
+        kind,
+        detail,
+        module=running.module if user else None,
+        version=running.version if user else None,
+        system=system,
+        phase=phase,
+        location=location,
+    )
+
+
+def _relative(project_dir: Path, file: str) -> str:
+    try:
+        return str(Path(file).relative_to(project_dir))
+    except ValueError:
+        return file
+
+
+def _location(project_dir: Path, stack: list[tuple[str, int]]) -> str | None:
+    """The innermost frame in the project's files, else the innermost frame."""
+    if not stack:
+        return None
+    root = str(project_dir) + os.sep
+    file, line = next(((f, n) for f, n in stack if f.startswith(root)), stack[0])
+    return f"{_relative(project_dir, file)}:{line}"
+
+
+def _defined_at(project_dir: Path, running: Running) -> str | None:
+    if running.file:
+        return f"{_relative(project_dir, running.file)}:{running.line}"
+    if running.phase == Phase.SETUP.text:
+        return "game.py"
+    return None
+
+
+# --- records ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -146,6 +280,11 @@ class RestartRecord:
     at_s: float  # since the supervisor started
     pid: int | None
     frames_before: int
+    kind: str = ""  # the fault's kind (engine.policy.FaultKind)
+    action: str = ""  # what the policy decided (engine.policy.Action)
+    blamed: str | None = None  # "module vN" marked bad, if any
+    location: str | None = None  # file:line, where known
+    message: str = ""  # the one line reported
     backoff_ms: float = 0.0
     first_frame_ms: float | None = None  # from detection to the new game's first frame
     new_pid: int | None = None
@@ -156,6 +295,7 @@ class _Game:
     process: Any
     heartbeat_fd: int
     heartbeat: HeartbeatReader
+    crash_fd: int
     watch: GameWatch
 
 
@@ -173,12 +313,18 @@ class Supervisor:
             checkpoint is removed).
         render: the game's render factory, ``"module:attribute"`` (see ``game_process``).
         compositor: display rate, sizes, deadline, grace, capture, window, priority.
-        heartbeat_timeout_s / start_timeout_s / publish_timeout_s: when a game is failed.
+        heartbeat_timeout_s / start_timeout_s / publish_timeout_s / code_timeout_s: when a
+            game is failed (see :class:`GameWatch`).
         checkpoint_interval_s: how often the game checkpoints (at least).
         probation_frames: the scheduler's probation length in the game (``None``: default).
+        memory_limit: the most private memory the game may commit, in bytes; ``None``:
+            half of this machine's (or its cgroup's) memory; 0: no limit.
         watch: the game watches the project for edits. console: the game shows its live
             systems table. plot_path: the game plots per-system frame times when it stops.
-        policy: the restart policy. report: where messages go. clock: ``now_ns``.
+        policy: the failure policy (its crash-loop settings). report: where messages go.
+        clock: ``now_ns``.
+
+    Raises ``FileNotFoundError`` for a missing project folder.
     """
 
     def __init__(
@@ -192,12 +338,14 @@ class Supervisor:
         heartbeat_timeout_s: float = 0.5,
         start_timeout_s: float = 30.0,
         publish_timeout_s: float = 0.5,
+        code_timeout_s: float = 10.0,
         checkpoint_interval_s: float = 1.0,
         probation_frames: int | None = None,
+        memory_limit: int | None = None,
         watch: bool = True,
         console: bool = False,
         plot_path: str | Path | None = None,
-        policy: RestartPolicy | None = None,
+        policy: FailurePolicy | None = None,
         report: Callable[[str], None] = print,
         clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
@@ -207,14 +355,18 @@ class Supervisor:
         self.state_dir = Path(state_dir) if state_dir else self.project_dir / ".engine"
         self.checkpoint_path = self.state_dir / "checkpoint.bin"
         self.game_stats_path = self.state_dir / "game-stats.json"
+        self.crash_path = self.state_dir / "last-crash.txt"
         self.resume = resume
         self.compositor_config = compositor or CompositorConfig()
+        if memory_limit is None:
+            memory_limit = containment.default_memory_limit()
         self.game_config = GameConfig(
             project_dir=str(self.project_dir),
             checkpoint_path=str(self.checkpoint_path),
             render=render,
             checkpoint_interval_s=checkpoint_interval_s,
             probation_frames=probation_frames,
+            memory_limit=memory_limit or None,
             watch=watch,
             stats_path=str(self.game_stats_path),
             console=console,
@@ -223,7 +375,8 @@ class Supervisor:
         self.heartbeat_timeout_ns = round(heartbeat_timeout_s * S)
         self.start_timeout_ns = round(start_timeout_s * S)
         self.publish_timeout_ns = round(publish_timeout_s * S)
-        self.policy = policy or RestartPolicy()
+        self.code_timeout_ns = round(code_timeout_s * S)
+        self.policy = policy or FailurePolicy()
         self.report = report
         self.clock = clock
         self.restarts: list[RestartRecord] = []
@@ -234,7 +387,7 @@ class Supervisor:
         self.compositor_restarts: list[dict[str, Any]] = []
         self._compositor_frames_before = 0  # frames presented by compositors that died
         self._compositor_frame_now = 0  # the running compositor's newest frame
-        self._compositor_policy = RestartPolicy()
+        self._compositor_policy = FailurePolicy(self.policy.settings)
         self.game_engine_stats: dict[str, Any] | None = None  # the last game's Engine.stats()
         self.game: _Game | None = None
         self.game_frames = 0  # frames of finished game processes, plus the current one's
@@ -246,8 +399,14 @@ class Supervisor:
         self._detected_ns = 0  # when the newest failure was detected
         self._pose_fd: int | None = None
         self._pose_reader: PoseHandoffReader | None = None
+        self._input_fd: int | None = None  # the input block: compositor writes, game reads
         self._started_ns = 0
         self._checkpoint_ms_max = 0.0
+        self._warden: containment.Warden | None = None
+        self._subreaper = False
+        self._stop_requested = False
+        #: Processes killed because a game started them and they outlived it.
+        self.leftovers_killed = 0
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -258,16 +417,27 @@ class Supervisor:
         self.game_stats_path.unlink(missing_ok=True)
         if not self.resume:
             self.checkpoint_path.unlink(missing_ok=True)
-        self._start_compositor()
-        self._start_game(restarted=False)
+        self._subreaper = containment.become_subreaper()
+        self._warden = containment.Warden()
+        try:
+            self._start_compositor()
+            self._start_game(restarted=False)
+        except BaseException:
+            self.stop()
+            raise
 
     def _start_compositor(self) -> None:
         self._pose_fd = create_block_fd("pose-handoff")
         self._pose_reader = PoseHandoffReader(self._pose_fd)
-        self.compositor = CompositorHandle.start(self.compositor_config, self._pose_fd)
+        self._input_fd = create_block_fd("input")
+        self.compositor = CompositorHandle.start(
+            self.compositor_config, self._pose_fd, input_fd=self._input_fd
+        )
         self.report(
             "supervisor: compositor up, priority "
-            f"{self.compositor.ready['priority']}, {self.compositor.ready['gl']}"
+            f"{priority_words(self.compositor.ready['priority'])}, "
+            f"{self.compositor.ready['gl']}; layer images "
+            f"in {', '.join(self.compositor.ready.get('layer_images', [])) or 'shared memory'}"
         )
 
     def _close_compositor(self) -> None:
@@ -284,14 +454,17 @@ class Supervisor:
         if self._pose_fd is not None:
             os.close(self._pose_fd)
             self._pose_fd = None
+        if self._input_fd is not None:
+            os.close(self._input_fd)
+            self._input_fd = None
 
     def _on_compositor_death(self, now: int) -> None:
         """The compositor must never die; if it does anyway, bring the tree back.
 
         The game is stopped cleanly (it writes a final checkpoint: it did nothing wrong, so
         nothing is blamed), a new compositor starts with new layer and pose blocks, and the
-        game starts again from that checkpoint. A compositor that keeps dying (the same
-        crash-loop rule as the game's) is given up on: ``compositor_failure`` says why.
+        game starts again from that checkpoint. A compositor that keeps dying (the policy's
+        crash-loop rule) is given up on: ``compositor_failure`` says why.
         """
         code = self.compositor.process.exitcode if self.compositor else None
         cause = f"compositor died ({describe_exit(code) if code is not None else 'unknown'})"
@@ -301,8 +474,10 @@ class Supervisor:
         if self.game is not None:
             self._end_game(self.game, kill=False)
         self._close_compositor()
-        if self._compositor_policy.on_fault("compositor", now):
-            self.compositor_failure = f"{cause}; it keeps dying, giving up"
+        fault = Fault(FaultKind.COMPOSITOR_DIED, cause.removeprefix("compositor died "))
+        decision = self._compositor_policy.decide(fault, now)
+        if decision.action is Action.BACK_OFF:
+            self.compositor_failure = f"{cause}; it keeps dying, giving up ({decision.message})"
             self.report(f"supervisor: {self.compositor_failure}")
             return
         self.report(f"supervisor: {cause}; restarting it and the game from its checkpoint")
@@ -311,26 +486,49 @@ class Supervisor:
 
     def _start_game(self, restarted: bool) -> None:
         assert self.compositor is not None and self._pose_fd is not None
-        heartbeat_fd = create_block_fd("heartbeat")
+        assert self._input_fd is not None
+        heartbeat_fd = create_heartbeat_fd()
+        crash_fd = os.memfd_create("crash", os.MFD_CLOEXEC)  # faulthandler appends here
         game_pose_fd = read_only_fd(self._pose_fd)  # a game can never write the poses
+        game_input_fd = read_only_fd(self._input_fd)  # nor the input
         layer_fd, spec = self.compositor.layers[0]
         config = GameConfig(**{**asdict(self.game_config), "restarted": restarted})
+        # Counts go on across games (a failure, a compositor restart): a new game's
+        # heartbeat starts again from frame 0.
+        self._frames_before = self.game_frames
+        self._checkpoints_before = self.game_checkpoints
+        self.game_stats_path.unlink(missing_ok=True)  # what stop() reads is this game's
+        # The same GPU images for every game: a restarted one imports them again.
+        gpu_images = self.compositor.gpu_images_for_child(0)
         process = SPAWN.Process(
             target=game_main,
-            args=(config, PassedFd(game_pose_fd), PassedFd(heartbeat_fd), PassedFd(layer_fd), spec),
+            args=(
+                config,
+                PassedFd(game_pose_fd),
+                PassedFd(heartbeat_fd),
+                PassedFd(layer_fd),
+                PassedFd(crash_fd),
+                spec,
+                gpu_images,
+            ),
+            kwargs={"input_fd": PassedFd(game_input_fd)},
             name="engine-game",
             daemon=True,
         )
         process.start()
         os.close(game_pose_fd)
+        os.close(game_input_fd)
+        if self._warden is not None:
+            self._warden.watch(process.pid)  # its session, once it has called setsid
         now = self.clock()
         watch = GameWatch(
             now,
             start_timeout_ns=self.start_timeout_ns,
             heartbeat_timeout_ns=self.heartbeat_timeout_ns,
             publish_timeout_ns=self.publish_timeout_ns,
+            code_timeout_ns=self.code_timeout_ns,
         )
-        self.game = _Game(process, heartbeat_fd, HeartbeatReader(heartbeat_fd), watch)
+        self.game = _Game(process, heartbeat_fd, HeartbeatReader(heartbeat_fd), crash_fd, watch)
         self._restart_at = None
         if self.restarts:
             self.restarts[-1].new_pid = process.pid
@@ -354,11 +552,13 @@ class Supervisor:
             self.game_checkpoints = self._checkpoints_before + beat.checkpoints
         else:
             beat = None
-        cause = None
         if game.process.exitcode is not None:
-            cause = describe_exit(game.process.exitcode)
+            kind, cause = FaultKind.PROCESS_DIED, describe_exit(game.process.exitcode)
         else:
-            cause = game.watch.observe(beat, now)
+            cause = game.watch.observe(beat, now, game.heartbeat.running_main_id())
+            kind = FaultKind.HUNG if cause and cause.startswith("hung") else None
+            if cause and kind is None:
+                kind = FaultKind.NOT_PUBLISHING
         record = self.restarts[-1] if self.restarts else None
         if record and record.first_frame_ms is None and game.watch.first_frame_ns is not None:
             record.first_frame_ms = (game.watch.first_frame_ns - self._detected_ns) / 1e6
@@ -366,33 +566,85 @@ class Supervisor:
                 f"supervisor: game back (pid {game.process.pid}), first frame "
                 f"{record.first_frame_ms:.0f} ms after the failure was detected"
             )
-        if cause is not None:
-            self._on_failure(cause, now)
+        if kind is not None and cause is not None:
+            self._on_failure(kind, cause, now)
 
-    def _on_failure(self, cause: str, now: int) -> None:
+    def _on_failure(self, kind: FaultKind, cause: str, now: int) -> None:
+        """Stop the failed game, blame what it ran, and restart as the policy decides."""
         game = self.game
         assert game is not None
         pid = game.process.pid
-        self._end_game(game, kill=True)
+        running = game.heartbeat.running()  # before the dump signal: it may interrupt a call
+        if game.process.exitcode is None and kind is not FaultKind.PROCESS_DIED:
+            self._dump_stacks(game)
+        self._end_game(game, kill=True, keep_blocks=True)
+        if kind is FaultKind.PROCESS_DIED:
+            running = game.heartbeat.running()  # it is dead: this is the last word
+        exitcode = game.process.exitcode
+        dump = _read_all(game.crash_fd)
+        fault = blame(self.project_dir, kind, cause, running, dump, exitcode)
+        self._close_blocks(game)
+        if dump:
+            try:
+                self.crash_path.write_text(dump)
+            except OSError:
+                pass
         self._frames_before = self.game_frames
         self._checkpoints_before = self.game_checkpoints
         self._detected_ns = now
-        record = RestartRecord(cause, (now - self._started_ns) / S, pid, self.game_frames)
-        delay = self.policy.on_fault(fault_kind(cause), now)
-        record.backoff_ms = delay / 1e6
+        decision = self.policy.decide(fault, now)
+        record = RestartRecord(
+            cause,
+            (now - self._started_ns) / S,
+            pid,
+            self.game_frames,
+            kind=str(kind),
+            action=str(decision.action),
+            location=fault.location,
+            message=decision.message,
+        )
+        if decision.rule.action is Action.RESTART_WITHOUT and fault.module is not None:
+            record.blamed = self._leave_out(fault, decision)
         self.restarts.append(record)
-        if delay:
-            self.crash_loop = (
-                f"crash loop: '{fault_kind(cause)}' {self.policy.loop_faults} times within "
-                f"{self.policy.loop_window_ns / S:g} s; next start in {delay / S:g} s"
-            )
-            self.report(f"supervisor: game (pid {pid}) failed: {cause}; {self.crash_loop}")
-            self._restart_at = now + delay
+        self.report(f"supervisor: {decision.message}")
+        if decision.action is Action.BACK_OFF:
+            assert decision.retry_at_ns is not None
+            record.backoff_ms = (decision.retry_at_ns - now) / 1e6
+            self.crash_loop = decision.message
+            self._restart_at = decision.retry_at_ns
         else:
-            self.report(f"supervisor: game (pid {pid}) failed: {cause}; restarting")
             self._start_game(restarted=True)
 
-    def _end_game(self, game: _Game, kill: bool) -> None:
+    def _leave_out(self, fault: Fault, decision: Decision) -> str | None:
+        """Mark the version ``fault`` names bad, so the next game runs without it."""
+        assert fault.module is not None
+        if fault.version is None:
+            return None
+        unit = ProjectHistory(self.project_dir).unit(KIND, fault.module)
+        try:
+            leave_out(unit, fault.version, decision.message)
+        except KeyError:  # not in the history (a version number the game made up)
+            return None
+        return f"{fault.module} v{fault.version}"
+
+    def _dump_stacks(self, game: _Game) -> None:
+        """Ask a hung game's faulthandler where each thread is, and wait a moment for it."""
+        before = os.fstat(game.crash_fd).st_size
+        try:
+            os.kill(game.process.pid, DUMP_SIGNAL)
+        except OSError:
+            return
+        deadline = time.monotonic() + DUMP_WAIT_S
+        while time.monotonic() < deadline and game.process.exitcode is None:
+            size = os.fstat(game.crash_fd).st_size
+            if size > before:
+                time.sleep(0.01)  # let it finish the other threads
+                if os.fstat(game.crash_fd).st_size == size:
+                    return
+            time.sleep(0.005)
+
+    def _end_game(self, game: _Game, kill: bool, keep_blocks: bool = False) -> None:
+        """Stop ``game`` (SIGKILL, or SIGTERM then SIGKILL) and everything it started."""
         if game.process.exitcode is None:
             if kill:
                 game.process.kill()
@@ -402,9 +654,33 @@ class Supervisor:
             if game.process.exitcode is None:
                 game.process.kill()
                 game.process.join(2.0)
-        game.heartbeat.close()
-        os.close(game.heartbeat_fd)
+        self._kill_leftovers(game.process.pid)
+        if not keep_blocks:
+            self._close_blocks(game)
         self.game = None
+
+    def _kill_leftovers(self, session: int) -> None:
+        """Kill what a game started: its session, and orphans re-parented to us."""
+        killed = containment.kill_session(session)
+        keep = {self._warden.pid} if self._warden is not None else set()
+        killed += containment.kill_orphans(keep)
+        if self._warden is not None:
+            self._warden.release(session)
+        if killed:
+            self.leftovers_killed += len(killed)
+            self.report(
+                f"supervisor: killed {len(killed)} process(es) the game had started "
+                f"(pids {', '.join(map(str, killed[:8]))})"
+            )
+
+    def _close_blocks(self, game: _Game) -> None:
+        game.heartbeat.close()
+        for fd in (game.heartbeat_fd, game.crash_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        game.crash_fd = game.heartbeat_fd = -1
 
     # -- running -------------------------------------------------------------------------
     @property
@@ -419,10 +695,16 @@ class Supervisor:
     def game_pid(self) -> int | None:
         return self.game.process.pid if self.game else None
 
+    @property
+    def game_frame(self) -> int:
+        """Frames the running game process has finished (0: none yet, or no game)."""
+        return self.game_frames - self._frames_before if self.game is not None else 0
+
     def run_until(self, done: Callable[[], bool], timeout_s: float, poll_s: float = 0.005) -> bool:
-        """Supervise until ``done()`` (True) or ``timeout_s`` passes (False)."""
+        """Supervise until ``done()`` (True), ``timeout_s`` passes or a stop was asked for
+        (SIGTERM/SIGINT/SIGHUP during :meth:`run`) (False)."""
         give_up = time.monotonic() + timeout_s
-        while time.monotonic() < give_up:
+        while time.monotonic() < give_up and not self._stop_requested:
             self.poll()
             if done():
                 return True
@@ -438,33 +720,59 @@ class Supervisor:
         stats_json: str | Path | None = None,
     ) -> dict[str, Any]:
         """Start (if needed), supervise for ``seconds`` or ``frames`` compositor frames (or
-        until interrupted), stop, and return the stats (also written to ``stats_json``).
+        until SIGTERM, SIGINT or SIGHUP), stop, and return the stats (also written to
+        ``stats_json``).
 
         A ``frames`` run also waits for the game's first frame (a loaded machine can take
-        longer than N frames to start a game), unless the game is crash-looping.
+        longer than N frames to start a game), unless the game is crash-looping. The
+        signal handlers are this method's only while it runs (main thread only).
         """
-        if self.compositor is None:
-            self.start()
-        start = time.monotonic()
-
-        def done() -> bool:
-            if seconds is not None and time.monotonic() - start >= seconds:
-                return True
-            if frames is None or self.compositor_frame < frames:
-                return False
-            return self.game_frames > 0 or self.crash_loop is not None
-
+        previous = self._take_stop_signals()
         try:
-            self.run_until(done, float("inf") if seconds is None and frames is None else 1e9)
-        except KeyboardInterrupt:
-            pass
-        stats = self.stop()
-        if stats_json:
-            Path(stats_json).write_text(json.dumps(stats, indent=1))
+            if self.compositor is None and not self._stop_requested:
+                self.start()
+            start = time.monotonic()
+
+            def done() -> bool:
+                if seconds is not None and time.monotonic() - start >= seconds:
+                    return True
+                if frames is None or self.compositor_frame < frames:
+                    return False
+                return self.game_frames > 0 or self.crash_loop is not None
+
+            try:
+                self.run_until(done, float("inf") if seconds is None and frames is None else 1e9)
+            except KeyboardInterrupt:  # a caller's own SIGINT handler raised it
+                pass
+            stats = self.stop()
+            if stats_json:
+                Path(stats_json).write_text(json.dumps(stats, indent=1))
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         return stats
 
+    def _take_stop_signals(self) -> dict[int, Any]:
+        """SIGTERM, SIGINT and SIGHUP ask :meth:`run` to stop (a flag: never an exception
+        in the middle of stopping). Returns the handlers to put back."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum: int, frame: Any) -> None:
+            self._stop_requested = True
+
+        previous = {}
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            if signum == signal.SIGINT and signal.getsignal(signum) is signal.SIG_IGN:
+                continue  # started in the background (`engine run &`): Ctrl-C is not ours
+            previous[signum] = signal.signal(signum, handler)
+        return previous
+
     def stop(self) -> dict[str, Any]:
-        """Stop the game (SIGTERM, then SIGKILL), then the compositor; return the stats."""
+        """Stop the game (SIGTERM, then SIGKILL), then the compositor, then everything the
+        game started; return the stats."""
         if self.game is not None:
             self.poll()
             if self.game is not None:
@@ -473,7 +781,17 @@ class Supervisor:
             self.game_engine_stats = json.loads(self.game_stats_path.read_text())
         except (OSError, ValueError):
             self.game_engine_stats = None
+        last_game = (self.game_engine_stats or {}).get("frames")
+        if isinstance(last_game, int):  # exact: it may have run past its last heartbeat
+            self.game_frames = max(self.game_frames, self._frames_before + last_game)
         self._close_compositor()
+        if self._warden is not None:
+            self._warden.close()
+            self._warden = None
+        if self._subreaper:
+            containment.kill_orphans(set())
+            containment.become_subreaper(False)
+            self._subreaper = False
         return self.stats()
 
     def stats(self) -> dict[str, Any]:
@@ -484,6 +802,7 @@ class Supervisor:
             "compositor_restarts": self.compositor_restarts,
             "restarts": [asdict(r) for r in self.restarts],
             "crash_loop": self.crash_loop,
+            "leftovers_killed": self.leftovers_killed,
             "game": {
                 "frames": self.game_frames,
                 "checkpoints": self.game_checkpoints,
@@ -497,5 +816,15 @@ class Supervisor:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.compositor is not None or self.game is not None:
+        if self.compositor is not None or self.game is not None or self._warden is not None:
             self.stop()
+
+
+def _read_all(fd: int, most: int = 1 << 20) -> str:
+    """What faulthandler wrote into a crash block (its last ``most`` bytes)."""
+    try:
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, min(size, most), max(0, size - most))
+    except OSError:
+        return ""
+    return data.decode("utf-8", "replace")

@@ -2,12 +2,20 @@
 
 Layout inside a project::
 
-    .engine/history/<kind>/<name>/index.json     # versions, statuses, active pointer
+    .engine/history/<kind>/<name>/index.json     # a snapshot: versions, statuses, pointers
+    .engine/history/<kind>/<name>/log.jsonl      # every change since that snapshot
     .engine/history/<kind>/<name>/v0003.py       # the source of version 3, verbatim
 
 ``kind`` is ``systems`` or ``shaders``; ``name`` is the module stem (``physics``) or the
-shader file name (``basic.frag``). Writes are atomic (write a temp file, then
-``os.replace``) so a crash mid-write never leaves a torn index.
+shader file name (``basic.frag``).
+
+A change (a new version, a status, the active pointer) costs one appended line of the log,
+whatever the length of the history: each line holds the *whole* new state of what changed
+(a version record, a pointer), so replaying the log over the snapshot is idempotent. When
+the log has grown as long as the history, the snapshot is rewritten (a temp file, then
+``os.replace``) and the log emptied; a crash between the two only replays lines the
+snapshot already holds. A line cut short by a crash is ignored. Version sources are written
+atomically, before the line that records them.
 
 Undo and redo move the *active* pointer, not the file on disk: the editor's buffer is the
 user's, the history is the engine's. A restarted game loads the active version.
@@ -18,11 +26,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
+
+
+def report_to_stderr(message: str) -> None:
+    """Where a history's messages go when it is given no ``report`` (tools, tests)."""
+    sys.stderr.write(message + "\n")
+
 
 HISTORY_DIR = Path(".engine") / "history"
 
@@ -84,6 +100,11 @@ def source_hash(source: str) -> str:
     return hashlib.sha256(source.encode("utf-8")).hexdigest()
 
 
+#: The log is folded into the snapshot once it has this many lines, or as many lines as the
+#: history has versions if that is more (so the rewrites cost O(1) per change on average).
+COMPACT_MIN_LINES = 64
+
+
 def _atomic_write(path: Path, data: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -109,7 +130,15 @@ class VersionHistory:
         1
     """
 
-    def __init__(self, project_dir: Path, kind: str, name: str, suffix: str = ".py") -> None:
+    def __init__(
+        self,
+        project_dir: Path,
+        kind: str,
+        name: str,
+        suffix: str = ".py",
+        report: Callable[[str], None] = report_to_stderr,
+    ) -> None:
+        self.report = report  # an unreadable index is said here, then moved aside
         self.kind = kind
         self.name = name
         self.suffix = suffix
@@ -125,11 +154,17 @@ class VersionHistory:
     def index_path(self) -> Path:
         return self.dir / "index.json"
 
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "log.jsonl"
+
     def _load(self) -> None:
+        self._log_lines = 0
+        self._log_torn = False
         try:
             data = json.loads(self.index_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return
+            data = {}
         except (OSError, ValueError) as exc:
             # A corrupt index must not stop the game: start a fresh one beside it.
             broken = self.index_path.with_suffix(f".broken-{int(time.time())}.json")
@@ -137,11 +172,36 @@ class VersionHistory:
                 os.replace(self.index_path, broken)
             except OSError:
                 pass
-            print(f"engine: history index {self.index_path} unreadable ({exc}); moved aside")
-            return
+            self.report(f"engine: history index {self.index_path} unreadable ({exc}); moved aside")
+            data = {}
         self.versions = [Version.from_json(v) for v in data.get("versions", [])]
         self.active_number = data.get("active")
         self.disk_number = data.get("disk")
+        try:
+            log = self.log_path.read_bytes()
+        except FileNotFoundError:
+            return
+        # A last line without its newline was cut short: the next line must not join it.
+        self._log_torn = bool(log) and not log.endswith(b"\n")
+        for line in log.splitlines():
+            self._log_lines += 1
+            try:
+                self._replay(json.loads(line))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a crash: the change it held never happened
+
+    def _replay(self, change: dict) -> None:
+        """Apply one log line (idempotent: each line holds whole new states)."""
+        if "version" in change:
+            v = Version.from_json(change["version"])
+            if v.number == len(self.versions) + 1:
+                self.versions.append(v)
+            elif 1 <= v.number <= len(self.versions):
+                self.versions[v.number - 1] = v
+        if "active" in change:
+            self.active_number = change["active"]
+        if "disk" in change:
+            self.disk_number = change["disk"]
 
     def reload(self) -> None:
         """Re-read the index from disk (another process may have changed it)."""
@@ -149,6 +209,7 @@ class VersionHistory:
         self._load()
 
     def save(self) -> None:
+        """Write the whole history as the snapshot and empty the log (compaction)."""
         payload = {
             "kind": self.kind,
             "name": self.name,
@@ -157,6 +218,29 @@ class VersionHistory:
             "versions": [v.to_json() for v in self.versions],
         }
         _atomic_write(self.index_path, json.dumps(payload, indent=1))
+        # Emptied after the snapshot holds everything: a crash in between replays lines the
+        # snapshot already has, which changes nothing.
+        with open(self.log_path, "wb"):
+            pass
+        self._log_lines = 0
+        self._log_torn = False
+
+    def _append(self, change: dict) -> None:
+        """Record one change: an appended line, or a compaction when the log is long."""
+        if self._log_lines + 1 >= max(COMPACT_MIN_LINES, len(self.versions)):
+            self.save()
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        line = (json.dumps(change, separators=(",", ":")) + "\n").encode("utf-8")
+        if self._log_torn:
+            line, self._log_torn = b"\n" + line, False
+        # One write() on an O_APPEND descriptor: the line lands whole, after any other.
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+        self._log_lines += 1
 
     # -- queries --------------------------------------------------------------------
     def get(self, number: int) -> Version:
@@ -196,18 +280,20 @@ class VersionHistory:
         sha = source_hash(source)
         latest = self.latest
         if latest is not None and latest.sha256 == sha:
-            if from_disk:
+            if from_disk and self.disk_number != latest.number:
                 self.disk_number = latest.number
-                self.save()
+                self._append({"disk": latest.number})
             return latest
         number = len(self.versions) + 1
         file_name = f"v{number:04d}{self.suffix}"
         _atomic_write(self.dir / file_name, source)
         version = Version(number, time.time(), sha, VersionStatus.PENDING, "", file_name)
         self.versions.append(version)
+        change: dict = {"version": version.to_json()}
         if from_disk:
             self.disk_number = number
-        self.save()
+            change["disk"] = number
+        self._append(change)
         return version
 
     def mark(
@@ -219,13 +305,13 @@ class VersionHistory:
             v.went_live = went_live
         if why or status in (VersionStatus.GOOD, VersionStatus.PROBATION):
             v.why = why
-        self.save()
+        self._append({"version": v.to_json()})
 
     def activate(self, number: int | None) -> None:
         if number is not None:
             self.get(number)
         self.active_number = number
-        self.save()
+        self._append({"active": number})
 
     def undo_target(self) -> Version | None:
         """The runnable version an undo would move to (the newest one before active)."""
@@ -247,22 +333,30 @@ class VersionHistory:
 class ProjectHistory:
     """All units' histories of one project, opened on demand and cached."""
 
-    def __init__(self, project_dir: Path) -> None:
+    def __init__(self, project_dir: Path, report: Callable[[str], None] = report_to_stderr) -> None:
+        """``report`` takes each unit's messages (an unreadable index, moved aside)."""
         self.project_dir = Path(project_dir)
+        self.report = report
         self._units: dict[tuple[str, str], VersionHistory] = {}
 
     def unit(self, kind: str, name: str, suffix: str = ".py") -> VersionHistory:
         key = (kind, name)
         h = self._units.get(key)
         if h is None:
-            h = self._units[key] = VersionHistory(self.project_dir, kind, name, suffix)
+            h = self._units[key] = VersionHistory(
+                self.project_dir, kind, name, suffix, report=self.report
+            )
         return h
 
     def names(self, kind: str) -> list[str]:
         """Units of ``kind`` that have a history on disk or in memory."""
         root = self.project_dir / HISTORY_DIR / kind
         on_disk = (
-            {p.name for p in root.iterdir() if (p / "index.json").exists()}
+            {
+                p.name
+                for p in root.iterdir()
+                if (p / "index.json").exists() or (p / "log.jsonl").exists()
+            }
             if root.is_dir()
             else set()
         )

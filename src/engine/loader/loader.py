@@ -15,18 +15,22 @@ fails to compile, import or execute leaves the running game exactly as it was.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 import time
 import types
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.contracts.handoff import CodeKind, RunningNow
 from engine.loader.history import (
     RUNNABLE,
     ProjectHistory,
+    Version,
     VersionHistory,
     VersionStatus,
     source_hash,
@@ -38,7 +42,7 @@ from engine.loader.modules import (
     error_from_exception,
     execute_module,
 )
-from engine.scheduler.scheduler import Scheduler, SystemState
+from engine.scheduler.scheduler import Scheduler
 from engine.scheduler.watchdog import Overrun
 from engine.world.checkpoint import PendingComponent, default_resolver
 from engine.world.components import component_key
@@ -81,6 +85,52 @@ class SwapRecord:
             "kind": self.kind,
             "frame": self.frame,
         }
+
+
+class SwapLog:
+    """The newest swap records (a ring of ``keep``) and counts of every swap since start.
+
+    A long session swaps thousands of times: only the newest records are kept (what the
+    console and the stats show), so memory and the cost of showing them stay bounded.
+    Reads like a list of the kept records (``log[-1]``, ``len(log)``, iteration);
+    ``total`` and ``failed`` count every record ever appended. Works for any record with
+    an ``ok`` attribute (shader swaps too).
+    """
+
+    def __init__(self, keep: int = 256) -> None:
+        self.recent: deque[Any] = deque(maxlen=keep)
+        self.total = 0
+        self.failed = 0
+
+    def append(self, record: Any) -> None:
+        self.recent.append(record)
+        self.total += 1
+        if not record.ok:
+            self.failed += 1
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.recent)
+
+    def __len__(self) -> int:
+        return len(self.recent)
+
+    def __getitem__(self, index: int) -> Any:
+        """A kept record by position (``-1``: the newest); raises ``IndexError``."""
+        return self.recent[index]
+
+    def __repr__(self) -> str:
+        return f"SwapLog(total={self.total}, failed={self.failed}, recent={list(self.recent)!r})"
+
+    def last(self, n: int) -> list[Any]:
+        """The newest ``n`` kept records, oldest of them first."""
+        if n <= 0:
+            return []
+        newest_first = list(itertools.islice(reversed(self.recent), n))
+        newest_first.reverse()
+        return newest_first
+
+    def counts(self) -> dict[str, int]:
+        return {"total": self.total, "failed": self.failed, "kept": len(self.recent)}
 
 
 class _Batch:
@@ -131,12 +181,14 @@ class Loader:
         self.active: dict[str, LoadedModule] = {}
         self.dependents: dict[str, set[str]] = {}
         self.probation: dict[str, int] = {}  # module -> frame its probation ends
-        self.swaps: list[SwapRecord] = []
+        self.swaps = SwapLog()
         self.errors: dict[str, LoadError] = {}
         self._pending: list[PendingSwap] = []
         self._lock = threading.RLock()
         self._batch: _Batch | None = None
         self.frame = 0
+        #: Told which module's code runs now (its import, its hooks) for the heartbeat.
+        self.running = RunningNow()
 
     # -- finding sources ----------------------------------------------------------------
     def source_path(self, name: str) -> Path | None:
@@ -230,12 +282,16 @@ class Loader:
         path = self.source_path(name) or (self.systems_dir / f"{name}.py")
         placeholder = types.ModuleType(f"{PACKAGE}.{name}")
         batch.in_progress[name] = placeholder
+        running = self.running.enter(
+            self.running.register(CodeKind.MODULE, name, version, None, path)
+        )
         try:
             loaded = execute_module(name, source, path, version, self, self.load_limit_s)
         except LoadError as err:
             batch.errors[name] = err
             raise
         finally:
+            self.running.leave(running)
             batch.in_progress.pop(name, None)
         batch.prepared[name] = loaded
         loaded.imports = {d for d, users in self.dependents.items() if name in users}
@@ -328,6 +384,7 @@ class Loader:
         if p.new is None:
             if old is not None:
                 self._run_hook(old, "on_unload")
+                self.world.drop_handlers_of(old.module.__name__)
                 with self._lock:
                     del self.active[p.name]
                 sys.modules.pop(f"{PACKAGE}.{p.name}", None)
@@ -343,6 +400,7 @@ class Loader:
         before = self.world.checkpoint() if on_load is not None else None
         if old is not None:
             self._run_hook(old, "on_unload")
+            self.world.drop_handlers_of(old.module.__name__)  # no stale version hears events
         for old_cls, new_cls, converted in conversions:
             self._commit_migration(old_cls, new_cls, converted)
         if on_load is not None:
@@ -384,15 +442,22 @@ class Loader:
         if fn is None:
             return None
         wd = self.scheduler.watchdog
+        line = getattr(getattr(fn, "__code__", None), "co_firstlineno", 0)
+        name = self.running.register(
+            CodeKind.HOOK, loaded.name, loaded.version, hook, loaded.path, line
+        )
+        running = self.running.enter(name)
         wd.arm_once(f"{loaded.name}.{hook}")
         try:
             fn(self.world)
         except (Exception, Overrun, SystemExit) as exc:
             wd.disarm_once()
+            self.running.leave(running)
             err = error_from_exception(loaded.name, loaded.path, exc)
             self.report(f"engine: {loaded.name}.{hook} raised: {err}")
             return str(err)
         wd.disarm_once()
+        self.running.leave(running)
         return None
 
     # -- component migration -------------------------------------------------------------
@@ -448,9 +513,6 @@ class Loader:
                     unit = self.unit(name)
                     if unit.get(loaded.version).status is VersionStatus.PROBATION:
                         unit.mark(loaded.version, VersionStatus.GOOD)
-                for h in self.scheduler.handles.values():
-                    if h.module == name and h.state is SystemState.PROBATION:
-                        h.state = SystemState.ENABLED
 
     def on_probation(self, name: str) -> bool:
         return name in self.probation
@@ -458,8 +520,9 @@ class Loader:
     def rollback(self, name: str, why: str) -> int | None:
         """Mark the active version of ``name`` bad and go back to its last good version.
 
-        Returns the version rolled back to, or None if there is none (the module's systems
-        are then disabled, with the reason). The swap happens at the next frame boundary.
+        Returns the version rolled back to, or None if there is none (the scheduler then
+        disables the module's systems). The swap happens at the next frame boundary. The
+        decision, and its message, are the failure policy's (see ``engine.policy``).
         """
         loaded = self.active.get(name)
         if loaded is None or loaded.version is None:
@@ -469,23 +532,7 @@ class Loader:
         self.probation.pop(name, None)
         target = unit.last_good()
         if target is None or target.number == loaded.version:
-            for h in self.scheduler.handles.values():
-                # A system the scheduler already disabled keeps its own, sharper reason.
-                if h.module == name and h.state is not SystemState.DISABLED:
-                    self.scheduler.disable(
-                        h,
-                        "rolled-back",
-                        f"v{loaded.version} failed on probation and no good version exists: {why}",
-                    )
-            self.report(
-                f"engine: {name} v{loaded.version} failed on probation, no good "
-                f"version to fall back to; its systems are disabled\n  {why}"
-            )
             return None
-        self.report(
-            f"engine: {name} v{loaded.version} failed on probation; rolling back to "
-            f"v{target.number}\n  {why}"
-        )
         self.prepare(
             {name: unit.source(target.number)}, kind="rollback", versions={name: target.number}
         )
@@ -510,15 +557,14 @@ class Loader:
         return target.number
 
     # -- start-up ----------------------------------------------------------------------------
-    def load_all(self, frame: int = 0, blame_probation: bool = False) -> list[SwapRecord]:
+    def load_all(self, frame: int = 0) -> list[SwapRecord]:
         """Load every project module (the active version of each) and swap them in now.
 
         A module whose file changed while the game was stopped gets a new version. A module
-        that fails to load falls back to its last good version, if it has one. With
-        ``blame_probation`` (a restart after a crash), see :meth:`blame_probation`.
+        that fails to load falls back to its last good version, if it has one. A version
+        the supervisor blamed for a crash or hang is bad and not loaded (see
+        :func:`leave_out`).
         """
-        if blame_probation:
-            self.blame_probation()
         sources: dict[str, str | None] = {}
         versions: dict[str, int] = {}
         for name in self.project_modules():
@@ -540,33 +586,6 @@ class Loader:
         if retry:
             self.prepare(retry, kind="load", versions=versions)
         return self.apply_pending(frame)
-
-    def blame_probation(self) -> None:
-        """After a crash: mark bad each version that was swapped in live and was still on
-        probation (it was new when the game died) and make the version that ran before it
-        active — the last good one, else the newest runnable one before it — or leave the
-        module out if there is none. Versions only loaded at start-up are not blamed: a
-        crash they cause repeats, and the supervisor's crash-loop back-off reports it."""
-        for name in self.project_modules():
-            unit = self.unit(name)
-            active = unit.active
-            if (
-                active is None
-                or active.status is not VersionStatus.PROBATION
-                or active.went_live in ("load", "")
-            ):
-                continue
-            why = "the game process died while this version was on probation"
-            unit.mark(active.number, VersionStatus.BAD, why)
-            before = unit.last_good(before=active.number) or next(
-                (v for v in reversed(unit.versions[: active.number - 1]) if v.status in RUNNABLE),
-                None,
-            )
-            unit.activate(before.number if before else None)
-            self.report(
-                f"engine: blamed {name} v{active.number} for the crash; "
-                + (f"back to v{before.number}" if before else "left out")
-            )
 
     def startup_source(self, name: str) -> tuple[str, int | None] | None:
         """Which source a module starts with: ``(source, version)``, ``version`` None for
@@ -593,3 +612,23 @@ class Loader:
         if active is not None and unchanged and active.status in RUNNABLE:
             return unit.source(active.number), active.number
         return source, None
+
+
+def leave_out(unit: VersionHistory, number: int, why: str) -> Version | None:
+    """Mark version ``number`` of a module bad (``why``) so the next start does not run it.
+
+    The version that ran before it becomes active — the last good one, else the newest
+    runnable one before it — and is returned; with none, the module is left out (``None``)
+    until its file is edited. Used by the supervisor for the version the heartbeat named
+    when the game died or hung, whether it was swapped in live or loaded at start-up.
+    """
+    unit.mark(number, VersionStatus.BAD, why)
+    if unit.active_number is not None and unit.active_number != number:
+        active = unit.get(unit.active_number)
+        if active.status in RUNNABLE:
+            return active  # the blamed version never went live (it died loading)
+    before = unit.last_good(before=number) or next(
+        (v for v in reversed(unit.versions[: number - 1]) if v.status in RUNNABLE), None
+    )
+    unit.activate(before.number if before else None)
+    return before

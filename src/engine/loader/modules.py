@@ -158,12 +158,69 @@ def execute_module(
             exec(code, module.__dict__)
     except (Exception, LoadTimeout, SystemExit) as exc:
         raise error_from_exception(name, path, exc) from None
+    detach_from_other_versions(module)
     loaded = LoadedModule(name, version, path, module)
     try:
         collect_declarations(loaded)
     except Exception as exc:
         raise error_from_exception(name, path, exc) from None
     return loaded
+
+
+def detach_from_other_versions(module: types.ModuleType) -> None:
+    """Give the methods ``dataclasses`` generated for ``module``'s classes their own globals.
+
+    ``dataclasses`` compiles ``__init__``, ``__repr__``, ``__eq__``... with the globals of
+    ``sys.modules[cls.__module__]``, which, while a new version is executed, is the version
+    still running: each version's classes would keep the previous version's globals (and
+    so every older version) alive forever. The generated code needs only builtins (every
+    other name it uses is passed in as a closure), so it gets a globals dict of its own, as
+    ``dataclasses`` itself does for a module missing from ``sys.modules``. Functions
+    wrapped by ``dataclasses`` (``__repr__`` in ``_recursive_repr``) are reached through
+    their wrapper's closure.
+    """
+    own = module.__dict__
+    for cls in list(own.values()):
+        if not isinstance(cls, type) or cls.__module__ != module.__name__:
+            continue
+        for attr, fn in list(cls.__dict__.items()):
+            fresh = _detached(fn, own, depth=2)
+            if fresh is not None:
+                setattr(cls, attr, fresh)
+
+
+def _detached(fn: Any, own: dict[str, Any], depth: int) -> Any:
+    """A copy of ``fn`` with fresh globals if it uses another version's; else None.
+
+    Closure cells of ``fn`` (``depth`` levels down) and its ``__wrapped__`` are fixed in
+    place.
+    """
+    if not isinstance(fn, types.FunctionType):
+        return None
+    if depth > 0:
+        for cell in fn.__closure__ or ():
+            try:
+                inner = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            fresh_inner = _detached(inner, own, depth - 1)
+            if fresh_inner is not None:
+                cell.cell_contents = fresh_inner
+                if fn.__dict__.get("__wrapped__") is inner:  # functools.wraps keeps it too
+                    fn.__wrapped__ = fresh_inner
+    g = fn.__globals__
+    if g is own or g.get("__name__") != own.get("__name__"):
+        return None  # its own module's function, or another module's (not a version)
+    fresh = types.FunctionType(
+        fn.__code__, {"__builtins__": builtins}, fn.__name__, fn.__defaults__, fn.__closure__
+    )
+    fresh.__kwdefaults__ = fn.__kwdefaults__
+    fresh.__qualname__ = fn.__qualname__
+    fresh.__annotations__ = fn.__annotations__
+    fresh.__doc__ = fn.__doc__
+    fresh.__module__ = fn.__module__
+    fresh.__dict__.update(fn.__dict__)
+    return fresh
 
 
 def collect_declarations(loaded: LoadedModule) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import watchfiles
 
 SHADER_SUFFIXES = (".vert", ".frag", ".glsl")
+ASSET_SUFFIXES = (".obj", ".png")  # anywhere in the project outside hidden folders
 COMMANDS_DIR = Path(".engine") / "commands"
 PROBE_NAME = "watch-probe"
 #: Folders whose (re)creation makes the watcher take every file in them as changed.
@@ -73,6 +74,8 @@ class ProjectWatcher:
             return "systems" if path.stem.isidentifier() else None
         if len(parts) == 2 and parts[0] == "shaders" and path.suffix in SHADER_SUFFIXES:
             return "shaders"
+        if path.suffix.lower() in ASSET_SUFFIXES and not any(p[0] == "." for p in parts):
+            return "shaders"  # told to on_shader's listeners too: the renderer takes them
         if rel.parent == COMMANDS_DIR:
             if path.name == PROBE_NAME:
                 return "probe"

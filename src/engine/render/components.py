@@ -38,9 +38,12 @@ class Mesh:
 
     ``primitive`` is one of :data:`PRIMITIVES` (a unit cube and a unit plane, both 1 m
     across and centred on the origin, the plane facing +Y; a sphere of diameter 1 m).
-    ``path`` (absolute, or relative to the working directory) wins over ``primitive``.
-    A mesh that cannot be loaded (unknown primitive, missing or malformed file) is skipped
-    when drawing and reported once; it never stops the frame.
+    ``path`` (absolute, or relative to the project folder) wins over ``primitive``. An OBJ
+    file is parsed off the frame: its entities appear a few frames after they are first
+    drawn (later for a large file), and again after the file is edited. A mesh that cannot
+    be loaded (unknown primitive, missing or malformed file) is skipped when drawing and
+    reported once; an edit that breaks a file keeps its last good mesh. It never stops the
+    frame.
     """
 
     primitive: str = "cube"
@@ -49,11 +52,15 @@ class Mesh:
 
 @dataclass
 class Material:
-    """How to draw it: a base colour (RGBA, 0..1) and the name of a shader program.
+    """How to draw it: a base colour (RGBA, 0..1), a shader program, an optional texture.
 
     ``shader`` names a program of the :class:`~engine.render.shaders.ShaderLibrary`
     (``"basic"`` = ``basic.vert`` + ``basic.frag``). An unknown name draws with ``basic``.
+    ``texture`` is a PNG file (absolute, or relative to the project folder) the ``basic``
+    shader multiplies the colour by; it reloads when the file is edited. One that cannot
+    be loaded is reported once and draws untextured (or with its last good image).
     """
 
     color: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     shader: str = "basic"
+    texture: str | None = None

@@ -34,7 +34,7 @@ from engine.render.context import gl, offscreen_context
 # isort: split
 from pyglet.graphics.shader import Shader, ShaderException, ShaderProgram
 
-from engine.loader.history import ProjectHistory, VersionHistory, VersionStatus
+from engine.loader.history import ProjectHistory, VersionHistory, VersionStatus, report_to_stderr
 
 BUILTIN_DIR = Path(__file__).with_name("shaders")
 #: File suffix -> the stages it provides.
@@ -204,14 +204,17 @@ class ShaderLibrary:
         history: ProjectHistory | None = None,
         *,
         clock: Callable[[], int] = time.monotonic_ns,
+        report: Callable[[str], None] = report_to_stderr,
     ) -> None:
-        """``history`` defaults to the project's own; without a project only built-ins exist."""
+        """``history`` defaults to the project's own; without a project only built-ins exist.
+        ``report`` takes each message (a failed compile, a missing program, a deleted file)."""
         self.project_dir = Path(project_dir) if project_dir is not None else None
         self.shader_dir = self.project_dir / "shaders" if self.project_dir is not None else None
         if history is None and self.project_dir is not None:
             history = ProjectHistory(self.project_dir)
         self.history = history
         self._clock = clock
+        self.report = report
         self._running: dict[str, _Running] = {}
         self._unknown: set[str] = set()  # names reported as missing, to report once
         self._errors: dict[str, ShaderError] = {}
@@ -235,10 +238,25 @@ class ShaderLibrary:
             if running is not None:
                 return running.program
             self._unknown.add(name)
-            print(f"engine: shader program {name!r} unavailable; drawing with {DEFAULT_PROGRAM!r}")
+            self.report(
+                f"engine: shader program {name!r} unavailable; drawing with {DEFAULT_PROGRAM!r}"
+            )
         if name == DEFAULT_PROGRAM:
             raise RuntimeError(f"the built-in {DEFAULT_PROGRAM!r} shader program does not build")
         return self.program(DEFAULT_PROGRAM)
+
+    def rebuild(self) -> None:
+        """Build every running program again, from the stages it runs, in the current context.
+
+        For after the GL context was lost and replaced: the old programs went with it. A
+        program that does not build again is dropped (the next :meth:`program` call
+        builds it from its files, or falls back to ``basic``).
+        """
+        for name, running in list(self._running.items()):
+            try:
+                self._running[name] = _Running(_compile(running.stages), running.stages)
+            except _BuildFailed:
+                del self._running[name]
 
     def last_error(self, name: str) -> ShaderError | None:
         """The error of the last failed build of program ``name``, cleared by a good one."""
@@ -289,7 +307,7 @@ class ShaderLibrary:
         for path, t in pending.items():
             if not path.exists():
                 if path.stem in self._running:
-                    print(f"engine: shader {path} deleted; keeping the last good program")
+                    self.report(f"engine: shader {path} deleted; keeping the last good program")
                 continue
             by_program.setdefault(path.stem, {})[path.name] = t
             # A program without its own stage borrows basic's file: rebuild it too.
@@ -463,7 +481,9 @@ class ShaderLibrary:
             if swap.program in self._running
             else "is not available"
         )
-        print(f"engine: shader error: {swap.error}\n        (program {swap.program!r} {keeping})")
+        self.report(
+            f"engine: shader error: {swap.error}\n        (program {swap.program!r} {keeping})"
+        )
         return swap
 
     def _move(self, file_name: str, direction: str) -> ShaderSwap | None:

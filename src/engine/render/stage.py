@@ -5,23 +5,47 @@ the built-in render system (``systems/render.py``) calls :meth:`RenderStage.draw
 frame. Keeping the GL objects here, not in the system module, means the render system can
 be edited and hot-swapped like any other while the context, buffers and layer stay put.
 
+Each frame both eyes are drawn with the frame's pose and read back into a free image of
+the layer, which is then published with that pose: on a GPU through a pixel-buffer object
+and a fence (the stage waits for the fence, bounded by ``readback_timeout_ns``, maps the
+buffer and copies it into the image), on a CPU renderer straight into the image (see
+:mod:`engine.render.renderer`). The pixels are in the layer's format (RGBA8 or BGRA8: the
+compositor chooses, the game follows). Standalone, the stage creates its own layer; under
+the compositor, the compositor creates it and hands over its file descriptor.
+
+A GPU reset loses the stage's GL context (the engine asks for contexts that are lost, not
+hung, where the driver offers it). :meth:`RenderStage.check_context`, called between
+frames, sees it (``glGetGraphicsResetStatus``), makes a new context and every GL object
+again (framebuffers, buffers, meshes, the running shader programs), and the game goes on
+from the next frame instead of dying with its context.
+
 Each frame both eyes are drawn with the frame's pose and read back straight into a free
 image of the layer (no intermediate copy), which is then published with that pose.
 Standalone, the stage creates its own layer; under the compositor, the compositor creates
 it and hands over its file descriptor.
+
+Where the compositor offers the layer's images in GPU memory
+(``RenderSettings.layer_images``) and this GL context can import them, each eye is drawn
+straight into the acquired GPU image instead: nothing is read back or uploaded; the stage
+waits for the drawing to finish (a fence) before publishing. Where it cannot, it says why
+(:attr:`RenderStage.image_path`) and reads back into the shared block as before.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from engine.compositor.sinks import save_png, side_by_side
+from engine.contracts.gpu_layer import GpuImagesOffer
 from engine.contracts.layer import (
+    ImageSlot,
+    ImageStorage,
     LayerReader,
     LayerSpec,
     LayerWriter,
@@ -47,6 +71,13 @@ class RenderSettings:
     fov: Fov | None = None
     #: The layer's pixel format; a game under the compositor takes the one it asks for.
     pixel_format: PixelFormat = PixelFormat.RGBA8
+    #: How pixels come back: ``"pbo"``, ``"sync"`` or ``"auto"`` (see the renderer).
+    readback: str = "auto"
+    #: How long a frame's pixels may take to arrive before it is not published (under the
+    #: render system's hard limit, so a stuck GPU costs frames, not the system).
+    readback_timeout_ns: int = 40_000_000
+    #: The layer's images in GPU memory, as the compositor offers them (``None``: none).
+    layer_images: GpuImagesOffer | None = None
 
     @property
     def view_fov(self) -> Fov:
@@ -80,6 +111,9 @@ class RenderStage:
         project_dir: where ``shaders/`` live (and their history).
         history: the project's history (shader versions join it).
         layer_fd: a layer block made by the compositor; ``None`` makes one here.
+        report: where messages go (a lost context and its recovery).
+        reset_status: the context's reset status (default: ``glGetGraphicsResetStatus``; a
+            test injects one, as a real reset cannot be provoked on demand).
     """
 
     def __init__(
@@ -88,29 +122,49 @@ class RenderStage:
         project_dir: Path | None = None,
         history: ProjectHistory | None = None,
         layer_fd: int | None = None,
+        report: Callable[[str], None] = lambda message: None,
+        reset_status: Callable[[], int] | None = None,
     ) -> None:
+        # Not at the top: importing this module (for RenderSettings) must not load GL.
+        from engine.render.context import reset_status as context_reset_status
         from engine.render.renderer import Renderer
         from engine.render.shaders import ShaderLibrary
 
         self.settings = settings
-        self.shaders = ShaderLibrary(project_dir, history)
+        self.shaders = ShaderLibrary(project_dir, history, report=report)
         self.renderer = Renderer(
             settings.width,
             settings.height,
             self.shaders,
             clear_color=settings.clear_color,
             bgra=settings.pixel_format is PixelFormat.BGRA8,
+            readback=settings.readback,
+            report=report,
         )
         self.spec = LayerSpec(settings.width, settings.height, eyes=2, format=settings.pixel_format)
         self.owns_layer = layer_fd is None
         self.layer_fd = create_layer_fd(self.spec, "game") if layer_fd is None else layer_fd
-        self.writer = LayerWriter(self.layer_fd, self.spec)
+        self.gpu_targets, self.image_path = _import_layer_images(settings.layer_images, self.spec)
+        storage = (
+            ImageStorage.SHARED_MEMORY if self.gpu_targets is None else ImageStorage.GPU_MEMORY
+        )
+        self.writer = LayerWriter(self.layer_fd, self.spec, storage)
         self.last_frame = -1  # the frame number last published
         self.last = RenderFrameTimes()
+        self.report = report
+        self._reset_status = reset_status or context_reset_status
+        self.context_lost: str | None = None  # why, until check_context recovers
+        self.context_resets = 0
+        self.late_readbacks = 0  # frames not published: their pixels did not arrive in time
 
     def warm_up(self, world: object) -> None:
         """Draw once without publishing: context, programs and meshes are made now, not
         inside the first frame (where their one-time cost would trip the watchdog)."""
+        if self.gpu_targets is not None:
+            # Into the image the first frame draws into again (acquired, so never shown).
+            targets = self.gpu_targets.framebuffers(self.writer.acquire().index)
+            self.renderer.render_to_framebuffers(world, self.eyes_for(None), targets)
+            return
         scratch = [np.empty(self.spec.shape[1:], np.uint8) for _ in range(self.spec.eyes)]
         self.renderer.render(world, self.eyes_for(None), scratch)
 
@@ -120,15 +174,78 @@ class RenderStage:
         return eyes_from_head(self.settings.default_head, fov=self.settings.view_fov)
 
     def draw(self, world: object, frame: int, eyes: tuple[EyeView, ...] | None) -> None:
-        """Draw both eyes into a free layer image and publish it with the pose used."""
+        """Draw both eyes into a free layer image and publish it with the pose used.
+
+        Skipped (nothing drawn or published) while the context is lost. A frame whose
+        pixels do not arrive within ``readback_timeout_ns`` is not published
+        (``late_readbacks``); if the context was lost meanwhile, that is recorded for
+        :meth:`check_context`.
+        """
+        if self.context_lost is not None:
+            return
         views = self.eyes_for(eyes)
+        drawn = self.renderer.draw(world, views)
         slot = self.writer.acquire()
+        if self.gpu_targets is not None:
+            self._draw_into_gpu_image(world, frame, views, slot)
+            return
         # Addresses, not views: the layer and the renderer agree on the size by construction.
-        timings = self.renderer.render(world, views, [slot.address(i) for i in range(len(views))])
+        addresses = [slot.address(i) for i in range(len(views))]
+        timings = self.renderer.read(drawn, addresses, self.settings.readback_timeout_ns)
+        if timings is None:
+            self.late_readbacks += 1
+            self._note_reset()
+            return  # the slot stays acquired: the next frame draws into it again
         t0 = time.perf_counter_ns()
         self.writer.publish(slot, frame=frame, eyes=tuple(views), completed_ns=time.monotonic_ns())
         self.last = RenderFrameTimes(
             timings.draw_ns, timings.readback_ns, time.perf_counter_ns() - t0, timings.drawn
+        )
+        self.last_frame = frame
+
+    def _note_reset(self) -> bool:
+        from engine.render.context import GL_NO_ERROR, RESET_STATUS_NAMES
+
+        status = self._reset_status()
+        if status != GL_NO_ERROR and self.context_lost is None:
+            self.context_lost = RESET_STATUS_NAMES.get(status, f"reset status {status:#x}")
+        return self.context_lost is not None
+
+    def check_context(self) -> bool:
+        """Between frames: if the GL context was lost, make a new one; whether it did.
+
+        The new context gets every GL object the stage had made again: framebuffers and
+        pixel buffers on the next frame, meshes on their next draw, shader programs now
+        (from the versions running). Raises ``pyglet.gl.ContextException`` if no new
+        context can be made (the process then dies, and its supervisor restarts it).
+        """
+        if not self._note_reset():
+            return False
+        from engine.render.context import recreate_context
+
+        self.report(f"render: GL context lost ({self.context_lost}); making a new one")
+        recreate_context()
+        self.renderer.forget_gl_objects()
+        self.shaders.rebuild()
+        self.context_resets += 1
+        self.context_lost = None
+        return True
+
+    def _draw_into_gpu_image(
+        self, world: object, frame: int, views: tuple[EyeView, ...], slot: ImageSlot
+    ) -> None:
+        from engine.gpu.gl_memory import wait_for_rendering
+
+        assert self.gpu_targets is not None
+        targets = self.gpu_targets.framebuffers(slot.index)
+        timings = self.renderer.render_to_framebuffers(world, views, targets)
+        t0 = time.perf_counter_ns()
+        # The compositor samples the image as soon as it is published: it must be drawn.
+        wait_for_rendering()
+        t1 = time.perf_counter_ns()
+        self.writer.publish(slot, frame=frame, eyes=tuple(views), completed_ns=time.monotonic_ns())
+        self.last = RenderFrameTimes(
+            timings.draw_ns + t1 - t0, 0, time.perf_counter_ns() - t1, timings.drawn
         )
         self.last_frame = frame
 
@@ -137,7 +254,13 @@ class RenderStage:
         reader = LayerReader(self.layer_fd)
         try:
             frame = reader.read()
-            return None if frame is None else frame.pixels[..., self.spec.format.rgba_order]
+            if frame is None:
+                return None
+            if frame.pixels is None and self.gpu_targets is not None:
+                return np.stack(self.gpu_targets.read(frame.index))  # RGBA already
+            if frame.pixels is None:
+                return None
+            return frame.pixels[..., self.spec.format.rgba_order]
         finally:
             reader.close()
 
@@ -155,6 +278,31 @@ class RenderStage:
 
     def close(self) -> None:
         self.writer.close()
+        if self.gpu_targets is not None:
+            self.gpu_targets.delete()
+            self.gpu_targets = None
         self.renderer.close()
         if self.owns_layer:
             os.close(self.layer_fd)
+
+
+def _import_layer_images(offer: GpuImagesOffer | None, spec: LayerSpec) -> tuple[object, str]:
+    """The offered GPU images imported with framebuffers, or ``None``; and the path taken
+    with its reason (``"gpu memory: ..."`` or ``"shared memory: ..."``). Never raises for
+    an import the driver refuses: the layer then stays in shared memory."""
+    if offer is None:
+        return None, "shared memory: no GPU images offered"
+    images = offer.images
+    if images is None:
+        return None, f"shared memory: {offer.reason}"
+    if (images.width, images.height, images.eyes, images.images) != (
+        spec.width, spec.height, spec.eyes, spec.images,
+    ):  # fmt: skip
+        return None, f"shared memory: the GPU images do not match the layer ({images})"
+    from engine.gpu.gl_memory import GpuLayerTargets, ImportRefused
+
+    try:
+        targets = GpuLayerTargets(images, tuple(offer.fds))
+    except ImportRefused as exc:
+        return None, f"shared memory: cannot import the GPU images ({exc})"
+    return targets, f"gpu memory: {images.count} images imported"

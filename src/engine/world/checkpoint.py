@@ -10,8 +10,9 @@ A key that resolves to nothing (its module is not loaded yet) becomes a
 :class:`PendingComponent` that keeps the fields; the loader turns it into the real class as
 soon as the module defining it is loaded. Nothing is dropped.
 
-Field values are pickled. Classes defined in system modules are pickled by key (through
-``persistent_id``), so values may hold them even across reloads.
+Field values are pickled. Classes defined in system modules are pickled by key (a call of
+:func:`_system_type` with the key, resolved when loading), so values may hold them even
+across reloads. Files written before used ``persistent_id`` for the same; they still load.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ import io
 import itertools
 import pickle
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 import esper
 
 from engine.world.components import REGISTRY, component_key
-from engine.world.migration import build_instance, component_state
+from engine.world.migration import build_instance, component_state, field_names
 
 FORMAT = "engine-checkpoint"
 VERSION = 1
@@ -66,11 +67,18 @@ def _is_reloadable(cls: type) -> bool:
     return cls.__module__ == "systems" or cls.__module__.startswith("systems.")
 
 
+def _system_type(key: str) -> type:
+    """Stands for a system module's class in a checkpoint; the unpickler resolves it."""
+    raise pickle.UnpicklingError(f"{key}: a system class is resolved by the engine's loader")
+
+
 class _Pickler(pickle.Pickler):
-    def persistent_id(self, obj: Any) -> Any:
+    # reducer_override, not persistent_id: pickle skips it for ints, floats, strings and
+    # memoized objects, so it runs a few times per entity rather than for every value.
+    def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, type) and _is_reloadable(obj):
-            return ("type", component_key(obj))
-        return None
+            return (_system_type, (component_key(obj),))
+        return NotImplemented
 
 
 class _Unpickler(pickle.Unpickler):
@@ -78,12 +86,20 @@ class _Unpickler(pickle.Unpickler):
         super().__init__(io.BytesIO(data))
         self._resolve = resolve
 
-    def persistent_load(self, pid: Any) -> Any:
+    def find_class(self, module: str, name: str) -> Any:
+        if module == __name__ and name == "_system_type":
+            return self._resolve_type
+        return super().find_class(module, name)
+
+    def _resolve_type(self, key: str) -> type:
+        cls = self._resolve(key)
+        return cls if cls is not None else pending_type(key)
+
+    def persistent_load(self, pid: Any) -> Any:  # checkpoints written before
         kind, key = pid
         if kind != "type":
             raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
-        cls = self._resolve(key)
-        return cls if cls is not None else pending_type(key)
+        return self._resolve_type(key)
 
 
 def default_resolver(key: str) -> type | None:
@@ -103,32 +119,56 @@ def default_resolver(key: str) -> type | None:
     return obj if isinstance(obj, type) else None
 
 
-def dump_world(world: Any) -> bytes:
-    """Serialize every live entity of ``world`` (an :class:`engine.World`)."""
+def peek_next_entity() -> int:
+    """The id esper's current world gives its next entity, without using it up.
+
+    esper keeps a private ``itertools.count``; reading it consumes a value, so it is
+    replaced by a fresh counter starting at that value. (Wrapping it instead, as a
+    ``chain`` of the value and the old counter, nests one more iterator per checkpoint and
+    makes ``create_entity`` slower for ever.)
+    """
+    next_id = next(esper._entity_count)
+    esper._entity_count = itertools.count(next_id)
+    return next_id
+
+
+def dump_world(world: Any, file: IO[bytes] | None = None) -> bytes:
+    """Serialize every live entity of ``world`` (an :class:`engine.World`).
+
+    Returns the bytes; with ``file``, writes them there instead (streamed: a large
+    array goes from its own memory to the file, never through one big ``bytes``) and
+    returns ``b""``. Raises what pickling raises for a value that cannot be pickled
+    (``pickle.PicklingError``, ``TypeError``...).
+    """
     world.activate()
     entities = []
-    max_id = 0
+    dead = esper._dead_entities
+    # Per class, once per checkpoint (never kept: a cache here would keep old classes).
+    keys: dict[type, tuple[str, frozenset[str] | None]] = {}
     for entity, comps in esper._entities.items():
-        max_id = max(max_id, entity)
-        if entity in esper._dead_entities:
+        if entity in dead:
             continue
         items = []
         for ctype, instance in comps.items():
             if isinstance(instance, PendingComponent):
                 items.append((instance.key, instance.fields))
-            else:
-                items.append((component_key(ctype), component_state(instance)))
+                continue
+            known = keys.get(ctype)
+            if known is None:
+                known = keys[ctype] = (component_key(ctype), field_names(type(instance)))
+            items.append((known[0], component_state(instance, known[1])))
         entities.append((entity, items))
-    # The id counter is private to esper; peek without consuming it.
-    counter = esper._entity_count
-    next_id = next(counter)
-    esper._entity_count = itertools.chain([next_id], counter)  # type: ignore[assignment]
+    max_id = max(esper._entities, default=0)
+    next_id = peek_next_entity()
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "next_entity": max(next_id, max_id + 1),
         "entities": entities,
     }
+    if file is not None:
+        _Pickler(file, protocol=pickle.HIGHEST_PROTOCOL).dump(payload)
+        return b""
     buf = io.BytesIO()
     _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(payload)
     return buf.getvalue()

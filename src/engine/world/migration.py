@@ -21,8 +21,23 @@ class MigrationError(Exception):
     """A component instance could not be moved to its new class."""
 
 
-def component_state(instance: Any) -> dict[str, Any]:
-    """The fields of a component instance as a plain dict (dataclass or ordinary object)."""
+def field_names(cls: type) -> frozenset[str] | None:
+    """The field names of a dataclass (None for another class), for :func:`component_state`."""
+    if not hasattr(cls, "__dataclass_fields__"):
+        return None
+    return frozenset(f.name for f in dataclasses.fields(cls))
+
+
+def component_state(instance: Any, names: frozenset[str] | None = None) -> dict[str, Any]:
+    """The fields of a component instance as a plain dict (dataclass or ordinary object).
+
+    ``names``: :func:`field_names` of its class, when the caller has it (a checkpoint
+    asks once per class, not once per instance: ``dataclasses.fields`` is slow).
+    """
+    if names is not None:
+        extra = getattr(instance, "__dict__", None)
+        if extra is not None and extra.keys() >= names:
+            return dict(extra)  # every field is a plain attribute: the common case, fast
     if dataclasses.is_dataclass(instance) and not isinstance(instance, type):
         state = {f.name: getattr(instance, f.name) for f in dataclasses.fields(instance)}
         # Attributes set outside the declared fields survive too.

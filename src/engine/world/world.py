@@ -5,24 +5,35 @@ esper 3 keeps its database in module globals and switches between named contexts
 when needed and then call the esper function of the same name, so behaviour at the edges
 (what raises ``KeyError``, when deletions take effect) is esper's.
 
-Two additions, both for hot-swapping:
+Every esper function is here as a method of the same name and behaviour — entities,
+components, queries, events (``set_handler``, ``dispatch_event``), processors
+(``add_processor``, ``process``, ``timed_process``) — so a game written for esper runs on a
+:class:`World` unchanged (``tests/test_esper_compat.py`` runs esper's own test suite against
+it). Two additions, both for hot-swapping:
 
 * **class aliases** — when a component class is reloaded, its old class object is aliased
   to the new one; queries and additions made with the old class (held by a module that
   imported it before the reload) act on the new class. No cost while no alias exists.
+  An alias holds its old class only weakly: once nothing else uses the old class (the
+  module that imported it was reloaded too), the alias goes and the old version with it.
 * **resources** — per-world singletons that are not components (the renderer, the frame's
   pose), keyed by type: ``world.resources[Renderer]``. They are not checkpointed.
+  ``world.input`` is the keyboard and mouse this frame (:class:`~engine.input.state.Input`).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
-from typing import Any, TypeVar
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any, TypeVar
 
 import esper
 
+from engine.input.state import Input
+
 C = TypeVar("C")
+P = TypeVar("P", bound=esper.Processor)
 
 _world_ids = itertools.count(1)
 
@@ -44,7 +55,11 @@ class World:
     def __init__(self, name: str | None = None) -> None:
         self.name = name or f"engine-world-{next(_world_ids)}"
         self.resources: dict[type, Any] = {}
-        self._aliases: dict[type, type] = {}
+        # Keyed by id(old class), so the alias does not keep the old class (and through its
+        # methods' globals, its whole module version) alive; a weak reference removes the
+        # entry when the old class dies, before its id can be reused.
+        self._aliases: dict[int, type] = {}
+        self._alias_refs: dict[int, weakref.ref[type]] = {}
         previous = esper.current_world
         esper.switch_world(self.name)
         if previous != self.name:
@@ -65,21 +80,35 @@ class World:
 
     # -- class aliases (component reloads) ------------------------------------------
     def alias_component(self, old: type, new: type) -> None:
-        """Route every use of ``old`` to ``new`` from now on (and earlier aliases of ``old``)."""
-        for stale, target in list(self._aliases.items()):
+        """Route every use of ``old`` to ``new`` from now on (and earlier aliases of ``old``).
+
+        The alias lasts as long as something else keeps ``old`` alive (a module that
+        imported it, an instance of it); it never keeps ``old`` alive itself.
+        """
+        aliases = self._aliases
+        for stale, target in list(aliases.items()):
             if target is old:
-                self._aliases[stale] = new
+                aliases[stale] = new
         if old is not new:
-            self._aliases[old] = new
-        self._aliases.pop(new, None)
+            key = id(old)
+            aliases[key] = new
+            if key not in self._alias_refs:
+                self._alias_refs[key] = weakref.ref(old, _forget(key, aliases, self._alias_refs))
+        aliases.pop(id(new), None)
+        ref = self._alias_refs.pop(id(new), None)
+        del ref  # dropping the weakref also drops its callback
 
     def current_type(self, component_type: type[C]) -> type[C]:
         """The class a (possibly stale) component class resolves to."""
-        return self._aliases.get(component_type, component_type)
+        return self._aliases.get(id(component_type), component_type)
+
+    def alias_count(self) -> int:
+        """How many old classes are still routed to a newer one (bounded by the live ones)."""
+        return len(self._aliases)
 
     def _resolve(self, types: tuple[type, ...]) -> tuple[type, ...]:
         aliases = self._aliases
-        return tuple(aliases.get(t, t) for t in types)
+        return tuple(aliases.get(id(t), t) for t in types)
 
     # -- entities (esper-faithful) ---------------------------------------------------
     def create_entity(self, *components: Any) -> int:
@@ -102,10 +131,11 @@ class World:
         self.activate()
         return esper.entity_exists(entity)
 
-    def get_entities(self) -> list[int]:
-        """Ids of every entity, including ones marked for deletion this frame."""
+    def get_entities(self) -> Iterator[int]:
+        """Yields the id of every entity, including ones marked for deletion this frame
+        (a generator, as esper's: take ``list()`` of it before deleting while iterating)."""
         self.activate()
-        return list(esper.get_entities())
+        return esper.get_entities()
 
     def clear_dead_entities(self) -> None:
         """Finish deferred deletions (the scheduler calls this at each frame boundary)."""
@@ -113,8 +143,14 @@ class World:
         esper.clear_dead_entities()
 
     def clear_database(self) -> None:
+        """Delete every entity and component at once (processors and handlers stay)."""
         self.activate()
         esper.clear_database()
+
+    def clear_cache(self) -> None:
+        """Mark the query caches stale; they are rebuilt by the next query."""
+        self.activate()
+        esper.clear_cache()
 
     # -- components (esper-faithful) -------------------------------------------------
     def add_component(self, entity: int, component: Any, type_alias: type | None = None) -> None:
@@ -123,22 +159,23 @@ class World:
         if self._aliases:
             component = self._upgrade(component)
             if type_alias is not None:
-                type_alias = self._aliases.get(type_alias, type_alias)
+                type_alias = self._aliases.get(id(type_alias), type_alias)
         esper.add_component(entity, component, type_alias)
 
     def remove_component(self, entity: int, component_type: type[C]) -> C:
         self.activate()
-        return esper.remove_component(entity, self._aliases.get(component_type, component_type))
+        return esper.remove_component(entity, self._aliases.get(id(component_type), component_type))
 
     def try_remove_component(self, entity: int, component_type: type[C]) -> C | None:
         self.activate()
-        ct = self._aliases.get(component_type, component_type)
+        ct = self._aliases.get(id(component_type), component_type)
         return esper.try_remove_component(entity, ct)
 
     def component_for_entity(self, entity: int, component_type: type[C]) -> C:
         """Raises ``KeyError`` if the entity or the component does not exist — as esper."""
         self.activate()
-        return esper.component_for_entity(entity, self._aliases.get(component_type, component_type))
+        ct = self._aliases.get(id(component_type), component_type)
+        return esper.component_for_entity(entity, ct)
 
     def components_for_entity(self, entity: int) -> tuple[Any, ...]:
         self.activate()
@@ -146,7 +183,7 @@ class World:
 
     def has_component(self, entity: int, component_type: type) -> bool:
         self.activate()
-        return esper.has_component(entity, self._aliases.get(component_type, component_type))
+        return esper.has_component(entity, self._aliases.get(id(component_type), component_type))
 
     def has_components(self, entity: int, *component_types: type) -> bool:
         self.activate()
@@ -157,7 +194,7 @@ class World:
         if esper.current_world != self.name:
             esper.switch_world(self.name)
         if self._aliases:
-            component_type = self._aliases.get(component_type, component_type)
+            component_type = self._aliases.get(id(component_type), component_type)
         return esper.get_component(component_type)
 
     def get_components(self, *component_types: type) -> list[tuple[int, tuple[Any, ...]]]:
@@ -170,11 +207,87 @@ class World:
 
     def try_component(self, entity: int, component_type: type[C]) -> C | None:
         self.activate()
-        return esper.try_component(entity, self._aliases.get(component_type, component_type))
+        return esper.try_component(entity, self._aliases.get(id(component_type), component_type))
 
     def try_components(self, entity: int, *component_types: type) -> tuple[Any, ...] | None:
         self.activate()
         return esper.try_components(entity, *self._resolve(component_types))
+
+    # -- events (esper-faithful, per world) -------------------------------------------
+    def set_handler(self, name: str, func: Callable[..., None]) -> None:
+        """Call ``func(*args)`` on every :meth:`dispatch_event` of ``name``.
+
+        As esper, only a weak reference is kept: a handler whose function (or bound
+        method's object) is gone is dropped. Handlers a system module registers are
+        dropped when that module is swapped or unloaded (:meth:`drop_handlers_of`).
+        """
+        self.activate()
+        esper.set_handler(name, func)
+
+    def remove_handler(self, name: str, func: Callable[..., None]) -> None:
+        """Stop sending ``name`` events to ``func``; nothing happens if it was not set."""
+        self.activate()
+        esper.remove_handler(name, func)
+
+    def dispatch_event(self, name: str, *args: Any) -> None:
+        """Call every handler of ``name`` with ``args`` now, in no particular order.
+
+        A handler that raises propagates to the caller (the system that dispatched), as
+        in esper; the scheduler then treats it as that system's exception.
+        """
+        self.activate()
+        esper.dispatch_event(name, *args)
+
+    def drop_handlers_of(self, module: str) -> int:
+        """Remove every handler defined in ``module`` (or a submodule of it); the count.
+
+        The loader calls this when a module version is swapped out, so no stale version's
+        handler ever receives an event.
+        """
+        self.activate()
+        dropped = 0
+        for name, refs in list(esper.event_registry.items()):
+            for ref in list(refs):
+                func = ref()
+                owner = getattr(func, "__module__", None) or ""
+                if func is None or owner == module or owner.startswith(module + "."):
+                    refs.discard(ref)
+                    dropped += func is not None
+            if not refs:
+                del esper.event_registry[name]
+        return dropped
+
+    # -- processors (esper-faithful) ---------------------------------------------------
+    def add_processor(self, processor: esper.Processor, priority: int = 0) -> None:
+        """Add a processor; :meth:`process` runs processors by descending priority."""
+        self.activate()
+        esper.add_processor(processor, priority)
+
+    def remove_processor(self, processor_type: type[esper.Processor]) -> None:
+        """Remove the processor of that type, if any."""
+        self.activate()
+        esper.remove_processor(processor_type)
+
+    def get_processor(self, processor_type: type[P]) -> P | None:
+        """The processor instance of that type, or ``None``."""
+        self.activate()
+        return esper.get_processor(processor_type)
+
+    def process(self, *args: Any, **kwargs: Any) -> None:
+        """Finish deferred deletions, then call every processor's ``process``."""
+        self.activate()
+        esper.process(*args, **kwargs)
+
+    def timed_process(self, *args: Any, **kwargs: Any) -> None:
+        """As :meth:`process`, and record each processor's time in :attr:`process_times`."""
+        self.activate()
+        esper.timed_process(*args, **kwargs)
+
+    @property
+    def process_times(self) -> dict[str, int]:
+        """Milliseconds each processor took in the last :meth:`timed_process`."""
+        self.activate()
+        return esper.process_times
 
     # -- checkpoints ------------------------------------------------------------------
     def checkpoint(self) -> bytes:
@@ -182,6 +295,12 @@ class World:
         from engine.world.checkpoint import dump_world
 
         return dump_world(self)
+
+    def checkpoint_to(self, file: IO[bytes]) -> None:
+        """Write :meth:`checkpoint`'s bytes to ``file``, streamed (large arrays unbuffered)."""
+        from engine.world.checkpoint import dump_world
+
+        dump_world(self, file)
 
     @classmethod
     def restore(cls, data: bytes, resolve: Any = None, name: str | None = None) -> World:
@@ -211,6 +330,16 @@ class World:
         """An independent copy of every entity (for running candidate code on it)."""
         return World.restore(self.checkpoint(), resolve)
 
+    # -- resources ---------------------------------------------------------------------
+    @property
+    def input(self) -> Input:
+        """Keyboard and mouse as of this frame: ``self.resources[Input]``, made (with
+        nothing pressed) on first use. See :class:`~engine.input.state.Input`."""
+        found = self.resources.get(Input)
+        if found is None:
+            found = self.resources[Input] = Input(self)
+        return found
+
     # -- whole-world views ------------------------------------------------------------
     def entity_count(self) -> int:
         self.activate()
@@ -237,9 +366,25 @@ class World:
             esper.add_component(entity, new_instance)
 
     def _upgrade(self, component: Any) -> Any:
-        target = self._aliases.get(type(component))
+        target = self._aliases.get(id(type(component)))
         if target is None:
             return component
         from engine.world.migration import migrate_instance
 
         return migrate_instance(component, target)
+
+
+def _forget(
+    key: int, aliases: dict[int, type], refs: dict[int, weakref.ref[type]]
+) -> Callable[[weakref.ref[type]], None]:
+    """A weakref callback that drops the alias of a class that just died.
+
+    It holds the two dicts, never the world, so an alias cannot keep a world alive.
+    """
+
+    def forget(ref: weakref.ref[type]) -> None:
+        if refs.get(key) is ref:
+            refs.pop(key, None)
+            aliases.pop(key, None)
+
+    return forget

@@ -1,0 +1,343 @@
+"""Checkpoints taken at frame boundaries and written without stalling the frame.
+
+A checkpoint must be *consistent* (the world of one frame boundary, never half of a frame)
+and *atomic* on disk (a reader sees the old file or the new one). Serializing on the frame
+thread is consistent but costs the frame everything: a component holding a 200 MB array
+took longer than a frame to pickle, and the compositor missed frames. So the
+:class:`Checkpointer` **forks** at the frame boundary:
+
+* the parent (the game) pays for the ``fork`` only, a fraction of a millisecond here for a
+  200 MB world (page tables are copied, memory is not), and goes on with its next frame;
+* the child holds a copy-on-write image of the world exactly as it was at that boundary;
+  it pickles it straight into a temporary file (large arrays go from their own memory to
+  the file, never through one big ``bytes``), renames it into the checkpoint ring, links
+  it as the newest checkpoint, and exits with ``os._exit`` (no cleanup of the parent's
+  objects, no GL, no threads: the child only has the thread that forked);
+* the child dies with the game (``PR_SET_PDEATHSIG``), is reaped by :meth:`poll` on the
+  next frames (a ``waitpid(WNOHANG)``), and one that runs past ``timeout_s`` is killed.
+  One child at a time: a checkpoint due while the last one is still being written waits
+  for it.
+
+What copy-on-write costs the parent instead: the first write to each page the child still
+shares copies that page, so a frame that rewrites a large array right after a fork pays for
+copying it once (``bench/checkpoint_frames.py`` measures both cases).
+
+A fork is not free either: copying the page tables of a game with a GL context costs 1-3 ms
+here, while a small world serializes in well under a millisecond. So the checkpointer
+measures what serializing costs (the child reports its own CPU time) and serializes in the
+game when that is below ``inline_below_ns`` (1 ms), on the frame thread, writing the bytes
+on a thread; above it, or before it knows (the first checkpoint), it forks. A world that
+grows suddenly from small to huge costs one slow frame before the next checkpoint forks.
+
+Why not pickle on a thread (protocol 5, out-of-band buffers, a little every frame)? The
+world would have to be copied first to stay consistent (the frame mutates it meanwhile),
+and pickling Python objects holds the GIL, taking it from the frame. Where ``fork`` is
+missing (not Linux), the checkpoint is serialized on the frame thread and written by a
+thread, as before (``fork=False``).
+
+Every checkpoint written joins a :class:`~engine.world.ring.CheckpointRing` (the last
+minute, for ``engine rewind``); the newest is also at ``path`` (a hard link), where a
+restarted game finds it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import gc
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.launcher.containment import die_with_parent
+from engine.world.ring import CheckpointRing
+
+#: Fork a child per checkpoint where that is safe (Linux); elsewhere serialize in-process.
+FORK_AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "fork")
+
+_ERROR_MAX_BYTES = 4096
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data``: readers see the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def link_atomically(source: Path, target: Path) -> None:
+    """Make ``target`` the same file as ``source`` (a hard link; a copy where links fail).
+
+    Readers of ``target`` see the old file or the new one, never half. Raises ``OSError``
+    if ``source`` cannot be read or ``target``'s folder written.
+    """
+    tmp = target.with_name(target.name + ".link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:  # another file system, or one without hard links
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def _write_world(world: Any, slot: Path, latest: Path) -> int:
+    """Write the world's checkpoint; returns the CPU time it took (ns)."""
+    tmp = slot.with_name(slot.name + ".tmp")
+    cpu0 = time.thread_time_ns()
+    with open(tmp, "wb") as f:
+        world.checkpoint_to(f)
+    cpu_ns = time.thread_time_ns() - cpu0
+    os.replace(tmp, slot)
+    link_atomically(slot, latest)
+    return cpu_ns
+
+
+def _child_main(world: Any, slot: Path, latest: Path, error_fd: int, parent_pid: int) -> None:
+    """The forked child: write the world it was born with, then ``os._exit``. Never returns."""
+    code = 1
+    try:
+        die_with_parent(parent_pid)
+        # The game's handlers stop its frame loop; the child just stops.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        # Yield the CPU to the game and the compositor: the frame has a deadline, this not.
+        with contextlib.suppress(OSError):
+            os.nice(10)
+        gc.disable()  # a collection would touch (and copy) every page of the parent's heap
+        cpu_ns = _write_world(world, slot, latest)
+        os.write(error_fd, b"ok %d" % cpu_ns)  # what serializing costs, for the next choice
+        code = 0
+    except BaseException as exc:  # noqa: BLE001 - the child reports everything, then exits
+        with contextlib.suppress(BaseException):
+            text = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")
+            os.write(error_fd, text[:_ERROR_MAX_BYTES])
+    finally:
+        os._exit(code)
+
+
+@dataclass
+class _Job:
+    """A checkpoint being written: by a forked child (``pid``) or by a thread (``future``)."""
+
+    slot: Path
+    frame: int
+    started_s: float
+    pid: int = 0
+    error_fd: int = -1
+    future: concurrent.futures.Future[None] | None = None
+
+
+class Checkpointer:
+    """Takes a checkpoint at most every ``interval_ns``, at a frame boundary, off the frame.
+
+    Call :meth:`maybe_take` after each frame (main thread): it reaps a finished writer and
+    starts a new checkpoint when one is due, forked, or serialized in the game when that
+    costs less than a fork (see the module doc). Counters for the heartbeat: ``taken``
+    (written), ``failed``, ``last_dump_ns`` (what the newest one cost the frame thread),
+    ``last_bytes`` and ``last_frame`` (the newest one written); ``forked`` counts forks.
+
+    Args:
+        path: where the newest checkpoint always is (a restarted game reads it).
+        interval_ns: the least time between two checkpoints.
+        ring: the checkpoints kept for rewinding (default: ``path``'s folder's
+            ``checkpoints/``, a minute's worth).
+        fork: write in a forked child (default where available; see the module doc).
+        inline_below_ns: serialize in the game instead when that costs less than this
+            (0: always fork).
+        timeout_s: a child writing for longer is killed (its checkpoint is lost, the
+            previous ones are kept).
+        report: where failures are said (once per distinct reason).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        interval_ns: int,
+        *,
+        ring: CheckpointRing | None = None,
+        fork: bool | None = None,
+        inline_below_ns: int = 1_000_000,
+        timeout_s: float = 60.0,
+        report: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        self.path = Path(path)
+        self.interval_ns = interval_ns
+        self.ring = ring if ring is not None else CheckpointRing(self.path.parent / "checkpoints")
+        self.fork = FORK_AVAILABLE if fork is None else fork
+        self.inline_below_ns = inline_below_ns
+        #: What serializing the world cost last time (ns; None before the first).
+        self.dump_ns: int | None = None
+        self.forked = 0
+        self.timeout_s = timeout_s
+        self.report = report
+        self.last_ns: int | None = None
+        self.started = 0
+        self.taken = 0
+        self.failed = 0
+        self.last_dump_ns = 0
+        self.last_bytes = 0
+        self.last_frame = 0
+        self.last_error: str | None = None
+        self._job: _Job | None = None
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+
+    # -- the frame boundary ------------------------------------------------------------------
+    def maybe_take(self, engine: Any, now_ns: int) -> bool:
+        """Start a checkpoint of ``engine.world`` if the interval has passed; True if started.
+
+        Call between frames on the main thread. A checkpoint due while the previous one is
+        still being written starts as soon as that one is done. A ``fork`` that fails (no
+        memory, no process left) is reported as a failed checkpoint and tried again at
+        the next interval, as is a world that cannot be pickled; nothing is raised.
+        """
+        self.poll()
+        if self.last_ns is not None and now_ns - self.last_ns < self.interval_ns:
+            return False
+        if self._job is not None:
+            return False
+        slot = self.ring.slot(now_ns, engine.frame)
+        t0 = time.perf_counter_ns()
+        if self.fork and (self.dump_ns is None or self.dump_ns >= self.inline_below_ns):
+            self.forked += 1
+            try:
+                self._job = self._fork(engine.world, slot, engine.frame)
+            except OSError as exc:  # no memory or no process left for a child: try later
+                self.last_ns = now_ns
+                self._finish(_Job(slot, engine.frame, time.monotonic()), f"cannot fork: {exc}")
+                return False
+        else:
+            try:
+                data = engine.world.checkpoint()
+            except Exception as exc:  # an unpicklable component: the game goes on
+                self.last_ns = now_ns
+                error = f"{type(exc).__name__}: {exc}"
+                self._finish(_Job(slot, engine.frame, time.monotonic()), error)
+                return False
+            self.dump_ns = time.perf_counter_ns() - t0
+            if self._writer is None:
+                self._writer = concurrent.futures.ThreadPoolExecutor(1, "checkpoint")
+            future = self._writer.submit(self._write_bytes, data, slot)
+            self._job = _Job(slot, engine.frame, time.monotonic(), future=future)
+        self.last_dump_ns = time.perf_counter_ns() - t0
+        self.last_ns = now_ns
+        self.started += 1
+        return True
+
+    def _fork(self, world: Any, slot: Path, frame: int) -> _Job:
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)  # read once the child has exited: never wait
+        parent = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
+        if pid == 0:
+            os.close(read_fd)
+            _child_main(world, slot, self.path, write_fd, parent)
+        os.close(write_fd)
+        return _Job(slot, frame, time.monotonic(), pid=pid, error_fd=read_fd)
+
+    def _write_bytes(self, data: bytes, slot: Path) -> None:
+        write_atomically(slot, data)
+        link_atomically(slot, self.path)
+
+    def poll(self) -> bool:
+        """Reap a finished (or overdue) writer; True when no checkpoint is being written."""
+        job = self._job
+        if job is None:
+            return True
+        if job.future is not None:
+            if not job.future.done():
+                return False
+            exc = job.future.exception()
+            self._finish(job, None if exc is None else f"{type(exc).__name__}: {exc}")
+            return True
+        try:
+            pid, status = os.waitpid(job.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else: judge by the file
+            pid, status = job.pid, 0 if job.slot.exists() else 1 << 8
+        if pid == 0:
+            if time.monotonic() - job.started_s <= self.timeout_s:
+                return False
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(job.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(job.pid, 0)
+            self._finish(job, f"the writer ran over {self.timeout_s:g} s and was killed")
+            return True
+        code = os.waitstatus_to_exitcode(status)
+        said = _read_all(job.error_fd).decode("utf-8", "replace").strip()
+        why = None
+        if code == 0 and said.startswith("ok "):
+            self.dump_ns = int(said[3:])
+        elif code != 0:
+            why = said or (f"the writer died of signal {-code}" if code < 0 else f"exit {code}")
+        self._finish(job, why)
+        return True
+
+    def _finish(self, job: _Job, error: str | None) -> None:
+        self._job = None
+        if job.error_fd >= 0:
+            os.close(job.error_fd)
+        if error is None:
+            try:
+                entry = self.ring.add(job.slot)
+            except (OSError, ValueError) as exc:
+                error = f"written but not found: {exc}"
+            else:
+                self.taken += 1
+                self.last_bytes, self.last_frame = entry.size, entry.frame
+                self.last_error = None
+                return
+        self.failed += 1
+        job.slot.with_name(job.slot.name + ".tmp").unlink(missing_ok=True)
+        job.slot.unlink(missing_ok=True)
+        if error != self.last_error:  # once per reason, not once a second
+            self.report(
+                f"game: checkpoint of frame {job.frame} failed (the previous one is kept): {error}"
+            )
+        self.last_error = error
+
+    # -- the end -------------------------------------------------------------------------------
+    def close(self, final: bytes | None = None, frame: int = 0) -> None:
+        """Wait for the checkpoint being written, then write ``final`` (if given) as the newest.
+
+        ``final`` is the world's bytes at the last frame boundary (the game stopping
+        cleanly), ``frame`` its frame. A writer still running after ``timeout_s`` is killed.
+        """
+        while not self.poll():
+            time.sleep(0.005)
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+        if final is not None:
+            slot = self.ring.slot(self.ring.clock(), frame)
+            self._write_bytes(final, slot)
+            entry = self.ring.add(slot)
+            self.taken += 1
+            self.last_bytes, self.last_frame = entry.size, entry.frame
+        self.ring.close()
+
+
+def _read_all(fd: int) -> bytes:
+    """What the child wrote to its error pipe (it has exited: the pipe ends there)."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,238 @@
+"""The budget policy, on an injected clock: a system is disabled for time only when frames
+go over the frame budget and it is the one that put them there, charged with the time it
+used itself (not time the machine gave to someone else), and it comes back by itself after
+a cool-down that doubles each time (a new version comes back at once)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import SchedulePolicy, SystemState, World
+from engine.policy import Action
+from engine.scheduler.scheduler import Scheduler
+from engine.scheduler.spec import SystemSpec
+
+MS = 1_000_000
+S = 1_000_000_000
+
+
+class Machine:
+    """Wall clock, this thread's CPU clock and its run-queue wait, moved by hand."""
+
+    def __init__(self) -> None:
+        self.wall_ns = 0
+        self.cpu_ns = 0
+        self.waited_ns = 0
+
+    def work(self, ms: float) -> None:
+        self.wall_ns += round(ms * MS)
+        self.cpu_ns += round(ms * MS)
+
+    def sleep(self, ms: float) -> None:
+        self.wall_ns += round(ms * MS)
+
+    def preempted(self, ms: float) -> None:  # runnable, but another process had the CPU
+        self.wall_ns += round(ms * MS)
+        self.waited_ns += round(ms * MS)
+
+
+@pytest.fixture
+def machine() -> Machine:
+    return Machine()
+
+
+@pytest.fixture
+def world():
+    w = World()
+    yield w
+    w.delete()
+
+
+def scheduler(machine: Machine, systems, **policy) -> tuple[Scheduler, list[str]]:
+    """``systems``: ``(name, budget_ms or None, fn)``; ``fn(frame)`` moves the machine.
+    The hard limit is 50 ms, so a 12 ms call is a late frame, not a runaway."""
+    policy.setdefault("hard_limit_ns", 50 * MS)
+    messages: list[str] = []
+    sched = Scheduler(
+        SchedulePolicy(**policy),
+        clock_ns=lambda: machine.wall_ns,
+        cpu_ns=lambda: machine.cpu_ns,
+        run_delay_ns=lambda: machine.waited_ns,
+        report=messages.append,
+    )
+    frame = {"n": 0}
+
+    def wrap(fn):
+        return lambda world, dt: fn(frame["n"])
+
+    sched.set_module_systems(
+        "game", 1, [(SystemSpec(name, budget_ms=b), wrap(fn)) for name, b, fn in systems], 0
+    )
+    sched.frame_counter = frame  # type: ignore[attr-defined]
+    return sched, messages
+
+
+def run(sched: Scheduler, world, frames: int) -> list[list[str]]:
+    kinds = []
+    for _ in range(frames):
+        sched.frame_counter["n"] += 1  # type: ignore[attr-defined]
+        n = sched.frame_counter["n"]  # type: ignore[attr-defined]
+        kinds.append([str(f.kind) for f in sched.run_frame(world, 1 / 90, n)])
+    return kinds
+
+
+def test_a_system_over_its_budget_in_frames_that_fit_is_never_disabled(machine, world) -> None:
+    # The counter that writes a file each frame (0.3-0.9 ms) beside a render system that
+    # claims 8 ms: its fair share is ~1.5 ms, and even at 2.5 ms every frame fits.
+    counts = {"n": 0}
+
+    def counter(frame):
+        counts["n"] += 1
+        machine.work(2.5)
+
+    sched, messages = scheduler(
+        machine,
+        [
+            ("render", 8.0, lambda f: machine.work(7.0)),
+            ("counter", None, counter),
+            ("motion", None, lambda f: machine.work(0.2)),
+        ],
+    )
+    assert run(sched, world, 300) == [[]] * 300
+    h = sched.handles["game.counter"]
+    assert h.enabled and counts["n"] == 300 and h.stats.overruns == 300
+    assert messages == []
+
+
+def test_the_system_that_made_frames_late_is_disabled_and_the_others_are_not(
+    machine, world
+) -> None:
+    sched, messages = scheduler(
+        machine,
+        [
+            ("render", 8.0, lambda f: machine.work(7.0)),
+            ("slow", None, lambda f: machine.work(6.0)),  # fair share ~1.6 ms: 13 ms frames
+            ("counter", None, lambda f: machine.work(0.5)),
+        ],
+        over_budget_frames=3,
+    )
+    assert run(sched, world, 5) == [[], [], ["budget"], [], []]
+    slow, render, counter = (sched.handles[f"game.{n}"] for n in ("slow", "render", "counter"))
+    assert slow.state is SystemState.DISABLED and slow.reason.limit == "budget"
+    assert slow.stats.calls == 3 and slow.late_frames == 3
+    assert render.enabled and render.late_frames == 0 and counter.stats.calls == 5
+    assert "used 6.00 ms of its 1.56 ms budget in a 13.50 ms frame" in slow.reason.detail
+    assert slow.reason.over_ms == pytest.approx(6.0 - slow.budget_ns / MS)
+    (message,) = messages
+    assert message.startswith(f"engine: {__file__}:")  # where the system is defined
+    assert "game.slow v1 made frames late" in message and "retried in 5 s" in message
+
+
+def test_time_stolen_by_preemption_is_not_charged(machine, world) -> None:
+    def unlucky(frame):  # 1 ms of work, but the machine gave the CPU away for 6 ms
+        machine.work(0.5)
+        machine.preempted(6.0)
+        machine.work(0.5)
+
+    sched, _ = scheduler(
+        machine,
+        [("render", 8.0, lambda f: machine.work(7.0)), ("unlucky", None, unlucky)],
+        over_budget_frames=1,
+    )
+    assert run(sched, world, 10) == [[]] * 10  # every frame late, nobody's doing
+    assert sched.frame_stats.frames_over_budget == 10
+    assert sched.handles["game.unlucky"].enabled
+
+
+def test_a_system_that_blocks_is_charged_its_wall_time(machine, world) -> None:
+    sched, _ = scheduler(
+        machine,
+        [("render", 8.0, lambda f: machine.work(7.0)), ("waits", None, lambda f: machine.sleep(6))],
+        over_budget_frames=1,
+    )
+    assert run(sched, world, 1) == [["budget"]]
+    assert sched.handles["game.waits"].reason.limit == "budget"
+
+
+def test_only_the_systems_that_put_the_frame_over_are_blamed(machine, world) -> None:
+    # Frame budget 11.1 ms; each fair share 3.7 ms. big: 9 ms (5.3 over), small: 4 ms (0.3
+    # over), tiny: 0.5 ms. The frame is 13.5 ms, 2.4 ms late: big's excess alone covers it.
+    sched, _ = scheduler(
+        machine,
+        [
+            ("big", None, lambda f: machine.work(9.0)),
+            ("small", None, lambda f: machine.work(4.0)),
+            ("tiny", None, lambda f: machine.work(0.5)),
+        ],
+        over_budget_frames=2,
+    )
+    assert run(sched, world, 4) == [[], ["budget"], [], []]
+    assert sched.handles["game.big"].state is SystemState.DISABLED
+    assert sched.handles["game.small"].enabled and sched.handles["game.small"].late_frames == 0
+
+
+def test_a_late_streak_ends_when_a_frame_fits(machine, world) -> None:
+    def spiky(frame):
+        machine.work(12.0 if frame % 2 else 1.0)
+
+    sched, _ = scheduler(machine, [("spiky", None, spiky)], over_budget_frames=2)
+    assert run(sched, world, 20) == [[]] * 20
+    h = sched.handles["game.spiky"]
+    assert h.enabled and h.late_frames == 10 and h.late_streak == 0
+
+
+def test_a_system_disabled_for_time_comes_back_after_a_cool_down_that_doubles(
+    machine, world
+) -> None:
+    calls = {"n": 0}
+
+    def slow(frame):
+        calls["n"] += 1
+        machine.work(12.0)
+
+    sched, messages = scheduler(machine, [("slow", None, slow)], over_budget_frames=1)
+    h = sched.handles["game.slow"]
+    assert run(sched, world, 1) == [["budget"]]
+    disabled_at = machine.wall_ns
+    assert h.reason.retry_at_ns == disabled_at + 5 * S
+    json = sched.snapshot()["systems"]["game.slow"]["reason"]
+    assert json["limit"] == "budget" and json["retry_in_s"] == pytest.approx(5.0)
+    assert "retried in 5 s" in json["message"]
+
+    machine.sleep(4_000)  # 4 s later: still off, 1 s to go
+    assert run(sched, world, 1) == [[]] and calls["n"] == 1
+    assert sched.snapshot()["systems"]["game.slow"]["reason"]["retry_in_s"] == pytest.approx(1.0)
+
+    machine.sleep(1_000)  # its cool-down is over: back on probation, and late again
+    assert run(sched, world, 1) == [["budget"]] and calls["n"] == 2
+    assert h.retries == 1 and "back on probation after its cool-down" in messages[-2]
+    assert h.reason.retry_at_ns == machine.wall_ns + 10 * S  # doubled
+    assert "retried in 10 s" in messages[-1]
+
+    # A new version comes back at once, and its next cool-down starts short again.
+    sched.set_module_systems(
+        "game", 2, [(SystemSpec("slow"), lambda world, dt: slow(0))], sched.frame
+    )
+    assert h.state is SystemState.PROBATION and h.reason is None
+    faults = sched.run_frame(world, 1 / 90, sched.frame + 1)
+    assert [f.decision.action for f in faults] == [Action.DISABLE_AND_RETRY]
+    assert h.reason.retry_at_ns == machine.wall_ns + 5 * S
+
+
+def test_a_system_back_from_its_cool_down_is_enabled_after_its_probation(machine, world) -> None:
+    late = {"on": True}
+
+    def sometimes(frame):
+        machine.work(12.0 if late["on"] else 1.0)
+
+    sched, _ = scheduler(
+        machine, [("sometimes", None, sometimes)], over_budget_frames=1, probation_frames=3
+    )
+    h = sched.handles["game.sometimes"]
+    run(sched, world, 1)
+    late["on"] = False
+    machine.sleep(5_000)
+    run(sched, world, 1)
+    assert h.state is SystemState.PROBATION
+    run(sched, world, 3)
+    assert h.state is SystemState.ENABLED and h.retries == 1
