@@ -706,7 +706,8 @@ def kinds(bomb_gb: float = 4.0) -> list[Kind]:
             "world.clear_database() once; then `engine rewind PROJECT 2`",
             {F: HEALTHY},
             (
-                Step("probation", 0.2, Write(F, module(once("world.clear_database()"), head=DONE))),
+                # 2.5 s after probation: checkpoints from before the fault are there to go to
+                Step("probation", 2.5, Write(F, module(once("world.clear_database()"), head=DONE))),
                 Step("step", 1.0, EngineCommand(("rewind", "{project}", "2"))),
             ),
             rule="rewound",
@@ -719,12 +720,12 @@ def kinds(bomb_gb: float = 4.0) -> list[Kind]:
             (
                 Step(
                     "probation",
-                    0.2,
+                    2.5,
                     Write(
                         F,
                         module(
                             once(
-                                "for entity in world.get_entities():\n"
+                                "for entity in list(world.get_entities()):\n"
                                 "    world.delete_entity(entity)"
                             ),
                             head=DONE,
