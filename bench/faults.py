@@ -914,7 +914,7 @@ KNOWN_HOLES: dict[str, str] = {
     "on-load-raises": "hole 13: the failed swap crashes the game (KeyError in the migration); "
     "the old version then runs without the state its on_unload removed",
     "swallow-interrupts": "hole 2: a hang in the first frame is noticed only at the 30 s start "
-    "timeout",
+    "timeout (at times the watchdog's backstop ends it after seconds); no file:line",
     "thread-spins": "no rung stops a thread module code started; it starves the frame loop",
     "os-exit": _CRASH_LINE,
     "os-exit-after-probation": _CRASH_LINE,
