@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from conftest import COUNTER, load_png, write
+from engine import SystemState
+from engine.game import send_command
 from engine.loader.history import ProjectHistory
 
 ENV = {**os.environ, "PYGLET_HEADLESS": "1", "PYTHONUNBUFFERED": "1"}
@@ -208,3 +211,169 @@ def test_shader_files_have_a_history_the_command_shows(tmp_path: Path) -> None:
     r = engine_cmd("history", str(tmp_path), "basic.frag")
     assert r.returncode == 0 and r.stdout.startswith("* v1"), r.stdout + r.stderr
     assert engine_cmd("undo", str(tmp_path), "basic.frag").returncode == 1  # nothing before
+
+
+# -- the control socket ------------------------------------------------------------------
+
+
+def start_game(project: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine.launcher.cli",
+            "run",
+            str(project),
+            "--single-process",
+            "--no-render",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+    )
+    wait_for(lambda: (project / ".engine" / "run.json").exists() or proc.poll() is not None)
+    assert proc.poll() is None, proc.communicate()[0]
+    return proc
+
+
+def stop_game(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    print(out)  # shown by pytest when the test fails
+    assert proc.returncode == 0, out
+    return out
+
+
+def exchange(project: Path, *lines: bytes) -> list[dict]:
+    """Send raw request lines on one connection; one parsed reply per line."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(20)
+        sock.connect(str(project / ".engine" / "control.sock"))
+        sock.sendall(b"".join(lines))
+        data = b""
+        while data.count(b"\n") < len(lines):
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {data!r}"
+            data += chunk
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def test_the_control_socket_answers_garbage_with_errors_and_keeps_serving(tmp_path: Path) -> None:
+    write(tmp_path / "systems" / "counter.py", COUNTER.format(step=1))
+    proc = start_game(tmp_path)
+    try:
+        replies = exchange(
+            tmp_path,
+            b"[1,2]\n",
+            b"not json\n",
+            b"\xff\xfe\n",
+            b'{"op": 5}\n',
+            b'{"op": "nope"}\n',
+            b'{"op": "undo"}\n',
+            b'{"op": "undo", "module": ["counter"]}\n',
+            b'{"op": "enable", "system": "no.such"}\n',
+            b'{"op": "ping"}\n',
+        )
+        assert [r["ok"] for r in replies] == [False] * 8 + [True]
+        errors = [r["error"] for r in replies[:8]]
+        assert "a JSON object" in errors[0] and "[1, 2]" in errors[0]
+        assert errors[1].startswith("not JSON")
+        assert "UTF-8" in errors[2]
+        assert errors[3].startswith("unknown command 5 (known: enable, ping, redo, rewind, undo")
+        assert errors[4].startswith("unknown command 'nope'")
+        assert errors[5] == errors[6] == "undo needs 'module' (str)"
+        assert errors[7].startswith("no single system named 'no.such'")
+        (too_long,) = exchange(tmp_path, b"x" * 70_000 + b"\n")
+        assert too_long == {"ok": False, "error": "request longer than 65536 bytes"}
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:  # hangs up half-way
+            sock.connect(str(tmp_path / ".engine" / "control.sock"))
+            sock.sendall(b'{"op": "en')
+        r = engine_cmd("enable", str(tmp_path), "counter.count")
+        assert r.returncode == 0 and "counter.count enabled" in r.stdout, r.stdout + r.stderr
+    finally:
+        out = stop_game(proc)
+    assert "Traceback" not in out
+    assert not (tmp_path / ".engine" / "control.sock").exists()
+
+
+def test_closing_every_descriptor_in_user_code_does_not_stop_reloads_or_commands(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "closed"
+    write(tmp_path / "systems" / "counter.py", COUNTER.format(step=1))
+    write(
+        tmp_path / "systems" / "closer.py",
+        f"""
+        import os
+        import engine
+
+        DONE = []
+
+        @engine.system(hard_limit_ms=1000)  # closing 1021 fds can take a while
+        def close_everything(world, dt):
+            if not DONE:
+                DONE.append(1)
+                os.closerange(3, 1024)   # the watcher's inotify, the control socket, …
+                open({str(marker)!r}, "w").close()
+    """,
+    )
+    proc = start_game(tmp_path)
+    try:
+        wait_for(marker.exists)
+        ran = tmp_path / "v2-ran"
+        write(
+            tmp_path / "systems" / "counter.py",
+            COUNTER.format(step=1) + f"    open({str(ran)!r}, 'w').close()\n",
+        )
+        wait_for(ran.exists, timeout_s=60)
+        r = engine_cmd("enable", str(tmp_path), "counter.count")
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        out = stop_game(proc)
+    assert "the file watcher stopped" in out and "the control socket failed" in out
+
+
+def test_a_command_for_a_game_that_runs_no_frame_is_withdrawn(
+    project, make_engine, monkeypatch
+) -> None:
+    import engine.game
+
+    monkeypatch.setattr(engine.game, "COMMAND_FRAME_TIMEOUT_S", 0.2)
+    write(project / "systems" / "counter.py", COUNTER.format(step=1))
+    eng = make_engine(project)
+    eng.step()
+    handle = eng.scheduler.handles["counter.count"]
+    eng.scheduler.disable(handle, "manual", "off for the test")
+    eng.start_control()  # but no frame runs
+    reply = send_command(project, "enable", system="counter.count")
+    assert reply == {
+        "ok": False,
+        "error": "the game ran no frame within 0.2 s; the command was withdrawn",
+    }
+    eng.step()
+    assert handle.state is SystemState.DISABLED  # it did not run later behind our back
+    assert send_command(project, "ping")["ok"]
+
+
+def test_a_command_for_a_game_that_is_not_running_says_so(tmp_path: Path) -> None:
+    reply = send_command(tmp_path, "enable", system="x.y")
+    assert not reply["ok"] and reply["error"].startswith("no running game answered")
+
+
+def test_a_project_deeper_than_a_socket_address_allows_still_takes_commands(
+    tmp_path: Path,
+) -> None:
+    """AF_UNIX addresses hold 107 bytes; a project path may be longer."""
+    from engine.contracts.control import ControlServer, request
+
+    deep = tmp_path / ("d" * 80) / ("e" * 80)
+    path = deep / ".engine" / "control.sock"
+    server = ControlServer(path, lambda message: {"ok": True, "op": message.get("op")})
+    server.start()
+    try:
+        assert request(path, {"op": "ping"}) == {"ok": True, "op": "ping"}
+    finally:
+        server.stop()
+    assert len(str(path)) > 107 and not path.exists()

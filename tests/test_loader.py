@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -93,7 +96,9 @@ def test_infinite_loop_at_import_is_a_failed_load(project, make_engine) -> None:
     write(project / "systems" / "counter.py", "import engine\nwhile True:\n    pass\n")
     frames = run_until(eng, lambda: any(not s.ok for s in eng.swaps))
     assert "LoadTimeout" in eng.swaps[-1].error
-    assert f"{project / 'systems' / 'counter.py'}:2" in eng.swaps[-1].error
+    # Where the loop was interrupted: its head or its body.
+    where = f"{project / 'systems' / 'counter.py'}:"
+    assert f"{where}2:" in eng.swaps[-1].error or f"{where}3:" in eng.swaps[-1].error
     assert counter_value(eng) == 1 + frames  # the old version kept counting meanwhile
 
 
@@ -594,3 +599,418 @@ def test_an_unreadable_history_index_is_reported_and_moved_aside(tmp_path: Path,
     assert "unreadable" in message and "moved aside" in message
     assert list(unit.dir.glob("*.broken-*.json"))
     assert capsys.readouterr() == ("", "")  # through the report channel, never print
+
+
+# -- loading off the frame: races, circular imports, limits -----------------------------
+
+
+@pytest.fixture
+def sync():
+    """``import loader_sync`` in module code: events a test and module code meet at."""
+    mod = types.ModuleType("loader_sync")
+    mod.entered = threading.Event()
+    mod.release = threading.Event()
+    mod.seen = []
+    mod.count = 0
+    sys.modules["loader_sync"] = mod
+    yield mod
+    mod.release.set()
+    del sys.modules["loader_sync"]
+
+
+SLOW = """
+import engine
+import loader_sync
+
+VALUE = {value}
+if VALUE > 1:  # the new version: hold its load until the test says
+    loader_sync.entered.set()
+    loader_sync.release.wait()
+"""
+
+READER = """
+import engine
+import systems
+
+@engine.system
+def read(world, dt):
+    import loader_sync
+    loader_sync.seen.append(systems.slow.VALUE)
+"""
+
+
+def test_a_system_using_a_module_while_it_is_prepared_sees_the_active_version(
+    project, make_engine, sync
+) -> None:
+    write(project / "systems" / "slow.py", SLOW.format(value=1))
+    write(project / "systems" / "reader.py", READER)
+    eng = make_engine(project)
+    eng.start_watching()
+    eng.step()
+    write(project / "systems" / "slow.py", SLOW.format(value=2))
+    assert sync.entered.wait(10)  # v2's module code is running on the loader thread now
+    faults = eng.step()
+    assert faults == [] and sync.seen == [1, 1]  # the active v1, not a half-made v2
+    sync.release.set()
+    run_until(eng, lambda: eng.history("slow").active_number == 2)
+    eng.step()
+    assert sync.seen[-1] == 2
+    assert eng.scheduler.handles["reader.read"].strikes == 0
+
+
+def test_a_frame_is_not_held_behind_an_import_in_progress(project, make_engine, sync) -> None:
+    write(project / "systems" / "slow.py", SLOW.format(value=1))
+    write(project / "systems" / "quick.py", "import engine\nX = 1\n")
+    eng = make_engine(counter_project(project))
+    eng.start_watching()
+    eng.step()
+    write(project / "systems" / "quick.py", "import engine\nX = 2\n")
+    run_until(eng, lambda: eng.loader._pending, timeout_s=10)  # a swap waits to be applied
+    write(project / "systems" / "slow.py", SLOW.format(value=2))
+    assert sync.entered.wait(10)
+    safety = threading.Timer(20, sync.release.set)  # a frame stuck behind the import ends
+    safety.start()
+    try:
+        eng.step()  # applies quick v2 while slow v2's module code is still running
+        assert not sync.release.is_set(), "the frame waited for the import"
+    finally:
+        safety.cancel()
+        sync.release.set()
+    assert eng.loader.active["quick"].module.X == 2
+
+
+def test_two_modules_importing_each_other_load_as_python_would(project, make_engine) -> None:
+    write(
+        project / "systems" / "ping.py",
+        """
+        import engine
+        from systems import pong      # pong imports ping back: it gets this module half-made
+
+        NAME = "ping"
+
+        @engine.system
+        def ping_sees(world, dt):
+            world.resources["ping sees"] = pong.NAME
+    """,
+    )
+    write(
+        project / "systems" / "pong.py",
+        """
+        import engine
+        from systems import ping
+
+        NAME = "pong"
+
+        @engine.system
+        def pong_sees(world, dt):
+            world.resources["pong sees"] = ping.NAME   # filled in by the time it runs
+    """,
+    )
+    eng = make_engine(project)
+    eng.step()
+    assert eng.world.resources["ping sees"] == "pong"
+    assert eng.world.resources["pong sees"] == "ping"
+    assert not eng.loader.errors
+    eng.start_watching()
+    write(project / "systems" / "pong.py", (project / "systems" / "pong.py").read_text() + "\n")
+    run_until(eng, lambda: eng.history("pong").active_number == 2)
+    eng.step()
+    assert eng.world.resources["pong sees"] == "ping"
+
+
+def test_a_circular_import_of_a_name_not_yet_defined_names_both_files(project, make_engine) -> None:
+    ping = write(
+        project / "systems" / "ping.py", "import engine\nfrom systems.pong import B\nA = 1\n"
+    )
+    pong = write(
+        project / "systems" / "pong.py", "import engine\nfrom systems.ping import A\nB = 2\n"
+    )
+    messages: list[str] = []
+    eng = make_engine(project, report=messages.append)
+    errors = {m: str(e) for m, e in eng.loader.errors.items()}
+    # pong's import of ping ran while ping was half-made: Python's own words, both files.
+    assert errors["pong"].startswith(f"{pong}:2: ImportError: cannot import name 'A'")
+    assert "circular import" in errors["pong"] and str(ping) in errors["pong"]
+    assert errors["ping"].startswith(f"{ping}:2: ImportError: systems.pong failed to load")
+    assert not eng.loader.active
+    assert any(m.startswith("engine: systems/ping.py:2: ping v1 failed to load") for m in messages)
+
+
+def test_deleting_a_module_others_import_keeps_it_running(project, make_engine) -> None:
+    write(project / "systems" / "shared.py", "import engine\nSPEED = 3\n")
+    write(
+        project / "systems" / "user.py",
+        """
+        import engine
+        from systems import shared
+
+        @engine.system
+        def use(world, dt):
+            world.resources["speed"] = shared.SPEED
+    """,
+    )
+    write(project / "systems" / "loner.py", "import engine\n")
+    messages: list[str] = []
+    eng = make_engine(project, report=messages.append)
+    eng.start_watching()
+    eng.step()
+    (project / "systems" / "shared.py").unlink()
+    (project / "systems" / "loner.py").unlink()
+    run_until(eng, lambda: "loner" not in eng.loader.active)
+    run_until(eng, lambda: any(s.module == "shared" and not s.ok for s in eng.swaps))
+    assert "shared" in eng.loader.active  # user still imports it: it stays
+    eng.step()
+    assert eng.world.resources["speed"] == 3
+    assert eng.scheduler.handles["user.use"].strikes == 0
+    line = next(m for m in messages if "was deleted" in m)
+    assert line.startswith("engine: systems/user.py: shared v1 failed to load: systems/shared.py")
+    assert "\n" not in line
+
+
+# -- module code that runs long, or for ever ----------------------------------------------
+
+
+def test_module_code_waits_while_a_frame_runs(project, make_engine, sync) -> None:
+    eng = make_engine(counter_project(project), load_limit_s=30)
+    eng.start_watching()
+    eng.step()
+    write(
+        project / "systems" / "busy.py",
+        """
+        import engine
+        import loader_sync
+
+        loader_sync.entered.set()
+        while not loader_sync.release.is_set():
+            loader_sync.count += 1
+    """,
+    )
+    assert sync.entered.wait(10)
+    try:
+        gate = eng.loader.frame_gate
+        for _ in range(3):
+            with gate.frame():  # what Engine.run does around each frame
+                before = sync.count
+                deadline = time.monotonic() + 0.05  # ten GIL switch intervals of work
+                while time.monotonic() < deadline:
+                    pass
+                during = sync.count - before
+            assert during <= 1, f"module code ran {during} steps during the frame"
+        moved = sync.count
+        time.sleep(0.05)  # between frames, it runs
+        assert sync.count > moved
+    finally:
+        sync.release.set()
+    run_until(eng, lambda: "busy" in eng.loader.active)
+
+
+def test_module_code_that_blocks_for_ever_is_abandoned_and_loading_goes_on(
+    project, make_engine, sync
+) -> None:
+    messages: list[str] = []
+    eng = make_engine(counter_project(project), load_limit_s=0.2, report=messages.append)
+    eng.start_watching()
+    eng.step()
+    path = write(
+        project / "systems" / "stuck.py",
+        "import engine\nimport loader_sync\nloader_sync.release.wait()  # never set\n",
+    )
+    run_until(eng, lambda: any(s.module == "stuck" and not s.ok for s in eng.swaps))
+    rec = next(s for s in eng.swaps if s.module == "stuck")
+    assert rec.error.startswith(f"{path}:3: LoadTimeout: module code did not return")
+    assert any(m.startswith("engine: systems/stuck.py:3: stuck v1 ran past") for m in messages)
+    write(project / "systems" / "counter.py", COUNTER.format(step=5))  # a new loader thread
+    run_until(eng, lambda: eng.history("counter").active_number == 2)
+    before = counter_value(eng)
+    eng.step()
+    assert counter_value(eng) == before + 5
+
+
+def test_module_code_that_swallows_every_interrupt_is_parked(project, make_engine) -> None:
+    eng = make_engine(counter_project(project), load_limit_s=0.1)
+    eng.start_watching()
+    eng.step()
+    write(
+        project / "systems" / "stubborn.py",
+        """
+        import engine
+
+        while True:
+            try:
+                while True:
+                    pass
+            except BaseException:
+                pass
+    """,
+    )
+    run_until(eng, lambda: any(s.module == "stubborn" and not s.ok for s in eng.swaps))
+    assert "LoadTimeout" in next(s.error for s in eng.swaps if s.module == "stubborn")
+    parked = [t for t in threading.enumerate() if t.name == "engine-loader"]
+    write(project / "systems" / "counter.py", COUNTER.format(step=4))
+    run_until(eng, lambda: eng.history("counter").active_number == 2)
+    cpu = time.thread_time()
+    time.sleep(0.2)
+    assert parked  # the parked thread holds no GIL: this thread is not starved
+    assert time.thread_time() - cpu < 0.1
+
+
+def test_a_big_module_compiles_off_the_game_process_and_keeps_its_line_numbers(
+    project, make_engine
+) -> None:
+    body = "".join(f"V{i} = {i}\n" for i in range(60_000))  # 700 KB, 22 chunks
+    big = write(project / "systems" / "big.py", f"import engine\n{body}TOTAL = V59999 + 1\n")
+    eng = make_engine(counter_project(project))
+    assert eng.loader.active["big"].module.TOTAL == 60_000
+    assert eng.loader.active["big"].module.__doc__ is None
+    assert eng.loader.compiler.started == 1  # in the helper process
+    eng.start_watching()
+    write(project / "systems" / "big.py", f"import engine\n{body}oops(\n")
+    run_until(eng, lambda: any(s.module == "big" and not s.ok for s in eng.swaps))
+    assert next(s.error for s in eng.swaps if not s.ok).startswith(f"{big}:60002: SyntaxError")
+    write(project / "systems" / "big.py", f"import engine\n{body}raise ValueError('late')\n")
+    run_until(eng, lambda: sum(not s.ok for s in eng.swaps) == 2)
+    assert [s.error for s in eng.swaps if not s.ok][-1] == f"{big}:60002: ValueError: late"
+    assert eng.loader.active["big"].version == 1
+
+
+# -- what a save can leave in a file -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "words"),
+    [
+        (b"", 1, "the file is empty"),
+        (b"import engine\nx = 1\x00\n", 2, "null bytes"),
+        (b"import engine\n# caf\xe9\n", 2, "not UTF-8"),
+        (b"import engine\nimport no_such_module_xyz\n", 2, "ModuleNotFoundError"),
+        (b"import engine\n\ndef oops(:\n    pass\n", 3, "SyntaxError"),
+    ],
+    ids=["empty", "nul-bytes", "invalid-utf8", "missing-import", "syntax-error"],
+)
+def test_a_bad_file_keeps_the_last_good_version_with_one_line_naming_file_and_line(
+    project, make_engine, content, line, words
+) -> None:
+    messages: list[str] = []
+    eng = make_engine(counter_project(project), report=messages.append)
+    eng.start_watching()
+    eng.step()
+    (project / "systems" / "counter.py").write_bytes(content)
+    frames = run_until(eng, lambda: any(not s.ok for s in eng.swaps))
+    assert counter_value(eng) == 1 + frames  # v1 counted every frame
+    assert eng.history("counter").active_number == 1
+    failed = [m for m in messages if "failed to load" in m]
+    assert len(failed) == 1 and "\n" not in failed[0]
+    assert failed[0].startswith(f"engine: systems/counter.py:{line}: counter")
+    assert words in failed[0]
+
+
+def test_a_module_replaced_by_a_folder_keeps_running(project, make_engine) -> None:
+    messages: list[str] = []
+    eng = make_engine(counter_project(project), report=messages.append)
+    eng.start_watching()
+    eng.step()
+    path = project / "systems" / "counter.py"
+    path.unlink()
+    path.mkdir()
+    run_until(eng, lambda: any("is a folder" in m for m in messages))
+    assert "counter" in eng.loader.active
+    before = counter_value(eng)
+    eng.step()
+    assert counter_value(eng) == before + 1
+    line = next(m for m in messages if "is a folder" in m)
+    assert line.startswith("engine: systems/counter.py: counter failed to load")
+    assert "\n" not in line
+
+
+# -- swaps are all or nothing ---------------------------------------------------------------
+
+HOOKED = """
+import engine
+
+@engine.component
+class Marker:
+    tag: str = "{tag}"
+
+@engine.system
+def mark(world, dt):
+    world.resources["running"] = "{tag}"
+
+def on_load(world):
+    world.resources["loaded"] = "{tag}"
+    {on_load}
+
+def on_unload(world):
+    for e in list(world.get_entities()):
+        world.delete_entity(e, immediate=True)
+    world.resources.pop("loaded", None)
+    {on_unload}
+"""
+
+
+def test_a_failed_on_load_puts_back_what_the_old_on_unload_did(project, make_engine) -> None:
+    write(project / "systems" / "hooked.py", HOOKED.format(tag="v1", on_load="", on_unload=""))
+    eng = make_engine(counter_project(project))
+    eng.start_watching()
+    eng.step()
+    entities = list(eng.world.get_entities())
+    assert entities and eng.world.resources["loaded"] == "v1"
+    write(
+        project / "systems" / "hooked.py",
+        HOOKED.format(tag="v2", on_load="raise RuntimeError('no')", on_unload=""),
+    )
+    run_until(eng, lambda: any(not s.ok for s in eng.swaps))
+    assert "on_load failed" in eng.swaps[-1].error
+    # v1's on_unload deleted every entity and its resource; both are back, v1 runs on.
+    assert list(eng.world.get_entities()) == entities
+    assert eng.world.resources["loaded"] == "v1"
+    eng.step()
+    assert eng.world.resources["running"] == "v1"
+    assert eng.loader.active["hooked"].version == 1
+
+
+def test_an_on_unload_that_raises_is_undone_and_the_new_version_goes_live(
+    project, make_engine
+) -> None:
+    messages: list[str] = []
+    write(
+        project / "systems" / "hooked.py",
+        HOOKED.format(tag="v1", on_load="", on_unload="raise RuntimeError('half way')"),
+    )
+    eng = make_engine(counter_project(project), report=messages.append)
+    eng.start_watching()
+    eng.step()
+    entities = list(eng.world.get_entities())
+    write(project / "systems" / "hooked.py", HOOKED.format(tag="v2", on_load="", on_unload=""))
+    run_until(eng, lambda: eng.history("hooked").active_number == 2)
+    eng.step()
+    assert eng.world.resources["running"] == "v2" and eng.world.resources["loaded"] == "v2"
+    assert list(eng.world.get_entities()) == entities  # what the failed on_unload deleted is back
+    line = next(m for m in messages if "on_unload" in m)
+    assert line.startswith("engine: systems/hooked.py:19: hooked.on_unload v1 failed")
+
+
+def test_the_compile_helper_dies_with_the_game(tmp_path) -> None:
+    script = """
+import os, sys
+from engine.loader.compiler import Compiler
+c = Compiler()
+c.compile("x = 1\\n" * 2000, "big.py")   # big enough for the helper
+print(c._proc.pid, flush=True)
+os._exit(0)                              # no clean-up: as a killed game
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    helper = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{helper}").exists() and _alive(helper):
+        assert time.monotonic() < deadline, "the helper outlived its game"
+        time.sleep(0.01)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -99,7 +99,8 @@ FIRST_FRAME_FAULTS = {
     "abort": ("os.abort()", "signal SIGABRT", "process-died"),
     # Blocked SIGALRM and a C call: only the supervisor can stop it, before any frame.
     "c_hang": (
-        "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])\nctypes.CDLL(None).sleep(100)",
+        "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM, signal.SIGURG])\n"
+        "ctypes.CDLL(None).sleep(100)",
         "hung: ran",
         "hung",
     ),
@@ -169,7 +170,7 @@ def test_a_hook_that_hangs_at_start_up_is_blamed_on_the_hook(tmp_path):
         import engine
 
         def on_load(world):
-            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM, signal.SIGURG])
             ctypes.CDLL(None).sleep(100)
 
         @engine.system
@@ -251,7 +252,7 @@ def heavy(world, dt):
     [
         ("ctypes.string_at(0)", "process-died"),
         (
-            "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])\n"
+            "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM, signal.SIGURG])\n"
             "ctypes.CDLL(None).sleep(100)",
             "hung",
         ),

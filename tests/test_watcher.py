@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
-from engine.loader.watcher import ProjectWatcher
+import engine.loader.watcher as watcher_module
+from engine.loader.watcher import Backoff, ProjectWatcher
 
 
 def make_watcher(project: Path, shaders: list, systems: list) -> ProjectWatcher:
@@ -59,43 +61,133 @@ def test_a_shader_saved_into_a_new_folder_right_after_it_is_made_is_seen(tmp_pat
     assert "basic.frag" in shaders
 
 
-def test_commands_dropped_before_the_watch_started_are_taken_once(tmp_path):
-    """A command line that spoke to a game while it was (re)starting is not left waiting."""
-    (tmp_path / "systems").mkdir()
-    commands = tmp_path / ".engine" / "commands"
-    commands.mkdir(parents=True)
-    (commands / "abc.json").write_text('{"id": "abc", "op": "enable"}')
-    (commands / "abc.result.json").write_text("{}")  # an answer, not a command
-    taken: list[str] = []
+# -- the watcher does not die ----------------------------------------------------------
+
+
+def test_backoff_doubles_to_a_ceiling_and_starts_again_after_a_healthy_run():
+    b = Backoff(first_s=0.5, max_s=3.0, healthy_s=10.0)
+    assert [b.next_delay(ran_for_s=1.0) for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert b.next_delay(ran_for_s=10.0) == 0.5
+
+
+class Changes:
+    """Collects what a watcher reports, and lets a test wait for a module's change."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, object] = {}
+        self.arrived = threading.Condition()
+        self.messages: list[str] = []
+
+    def on_systems(self, changes, event_ns) -> None:
+        with self.arrived:
+            self.sources.update(changes)
+            self.arrived.notify_all()
+
+    def wait_for(self, name: str, text: str, timeout_s: float = 15.0) -> bool:
+        with self.arrived:
+            return self.arrived.wait_for(lambda: self.sources.get(name) == text, timeout_s)
+
+
+def start_watcher(project: Path, changes: Changes, **kw) -> ProjectWatcher:
     watcher = ProjectWatcher(
-        tmp_path,
-        on_systems=lambda changes, event_ns: None,
-        on_command=lambda p: taken.append(p.name),
+        project,
+        on_systems=changes.on_systems,
+        report=changes.messages.append,
+        backoff=Backoff(first_s=0.01),
+        **kw,
     )
     watcher.start()
-    watcher.stop()
-    assert taken == ["abc.json"]
+    return watcher
 
 
-def test_a_command_nobody_answers_is_withdrawn(tmp_path):
-    from engine.game import send_command
+def test_a_watch_that_fails_is_reported_and_started_again(tmp_path, monkeypatch):
+    (tmp_path / "systems").mkdir()
+    real_watch = watcher_module.watchfiles.watch
+    calls = []
 
-    result = send_command(tmp_path, "enable", timeout_s=0.1, system="x.y")
-    assert not result["ok"] and "withdrawn" in result["error"]
-    assert list((tmp_path / ".engine" / "commands").glob("*.json")) == []
+    def failing_once(*args, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("inotify said no")
+        return real_watch(*args, **kw)
+
+    monkeypatch.setattr(watcher_module.watchfiles, "watch", failing_once)
+    changes = Changes()
+    watcher = start_watcher(tmp_path, changes)
+    try:
+        (tmp_path / "systems" / "mover.py").write_text("x = 1\n")
+        assert changes.wait_for("mover", "x = 1\n")
+    finally:
+        watcher.stop()
+    assert len(calls) == 2 and watcher.restarts == 1
+    assert changes.messages == [
+        "engine: the file watcher stopped (RuntimeError: inotify said no); restarting it in 0.01 s"
+    ]
 
 
-def test_a_game_answers_a_command_dropped_before_it_watched(project, make_engine):
-    import json
+def test_a_watch_that_goes_deaf_is_noticed_and_what_changed_meanwhile_is_reported(
+    tmp_path, monkeypatch
+):
+    """What ``os.closerange(3, 1024)`` in user code does to inotify: no error, no events."""
+    (tmp_path / "systems").mkdir()
+    real_watch = watcher_module.watchfiles.watch
+    deaf = threading.Event()
 
-    commands = project / ".engine" / "commands"
-    commands.mkdir(parents=True)
-    (commands / "early.json").write_text(
-        json.dumps({"id": "early", "op": "enable", "system": "no.such"})
+    def goes_deaf(*args, **kw):
+        for changes in real_watch(*args, **kw):
+            yield set() if deaf.is_set() else changes
+
+    monkeypatch.setattr(watcher_module.watchfiles, "watch", goes_deaf)
+    changes = Changes()
+    watcher = start_watcher(tmp_path, changes, probe_every_s=0.1, probe_within_s=0.3)
+    try:
+        deaf.set()
+        monkeypatch.setattr(watcher_module.watchfiles, "watch", real_watch)  # the restart
+        (tmp_path / "systems" / "mover.py").write_text("x = 2\n")  # never reported as an event
+        assert changes.wait_for("mover", "x = 2\n")
+    finally:
+        watcher.stop()
+    assert watcher.restarts >= 1 and watcher.alive is False
+    assert "WatchStopped: no event for" in changes.messages[0]
+
+
+def test_a_callback_that_raises_is_reported_and_the_watch_goes_on(tmp_path):
+    (tmp_path / "systems").mkdir()
+    changes = Changes()
+    calls = []
+
+    def on_systems(found, event_ns):
+        calls.append(found)
+        if len(calls) == 1:
+            raise ValueError("[1, 2]")
+        changes.on_systems(found, event_ns)
+
+    watcher = ProjectWatcher(
+        tmp_path, on_systems=on_systems, report=changes.messages.append, debounce_ms=50
     )
-    eng = make_engine(project)
-    eng.start_watching()
-    eng.step()
-    answer = commands / "early.result.json"
-    assert answer.exists() and json.loads(answer.read_text())["ok"] is False
-    assert not (commands / "early.json").exists()
+    watcher.start()
+    try:
+        (tmp_path / "systems" / "a.py").write_text("a = 1\n")
+        deadline = time.monotonic() + 15
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (tmp_path / "systems" / "b.py").write_text("b = 1\n")
+        assert changes.wait_for("b", "b = 1\n")
+    finally:
+        watcher.stop()
+    assert watcher.restarts == 0
+    assert changes.messages == ["engine: handling a change failed (ValueError: [1, 2])"]
+
+
+def test_a_file_that_cannot_be_a_module_is_reported_as_why(tmp_path):
+    (tmp_path / "systems").mkdir()
+    changes = Changes()
+    folder = tmp_path / "systems" / "folder.py"
+    folder.mkdir()
+    (tmp_path / "systems" / "latin.py").write_bytes(b"x = 1\n# caf\xe9\n")
+    watcher = ProjectWatcher(tmp_path, on_systems=changes.on_systems)
+    watcher._dispatch({folder, tmp_path / "systems" / "latin.py"})
+    assert str(changes.sources["folder"]) == f"{folder}: is a folder, not a module file"
+    assert str(changes.sources["latin"]).endswith(
+        "latin.py:2: not UTF-8 text: invalid continuation byte (byte 11)"
+    )

@@ -24,16 +24,24 @@ import shutil
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from engine.contracts.control import (
+    CONTROL_SOCKET,
+    ControlServer,
+    ControlUnavailable,
+    request,
+    socket_path,
+)
 from engine.contracts.handoff import Phase, RunningNow
 from engine.loader.history import ProjectHistory, VersionHistory
-from engine.loader.loader import Loader, SwapLog
-from engine.loader.watcher import COMMANDS_DIR, SHADER_SUFFIXES, ProjectWatcher
+from engine.loader.loader import Loader, Source, SwapLog
+from engine.loader.watcher import SHADER_SUFFIXES, ProjectWatcher
 from engine.pose.base import PoseSample, PoseSource
 from engine.scheduler.pacing import Clock, FixedRatePacer, MonotonicClock
 from engine.scheduler.scheduler import SchedulePolicy, Scheduler, SystemFault
@@ -45,6 +53,8 @@ if TYPE_CHECKING:
     from engine.world.ring import CheckpointRing
 
 RUN_FILE = Path(".engine") / "run.json"
+#: How long a command that must run between frames waits for the game to run one.
+COMMAND_FRAME_TIMEOUT_S = 5.0
 
 
 class Pacer(Protocol):
@@ -63,6 +73,30 @@ class FrameInfo:
     dt: float
     time_ns: int
     pose: PoseSample | None
+
+
+@dataclass(frozen=True)
+class Command:
+    """A runtime command: ``engine OP PROJECT …`` reaches a running game as a request
+    ``{"op": OP, …}`` on its control socket (see :mod:`engine.contracts.control`).
+
+    A game adds one with ``engine.commands["op"] = Command(run, args={"seconds": float})``
+    (``engine`` an :class:`Engine`).
+
+    Attributes:
+        run: ``run(args) -> reply`` (``{"ok": True, …}``); raise ``LookupError`` or
+            ``ValueError`` to refuse with that message.
+        args: each argument's name and accepted type(s), checked before ``run``.
+        between_frames: run on the main thread between frames (anything that touches the
+            world, the scheduler or GL); a game that runs no frame within
+            :data:`COMMAND_FRAME_TIMEOUT_S` has the command withdrawn, so it never runs
+            later behind the caller's back. Otherwise ``run`` runs on the connection's own
+            thread.
+    """
+
+    run: Callable[[dict[str, Any]], dict[str, Any]]
+    args: dict[str, type | tuple[type, ...]] = field(default_factory=dict)
+    between_frames: bool = True
 
 
 def builtin_systems_dir() -> Path | None:
@@ -126,9 +160,16 @@ class Engine:
     """A running game: a project folder's systems acting on one world.
 
     Example:
-        >>> eng = Engine("examples/spinning_cubes")          # doctest: +SKIP
-        >>> eng.run(frames=90)                               # doctest: +SKIP
-        >>> eng.history("spin")[-1].status                   # doctest: +SKIP
+        >>> import pathlib, tempfile
+        >>> project = pathlib.Path(tempfile.mkdtemp())
+        >>> (project / "systems").mkdir()
+        >>> _ = (project / "systems" / "pulse.py").write_text(
+        ...     "import engine\\n\\n@engine.system\\ndef pulse(world, dt):\\n    pass\\n")
+        >>> eng = Engine(project, report=lambda line: None)
+        >>> eng.run(frames=3, watch=False)
+        >>> eng.frame, eng.history("pulse").active.number, str(eng.history("pulse").active.status)
+        (3, 1, 'probation')
+        >>> eng.close()
 
     Args:
         project_dir: a folder with ``systems/*.py`` and optionally ``game.py``.
@@ -192,6 +233,7 @@ class Engine:
             builtin_dirs=[builtin] if builtin else [],
             load_limit_s=load_limit_s,
             report=report,
+            failure_policy=self.scheduler.failure_policy,  # one policy for the whole game
         )
         self.loader.running = self.running
         self.scheduler.versions = LoaderVersions(self.loader)
@@ -204,6 +246,9 @@ class Engine:
         #: Set to a ``FrameRecorder`` to keep every frame's per-system times (for plots).
         self.recorder: FrameRecorder | None = None
         self.watcher: ProjectWatcher | None = None
+        self.control: ControlServer | None = None
+        #: What ``engine undo|redo|enable …`` can ask of this game while it runs.
+        self.commands: dict[str, Command] = self._builtin_commands()
         self._main_calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._last_ns: int | None = None
@@ -336,16 +381,20 @@ class Engine:
         """
         if watch:
             self.start_watching()
+        self.start_control()
         self._write_run_file()
+        gate = self.loader.frame_gate
         try:
             target = None if frames is None else self.frame + frames
             while not self._stop.is_set() and (target is None or self.frame < target):
                 self.running.phase(Phase.IDLE)
                 self.pacer.wait()
                 self.running.phase(Phase.FRAME)
-                self.step()
+                with gate.frame():  # module code being loaded waits while a frame runs
+                    self.step()
         finally:
             self._remove_run_file()
+            self.stop_control()
             if watch:
                 self.stop_watching()
 
@@ -365,7 +414,7 @@ class Engine:
             self.project_dir,
             on_systems=self._on_systems_changed,
             on_shader=self._on_shader_changed,
-            on_command=self._on_command,
+            report=self.report,
         )
         self.watcher.start()
 
@@ -374,68 +423,115 @@ class Engine:
             self.watcher.stop()
             self.watcher = None
 
-    def _on_systems_changed(self, changes: dict[str, str | None], event_ns: int) -> None:
-        self.loader.prepare(changes, kind="edit", event_ns=event_ns)
+    def _on_systems_changed(self, changes: dict[str, Source], event_ns: int) -> None:
+        self.loader.prepare_later(changes, kind="edit", event_ns=event_ns)
 
     def _on_shader_changed(self, path: Path, event_ns: int) -> None:
         for listener in self.shader_listeners:
             listener(path, event_ns)
 
-    def _on_command(self, path: Path) -> None:
+    # -- runtime commands (the control socket) ---------------------------------------------
+    def start_control(self) -> None:
+        """Listen for runtime commands on ``.engine/control.sock`` (``run`` does this).
+
+        A socket that cannot be made is reported; the game runs on without one."""
+        if self.control is not None:
+            return
+        server = ControlServer(socket_path(self.project_dir), self.serve, report=self.report)
         try:
-            cmd = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return  # half-written; the final write raises another event
+            server.start()
+        except OSError as exc:
+            self.report(
+                f"engine: no control socket ({exc}); engine undo/redo/enable act on "
+                "the history only"
+            )
+            return
+        self.control = server
+
+    def stop_control(self) -> None:
+        if self.control is not None:
+            self.control.stop()
+            self.control = None
+
+    def serve(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer one control request (any thread): ``{"ok": …}``, never raises for a
+        request that is wrong (unknown op, missing or mistyped arguments)."""
+        op = request.get("op")
+        command = self.commands.get(op) if isinstance(op, str) else None
+        if command is None:
+            known = ", ".join(sorted(self.commands))
+            return {"ok": False, "error": f"unknown command {op!r} (known: {known})"}
+        args: dict[str, Any] = {}
+        for name, kinds in command.args.items():
+            value = request.get(name)
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                names = " or ".join(
+                    k.__name__ for k in (kinds if isinstance(kinds, tuple) else (kinds,))
+                )
+                return {"ok": False, "error": f"{op} needs {name!r} ({names})"}
+            args[name] = value
         try:
-            path.unlink()  # the claim: whoever unlinks it owns it
-        except FileNotFoundError:
-            return  # withdrawn by a command line that gave up waiting
-        result_path = path.with_name(f"{cmd.get('id', path.stem)}.result.json")
+            if command.between_frames:
+                return self._between_frames(lambda: command.run(args))
+            return command.run(args)
+        except (LookupError, ValueError) as exc:
+            return {"ok": False, "error": exc.args[0] if exc.args else str(exc)}
 
-        def answer(result: dict[str, Any]) -> None:
-            result_path.write_text(json.dumps(result))
+    def _between_frames(self, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run ``fn`` on the main thread at the next frame boundary and return its reply;
+        withdrawn if no frame starts within :data:`COMMAND_FRAME_TIMEOUT_S`."""
+        future: Future = Future()
 
-        op = cmd.get("op")
+        def call() -> None:
+            if not future.set_running_or_notify_cancel():
+                return  # withdrawn
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the waiting connection
+                future.set_exception(exc)
+
+        self._main_calls.put(call)
         try:
-            if op in ("undo", "redo") and str(cmd["module"]).endswith(SHADER_SUFFIXES):
+            return future.result(timeout=COMMAND_FRAME_TIMEOUT_S)
+        except FutureTimeout:
+            if future.cancel():
+                return {
+                    "ok": False,
+                    "error": f"the game ran no frame within {COMMAND_FRAME_TIMEOUT_S:g} s; "
+                    "the command was withdrawn",
+                }
+            return future.result()  # it started meanwhile: its answer comes
 
-                def move_shader() -> None:  # GL work: on the main thread, between frames
-                    try:
-                        answer({"ok": True, "version": self._move(cmd["module"], op)})
-                    except LookupError as exc:
-                        answer({"ok": False, "error": str(exc)})
+    def _builtin_commands(self) -> dict[str, Command]:
+        def move(direction: str) -> Command:
+            def run(args: dict[str, Any]) -> dict[str, Any]:
+                name = args["module"]
+                if name.endswith(SHADER_SUFFIXES):  # GL work: on the main thread
+                    return self._between_frames(
+                        lambda: {"ok": True, "version": self._move(name, direction)}
+                    )
+                return {"ok": True, "version": self.loader.move(name, direction)}
 
-                self._main_calls.put(move_shader)
-            elif op in ("undo", "redo"):
-                version = self.loader.move(cmd["module"], op)
-                answer({"ok": True, "version": version})
-            elif op == "rewind":
+            return Command(run, {"module": str}, between_frames=False)
 
-                def rewind() -> None:  # the world changes between frames, on the main thread
-                    try:
-                        # "SECONDS ago" counts from when it was asked, not from when the
-                        # command got here.
-                        asked = cmd.get("asked_ns")
-                        asked_ns = int(asked) if asked else None
-                        answer({"ok": True, **self.rewind(float(cmd["seconds"]), asked_ns)})
-                    except Exception as exc:  # a bad request or checkpoint: said, not raised
-                        answer({"ok": False, "error": str(exc) or repr(exc)})
+        def enable(args: dict[str, Any]) -> dict[str, Any]:
+            handle = self.scheduler.find(args["system"])
+            return {"ok": True, "system": self.scheduler.enable(handle.key).key}
 
-                self._main_calls.put(rewind)
-            elif op == "enable":
+        def ping(args: dict[str, Any]) -> dict[str, Any]:
+            return {"ok": True, "pid": os.getpid(), "frame": self.frame}
 
-                def enable() -> None:
-                    try:
-                        h = self.scheduler.enable(self.scheduler.find(cmd["system"]).key)
-                        answer({"ok": True, "system": h.key})
-                    except KeyError as exc:
-                        answer({"ok": False, "error": str(exc)})
+        def rewind(args: dict[str, Any]) -> dict[str, Any]:
+            # "SECONDS ago" counts from when it was asked, not from when it got here.
+            return {"ok": True, **self.rewind(float(args["seconds"]), args["asked_ns"])}
 
-                self._main_calls.put(enable)
-            else:
-                answer({"ok": False, "error": f"unknown command {op!r}"})
-        except (LookupError, KeyError) as exc:
-            answer({"ok": False, "error": str(exc)})
+        return {
+            "undo": move("undo"),
+            "redo": move("redo"),
+            "enable": Command(enable, {"system": str}),
+            "rewind": Command(rewind, {"seconds": (int, float), "asked_ns": int}),
+            "ping": Command(ping, between_frames=False),
+        }
 
     # -- history and control -------------------------------------------------------------
     def history(self, module: str) -> VersionHistory:
@@ -536,15 +632,19 @@ class Engine:
     def _write_run_file(self) -> None:
         path = self.project_dir / RUN_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"pid": os.getpid(), "started": time.time()}))
+        info = {"pid": os.getpid(), "started": time.time(), "control": str(CONTROL_SOCKET)}
+        path.write_text(json.dumps(info))
 
     def _remove_run_file(self) -> None:
         (self.project_dir / RUN_FILE).unlink(missing_ok=True)
 
     def close(self, delete_world: bool = True) -> None:
-        """Stop watching, give back SIGALRM and GL, and free the world's esper context
+        """Stop watching and serving commands, stop the loader thread, give back SIGALRM and
+        GL, and free the world's esper context
         (unless ``delete_world`` is false: a world the caller passed in stays theirs)."""
         self.stop_watching()
+        self.stop_control()
+        self.loader.close()
         if self.render_stage is not None:
             self.render_stage.close()
             self.render_stage = None
@@ -564,49 +664,19 @@ def running_pid(project_dir: Path) -> int | None:
         return None
 
 
-def send_command(project_dir: Path, op: str, timeout_s: float = 5.0, **args: str) -> dict:
-    """Drop a command for a running game and wait for its answer.
+def send_command(project_dir: Path, op: str, timeout_s: float = 10.0, **args: Any) -> dict:
+    """Send a command to the game running on ``project_dir`` and return its reply.
 
-    A game that is (re)starting takes the commands waiting for it once it watches. If no
-    answer comes within ``timeout_s``, the command is withdrawn, so it cannot run later
-    behind the caller's back; if the game has already taken it, the wait goes on for one
-    more ``timeout_s`` for its answer.
+    The reply is ``{"ok": True, …}`` or ``{"ok": False, "error": …}`` — also when no game
+    listens, or none answers within ``timeout_s`` (a command the game already started may
+    still take effect; the error says so).
     """
-    cmd_id = uuid.uuid4().hex
-    d = Path(project_dir) / COMMANDS_DIR
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{cmd_id}.tmp"
-    tmp.write_text(json.dumps({"id": cmd_id, "op": op, **args}))
-    os.replace(tmp, d / f"{cmd_id}.json")
-    result = d / f"{cmd_id}.result.json"
-    answer = _wait_for_answer(result, timeout_s)
-    if answer is not None:
-        return answer
     try:
-        (d / f"{cmd_id}.json").unlink()  # the same claim the game makes
-    except FileNotFoundError:  # the game took it: it is running, so wait for its answer
-        answer = _wait_for_answer(result, timeout_s)
-        if answer is not None:
-            return answer
-        error = f"the running game took the command but did not answer within {2 * timeout_s} s"
-        return {"ok": False, "error": error}
-    error = f"the running game did not answer within {timeout_s} s (command withdrawn)"
-    return {"ok": False, "error": error}
-
-
-def _wait_for_answer(result: Path, timeout_s: float) -> dict | None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if result.exists():
-            try:
-                data = json.loads(result.read_text())
-            except ValueError:  # being written
-                time.sleep(0.01)
-                continue
-            result.unlink(missing_ok=True)
-            return data
-        time.sleep(0.01)
-    return None
+        return request(socket_path(project_dir), {"op": op, **args}, timeout_s)
+    except ControlUnavailable as exc:
+        return {"ok": False, "error": f"no running game answered: {exc}"}
+    except TimeoutError as exc:
+        return {"ok": False, "error": f"{exc}; it may still carry the command out"}
 
 
 def install_stop_signals(engine: Engine) -> None:

@@ -156,6 +156,10 @@ def _struck_out(f: Fault, s: Settings) -> bool:
     return f.strikes >= s.strikes
 
 
+def _leaving(f: Fault, s: Settings) -> bool:
+    return f.phase == "on_unload"
+
+
 def _names_code(f: Fault, s: Settings) -> bool:
     return f.module is not None
 
@@ -166,7 +170,10 @@ RULES: tuple[Rule, ...] = (
          "nothing of a version that fails to load has touched the world"),
     Rule(FaultKind.LOAD_TIMEOUT, "always", Action.KEEP_OLD,
          "module code that runs away at import is refused like a syntax error"),
-    Rule(FaultKind.HOOK_ERROR, "always", Action.KEEP_OLD,
+    Rule(FaultKind.HOOK_ERROR, "`on_unload` of the version being replaced", Action.STRIKE,
+         "what it changed is undone and the swap goes on: a broken `on_unload` cannot pin "
+         "its version", _leaving),
+    Rule(FaultKind.HOOK_ERROR, "otherwise (`on_load`)", Action.KEEP_OLD,
          "the world is restored to before the swap; the old version stays"),
     Rule(FaultKind.SETUP_ERROR, "always", Action.STRIKE,
          "the game starts with what setup made; systems load and can be fixed live"),

@@ -13,6 +13,8 @@ module                        contract
                               block (game → supervisor)
 :mod:`~.input`                the input block (compositor → game): keys, mouse, press
                               and release counters
+:mod:`~.control`              runtime commands (``engine undo`` → a running game): JSON
+                              lines with replies over the game's control socket
 ============================  ==========================================================
 
 Code in this package writes shared memory that another process reads; the frame watchdog

@@ -8,9 +8,9 @@
     engine doctor [PROJECT]                                  check the machine (and a project)
     engine rewind PROJECT SECONDS                            put back the world of then
 
-``undo``, ``redo`` and ``enable`` act on a running game (through a command file it
-watches) or, when none runs, on the project's history directly; ``rewind`` acts on a
-running game only.
+``undo``, ``redo`` and ``enable`` act on a running game (a request on its control socket,
+``.engine/control.sock``, answered by the game) or, when none runs, on the project's
+history directly; ``rewind`` acts on a running game only.
 """
 
 from __future__ import annotations
@@ -380,7 +380,7 @@ def cmd_new(args: argparse.Namespace) -> int:
     (root / "shaders").mkdir(exist_ok=True)
     (root / "game.py").write_text(SCAFFOLD_GAME.format(name=root.name))
     (root / "systems" / "bob.py").write_text(SCAFFOLD_SYSTEM)
-    (root / ".gitignore").write_text(".engine/run.json\n.engine/commands/\n")
+    (root / ".gitignore").write_text(".engine/run.json\n.engine/control.sock\n")
     print(f"engine: new project in {root}; run it with: engine run {root}")
     return 0
 
@@ -455,7 +455,7 @@ def cmd_rewind(args: argparse.Namespace) -> int:
         print(f"engine: rewind acts on a running game; none runs on {project}", file=sys.stderr)
         return 1
     asked_ns = time.monotonic_ns() - _ns_since_start()  # when the user pressed enter
-    result = send_command(project, "rewind", seconds=str(args.seconds), asked_ns=str(asked_ns))
+    result = send_command(project, "rewind", seconds=float(args.seconds), asked_ns=asked_ns)
     if not result.get("ok"):
         print(f"engine: rewind failed: {result.get('error')}", file=sys.stderr)
         return 1

@@ -17,6 +17,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from engine.launcher.containment import keep_fd
+
 LOCK_FILE = Path(".engine") / "run.lock"
 
 
@@ -56,11 +58,17 @@ class ProjectLock:
         # Truncate only once the lock is ours: the holder's pid is what a refused run reads.
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+        # Held at a high fd, out of reach of user code that closes descriptors in the same
+        # process (--single-process): the flock belongs to the open file, so it stays held.
+        self._fd = keep_fd(fd)
+        os.close(fd)
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
+            try:
+                os.close(self._fd)  # closing drops the flock
+            except OSError:
+                pass  # closed behind our back: the flock went with it
             self._fd = None
 
     def __enter__(self) -> ProjectLock:

@@ -3,14 +3,21 @@
 A module is executed into a brand-new ``types.ModuleType`` named ``systems.<stem>``; the old
 version is never touched, so a failed load leaves nothing half-applied. Imports of
 ``systems.<other>`` inside it go through the loader (see :class:`ImportResolver`), which
-hands out the *active* version of the other module — or loads it first — and records the
-dependency.
+hands out the *active* version of the other module — or, while a batch of modules is being
+prepared on the loading thread, the batch's version — and records the dependency.
+
+While its code runs, the module is marked as initialising (``__spec__._initializing``), as
+Python marks a module it imports: a circular ``from systems.a import X`` made before ``a``
+defined ``X`` fails with Python's own "partially initialized module (most likely due to a
+circular import)" message.
 """
 
 from __future__ import annotations
 
 import builtins
+import importlib.machinery
 import inspect
+import marshal
 import traceback
 import types
 from collections.abc import Callable
@@ -20,11 +27,14 @@ from typing import Any, Protocol
 
 import esper
 
+from engine.loader.compiler import Chunk, CompileFailed, CompileTimeout
 from engine.scheduler.spec import SystemSpec
-from engine.scheduler.watchdog import LoadTimeout, ThreadWatchdog
+from engine.scheduler.watchdog import LoadTimeout
 from engine.world.components import component_key, is_component
 
 PACKAGE = "systems"
+#: Why an empty (or blank) module file is refused.
+EMPTY_FILE = "the file is empty (delete it to unload the module)"
 
 SystemFn = Callable[[Any, float], None]
 
@@ -34,12 +44,14 @@ class LoadError(Exception):
     """A module that could not be loaded: where, and why.
 
     ``str(error)`` reads ``systems/physics.py:12: SyntaxError: invalid syntax``.
+    ``timeout`` marks a load refused for running (or compiling) past its limit.
     """
 
     module: str
     path: str
     line: int | None
     message: str
+    timeout: bool = False
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line else self.path
@@ -48,7 +60,10 @@ class LoadError(Exception):
 
 @dataclass
 class LoadedModule:
-    """One executed version of a system module and everything it declares."""
+    """One executed version of a system module and everything it declares.
+
+    ``imports`` names the ``systems.*`` modules it imported while it loaded.
+    """
 
     name: str
     version: int | None
@@ -125,45 +140,75 @@ def error_from_exception(name: str, path: Path, exc: BaseException) -> LoadError
     if isinstance(exc, SyntaxError):
         msg = f"{type(exc).__name__}: {exc.msg}"
         return LoadError(name, str(path), exc.lineno, msg)
+    if isinstance(exc, CompileTimeout | CompileFailed):
+        return LoadError(name, str(path), None, str(exc), timeout=isinstance(exc, CompileTimeout))
     line = None
     for fs in traceback.extract_tb(exc.__traceback__):
         if fs.filename == str(path):
             line = fs.lineno
     if isinstance(exc, LoadTimeout):
         msg = "LoadTimeout: module code ran past the load limit (infinite loop at import?)"
-    else:
-        msg = f"{type(exc).__name__}: {exc}"
-    return LoadError(name, str(path), line, msg)
+        return LoadError(name, str(path), line, msg, timeout=True)
+    return LoadError(name, str(path), line, f"{type(exc).__name__}: {exc}")
+
+
+def read_source(name: str, path: Path) -> str | None | LoadError:
+    """A module file's text; ``None`` if it is gone; a :class:`LoadError` if it cannot be
+    a module: a folder, unreadable, not UTF-8 (the line of the first bad byte), or empty
+    (an empty file is a save caught half-way or a mistake; deleting the file unloads)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        return LoadError(name, str(path), None, "is a folder, not a module file")
+    except OSError as exc:
+        return LoadError(name, str(path), None, f"cannot be read: {exc.strerror or exc}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return LoadError(name, str(path), line, f"not UTF-8 text: {exc.reason} (byte {exc.start})")
+    if not text or text.isspace():
+        return LoadError(name, str(path), 1, EMPTY_FILE)
+    return text
+
+
+def new_module(name: str, path: Path, resolver: ImportResolver) -> types.ModuleType:
+    """An empty module ``systems.<name>``, marked as initialising, to run a version into."""
+    module = types.ModuleType(f"{PACKAGE}.{name}")
+    module.__file__ = str(path)
+    spec = importlib.machinery.ModuleSpec(module.__name__, None, origin=str(path))
+    spec._initializing = True  # type: ignore[attr-defined]  # as importlib marks it
+    module.__spec__ = spec
+    module.__dict__["__builtins__"] = make_builtins(resolver, name)
+    return module
 
 
 def execute_module(
-    name: str,
-    source: str,
-    path: Path,
+    module: types.ModuleType,
+    chunks: list[Chunk],
     version: int | None,
-    resolver: ImportResolver,
-    load_limit_s: float,
+    path: Path,
+    between: Callable[[], None] = lambda: None,
 ) -> LoadedModule:
-    """Compile and run ``source`` into a fresh module; raise :class:`LoadError` on failure.
-
-    Module-level code runs under a :class:`ThreadWatchdog`: an infinite loop at import is
-    stopped after ``load_limit_s`` and reported as a failed load.
-    """
-    module = types.ModuleType(f"{PACKAGE}.{name}")
-    module.__file__ = str(path)
-    module.__dict__["__builtins__"] = make_builtins(resolver, name)
+    """Run compiled ``chunks`` in order into ``module`` (see :func:`new_module`) and
+    collect what it declares. ``between()`` runs before each chunk is loaded (the caller
+    waits at its frame gate there). Raises :class:`LoadError` on any failure, pointing at
+    the file and line."""
+    name = module.__name__.rpartition(".")[2]
     try:
-        code = compile(source, str(path), "exec", dont_inherit=True)
-        with ThreadWatchdog(load_limit_s):
+        for chunk in chunks:
+            between()
+            code = marshal.loads(chunk) if isinstance(chunk, bytes) else chunk
             exec(code, module.__dict__)
+        detach_from_other_versions(module)
+        loaded = LoadedModule(name, version, path, module)
+        collect_declarations(loaded, between)
     except (Exception, LoadTimeout, SystemExit) as exc:
         raise error_from_exception(name, path, exc) from None
-    detach_from_other_versions(module)
-    loaded = LoadedModule(name, version, path, module)
-    try:
-        collect_declarations(loaded)
-    except Exception as exc:
-        raise error_from_exception(name, path, exc) from None
+    finally:
+        module.__spec__._initializing = False  # type: ignore[union-attr]
     return loaded
 
 
@@ -223,10 +268,15 @@ def _detached(fn: Any, own: dict[str, Any], depth: int) -> Any:
     return fresh
 
 
-def collect_declarations(loaded: LoadedModule) -> None:
-    """Find the systems, esper Processors and components a module defines (not imports)."""
+def collect_declarations(loaded: LoadedModule, between: Callable[[], None] = lambda: None) -> None:
+    """Find the systems, esper Processors and components a module defines (not imports).
+
+    ``between()`` runs every few hundred names (a module may define hundreds of thousands:
+    the caller waits at its frame gate there)."""
     mod_name = loaded.module.__name__
-    for obj in list(loaded.module.__dict__.values()):
+    for i, obj in enumerate(list(loaded.module.__dict__.values())):
+        if not i & 511:
+            between()
         if getattr(obj, "__module__", None) != mod_name:
             continue
         spec = getattr(obj, "__engine_system__", None)

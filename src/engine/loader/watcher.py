@@ -6,60 +6,119 @@ several saves within milliseconds, ``git checkout`` touching many files at once.
 than interpret event types, the watcher looks at the *final state* of each touched path
 once a burst of events settles (``step_ms`` of quiet): the file exists → it changed; it
 does not → it was deleted. Every pattern above reduces to that.
+
+The watcher does not die. A callback that raises is reported and the watch goes on. A
+watch that fails (``watchfiles`` raises) or silently stops seeing events — user code that
+runs ``os.closerange(3, 1024)`` closes its inotify descriptor, and from then on no event
+arrives — is reported and started again, after a back-off (:class:`Backoff`). It notices
+the silent kind with a probe: when the project has been quiet for ``probe_every_s``, it
+touches ``.engine/watch-probe`` and expects to see that event within ``probe_within_s``.
+Each time a watch is live (the first time too) it compares the files with what it last
+saw and reports every difference, so edits made while no watch was running are not lost.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import watchfiles
 
+from engine.loader.modules import EMPTY_FILE, LoadError, read_source
+
 SHADER_SUFFIXES = (".vert", ".frag", ".glsl")
 ASSET_SUFFIXES = (".obj", ".png")  # anywhere in the project outside hidden folders
-COMMANDS_DIR = Path(".engine") / "commands"
-PROBE_NAME = "watch-probe"
+PROBE = Path(".engine") / "watch-probe"
 #: Folders whose (re)creation makes the watcher take every file in them as changed.
 WATCHED_DIRS = ("systems", "shaders")
 
 #: An empty read right after an event may be a truncate-then-write caught in the middle.
 EMPTY_RECHECK_S = 0.03
+#: How often the watch loop wakes when nothing happens (to probe, and to stop).
+TICK_MS = 100
+
+
+@dataclass
+class Backoff:
+    """How long to wait before restarting a watch that failed.
+
+    ``first_s``, doubled for each failure in a row, at most ``max_s``; a watch that ran
+    for ``healthy_s`` before failing starts the count again.
+
+    Example:
+        >>> b = Backoff()
+        >>> [b.next_delay(ran_for_s=0.0) for _ in range(4)], b.next_delay(ran_for_s=60.0)
+        ([0.1, 0.2, 0.4, 0.8], 0.1)
+    """
+
+    first_s: float = 0.1
+    max_s: float = 5.0
+    healthy_s: float = 30.0
+    failures: int = 0
+
+    def next_delay(self, ran_for_s: float) -> float:
+        if ran_for_s >= self.healthy_s:
+            self.failures = 0
+        delay = min(self.max_s, self.first_s * (1 << self.failures))
+        self.failures += 1
+        return delay
+
+
+class WatchStopped(RuntimeError):
+    """The watch stopped seeing events (its probe never arrived)."""
 
 
 class ProjectWatcher:
-    """A background thread that reports changes to ``systems/``, ``shaders/`` and commands.
+    """A background thread that reports changes to ``systems/`` and ``shaders/``.
 
     Args:
         project_dir: the game project.
         on_systems: ``(changes, event_ns)`` where ``changes`` maps a module name to its new
-            source, or to ``None`` if its file is gone. Called on the watcher thread.
+            source, ``None`` if its file is gone, or a :class:`LoadError` if it cannot be a
+            module (a folder, not UTF-8, empty). Called on the watcher thread.
         on_shader: ``(path, event_ns)`` for a shader file that changed or vanished.
-        on_command: ``(path)`` for a command file dropped into ``.engine/commands``.
-        step_ms: quiet time that ends a burst of events.
+        report: where failures of the watch itself are told.
+        step_ms / debounce_ms: quiet time that ends a burst of events / longest burst.
+        probe_every_s / probe_within_s: see the module docstring.
+        backoff: waits before restarts.
     """
 
     def __init__(
         self,
         project_dir: Path,
         *,
-        on_systems: Callable[[dict[str, str | None], int], None],
+        on_systems: Callable[[dict[str, str | None | LoadError], int], None],
         on_shader: Callable[[Path, int], None] | None = None,
-        on_command: Callable[[Path], None] | None = None,
+        report: Callable[[str], None] = print,
         step_ms: int = 3,
         debounce_ms: int = 200,
+        probe_every_s: float = 1.0,
+        probe_within_s: float = 3.0,
+        backoff: Backoff | None = None,
     ) -> None:
         self.project_dir = Path(project_dir).resolve()
         self.on_systems = on_systems
         self.on_shader = on_shader
-        self.on_command = on_command
+        self.report = report
         self.step_ms = step_ms
         self.debounce_ms = debounce_ms
+        self.probe_every_s = probe_every_s
+        self.probe_within_s = probe_within_s
+        self.backoff = backoff or Backoff()
         self._stop = threading.Event()
-        self._seen_probe = threading.Event()
+        self._live = threading.Event()
         self._thread: threading.Thread | None = None
+        self._known: dict[Path, tuple[int, int, int, bool]] = {}
+        self._probe_seen = 0
+        self._probe_sent = 0
+        self._probe_sent_ns = 0
+        #: The last failure of the watch (kept for stats), and how many there were.
         self.error: BaseException | None = None
+        self.restarts = 0
 
     # -- classification -------------------------------------------------------------------
     def _kind(self, path: Path) -> str | None:
@@ -74,13 +133,10 @@ class ProjectWatcher:
             return "systems" if path.stem.isidentifier() else None
         if len(parts) == 2 and parts[0] == "shaders" and path.suffix in SHADER_SUFFIXES:
             return "shaders"
+        if rel == PROBE:
+            return "probe"
         if path.suffix.lower() in ASSET_SUFFIXES and not any(p[0] == "." for p in parts):
             return "shaders"  # told to on_shader's listeners too: the renderer takes them
-        if rel.parent == COMMANDS_DIR:
-            if path.name == PROBE_NAME:
-                return "probe"
-            if path.suffix == ".json" and not path.name.endswith(".result.json"):
-                return "commands"
         return None
 
     def _filter(self, change: watchfiles.Change, path: str) -> bool:
@@ -88,54 +144,123 @@ class ProjectWatcher:
 
     # -- the thread -----------------------------------------------------------------------
     def start(self, wait_ready: bool = True, timeout_s: float = 10.0) -> None:
-        """Start watching; with ``wait_ready``, return once events are really being seen,
-        after handing ``on_command`` the commands that were already waiting."""
-        (self.project_dir / COMMANDS_DIR).mkdir(parents=True, exist_ok=True)
+        """Start watching; with ``wait_ready``, return once events are really being seen.
+
+        Raises ``RuntimeError`` if no watch is live within ``timeout_s``."""
+        (self.project_dir / PROBE).parent.mkdir(parents=True, exist_ok=True)
+        self._known = self._scan()
         self._thread = threading.Thread(target=self._run, name="engine-watcher", daemon=True)
         self._thread.start()
-        if not wait_ready:
-            return
-        probe = self.project_dir / COMMANDS_DIR / PROBE_NAME
-        deadline = time.monotonic() + timeout_s
-        while not self._seen_probe.is_set():
-            if time.monotonic() > deadline or self.error is not None:
-                raise RuntimeError(f"file watcher did not start: {self.error!r}")
-            probe.write_text(str(time.monotonic_ns()))
-            self._seen_probe.wait(0.05)
-        probe.unlink(missing_ok=True)
-        # Commands dropped while no one was watching (the game was starting or restarting)
-        # raised their events before the watch: take them now. Each is claimed by unlinking
-        # it, so one the watch also reports runs once.
-        if self.on_command is not None:
-            for path in sorted((self.project_dir / COMMANDS_DIR).iterdir()):
-                if self._kind(path) == "commands":
-                    self.on_command(path)
+        if wait_ready and not self._live.wait(timeout_s):
+            raise RuntimeError(f"file watcher did not start: {self.error!r}")
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        (self.project_dir / PROBE).unlink(missing_ok=True)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the watcher thread runs (it only ends when stopped)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self._watch()
+            except BaseException as exc:  # a thread has no one above it to tell
+                if self._stop.is_set():
+                    return
+                self.error = exc
+                self.restarts += 1
+                delay = self.backoff.next_delay(time.monotonic() - started)
+                self.report(
+                    f"engine: the file watcher stopped ({type(exc).__name__}: {exc}); "
+                    f"restarting it in {delay:g} s"
+                )
+                if self._stop.wait(delay):
+                    return
+
+    def _watch(self) -> None:
+        """One watch, until stopped; raises when it fails or stops seeing events."""
+        self._live.clear()
+        probe_every_ns = round(self.probe_every_s * 1e9)
+        probe_within_ns = round(self.probe_within_s * 1e9)
+        last_event_ns = time.monotonic_ns()
+        self._send_probe()
+        changes_iter = watchfiles.watch(
+            self.project_dir,
+            watch_filter=self._filter,
+            debounce=self.debounce_ms,
+            step=self.step_ms,
+            stop_event=self._stop,
+            rust_timeout=TICK_MS,
+            yield_on_timeout=True,
+            raise_interrupt=False,
+        )
         try:
-            for changes in watchfiles.watch(
-                self.project_dir,
-                watch_filter=self._filter,
-                debounce=self.debounce_ms,
-                step=self.step_ms,
-                stop_event=self._stop,
-                rust_timeout=500,
-                yield_on_timeout=False,
-                raise_interrupt=False,
-            ):
-                added = {Path(p) for change, p in changes if change == watchfiles.Change.added}
-                self._dispatch({Path(p) for _, p in changes}, added)
-        except BaseException as exc:  # reported by start() and by the engine's stats
-            self.error = exc
+            for changes in changes_iter:
+                now = time.monotonic_ns()
+                if changes:
+                    last_event_ns = now
+                    added = {Path(p) for c, p in changes if c == watchfiles.Change.added}
+                    self._dispatch({Path(p) for _, p in changes}, added)
+                live = self._probe_seen >= self._probe_sent
+                if not self._live.is_set():
+                    if live:  # report what changed while no watch ran, then go live
+                        self._rescan()
+                        self._live.set()
+                    else:
+                        self._send_probe()  # the first one may have come before the watch
+                elif not live and now - self._probe_sent_ns > probe_within_ns:
+                    raise WatchStopped(
+                        f"no event for {(now - self._probe_sent_ns) / 1e9:.1f} s after a "
+                        "probe (its file descriptor was closed?)"
+                    )
+                elif live and now - max(last_event_ns, self._probe_sent_ns) > probe_every_ns:
+                    self._send_probe()
+        finally:
+            try:
+                changes_iter.close()
+            except BaseException:  # a dead watch may panic as it is torn down
+                pass
+
+    def _send_probe(self) -> None:
+        self._probe_sent += 1
+        self._probe_sent_ns = time.monotonic_ns()
+        try:
+            (self.project_dir / PROBE).write_text(str(self._probe_sent))
+        except OSError:
+            pass  # .engine removed: the next probe recreates nothing; the watch restarts
+
+    # -- what changed ---------------------------------------------------------------------
+    def _scan(self) -> dict[Path, tuple[int, int, int, bool]]:
+        """Every watched file now, with what tells a change (mtime, size, inode, folder)."""
+        out = {}
+        for folder, kind in (("systems", "systems"), ("shaders", "shaders")):
+            try:
+                entries = list(os.scandir(self.project_dir / folder))
+            except OSError:
+                continue
+            for entry in entries:
+                path = Path(entry.path)
+                if self._kind(path) == kind:
+                    out[path] = _signature(path)
+        return out
+
+    def _rescan(self) -> None:
+        """Report what changed since the watch last saw it (while no watch ran)."""
+        now = self._scan()
+        changed = {p for p in now.keys() | self._known.keys() if now.get(p) != self._known.get(p)}
+        if changed:
+            self._dispatch(changed)
 
     def _dispatch(self, paths: set[Path], added: set[Path] = frozenset()) -> None:
+        """Tell the callbacks about ``paths``; a callback that raises is reported."""
         received_ns = time.monotonic_ns()
-        systems: dict[str, str | None] = {}
+        systems: dict[str, str | None | LoadError] = {}
         oldest_ns = received_ns
         for path in paths & added:
             if self._kind(path) == "dir" and path.is_dir():
@@ -146,17 +271,35 @@ class ProjectWatcher:
         for path in sorted(paths):
             kind = self._kind(path)
             if kind == "probe":
-                self._seen_probe.set()
+                try:
+                    self._probe_seen = max(self._probe_seen, int(path.read_text()))
+                except (OSError, ValueError):
+                    pass
             elif kind == "systems":
                 source, event_ns = read_settled(path, received_ns)
                 systems[path.stem] = source
                 oldest_ns = min(oldest_ns, event_ns)
-            elif kind == "shaders" and self.on_shader is not None:
-                self.on_shader(path, event_time_ns(path, received_ns))
-            elif kind == "commands" and self.on_command is not None and path.exists():
-                self.on_command(path)
+                self._known[path] = _signature(path)
+            elif kind == "shaders":
+                self._known[path] = _signature(path)
+                if self.on_shader is not None:
+                    self._call(self.on_shader, path, event_time_ns(path, received_ns))
         if systems:
-            self.on_systems(systems, oldest_ns)
+            self._call(self.on_systems, systems, oldest_ns)
+
+    def _call(self, callback: Callable[..., None], *args: object) -> None:
+        try:
+            callback(*args)
+        except Exception as exc:
+            self.report(f"engine: handling a change failed ({type(exc).__name__}: {exc})")
+
+
+def _signature(path: Path) -> tuple[int, int, int, bool]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (0, -1, 0, False)
+    return (st.st_mtime_ns, st.st_size, st.st_ino, path.is_dir())
 
 
 def event_time_ns(path: Path, received_ns: int) -> int:
@@ -170,21 +313,18 @@ def event_time_ns(path: Path, received_ns: int) -> int:
     return received_ns
 
 
-def read_settled(path: Path, received_ns: int) -> tuple[str | None, int]:
-    """The file's final text (``None`` if gone) and the time it was written.
+def read_settled(path: Path, received_ns: int) -> tuple[str | None | LoadError, int]:
+    """The module file's final text (``None`` if gone, a :class:`LoadError` if it cannot
+    be a module) and the time it was written.
 
-    An empty file read right after an event is re-read once a little later: a
-    truncate-then-write save can be caught between its two steps.
+    An empty or missing file right after an event is read again a little later: a
+    truncate-then-write save can be caught between its two steps, and a file replaced
+    (by a new file or a folder) between its removal and its return.
     """
-    for attempt in range(2):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None, received_ns
-        except (OSError, UnicodeDecodeError) as exc:
-            # Unreadable now (permissions, a binary file): compile will report it.
-            return f"raise ImportError({str(exc)!r})\n", received_ns
-        if text or attempt:
-            return text, event_time_ns(path, received_ns)
+    source = read_source(path.stem, path)
+    if source is None or isinstance(source, LoadError) and source.message == EMPTY_FILE:
         time.sleep(EMPTY_RECHECK_S)
-    return "", received_ns
+        source = read_source(path.stem, path)
+    if source is None:
+        return None, received_ns
+    return source, event_time_ns(path, received_ns)

@@ -104,7 +104,10 @@ class _RunQueueWait:
 
     def close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            try:
+                os.close(self._fd)
+            except OSError:  # closed under us (user code ran os.closerange)
+                pass
             self._fd = None
 
 

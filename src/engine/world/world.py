@@ -24,6 +24,7 @@ it). Two additions, both for hot-swapping:
 from __future__ import annotations
 
 import itertools
+import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, TypeVar
@@ -238,19 +239,20 @@ class World:
         self.activate()
         esper.dispatch_event(name, *args)
 
-    def drop_handlers_of(self, module: str) -> int:
-        """Remove every handler defined in ``module`` (or a submodule of it); the count.
+    def drop_handlers_of(self, module: str | types.ModuleType) -> int:
+        """Remove the handlers of one module version (a module object: the functions whose
+        globals are its namespace) or of every version of a module name (a string, and its
+        submodules); the count.
 
-        The loader calls this when a module version is swapped out, so no stale version's
-        handler ever receives an event.
+        The loader calls this once a module version is swapped out, so no stale version's
+        handler ever receives an event (the new version's, of the same name, stay).
         """
         self.activate()
         dropped = 0
         for name, refs in list(esper.event_registry.items()):
             for ref in list(refs):
                 func = ref()
-                owner = getattr(func, "__module__", None) or ""
-                if func is None or owner == module or owner.startswith(module + "."):
+                if func is None or _defined_in(func, module):
                     refs.discard(ref)
                     dropped += func is not None
             if not refs:
@@ -388,3 +390,12 @@ def _forget(
             aliases.pop(key, None)
 
     return forget
+
+
+def _defined_in(func: Callable[..., Any], module: str | types.ModuleType) -> bool:
+    """Whether a handler (function or bound method) belongs to ``module``."""
+    code = getattr(func, "__func__", func)
+    if isinstance(module, types.ModuleType):
+        return getattr(code, "__globals__", None) is module.__dict__
+    owner = getattr(code, "__module__", None) or ""
+    return owner == module or owner.startswith(module + ".")
