@@ -303,6 +303,7 @@ class Kind:
     max_hold_s: float = 8.0  # ... and at most this long, waiting for the counter (and probe)
     rewind_s: float = 0.0  # a rewind of the world this far back is no reset
     render: bool = False  # draw with the engine's render system (else: --no-render)
+    wait_for: tuple[str, ...] = ()  # marker files (in the run's folder) the hold waits for
 
     @property
     def texts(self) -> list[tuple[str, str | bytes]]:
@@ -551,6 +552,8 @@ def kinds(bomb_gb: float | None = None) -> list[Kind]:
             (Step("ready", 0.5, Write(F, five_megabyte_module())),),
             rule="runs",
             runs=("fault",),
+            wait_for=("big.ran",),
+            max_hold_s=15.0,
         ),
         Kind(
             "loop-at-import",
@@ -1269,22 +1272,24 @@ class Run:
     def _hold(self) -> None:
         """Let the game run on after the last step (or the first tick): at least
         ``hold_s``, then until the counter ticks at half the display rate or more over the
-        last second (a game being restarted gets the time to come back) and a probe module
-        saved by a step has run; at most ``max_hold_s``."""
+        last second (a game being restarted gets the time to come back) and the kind's
+        markers exist (a probe module saved by a step has run); at most ``max_hold_s``."""
         if self.signalled:
             return
         since = time.monotonic_ns() if self.kind.steps else self.record.t_ready
-        probe = any(
+        markers = list(self.kind.wait_for)
+        if any(
             isinstance(s.action, Write) and s.action.path == "systems/probe.py"
             for s in self.kind.steps
-        )
+        ):
+            markers.append("probe.ran")
 
         def settled() -> bool:
             now = time.monotonic_ns()
             if now - since < self.kind.hold_s * S:
                 return False
             recent = sum(1 for t in self.record.ticks[-RATE_HZ:] if t.t_ns > now - S)
-            return recent >= RATE_HZ // 2 and (not probe or (self.root / "probe.ran").exists())
+            return recent >= RATE_HZ // 2 and all((self.root / m).exists() for m in markers)
 
         self._wait(settled, self.kind.max_hold_s)
 
