@@ -909,22 +909,16 @@ def kinds(bomb_gb: float | None = None) -> list[Kind]:
 #: bench prints it under the table and tests/test_faults.py marks these xfail.
 _CRASH_LINE = "hole 12: names the system's definition (fault.py:7), not the line that exited"
 KNOWN_HOLES: dict[str, str] = {
-    "nul-bytes": "hole 12: the message names the file, not the line of the NUL byte",
-    "invalid-utf8": "hole 12: 'cannot read … utf-8 codec …' names no line",
-    "five-mb-module": "hole 8: compiling it stalls the frame loop; the game is declared hung",
-    "loop-at-import": "hole 8: the loader thread holds the GIL; the healthy counter is disabled",
-    "circular-import": "hole 5: an import cycle gets an empty placeholder; a module is disabled",
-    "on-load-raises": "hole 13: the failed swap crashes the game (KeyError in the migration); "
-    "the old version then runs without the state its on_unload removed",
     "swallow-interrupts": "hole 2: a hang in the first frame is noticed only at the 30 s start "
     "timeout (at times the watchdog's backstop ends it after seconds); no file:line",
     "thread-spins": "no rung stops a thread module code started; it starves the frame loop",
     "os-exit": _CRASH_LINE,
     "os-exit-after-probation": _CRASH_LINE,
+    "c-stack-overflow": "hole 12: at times the crash is placed at the system's definition, not "
+    "the line",
     "unpicklable-component": "a component pickle cannot save: no checkpoint is ever taken, and "
     "the game dies (world lost)",
     "huge-component": "hole 9: the compositor misses frames while a 200 MB world is checkpointed",
-    "closerange": "hole 10: closing the game's fds kills the watcher (inotify): edits are ignored",
     "shader-infinite-loop": "hole 2: the hang is blamed on render.render, not on the shader; the "
     "restarted game draws it again",
     "shader-link-error": "hole 12: a link error names no line",
