@@ -128,3 +128,30 @@ def gl():
     except Exception as exc:  # pragma: no cover - no EGL on this machine
         pytest.skip(f"no GL context: {exc}")
     return gl
+
+
+#: A counter system that appends ``"pid value"`` to the file ``log`` every frame, so a test
+#: can tell game processes apart and see a counter that was reset (fill in ``log``).
+LOGGED_COUNTER = """
+import os
+import engine
+
+@engine.component
+class Counter:
+    value: int = 0
+
+@engine.system(order=0)
+def count(world, dt):
+    for _, c in world.get_component(Counter):
+        c.value += 1
+        with open({log!r}, "a") as f:
+            f.write(f"{{os.getpid()}} {{c.value}}\\n")
+"""
+
+#: ``game.py`` for :data:`LOGGED_COUNTER` (saved as ``systems/count.py``): one Counter.
+COUNTER_GAME = """
+from systems.count import Counter
+
+def setup(world):
+    world.create_entity(Counter())
+"""

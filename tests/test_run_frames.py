@@ -6,23 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from conftest import COUNTER_GAME as GAME
+from conftest import LOGGED_COUNTER as COUNT
 from test_cli import engine_cmd
-
-COUNT = """
-import os
-import engine
-
-@engine.component
-class Counter:
-    value: int = 0
-
-@engine.system(order=0)
-def count(world, dt):
-    for _, c in world.get_component(Counter):
-        c.value += 1
-        with open({log!r}, "a") as f:
-            f.write(f"{{os.getpid()}} {{c.value}}\\n")
-"""
 
 # Crashes the first game process once it has run 40 frames; never again (a marker file).
 CRASH_ONCE = """
@@ -38,13 +24,6 @@ def crash_once(world, dt):
     if frames == 40 and not marker.exists():
         marker.touch()
         os._exit(3)
-"""
-
-GAME = """
-from systems.count import Counter
-
-def setup(world):
-    world.create_entity(Counter())
 """
 
 

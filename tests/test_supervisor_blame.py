@@ -13,27 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import LOGGED_COUNTER as COUNT
 from engine.compositor.process import CompositorConfig
 from engine.launcher.supervisor import Supervisor
 from engine.loader.history import ProjectHistory, VersionStatus
 
 TIMEOUT_S = 60
 
-COUNT = """
-import os
-import engine
-
-@engine.component
-class Counter:
-    value: int = 0
-
-@engine.system(order=0)
-def count(world, dt):
-    for _, c in world.get_component(Counter):
-        c.value += 1
-        with open({log!r}, "a") as f:
-            f.write(f"{{os.getpid()}} {{c.value}}\\n")
-"""
 
 GAME = """
 from pathlib import Path

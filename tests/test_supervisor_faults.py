@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import COUNTER_GAME as GAME
+from conftest import LOGGED_COUNTER as COUNT
 from engine.compositor.process import CompositorConfig
 from engine.launcher.supervisor import Supervisor
 from engine.loader.history import ProjectHistory, VersionStatus
@@ -32,28 +34,6 @@ from engine.world.world import World
 
 TIMEOUT_S = 60  # generous: the machine is shared; a passing run takes a few seconds
 
-COUNT = """
-import os
-import engine
-
-@engine.component
-class Counter:
-    value: int = 0
-
-@engine.system(order=0)
-def count(world, dt):
-    for _, c in world.get_component(Counter):
-        c.value += 1
-        with open({log!r}, "a") as f:
-            f.write(f"{{os.getpid()}} {{c.value}}\\n")
-"""
-
-GAME = """
-from systems.count import Counter
-
-def setup(world):
-    world.create_entity(Counter())
-"""
 
 FAULT_V1 = """
 import os
