@@ -916,8 +916,6 @@ KNOWN_HOLES: dict[str, str] = {
     "os-exit-after-probation": _CRASH_LINE,
     "c-stack-overflow": "hole 12: at times the crash is placed at the system's definition, not "
     "the line",
-    "unpicklable-component": "a component pickle cannot save: no checkpoint is ever taken, and "
-    "the game dies (world lost)",
     "huge-component": "hole 9: the compositor misses frames while a 200 MB world is checkpointed",
     "shader-infinite-loop": "hole 2: the hang is blamed on render.render, not on the shader; the "
     "restarted game draws it again",

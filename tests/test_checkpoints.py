@@ -146,7 +146,7 @@ def test_a_checkpoint_is_the_world_of_the_frame_boundary_where_it_was_taken(
 
 
 @pytest.mark.parametrize("fork", [pytest.param(True, marks=needs_fork), False])
-def test_an_unpicklable_component_fails_the_checkpoint_not_the_game(
+def test_an_unpicklable_component_is_left_out_of_checkpoints_not_the_world(
     project, make_engine, tmp_path, fork
 ) -> None:
     write(project / "systems" / "counter.py", COUNTER.format(step=1))
@@ -154,15 +154,14 @@ def test_an_unpicklable_component_fails_the_checkpoint_not_the_game(
     clock = FakeClock()
     frames = Frames(eng, tmp_path, clock, fork=fork, inline_below_ns=0)  # fork: always
     frames.second()
-    good = (tmp_path / "checkpoint.bin").read_bytes()
     eng.world.create_entity(Holder(lambda: None))  # a lambda cannot be pickled
     for _ in range(3):
         frames.second()
-    assert frames.cp.failed == 3 and frames.cp.taken == 1
+    assert frames.cp.failed == 0 and frames.cp.taken == 4  # the rest of the world is saved
     assert len(frames.messages) == 1  # said once, not every second
-    assert "checkpoint of frame" in frames.messages[0] and "pickle" in frames.messages[0]
-    assert (tmp_path / "checkpoint.bin").read_bytes() == good  # the last good one is kept
-    assert len(frames.ring) == 1
+    assert "Holder left out of the checkpoint" in frames.messages[0]
+    assert "pickle" in frames.messages[0] or "lambda" in frames.messages[0]
+    assert len(frames.ring) == 4
     eng.step()  # and the game goes on
 
 
@@ -566,3 +565,41 @@ def test_a_fork_that_fails_is_a_failed_checkpoint_not_a_failed_game(
     monkeypatch.undo()
     frames.second()  # the next interval works
     assert frames.cp.taken == 1
+
+
+def test_a_component_that_cannot_be_pickled_is_left_out_and_the_rest_of_the_world_kept(
+    project, make_engine
+) -> None:
+    """A component holding a lambda: the checkpoint keeps every other component (the entity
+    too) and says which class was left out, and where it is defined."""
+    write(
+        project / "systems" / "handle.py",
+        """
+        import engine
+
+        @engine.component
+        class Handle:
+            callback: object = None
+
+        @engine.component
+        class Score:
+            points: int = 7
+        """,
+    )
+    eng = make_engine(project)
+    classes = eng.loader.active["handle"].components
+    handle, score = classes["systems.handle:Handle"], classes["systems.handle:Score"]
+    entity = eng.world.create_entity(handle(callback=lambda: 0), score())
+    eng.world.create_entity(score(points=3))
+    skipped: list[str] = []
+    data = eng.world.checkpoint(skipped)
+    (line,) = skipped
+    assert f"{project / 'systems' / 'handle.py'}:4: systems.handle:Handle left out" in line
+    assert "(1 entity)" in line
+    restored = World.restore(data, eng.loader.resolve_component)
+    try:
+        points = sorted(s.points for _, s in restored.get_component(score))
+        assert points == [3, 7] and restored.entity_exists(entity)
+        assert not restored.get_component(handle)
+    finally:
+        restored.delete()

@@ -132,13 +132,18 @@ def peek_next_entity() -> int:
     return next_id
 
 
-def dump_world(world: Any, file: IO[bytes] | None = None) -> bytes:
+def dump_world(
+    world: Any, file: IO[bytes] | None = None, skipped: list[str] | None = None
+) -> bytes:
     """Serialize every live entity of ``world`` (an :class:`engine.World`).
 
     Returns the bytes; with ``file``, writes them there instead (streamed: a large
     array goes from its own memory to the file, never through one big ``bytes``) and
-    returns ``b""``. Raises what pickling raises for a value that cannot be pickled
-    (``pickle.PicklingError``, ``TypeError``...).
+    returns ``b""``. A component that cannot be pickled (it holds a lambda, a lock, an
+    open file...) is left out of the checkpoint, not the whole world: its entity keeps
+    every other component, and ``skipped`` (if given) gets one line per component left
+    out, naming its class, where the class is defined, and why. Raises what pickling
+    raises only when the world fails for another reason.
     """
     world.activate()
     entities = []
@@ -166,12 +171,69 @@ def dump_world(world: Any, file: IO[bytes] | None = None) -> bytes:
         "next_entity": max(next_id, max_id + 1),
         "entities": entities,
     }
+    try:
+        return _dump(payload, file)
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        left_out = _leave_out_unpicklable(entities, {k: t for t, (k, _) in keys.items()})
+        if not left_out:
+            raise exc from None
+    if skipped is not None:
+        skipped.extend(left_out)
+    if file is not None:  # start the file again: the failed dump wrote part of it
+        file.seek(0)
+        file.truncate()
+    return _dump(payload, file)
+
+
+def _dump(payload: dict[str, Any], file: IO[bytes] | None) -> bytes:
     if file is not None:
         _Pickler(file, protocol=pickle.HIGHEST_PROTOCOL).dump(payload)
         return b""
     buf = io.BytesIO()
     _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(payload)
     return buf.getvalue()
+
+
+def _leave_out_unpicklable(
+    entities: list[tuple[int, list[tuple[str, Any]]]], classes: dict[str, type]
+) -> list[str]:
+    """Remove, in place, every component whose state cannot be pickled; one line for each
+    class left out (``file:line: key: why (N entities)``)."""
+    why: dict[str, tuple[str, int]] = {}
+    for _, items in entities:
+        keep = []
+        for key, state in items:
+            try:
+                _Pickler(io.BytesIO(), protocol=pickle.HIGHEST_PROTOCOL).dump(state)
+            except Exception as exc:  # noqa: BLE001 - whatever pickle raises, it is left out
+                reason, count = why.get(key, (f"{type(exc).__name__}: {exc}", 0))
+                why[key] = (reason, count + 1)
+                continue
+            keep.append((key, state))
+        items[:] = keep
+    lines = []
+    for key, (reason, count) in why.items():
+        where = _defined_at(classes.get(key))
+        lines.append(
+            f"{where}{key} left out of the checkpoint ({count} "
+            f"entit{'y' if count == 1 else 'ies'}): {reason}"
+        )
+    return lines
+
+
+def _defined_at(cls: type | None) -> str:
+    """``file:line: `` where a class is defined, or ``""``."""
+    if cls is None:
+        return ""
+    try:
+        import inspect
+
+        lines, start = inspect.getsourcelines(cls)
+        # The ``class`` line, not the decorator above it.
+        start += next((i for i, line in enumerate(lines) if line.lstrip().startswith("class ")), 0)
+        return f"{inspect.getsourcefile(cls)}:{start}: "
+    except (OSError, TypeError):
+        return ""
 
 
 def load_into(world: Any, data: bytes, resolve: Resolver = default_resolver) -> None:

@@ -87,12 +87,13 @@ def link_atomically(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def _write_world(world: Any, slot: Path, latest: Path) -> int:
-    """Write the world's checkpoint; returns the CPU time it took (ns)."""
+def _write_world(world: Any, slot: Path, latest: Path, skipped: list[str]) -> int:
+    """Write the world's checkpoint; returns the CPU time it took (ns). Components left out
+    (they cannot be pickled) are described in ``skipped``."""
     tmp = slot.with_name(slot.name + ".tmp")
     cpu0 = time.thread_time_ns()
     with open(tmp, "wb") as f:
-        world.checkpoint_to(f)
+        world.checkpoint_to(f, skipped)
     cpu_ns = time.thread_time_ns() - cpu0
     os.replace(tmp, slot)
     link_atomically(slot, latest)
@@ -112,8 +113,11 @@ def _child_main(world: Any, slot: Path, latest: Path, error_fd: int, parent_pid:
         with contextlib.suppress(OSError):
             os.nice(10)
         gc.disable()  # a collection would touch (and copy) every page of the parent's heap
-        cpu_ns = _write_world(world, slot, latest)
-        os.write(error_fd, b"ok %d" % cpu_ns)  # what serializing costs, for the next choice
+        skipped: list[str] = []
+        cpu_ns = _write_world(world, slot, latest, skipped)
+        # What serializing costs (for the next choice), then what was left out, a line each.
+        said = "\n".join([f"ok {cpu_ns}", *skipped]).encode("utf-8", "replace")
+        os.write(error_fd, said[:_ERROR_MAX_BYTES])
         code = 0
     except BaseException as exc:  # noqa: BLE001 - the child reports everything, then exits
         with contextlib.suppress(BaseException):
@@ -178,6 +182,7 @@ class Checkpointer:
         self.forked = 0
         self.timeout_s = timeout_s
         self.report = report
+        self._said_left_out: set[str] = set()
         self.last_ns: int | None = None
         self.started = 0
         self.taken = 0
@@ -215,8 +220,10 @@ class Checkpointer:
                 return False
         else:
             try:
-                data = engine.world.checkpoint()
-            except Exception as exc:  # an unpicklable component: the game goes on
+                skipped: list[str] = []
+                data = engine.world.checkpoint(skipped)
+                self._left_out(skipped)
+            except Exception as exc:  # a world that cannot be saved: the game goes on
                 self.last_ns = now_ns
                 error = f"{type(exc).__name__}: {exc}"
                 self._finish(_Job(slot, engine.frame, time.monotonic()), error)
@@ -279,11 +286,21 @@ class Checkpointer:
         said = _read_all(job.error_fd).decode("utf-8", "replace").strip()
         why = None
         if code == 0 and said.startswith("ok "):
-            self.dump_ns = int(said[3:])
+            first, *skipped = said.splitlines()
+            self.dump_ns = int(first[3:])
+            self._left_out(skipped)
         elif code != 0:
             why = said or (f"the writer died of signal {-code}" if code < 0 else f"exit {code}")
         self._finish(job, why)
         return True
+
+    def _left_out(self, lines: list[str]) -> None:
+        """Say, once each, which components a checkpoint left out (they cannot be pickled:
+        the rest of the world is kept, and a restart comes back without them)."""
+        for line in lines:
+            if line not in self._said_left_out and len(self._said_left_out) < 256:
+                self._said_left_out.add(line)
+                self.report(f"game: {line}")
 
     def _finish(self, job: _Job, error: str | None) -> None:
         self._job = None

@@ -292,17 +292,20 @@ class World:
         return esper.process_times
 
     # -- checkpoints ------------------------------------------------------------------
-    def checkpoint(self) -> bytes:
-        """Every live entity and component as bytes; see :mod:`engine.world.checkpoint`."""
+    def checkpoint(self, skipped: list[str] | None = None) -> bytes:
+        """Every live entity and component as bytes; see :mod:`engine.world.checkpoint`.
+
+        A component that cannot be pickled is left out (one line per class in
+        ``skipped``), the rest of the world is kept."""
         from engine.world.checkpoint import dump_world
 
-        return dump_world(self)
+        return dump_world(self, skipped=skipped)
 
-    def checkpoint_to(self, file: IO[bytes]) -> None:
+    def checkpoint_to(self, file: IO[bytes], skipped: list[str] | None = None) -> None:
         """Write :meth:`checkpoint`'s bytes to ``file``, streamed (large arrays unbuffered)."""
         from engine.world.checkpoint import dump_world
 
-        dump_world(self, file)
+        dump_world(self, file, skipped)
 
     @classmethod
     def restore(cls, data: bytes, resolve: Any = None, name: str | None = None) -> World:
