@@ -494,7 +494,10 @@ def test_the_backstop_samples_the_line_of_a_long_c_call() -> None:
     assert looked.wait(5)
     interruption = caught.value.interruption
     assert interruption.in_c_call, interruption
-    assert interruption.location == f"{__file__}:{square.__code__.co_firstlineno + 1}"
+    # The line of the matmul, or the call's first line if the sample caught it entering the
+    # second call (a fast machine finishes the first product before the backstop looks).
+    first = square.__code__.co_firstlineno
+    assert interruption.location in (f"{__file__}:{first + 1}", f"{__file__}:{first}")
 
 
 def test_a_long_limit_call_is_not_charged_for_waiting_for_a_cpu() -> None:
