@@ -118,6 +118,13 @@ def run_floor(seconds: float, lead_ns: int) -> dict:
 # --- 2. the compositor with producers -------------------------------------------------
 
 
+def layer_colour(i: int) -> np.ndarray:
+    """Layer ``i``'s RGBA: the bottom one opaque, overlays translucent and premultiplied
+    (as layers are)."""
+    alpha = 255 if i == 0 else 96
+    return np.array([*(np.array([40 + 50 * i, 200 - 40 * i, 90]) * alpha // 255), alpha])
+
+
 def produce(pose_fd: int, layers: list[tuple[int, LayerSpec]], seconds: float) -> None:
     """Publish a new image into every layer each time the compositor starts a frame.
 
@@ -140,9 +147,7 @@ def produce(pose_fd: int, layers: list[tuple[int, LayerSpec]], seconds: float) -
             slot = writer.acquire()
             if (i, slot.index) not in painted:
                 painted.add((i, slot.index))
-                alpha = 255 if i == 0 else 96  # overlays: premultiplied, as layers are
-                colour = np.array([40 + 50 * i, 200 - 40 * i, 90]) * alpha // 255
-                rgba = np.array([*colour, alpha])
+                rgba = layer_colour(i)
                 slot.pixels[...] = rgba[writer.spec.format.rgba_order]  # the header's order
             writer.publish(slot, record.frame, record.sample.eyes, time.monotonic_ns())
 
@@ -224,8 +229,7 @@ def produce_in_gpu_memory(pose_fd: int, layers: list, seconds: float) -> None:
             if (i, slot.index) in painted:
                 continue
             painted.add((i, slot.index))
-            alpha = 255 if i == 0 else 96
-            rgba = np.array([*(np.array([40 + 50 * i, 200 - 40 * i, 90]) * alpha // 255), alpha])
+            rgba = layer_colour(i)
             if target is None:
                 slot.pixels[...] = rgba[writer.spec.format.rgba_order]
                 continue

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -195,7 +194,6 @@ def run_supervised(args: argparse.Namespace, project: Path) -> int:
         f"{size.height}, {'a mirror window' if args.window else 'headless'}; edit "
         f"{project / 'systems'} live (Ctrl-C to stop)"
     )
-    install_supervisor_signals(supervisor)
     try:
         supervised = supervisor.run(frames=args.frames)
     except RuntimeError as exc:
@@ -287,15 +285,6 @@ def flatten_stats(supervised: dict) -> dict:
     out["game"]["last_process_frames"] = engine_stats.get("frames")
     out["frames"] = game.get("frames", engine_stats.get("frames", 0))
     return out
-
-
-def install_supervisor_signals(supervisor: object) -> None:
-    """SIGTERM stops the supervisor like Ctrl-C (its run loop catches KeyboardInterrupt)."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def load_input_script(path: str | None) -> list | None:
