@@ -188,6 +188,9 @@ class Engine:
             ``pose_source`` a simulated headset moves the head.
         layer_fd: the layer block to publish into (made by the compositor); default: the
             render stage makes its own.
+        render_stage: a render stage made ahead with ``attach=False`` (a warm standby
+            game process's): this engine attaches and draws with it (``render`` and
+            ``layer_fd`` are then ignored).
         report: console output for swaps and errors.
     """
 
@@ -207,6 +210,7 @@ class Engine:
         running: RunningNow | None = None,
         render: RenderSettings | None = None,
         layer_fd: int | None = None,
+        render_stage: RenderStage | None = None,
     ) -> None:
         self.project_dir = Path(project_dir).resolve()
         if not self.project_dir.is_dir():
@@ -266,11 +270,11 @@ class Engine:
         self.render_stage: RenderStage | None = None
         self.scheduler.watchdog.install()
         try:  # whatever fails from here on, SIGALRM and GL are given back
-            if render is not None:
-                self._start_rendering(render, layer_fd)
+            if render is not None or render_stage is not None:
+                self._start_rendering(render, layer_fd, render_stage)
             self.running.phase(Phase.LOAD)
             self.loader.load_all(frame=0)
-            if render is not None:
+            if self.render_stage is not None:
                 self.loader.require("render")
             if is_new_world:
                 self.running.phase(Phase.SETUP)
@@ -284,12 +288,22 @@ class Engine:
             raise
 
     # -- set-up --------------------------------------------------------------------------
-    def _start_rendering(self, settings: RenderSettings, layer_fd: int | None) -> None:
+    def _start_rendering(
+        self,
+        settings: RenderSettings | None,
+        layer_fd: int | None,
+        prepared: RenderStage | None = None,
+    ) -> None:
         from engine.render.stage import RenderStage
 
-        stage = RenderStage(
-            settings, self.project_dir, self.history_store, layer_fd, report=self.report
-        )
+        if prepared is not None:
+            prepared.attach(self.history_store, self.report)
+            stage, settings = prepared, prepared.settings
+        else:
+            assert settings is not None
+            stage = RenderStage(
+                settings, self.project_dir, self.history_store, layer_fd, report=self.report
+            )
         self.render_stage = stage
         self.world.resources[RenderStage] = stage
         if self.pose_source is None:

@@ -41,8 +41,9 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -192,6 +193,7 @@ def game_main(
     spec: LayerSpec,
     gpu_images: GpuImagesOffer | None = None,
     input_fd: int | None = None,
+    go_fd: int | None = None,
 ) -> None:
     """The game process's entry point (``spawn`` context). Runs until SIGTERM.
 
@@ -203,6 +205,15 @@ def game_main(
     reported at start. Exceptions before the first frame propagate: the process exits
     non-zero and the supervisor treats it like any other death (and blames what the
     heartbeat names).
+
+    With ``go_fd`` this is a **warm standby**: it does everything that does not depend on
+    the world or on another game having stopped — interpreter and imports, containment,
+    the GL context, the layer's mapping and GPU images, the project's shader programs
+    (:meth:`~engine.render.stage.RenderStage.warm_up_standby`) — then says
+    :attr:`Phase.STANDBY` in its heartbeat and waits for one line on ``go_fd``: a JSON
+    object of :class:`GameConfig` fields to change (``{}`` for none). Only then does it
+    touch the layer, restore the checkpoint and load the modules. End of file on ``go_fd``
+    (the supervisor dismissed it, or is gone) ends the process quietly.
     """
     parent = multiprocessing.parent_process()
     if parent is not None:  # first: nothing of the game outlives the supervisor
@@ -223,16 +234,21 @@ def game_main(
     report = ReportChannel()
     os.environ.setdefault("PYGLET_HEADLESS", "1")
     reader = PoseHandoffReader(pose_fd)
+    use_render_system = config.render == RENDER_SYSTEM
+    running.phase(Phase.START)
+    layer = prepare_layer(config, spec, layer_fd, gpu_images, standby=go_fd is not None)
+    if go_fd is not None:
+        running.phase(Phase.STANDBY)
+        changes = wait_for_go(go_fd)
+        if changes is None:
+            layer.close()
+            return
+        config = replace(config, **changes)
+        running.phase(Phase.START)
+    went_ns = time.monotonic_ns()
     policy = SchedulePolicy()
     if config.probation_frames is not None:
         policy.probation_frames = config.probation_frames
-    use_render_system = config.render == RENDER_SYSTEM
-    if use_render_system:
-        from engine.render.stage import RenderSettings
-
-        render_settings = RenderSettings(
-            spec.width, spec.height, pixel_format=spec.format, layer_images=gpu_images
-        )
     running.phase(Phase.RESTORE)
     checkpoint_path = Path(config.checkpoint_path)
     # A new world (not a restart, nothing to resume) is not rewound into an older one's.
@@ -246,14 +262,20 @@ def game_main(
         pose_source=HandoffPoseSource(reader),
         report=report,
         running=running,
-        render=render_settings if use_render_system else None,
+        render=layer.settings if layer.stage is None else None,
         layer_fd=layer_fd if use_render_system else None,
+        render_stage=layer.stage,
     )
+    ready_ms = (time.monotonic_ns() - went_ns) / 1e6
+    how = "the warm standby took over" if go_fd is not None else "started"
+    engine.report(f"game: {how}; world and modules ready in {ready_ms:.0f} ms")
     if engine.render_stage is not None:
         engine.report(f"game: layer images in {engine.render_stage.image_path}")
     if gpu_images is not None:
         gpu_images.close()  # imported (or refused): the imports hold the memory now
-    writer = None if use_render_system else LayerWriter(layer_fd, spec)
+    writer = layer.writer
+    if writer is not None:
+        writer.attach()
     ring = CheckpointRing(
         checkpoint_path.parent / "checkpoints",
         keep=max(1, math.ceil(config.rewind_s / config.checkpoint_interval_s) + 1),
@@ -269,7 +291,7 @@ def game_main(
     )
     checkpointer.last_ns = time.monotonic_ns()  # the restored state is already on disk
     engine.checkpoint_ring = ring
-    render = None if use_render_system else load_render_factory(config.render)(engine, spec)
+    render = None if use_render_system else layer.factory(engine, spec)
     engine.after_frame.append(LayerPublisher(writer, render, heartbeat, checkpointer))
     if input_fd is not None:
         from engine.contracts.input import InputReader
@@ -304,6 +326,72 @@ def game_main(
 
             plot_frame_times(engine.recorder, Path(config.plot_path))
         engine.close()
+
+
+@dataclass
+class PreparedLayer:
+    """How a game process will draw and publish, made before it knows its world.
+
+    ``stage``: the render system's stage (``render="system"`` in a standby; ``None`` in a
+    game started directly, whose engine makes it from ``settings``). ``writer``: the
+    shared-memory writer a render factory publishes with, and ``factory`` that factory.
+    """
+
+    settings: Any = None
+    stage: Any = None
+    writer: LayerWriter | None = None
+    factory: RenderFactory | None = None
+
+    def close(self) -> None:
+        if self.stage is not None:
+            self.stage.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def prepare_layer(
+    config: GameConfig,
+    spec: LayerSpec,
+    layer_fd: int,
+    gpu_images: GpuImagesOffer | None,
+    *,
+    standby: bool,
+) -> PreparedLayer:
+    """What draws the game's layer. A standby makes it all now, without touching the
+    layer: the render system's stage (GL context, framebuffers, GPU images imported,
+    shader programs built ahead) or the render factory's writer (mapped, not attached).
+    A game started directly leaves the stage to its engine, as it needs the history."""
+    if config.render != RENDER_SYSTEM:
+        writer = LayerWriter(layer_fd, spec, attach=False)
+        return PreparedLayer(writer=writer, factory=load_render_factory(config.render))
+    from engine.render.stage import RenderSettings, RenderStage
+
+    settings = RenderSettings(
+        spec.width, spec.height, pixel_format=spec.format, layer_images=gpu_images
+    )
+    if not standby:
+        return PreparedLayer(settings=settings)
+    stage = RenderStage(settings, Path(config.project_dir), layer_fd=layer_fd, attach=False)
+    stage.warm_up_standby()
+    return PreparedLayer(settings=settings, stage=stage)
+
+
+def wait_for_go(go_fd: int) -> dict[str, Any] | None:
+    """Block until the supervisor's go: one line of JSON (an object of GameConfig fields to
+    change). ``None`` at end of file. A line that is not such an object is refused
+    (``ValueError``: the process exits and the supervisor starts a cold game instead)."""
+    data = b""
+    with os.fdopen(go_fd, "rb", buffering=0, closefd=True) as pipe:
+        while not data.endswith(b"\n"):
+            chunk = pipe.read(4096)
+            if not chunk:
+                return None
+            data += chunk
+    changes = json.loads(data)
+    fields = set(GameConfig.__dataclass_fields__)
+    if not isinstance(changes, dict) or not set(changes) <= fields:
+        raise ValueError(f"standby: not a go order: {data[:200]!r}")
+    return changes
 
 
 def restore_world(path: Path, report: Callable[[str], None]) -> World | None:

@@ -50,7 +50,7 @@ import re
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -288,15 +288,35 @@ class RestartRecord:
     backoff_ms: float = 0.0
     first_frame_ms: float | None = None  # from detection to the new game's first frame
     new_pid: int | None = None
+    from_standby: bool = False  # the new game was the warm standby (else started cold)
 
 
 @dataclass
 class _Game:
+    """One game process the supervisor started: the live game, or a warm standby waiting
+    on ``go_fd`` (the write end of its go pipe; ``None`` once told to go)."""
+
     process: Any
     heartbeat_fd: int
     heartbeat: HeartbeatReader
     crash_fd: int
     watch: GameWatch
+    role: str = "live"
+    go_fd: int | None = None
+    spawned_ns: int = 0
+    ready_ns: int | None = None  # when its heartbeat first said STANDBY
+
+
+@dataclass
+class StandbyStats:
+    """The warm standby game process: how often it was made, used and lost (times in ms)."""
+
+    enabled: bool = True
+    spawned: int = 0
+    promoted: int = 0  # restarts that took the standby instead of starting a game
+    failures: int = 0  # standbys that died or hung before they were needed
+    given_up: str | None = None  # why no standby is kept any more
+    ready_ms: list[float] = field(default_factory=list)  # spawn -> ready, each standby
 
 
 class Supervisor:
@@ -321,6 +341,11 @@ class Supervisor:
             half of this machine's (or its cgroup's) memory; 0: no limit.
         watch: the game watches the project for edits. console: the game shows its live
             systems table. plot_path: the game plots per-system frame times when it stops.
+        standby: keep a warm standby game process (interpreter, imports, GL context, layer
+            mapping and shader programs made; see ``game_process.game_main``), so that a
+            restart is: tell it to go, it restores the checkpoint and loads the modules.
+            A new standby is started ``standby_delay_s`` after each game's first frame
+            (not during a start, when the CPU is busiest). ``False``: restarts start cold.
         policy: the failure policy (its crash-loop settings). report: where messages go.
         clock: ``now_ns``.
 
@@ -345,6 +370,8 @@ class Supervisor:
         watch: bool = True,
         console: bool = False,
         plot_path: str | Path | None = None,
+        standby: bool = True,
+        standby_delay_s: float = 1.0,
         policy: FailurePolicy | None = None,
         report: Callable[[str], None] = print,
         clock: Callable[[], int] = time.monotonic_ns,
@@ -390,6 +417,11 @@ class Supervisor:
         self._compositor_policy = FailurePolicy(self.policy.settings)
         self.game_engine_stats: dict[str, Any] | None = None  # the last game's Engine.stats()
         self.game: _Game | None = None
+        self.standby: _Game | None = None
+        self.standby_stats = StandbyStats(enabled=standby)
+        self.standby_delay_ns = round(standby_delay_s * S)
+        self._standby_failures_in_a_row = 0
+        self._stopping = False
         self.game_frames = 0  # frames of finished game processes, plus the current one's
         self._frames_before = 0
         self.game_checkpoints = 0  # likewise, checkpoints taken
@@ -413,6 +445,7 @@ class Supervisor:
         """Start the compositor, then the game. Raises ``RuntimeError`` if the compositor
         cannot start."""
         self._started_ns = self.clock()
+        self._stopping = False
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.game_stats_path.unlink(missing_ok=True)
         if not self.resume:
@@ -471,6 +504,7 @@ class Supervisor:
         self.compositor_restarts.append({"cause": cause, "at_s": (now - self._started_ns) / S})
         self._compositor_frames_before = self.compositor_frame
         self._compositor_frame_now = 0
+        self._dismiss_standby()  # its blocks are the old compositor's
         if self.game is not None:
             self._end_game(self.game, kill=False)
         self._close_compositor()
@@ -485,6 +519,28 @@ class Supervisor:
         self._start_game(restarted=False)
 
     def _start_game(self, restarted: bool) -> None:
+        """Make the live game: the warm standby if there is one (told to go), else a new
+        process started cold."""
+        assert self.compositor is not None
+        # Counts go on across games (a failure, a compositor restart): a new game's
+        # heartbeat starts again from frame 0.
+        self._frames_before = self.game_frames
+        self._checkpoints_before = self.game_checkpoints
+        self.game_stats_path.unlink(missing_ok=True)  # what stop() reads is this game's
+        game = self._take_standby(restarted)
+        from_standby = game is not None
+        if game is None:
+            config = GameConfig(**{**asdict(self.game_config), "restarted": restarted})
+            game = self._spawn(config, role="live")
+        self.game = game
+        self._restart_at = None
+        if self.restarts:
+            self.restarts[-1].new_pid = game.process.pid
+            self.restarts[-1].from_standby = from_standby
+
+    def _spawn(self, config: GameConfig, role: str) -> _Game:
+        """Start a game process for ``role``: ``"live"`` runs at once, ``"standby"`` warms
+        up and waits for its go (see :meth:`_take_standby`)."""
         assert self.compositor is not None and self._pose_fd is not None
         assert self._input_fd is not None
         heartbeat_fd = create_heartbeat_fd()
@@ -492,14 +548,13 @@ class Supervisor:
         game_pose_fd = read_only_fd(self._pose_fd)  # a game can never write the poses
         game_input_fd = read_only_fd(self._input_fd)  # nor the input
         layer_fd, spec = self.compositor.layers[0]
-        config = GameConfig(**{**asdict(self.game_config), "restarted": restarted})
-        # Counts go on across games (a failure, a compositor restart): a new game's
-        # heartbeat starts again from frame 0.
-        self._frames_before = self.game_frames
-        self._checkpoints_before = self.game_checkpoints
-        self.game_stats_path.unlink(missing_ok=True)  # what stop() reads is this game's
         # The same GPU images for every game: a restarted one imports them again.
         gpu_images = self.compositor.gpu_images_for_child(0)
+        kwargs: dict[str, Any] = {"input_fd": PassedFd(game_input_fd)}
+        go_read = go_write = None
+        if role == "standby":
+            go_read, go_write = os.pipe2(os.O_CLOEXEC)
+            kwargs["go_fd"] = PassedFd(go_read)
         process = SPAWN.Process(
             target=game_main,
             args=(
@@ -511,27 +566,123 @@ class Supervisor:
                 spec,
                 gpu_images,
             ),
-            kwargs={"input_fd": PassedFd(game_input_fd)},
-            name="engine-game",
+            kwargs=kwargs,
+            name=f"engine-game-{role}",
             daemon=True,
         )
-        process.start()
-        os.close(game_pose_fd)
-        os.close(game_input_fd)
+        try:
+            process.start()
+        finally:
+            os.close(game_pose_fd)
+            os.close(game_input_fd)
+            if go_read is not None:
+                os.close(go_read)
         if self._warden is not None:
             self._warden.watch(process.pid)  # its session, once it has called setsid
         now = self.clock()
-        watch = GameWatch(
+        return _Game(
+            process,
+            heartbeat_fd,
+            HeartbeatReader(heartbeat_fd),
+            crash_fd,
+            self._new_watch(now),
+            role=role,
+            go_fd=go_write,
+            spawned_ns=now,
+        )
+
+    def _new_watch(self, now: int) -> GameWatch:
+        return GameWatch(
             now,
             start_timeout_ns=self.start_timeout_ns,
             heartbeat_timeout_ns=self.heartbeat_timeout_ns,
             publish_timeout_ns=self.publish_timeout_ns,
             code_timeout_ns=self.code_timeout_ns,
         )
-        self.game = _Game(process, heartbeat_fd, HeartbeatReader(heartbeat_fd), crash_fd, watch)
-        self._restart_at = None
-        if self.restarts:
-            self.restarts[-1].new_pid = process.pid
+
+    # -- the warm standby ----------------------------------------------------------------
+    def _take_standby(self, restarted: bool) -> _Game | None:
+        """The standby, told to go and watched as a starting game from now; ``None`` if
+        there is none alive. One still warming up is taken too: it reads its go when ready,
+        which is still sooner than a process started now."""
+        standby, self.standby = self.standby, None
+        if standby is None:
+            return None
+        if standby.process.exitcode is not None or standby.go_fd is None:
+            self._end_standby(standby, failed=True)
+            return None
+        order = (json.dumps({"restarted": restarted}) + "\n").encode()
+        try:
+            os.write(standby.go_fd, order)
+        except OSError:
+            self._end_standby(standby, failed=True)
+            return None
+        os.close(standby.go_fd)
+        standby.go_fd = None
+        standby.role = "live"
+        standby.watch = self._new_watch(self.clock())
+        self.standby_stats.promoted += 1
+        return standby
+
+    def _keep_standby(self, now: int) -> None:
+        """Start a standby when due (the live game has run ``standby_delay_s`` past its
+        first frame), and replace one that died or hung while it waited."""
+        stats = self.standby_stats
+        if not stats.enabled or stats.given_up is not None or self.compositor is None:
+            return
+        if self._stopping or self._stop_requested:
+            return
+        standby = self.standby
+        if standby is None:
+            game = self.game
+            first = game.watch.first_frame_ns if game is not None else None
+            if first is not None and now - first >= self.standby_delay_ns:
+                config = GameConfig(**{**asdict(self.game_config), "restarted": True})
+                self.standby = self._spawn(config, role="standby")
+                stats.spawned += 1
+            return
+        if standby.ready_ns is None:
+            if standby.heartbeat.running_main_id() == Phase.STANDBY:
+                standby.ready_ns = now
+                stats.ready_ms.append((now - standby.spawned_ns) / 1e6)
+                self._standby_failures_in_a_row = 0
+            elif now - standby.spawned_ns > self.start_timeout_ns:
+                self._standby_failed(standby, f"not ready within {self.start_timeout_ns / S:g} s")
+                return
+        if standby.process.exitcode is not None:
+            self._standby_failed(standby, describe_exit(standby.process.exitcode))
+
+    def _standby_failed(self, standby: _Game, why: str) -> None:
+        self.standby = None
+        self._end_standby(standby, failed=True)
+        self._standby_failures_in_a_row += 1
+        if self._standby_failures_in_a_row >= 3:
+            self.standby_stats.given_up = f"the standby game failed 3 times in a row ({why})"
+            self.report(f"supervisor: {self.standby_stats.given_up}; restarts start cold")
+
+    def _games(self) -> list[_Game]:
+        """Every game process running now, whatever its role."""
+        return [g for g in (self.game, self.standby) if g is not None]
+
+    def _dismiss_standby(self) -> None:
+        standby, self.standby = self.standby, None
+        if standby is not None:
+            self._end_standby(standby)
+
+    def _end_standby(self, standby: _Game, failed: bool = False) -> None:
+        """Dismiss a standby (end of file on its go pipe ends it quietly), then make sure."""
+        if failed:
+            self.standby_stats.failures += 1
+        if standby.go_fd is not None:
+            os.close(standby.go_fd)
+            standby.go_fd = None
+        if standby.process.exitcode is None:
+            standby.process.join(0.5)
+        if standby.process.exitcode is None:
+            standby.process.kill()
+            standby.process.join(2.0)
+        self._kill_leftovers(standby.process.pid)
+        self._close_blocks(standby)
 
     def poll(self) -> None:
         """One supervision step: check the compositor and the game, restart if due."""
@@ -539,6 +690,7 @@ class Supervisor:
         if self.compositor is not None and not self.compositor.alive():
             self._on_compositor_death(now)
             return
+        self._keep_standby(now)
         game = self.game
         if game is None:
             if self._restart_at is not None and now >= self._restart_at:
@@ -563,7 +715,8 @@ class Supervisor:
         if record and record.first_frame_ms is None and game.watch.first_frame_ns is not None:
             record.first_frame_ms = (game.watch.first_frame_ns - self._detected_ns) / 1e6
             self.report(
-                f"supervisor: game back (pid {game.process.pid}), first frame "
+                f"supervisor: game back (pid {game.process.pid}"
+                f"{', the warm standby' if record.from_standby else ''}), first frame "
                 f"{record.first_frame_ms:.0f} ms after the failure was detected"
             )
         if kind is not None and cause is not None:
@@ -663,6 +816,8 @@ class Supervisor:
         """Kill what a game started: its session, and orphans re-parented to us."""
         killed = containment.kill_session(session)
         keep = {self._warden.pid} if self._warden is not None else set()
+        # The other game processes (the live game, the standby) are ours, not orphans.
+        keep |= {g.process.pid for g in self._games() if g.process.pid != session}
         killed += containment.kill_orphans(keep)
         if self._warden is not None:
             self._warden.release(session)
@@ -773,6 +928,8 @@ class Supervisor:
     def stop(self) -> dict[str, Any]:
         """Stop the game (SIGTERM, then SIGKILL), then the compositor, then everything the
         game started; return the stats."""
+        self._stopping = True  # no new standby from here on
+        self._dismiss_standby()
         if self.game is not None:
             self.poll()
             if self.game is not None:
@@ -803,6 +960,7 @@ class Supervisor:
             "restarts": [asdict(r) for r in self.restarts],
             "crash_loop": self.crash_loop,
             "leftovers_killed": self.leftovers_killed,
+            "standby": asdict(self.standby_stats),
             "game": {
                 "frames": self.game_frames,
                 "checkpoints": self.game_checkpoints,
