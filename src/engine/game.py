@@ -191,6 +191,12 @@ class Engine:
         render_stage: a render stage made ahead with ``attach=False`` (a warm standby
             game process's): this engine attaches and draws with it (``render`` and
             ``layer_fd`` are then ignored).
+        state_dir: where the history, the control socket and the run file are (default
+            ``PROJECT/.engine``; a preview game keeps its own).
+        hold: ``hold(name)`` is true for a module (or shader file, ``"basic.frag"``)
+            whose version is held while edits to it are vetted elsewhere: it starts with
+            its active version whatever the file holds, and saves do not reach it (see
+            :mod:`engine.launcher.vetting`). Default: nothing is held.
         report: console output for swaps and errors.
     """
 
@@ -211,16 +217,22 @@ class Engine:
         render: RenderSettings | None = None,
         layer_fd: int | None = None,
         render_stage: RenderStage | None = None,
+        state_dir: Path | None = None,
+        hold: Callable[[str], bool] | None = None,
     ) -> None:
         self.project_dir = Path(project_dir).resolve()
         if not self.project_dir.is_dir():
             raise FileNotFoundError(f"project folder {self.project_dir} does not exist")
+        self.state_dir = Path(state_dir) if state_dir else self.project_dir / ".engine"
+        self.hold = hold
         self.report = report
         self.clock: Clock = clock or MonotonicClock()
         self.pacer: Pacer = pacer or FixedRatePacer(self.clock, rate_hz)
         self.pose_source = pose_source
         self.fixed_dt = fixed_dt
-        self.history_store = ProjectHistory(self.project_dir, report=report)
+        self.history_store = ProjectHistory(
+            self.project_dir, report=report, root=self.state_dir / "history"
+        )
         self.running = running or RunningNow()
         self.running.user_dir = str(self.project_dir / "systems")
         self.scheduler = Scheduler(policy, on_hung=self._on_hung, report=report)
@@ -240,6 +252,7 @@ class Engine:
             failure_policy=self.scheduler.failure_policy,  # one policy for the whole game
         )
         self.loader.running = self.running
+        self.loader.hold = hold
         self.scheduler.versions = LoaderVersions(self.loader)
         self.scheduler.root = str(self.project_dir)
         self.failure_policy = self.scheduler.failure_policy
@@ -430,7 +443,12 @@ class Engine:
             on_shader=self._on_shader_changed,
             report=self.report,
         )
-        self.watcher.start()
+        try:
+            self.watcher.start()
+        except RuntimeError as exc:
+            # A starved or slow machine: the game runs on; the watch thread keeps trying,
+            # and edits are taken once it sees events.
+            self.report(f"engine: {exc}; saves are taken once it runs")
 
     def stop_watching(self) -> None:
         if self.watcher is not None:
@@ -438,9 +456,19 @@ class Engine:
             self.watcher = None
 
     def _on_systems_changed(self, changes: dict[str, Source], event_ns: int) -> None:
+        if self.hold is not None:
+            held = sorted(name for name in changes if self.hold(name))
+            for name in held:
+                self.report(f"engine: systems/{name}.py saved; it runs here once vetted")
+            changes = {n: src for n, src in changes.items() if n not in held}
+            if not changes:
+                return
         self.loader.prepare_later(changes, kind="edit", event_ns=event_ns)
 
     def _on_shader_changed(self, path: Path, event_ns: int) -> None:
+        if self.hold is not None and self.hold(Path(path).name):
+            self.report(f"engine: shaders/{Path(path).name} saved; it runs here once vetted")
+            return
         for listener in self.shader_listeners:
             listener(path, event_ns)
 
@@ -451,7 +479,7 @@ class Engine:
         A socket that cannot be made is reported; the game runs on without one."""
         if self.control is not None:
             return
-        server = ControlServer(socket_path(self.project_dir), self.serve, report=self.report)
+        server = ControlServer(self.state_dir / "control.sock", self.serve, report=self.report)
         try:
             server.start()
         except OSError as exc:
@@ -644,13 +672,13 @@ class Engine:
 
     # -- the run file (lets `engine undo` find a running game) ---------------------------
     def _write_run_file(self) -> None:
-        path = self.project_dir / RUN_FILE
+        path = self.state_dir / RUN_FILE.name
         path.parent.mkdir(parents=True, exist_ok=True)
         info = {"pid": os.getpid(), "started": time.time(), "control": str(CONTROL_SOCKET)}
         path.write_text(json.dumps(info))
 
     def _remove_run_file(self) -> None:
-        (self.project_dir / RUN_FILE).unlink(missing_ok=True)
+        (self.state_dir / RUN_FILE.name).unlink(missing_ok=True)
 
     def close(self, delete_world: bool = True) -> None:
         """Stop watching and serving commands, stop the loader thread, give back SIGALRM and

@@ -104,6 +104,15 @@ class GameConfig:
     stats_path: str | None = None  # where the engine's stats go when it stops cleanly
     rewind_s: float = 60.0
     rewind_max_bytes: int = DEFAULT_MAX_BYTES
+    #: ``"live"`` or ``"preview"`` (a copy of the world running candidates; see
+    #: :mod:`engine.launcher.vetting`): lower CPU priority, answers ``vet``.
+    role: str = "live"
+    #: The engine's own state (history, control socket, run file); None: PROJECT/.engine.
+    state_dir: str | None = None
+    #: Live game under ``--vet``: saves wait for vetting (every module and shader held).
+    vet: bool = False
+    #: Preview of only these modules (the others run their live versions); None: all.
+    preview_modules: tuple[str, ...] | None = None
 
 
 def load_render_factory(path: str) -> RenderFactory:
@@ -249,11 +258,20 @@ def game_main(
     policy = SchedulePolicy()
     if config.probation_frames is not None:
         policy.probation_frames = config.probation_frames
+    if config.role == "preview":
+        _lower_priority()
     running.phase(Phase.RESTORE)
     checkpoint_path = Path(config.checkpoint_path)
     # A new world (not a restart, nothing to resume) is not rewound into an older one's.
     fresh = not config.restarted and not checkpoint_path.is_file()
     world = restore_world(checkpoint_path, report)
+    state_dir = Path(config.state_dir) if config.state_dir else None
+    baseline = None
+    if config.role == "preview":
+        from engine.launcher.vetting import history_baseline
+
+        history_root = (state_dir or Path(config.project_dir) / ".engine") / "history"
+        baseline = history_baseline(history_root)
     engine = Engine(
         config.project_dir,
         world=world,
@@ -265,7 +283,15 @@ def game_main(
         render=layer.settings if layer.stage is None else None,
         layer_fd=layer_fd if use_render_system else None,
         render_stage=layer.stage,
+        state_dir=state_dir,
+        hold=_held(config),
     )
+    from engine.launcher import vetting
+
+    if baseline is not None:
+        vetting.attach_preview(engine, baseline)
+    else:
+        vetting.attach_promote(engine)
     ready_ms = (time.monotonic_ns() - went_ns) / 1e6
     how = "the warm standby took over" if go_fd is not None else "started"
     engine.report(f"game: {how}; world and modules ready in {ready_ms:.0f} ms")
@@ -326,6 +352,25 @@ def game_main(
 
             plot_frame_times(engine.recorder, Path(config.plot_path))
         engine.close()
+
+
+def _held(config: GameConfig) -> Callable[[str], bool] | None:
+    """Which modules and shader files keep their version (see ``Engine(hold=...)``)."""
+    if config.vet:
+        return lambda name: True
+    if config.preview_modules is not None:
+        chosen = frozenset(config.preview_modules)
+        return lambda name: name not in chosen
+    return None
+
+
+def _lower_priority() -> None:
+    """A preview gets what the live game and the compositor leave: nice +10, and its GL
+    context asks for the low GPU priority (every game's default)."""
+    try:
+        os.nice(10)
+    except OSError:
+        pass
 
 
 @dataclass

@@ -137,12 +137,15 @@ class VersionHistory:
         name: str,
         suffix: str = ".py",
         report: Callable[[str], None] = report_to_stderr,
+        root: Path | None = None,
     ) -> None:
         self.report = report  # an unreadable index is said here, then moved aside
         self.kind = kind
         self.name = name
         self.suffix = suffix
-        self.dir = Path(project_dir) / HISTORY_DIR / kind / name
+        # root: where the project's histories are (default PROJECT/.engine/history; a
+        # preview game keeps a copy of its own elsewhere).
+        self.dir = (Path(root) if root else Path(project_dir) / HISTORY_DIR) / kind / name
         self.versions: list[Version] = []
         self.active_number: int | None = None
         #: The version whose source equals the file on disk when last seen.
@@ -333,9 +336,16 @@ class VersionHistory:
 class ProjectHistory:
     """All units' histories of one project, opened on demand and cached."""
 
-    def __init__(self, project_dir: Path, report: Callable[[str], None] = report_to_stderr) -> None:
-        """``report`` takes each unit's messages (an unreadable index, moved aside)."""
+    def __init__(
+        self,
+        project_dir: Path,
+        report: Callable[[str], None] = report_to_stderr,
+        root: Path | None = None,
+    ) -> None:
+        """``report`` takes each unit's messages (an unreadable index, moved aside).
+        ``root`` is where the histories are kept (default ``PROJECT/.engine/history``)."""
         self.project_dir = Path(project_dir)
+        self.root = Path(root) if root else self.project_dir / HISTORY_DIR
         self.report = report
         self._units: dict[tuple[str, str], VersionHistory] = {}
 
@@ -344,13 +354,13 @@ class ProjectHistory:
         h = self._units.get(key)
         if h is None:
             h = self._units[key] = VersionHistory(
-                self.project_dir, kind, name, suffix, report=self.report
+                self.project_dir, kind, name, suffix, report=self.report, root=self.root
             )
         return h
 
     def names(self, kind: str) -> list[str]:
         """Units of ``kind`` that have a history on disk or in memory."""
-        root = self.project_dir / HISTORY_DIR / kind
+        root = self.root / kind
         on_disk = (
             {
                 p.name

@@ -276,6 +276,9 @@ class Loader:
         self.frame = 0
         #: Told which module's code runs now (its import, its hooks) for the heartbeat.
         self.running = RunningNow()
+        #: ``hold(name)``: the module starts with its active version whatever its file
+        #: holds (edits to it are vetted elsewhere first; see engine.launcher.vetting).
+        self.hold: Callable[[str], bool] | None = None
 
     # -- finding sources ----------------------------------------------------------------
     def source_path(self, name: str) -> Path | None:
@@ -1020,6 +1023,9 @@ class Loader:
             unchanged = on_disk is not None and on_disk.sha256 == source_hash(source)
             if active is None and unchanged and on_disk.status is VersionStatus.BAD:
                 return None
+            held = self.hold is not None and self.hold(name)
+            if held and active is not None and active.status in RUNNABLE:
+                return unit.source(active.number), active.number  # the file waits for vetting
             if active is not None and unchanged and active.status in RUNNABLE:
                 return unit.source(active.number), active.number
         return source, None
