@@ -318,7 +318,17 @@ def _reader(ctype: type, instance: Any) -> tuple[str, Callable[[Any], dict[str, 
     if isinstance(instance, _WHOLE_VALUES):
         return key, lambda c: {"": c}
     names = field_names(type(instance))
-    return key, lambda c: component_state(c, names)
+    if names is None:
+        return key, component_state
+
+    def read(c: Any) -> dict[str, Any]:
+        # Fields that are plain attributes are read in place: the diff never writes them.
+        own = getattr(c, "__dict__", None)
+        if own is not None and own.keys() >= names:
+            return own
+        return component_state(c, names)
+
+    return key, read
 
 
 # -- comparing columns -------------------------------------------------------------------------
@@ -336,20 +346,34 @@ def _kind_of(t: type) -> int:
     return _OTHER
 
 
+#: Types whose ``==`` is exact and cheap (NaN aside, which takes the long way).
+_EQ_FAST = frozenset({int, float, str, bytes, tuple, bool, type(None)})
+_REALS = frozenset({int, float, np.float64, np.float32, np.int64, np.int32})
+
+
+def _numbers_only(values: Any) -> bool:
+    """Whether a tuple or list holds numbers only (not bools), and at least one."""
+    return bool(values) and all(type(v) in _REALS or _kind_of(type(v)) == _NUM for v in values)
+
+
+def _is_numeric(value: Any) -> bool:
+    kind = _kind_of(type(value))
+    if kind == _ARR:
+        return np.asarray(value).dtype.kind in "biufc"
+    return kind == _NUM or (type(value) in (tuple, list) and _numbers_only(value))
+
+
 def _diff_fields(
     key: str, a_states: list[dict[str, Any]], b_states: list[dict[str, Any]]
 ) -> list[FieldDiff]:
     names: dict[str, None] = {}
     for states in (a_states, b_states):
-        seen: set[frozenset[str]] = set()  # most instances of a class share their field set
+        last: Any = None  # most instances of a class have the same fields as the one before
         for s in states:
             ks = s.keys()
-            if len(seen) < 8:
-                fs = frozenset(ks)
-                if fs in seen:
-                    continue
-                seen.add(fs)
-            names.update(dict.fromkeys(ks))
+            if ks != last:
+                names.update(dict.fromkeys(ks))
+                last = ks
     out = []
     for name in names:
         col_a = [s.get(name, _MISSING) for s in a_states]
@@ -361,13 +385,15 @@ def _diff_fields(
 def _diff_column(key: str, name: str, col_a: list[Any], col_b: list[Any]) -> FieldDiff:
     kinds: dict[type, int] = {}
     differing = 0
-    numeric = False
     magnitudes: list[float] = []  # of the differing numeric entities
     arrays: dict[tuple[tuple[int, ...], str], tuple[list[Any], list[Any]]] = {}
+    numeric = bool(col_a) and _is_numeric(col_a[0])
     for x, y in zip(col_a, col_b, strict=True):
         if x is y:
             continue
         tx, ty = type(x), type(y)
+        if tx is ty and tx in _EQ_FAST and x == y:  # the common case: an unchanged value
+            continue
         kx = kinds.get(tx)
         if kx is None:
             kx = kinds[tx] = _kind_of(tx)
@@ -387,7 +413,7 @@ def _diff_column(key: str, name: str, col_a: list[Any], col_b: list[Any]) -> Fie
             magnitudes.append(d)
             continue
         if kx == _OTHER and ky == _OTHER and tx is ty and (tx is tuple or tx is list):
-            if len(x) == len(y) and x and all(_kind_of(type(v)) == _NUM for v in (*x, *y)):
+            if len(x) == len(y) and _numbers_only(x) and _numbers_only(y):
                 kx = ky = _ARR  # a tuple of numbers is a vector
         if kx == _ARR and ky == _ARR:
             xa, ya = np.asarray(x), np.asarray(y)
