@@ -67,8 +67,9 @@ class FieldDiff:
 
     @property
     def name(self) -> str:
-        """``Transform.position``: the class's name (not its module) and the field's."""
-        short = self.component.rpartition(":")[2] or self.component
+        """``Transform.position``: the class's own name (not its module or the classes and
+        functions it is defined in) and the field's."""
+        short = _short(self.component)
         return f"{short}.{self.field}" if self.field else short
 
     def line(self) -> str:
@@ -493,7 +494,7 @@ def _same(x: Any, y: Any, depth: int) -> bool:
 
 
 def _short(key: str) -> str:
-    return key.rpartition(":")[2] or key
+    return key.rpartition(":")[2].rpartition(".")[2] or key
 
 
 def _num(value: float) -> str:
