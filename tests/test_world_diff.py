@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import esper
 import numpy as np
 import pyrr
 import pytest
@@ -263,6 +264,16 @@ def test_pending_components_compare_by_their_stored_fields() -> None:
         (f,) = d.changed_fields()
         assert f.component.endswith(":Health") and f.field == "points"
         assert (f.differing, f.max_abs) == (2, 18)
+
+
+def test_esper_s_current_world_is_the_same_after_a_diff() -> None:
+    """The game's systems may call ``esper.*`` directly: a diff must not leave them on the
+    preview's copy."""
+    with worlds(World(), World(), World()) as (game, live, copy):
+        live.create_entity(Health())
+        game.activate()
+        diff_worlds(live, copy)
+        assert esper.current_world == game.name
 
 
 def test_to_json_lists_a_bounded_number_of_ids() -> None:

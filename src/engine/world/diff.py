@@ -223,12 +223,18 @@ def diff_worlds(
     before: Any, after: Any, labels: tuple[str, str] = ("before", "after")
 ) -> WorldDiff:
     """Compare two :class:`~engine.world.world.World` objects (or anything with ``activate``
-    that owns an esper context). Neither is changed; entities marked for deletion count as
-    gone. Raises nothing of its own: a value that cannot be compared counts as differing.
+    that owns an esper context). Neither is changed, and esper's current world is the same
+    afterwards (code that calls ``esper.*`` directly still acts on its own world); entities
+    marked for deletion count as gone. Raises nothing of its own: a value that cannot be
+    compared counts as differing.
     """
-    a_count, a_types = _read(before)
-    b_count, b_types = _read(after)
-    a_live, b_live = _live_entities(before), _live_entities(after)
+    current = esper.current_world
+    try:
+        a_live, a_types = _read(before)
+        b_live, b_types = _read(after)
+    finally:
+        if esper.current_world != current:
+            esper.switch_world(current)
     common = a_live & b_live
     components = []
     for key in sorted(a_types.keys() | b_types.keys()):
@@ -244,8 +250,8 @@ def diff_worlds(
         )
     return WorldDiff(
         labels=labels,
-        entities_before=a_count,
-        entities_after=b_count,
+        entities_before=len(a_live),
+        entities_after=len(b_live),
         added=tuple(sorted(b_live - a_live)),
         removed=tuple(sorted(a_live - b_live)),
         components=tuple(components),
@@ -277,23 +283,18 @@ def diff_checkpoints(
 
 
 # -- reading a world ---------------------------------------------------------------------------
-def _live_entities(world: Any) -> set[int]:
-    world.activate()
-    return set(esper._entities) - set(esper._dead_entities)
-
-
-def _read(world: Any) -> tuple[int, dict[str, dict[int, dict[str, Any]]]]:
-    """Live entity count, and per component key: entity -> the component's fields."""
+def _read(world: Any) -> tuple[set[int], dict[str, dict[int, dict[str, Any]]]]:
+    """The live entities, and per component key: entity -> the component's fields."""
     world.activate()
     dead = esper._dead_entities
     by_key: dict[str, dict[int, dict[str, Any]]] = {}
-    count = 0
+    live: set[int] = set()
     # Per class, for this call only (a cache kept longer would keep old classes alive).
     readers: dict[type, tuple[str, Callable[[Any], dict[str, Any]]]] = {}
     for entity, comps in esper._entities.items():
         if entity in dead:
             continue
-        count += 1
+        live.add(entity)
         for ctype, instance in comps.items():
             known = readers.get(ctype)
             if known is None:
@@ -305,7 +306,7 @@ def _read(world: Any) -> tuple[int, dict[str, dict[int, dict[str, Any]]]]:
             if slot is None:
                 slot = by_key[key] = {}
             slot[entity] = read(instance)
-    return count, by_key
+    return live, by_key
 
 
 _WHOLE_VALUES = (np.ndarray, numbers.Number, str, bytes, tuple, list, dict, set, frozenset)
