@@ -191,6 +191,25 @@ def test_numbers_arrays_vectors_and_other_values_each_get_their_measure() -> Non
         assert "max" not in by["label"].line()
 
 
+def test_values_whose_equality_is_ambiguous_or_raises_are_compared_item_by_item() -> None:
+    class Stubborn:
+        def __eq__(self, other: object) -> bool:
+            raise RuntimeError("no comparing me")
+
+    @dataclass
+    class Odd:
+        pair: tuple = ()  # of numpy arrays: tuple == raises "truth value is ambiguous"
+        weird: object = None
+
+    with worlds(World(), World()) as (a, b):
+        for i in range(3):
+            a.create_entity(Odd((np.zeros(2), np.ones(2)), Stubborn()))
+            b.create_entity(Odd((np.zeros(2), np.ones(2) * (1 + (i == 0))), Stubborn()))
+        d = diff_worlds(a, b)
+        assert d.field("Odd.pair").differing == 1
+        assert d.field("Odd.weird").differing == 3  # cannot tell: counted as differing
+
+
 def test_a_component_that_is_an_array_is_compared_whole() -> None:
     with worlds(World(), World()) as (a, b):
         for i in range(4):

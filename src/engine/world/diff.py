@@ -394,8 +394,12 @@ def _diff_column(key: str, name: str, col_a: list[Any], col_b: list[Any]) -> Fie
         if x is y:
             continue
         tx, ty = type(x), type(y)
-        if tx is ty and tx in _EQ_FAST and x == y:  # the common case: an unchanged value
-            continue
+        if tx is ty and tx in _EQ_FAST:  # the common case: an unchanged value
+            try:
+                if x == y:
+                    continue
+            except Exception:  # noqa: BLE001 - a tuple of arrays: compared below, item by item
+                pass
         kx = kinds.get(tx)
         if kx is None:
             kx = kinds[tx] = _kind_of(tx)
