@@ -210,6 +210,21 @@ def test_values_whose_equality_is_ambiguous_or_raises_are_compared_item_by_item(
         assert d.field("Odd.weird").differing == 3  # cannot tell: counted as differing
 
 
+def test_a_large_array_is_compared_in_chunks_to_the_same_answer() -> None:
+    from engine.world.diff import BIG_ARRAY
+
+    big = np.zeros((3, BIG_ARRAY), dtype=np.float32)
+    changed = big.copy()
+    changed[2, -1] = -2.5  # in the last chunk
+    with worlds(World(), World()) as (a, b):
+        a.create_entity(Transform(big))
+        b.create_entity(Transform(changed))
+        a.create_entity(Transform(big))
+        b.create_entity(Transform(big.copy()))
+        f = diff_worlds(a, b).field("Transform.position")
+        assert (f.compared, f.differing, f.max_abs, f.mean_abs) == (2, 1, 2.5, 2.5)
+
+
 def test_a_component_that_is_an_array_is_compared_whole() -> None:
     with worlds(World(), World()) as (a, b):
         for i in range(4):

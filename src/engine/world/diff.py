@@ -22,7 +22,8 @@ worlds:
   of numbers) give how many entities differ, the largest absolute difference and the mean
   of the differing entities' differences (an array's difference is its largest element's).
   NaN equals NaN; a difference that is not finite (inf against a number, NaN against one)
-  counts as ``inf``. Arrays of the same shape are compared in one numpy operation.
+  counts as ``inf``. Arrays of the same shape are compared in one numpy operation; a large
+  one (over :data:`BIG_ARRAY` elements) on its own, a chunk at a time.
 * **other values** (strings, enums, objects) give how many differ (``==``; objects that do
   not define ``==`` compare by their fields, nested a few levels). A value whose ``==``
   raises or gives no truth value counts as differing.
@@ -51,6 +52,9 @@ __all__ = ["ComponentDiff", "FieldDiff", "WorldDiff", "diff_checkpoints", "diff_
 
 #: Entity ids listed in :meth:`WorldDiff.to_json` (the counts are always whole).
 JSON_IDS = 20
+#: Elements above which an array is compared on its own, in chunks of this many, rather
+#: than stacked with the others of its shape (which would copy it whole, several times).
+BIG_ARRAY = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,6 +429,12 @@ def _diff_column(key: str, name: str, col_a: list[Any], col_b: list[Any]) -> Fie
             xa, ya = np.asarray(x), np.asarray(y)
             if xa.shape == ya.shape and xa.dtype.kind in "biufc" and ya.dtype.kind in "biufc":
                 numeric = True
+                if xa.size > BIG_ARRAY:
+                    worst = _diff_big_array(xa, ya)
+                    if worst is not None:
+                        differing += 1
+                        magnitudes.append(worst)
+                    continue
                 wide = "c" if "c" in xa.dtype.kind + ya.dtype.kind else "f"
                 group = arrays.get((xa.shape, wide))
                 if group is None:
@@ -464,6 +474,19 @@ def _diff_arrays(xs: list[np.ndarray], ys: list[np.ndarray]) -> tuple[int, list[
     # A difference too small for float64 is still a difference: count by ``same``.
     differs = ~same.reshape(n, -1).all(axis=1)
     return int(differs.sum()), per[differs].tolist()
+
+
+def _diff_big_array(a: np.ndarray, b: np.ndarray) -> float | None:
+    """The largest element difference of two large arrays of one shape (``None``: equal),
+    a chunk at a time, so a 200 MB component costs a few MB of scratch, not a gigabyte."""
+    fa, fb = a.reshape(-1), b.reshape(-1)  # views when contiguous, as arrays mostly are
+    worst: float | None = None
+    for start in range(0, fa.size, BIG_ARRAY):
+        end = start + BIG_ARRAY
+        differs, mags = _diff_arrays([fa[start:end]], [fb[start:end]])
+        if differs:
+            worst = max(worst or 0.0, mags[0])
+    return worst
 
 
 def _same(x: Any, y: Any, depth: int) -> bool:
