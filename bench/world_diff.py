@@ -10,14 +10,17 @@ in the same run:
   copy is made this way);
 * ``restore``: ``World.restore()`` of those bytes;
 * ``diff, 0 %`` / ``10 %`` / ``100 %`` changed: ``diff_worlds(live, copy)``;
-* ``diff_checkpoints``: two restores and a diff, from bytes.
+* ``diff_checkpoints``: two restores and a diff, from bytes;
+* ``diff, one N MB component``: two one-entity worlds whose component holds a ``--mb``
+  array differing in one element, beside ``numpy.array_equal`` of the two arrays (the
+  floor: one pass over both) and the peak memory the diff added.
 
 Each row is the median of ``--repeat`` runs.
 
-    python bench/world_diff.py [--entities 10000] [--repeat 3]
+    python bench/world_diff.py [--entities 10000] [--repeat 3] [--mb 200]
 
 Target: a diff of 10 000 entities x 5 components well under a second, and of the order of
-one checkpoint.
+one checkpoint; a large array within a few times the floor, in a few MB of scratch.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import tracemalloc
 from collections.abc import Callable
 
 import numpy as np
@@ -106,10 +110,35 @@ def median_s(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
+def large_array_rows(mb: int, repeat: int) -> list[tuple[str, tuple[float, float], str]]:
+    """A diff of one large component against the floor: one numpy pass over both arrays."""
+    x = np.random.default_rng(2).random(mb * (1 << 20) // 8)
+    y = x.copy()
+    y[len(y) // 2] += 1.5
+    a, b = World(), World()
+    try:
+        a.create_entity(Transform(x))
+        b.create_entity(Transform(y))
+        floor = median_s(lambda: np.array_equal(x, y), repeat)
+        times = median_s(lambda: diff_worlds(a, b), repeat)
+        tracemalloc.start()  # numpy reports its buffers to it: the diff's scratch memory
+        line = diff_worlds(a, b).changed_fields()[0].line()
+        grew = tracemalloc.get_traced_memory()[1] / 1e6
+        tracemalloc.stop()
+    finally:
+        a.delete()
+        b.delete()
+    return [
+        (f"np.array_equal, {mb} MB (floor)", floor, ""),
+        (f"diff, one {mb} MB component", times, f"{line}; peak memory +{grew:.0f} MB"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entities", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--mb", type=int, default=200, help="the large component's array")
     args = parser.parse_args()
     live = build(args.entities)
     data = live.checkpoint()
@@ -141,6 +170,7 @@ def main() -> None:
     )
     for c in copies:
         c.delete()
+    rows.extend(large_array_rows(args.mb, args.repeat))
 
     table = Table(title=f"world diff, {args.entities} entities x 5 components")
     table.add_column("operation")

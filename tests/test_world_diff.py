@@ -211,9 +211,9 @@ def test_values_whose_equality_is_ambiguous_or_raises_are_compared_item_by_item(
 
 
 def test_a_large_array_is_compared_in_chunks_to_the_same_answer() -> None:
-    from engine.world.diff import BIG_ARRAY
+    from engine.world.diff import CHUNK
 
-    big = np.zeros((3, BIG_ARRAY), dtype=np.float32)
+    big = np.zeros((3, CHUNK), dtype=np.float32)
     changed = big.copy()
     changed[2, -1] = -2.5  # in the last chunk
     with worlds(World(), World()) as (a, b):
