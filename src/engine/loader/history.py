@@ -13,11 +13,10 @@ A change (a new version, a status, the active pointer) costs one appended line o
 whatever the length of the history: each line holds the new values of what changed (a new
 version's whole record; for a status or a vetting only the fields that changed; a
 pointer), never a difference from the old value, so replaying the log over the snapshot is
-idempotent. When
-the log has grown as long as the history, the snapshot is rewritten (a temp file, then
-``os.replace``) and the log emptied; a crash between the two only replays lines the
-snapshot already holds. A line cut short by a crash is ignored. Version sources are written
-atomically, before the line that records them.
+idempotent. When the log has grown as long as the history, the snapshot is rewritten (a
+temp file, then ``os.replace``) and the log emptied; a crash between the two only replays
+lines the snapshot already holds. A line cut short by a crash is ignored. Version sources
+are written atomically, before the line that records them.
 
 Undo and redo move the *active* pointer, not the file on disk: the editor's buffer is the
 user's, the history is the engine's. A restarted game loads the active version.
@@ -25,9 +24,9 @@ user's, the history is the engine's. A restarted game loads the active version.
 The metadata stays small: a version's record leaves out fields at their defaults (no
 ``why``, never vetted, the usual file name ``v0003.py``), its time is kept to the
 millisecond, and the snapshot holds one record per line (about 150 bytes a version;
-``tests/test_history_metadata.py`` counts them).
-Histories written before (indented snapshots, whole records in every log line) are read as
-they are and rewritten in this form at the next compaction.
+``tests/test_history_metadata.py`` counts them). Histories written before (indented
+snapshots, whole records in every log line) are read as they are and rewritten in this
+form at the next compaction.
 
 A version records where it was *vetted* (:class:`Vetting`, :meth:`VersionHistory.mark_vetted`):
 the preview ran it on a copy of the world for some frames, and it was promoted into the
