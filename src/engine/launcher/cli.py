@@ -386,7 +386,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         disk = " (on disk)" if v.number == unit.disk_number else ""
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.time))
         why = f"  {v.why}" if v.why else ""
-        print(f"{mark} v{v.number:<4} {when}  {v.status:<9}{disk}{why}")
+        vetted = f"  ({v.vetted.describe()})" if v.vetted is not None else ""
+        print(f"{mark} v{v.number:<4} {when}  {v.status:<9}{disk}{why}{vetted}")
     return 0
 
 
