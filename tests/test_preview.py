@@ -90,7 +90,7 @@ def test_auto_vetting_rejects_a_candidate_that_raises_and_the_live_world_never_r
         stats = sup.stop()
     assert not ran_v2(project, live)
     reject = next(v for v in stats["preview"]["verdicts"] if v["action"] == "reject")
-    assert reject["module"] == "fault" and "fault.py:8" in reject["reason"], reject
+    assert reject["module"] == "fault" and "fault.py:9" in reject["reason"], reject
     assert stats["preview"]["promoted"] == {}
     unit = live_fault(project)
     assert unit.active is not None and unit.active.number == 1
@@ -119,7 +119,8 @@ def test_a_preview_that_crashes_is_reported_and_the_live_game_never_notices(tmp_
 def test_a_slow_candidate_slows_the_preview_not_the_live_game(tmp_path):
     project = make_project(tmp_path / "game")
     messages: list[str] = []
-    # 30 ms a frame: over the frame, so the preview runs at a third of the rate at most.
+    # 30 ms a frame: over the frame, so the preview runs at a third of the rate at most
+    # (a preview measures slowness rather than cutting it; the live game would disable it).
     with make_supervisor(project, messages, vet="manual", standby=False) as sup:
         sup.start()
         assert sup.run_until(lambda: live_ready(sup, project), TIMEOUT_S), messages

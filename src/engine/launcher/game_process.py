@@ -71,6 +71,8 @@ DEFAULT_RENDER = "engine.launcher.game_process:fill_renderer"
 #: The signal the supervisor sends a hung game so that faulthandler writes where each
 #: thread is into the crash block (then it kills the game).
 DUMP_SIGNAL = signal.SIGUSR2
+#: Longest one system call may run in a preview game before it is interrupted.
+PREVIEW_HARD_LIMIT_NS = 250_000_000
 #: ``GameConfig.render`` value that draws with the engine's own render system
 #: (``systems/render.py``: every Transform + Mesh + Material, both eyes, live shaders).
 RENDER_SYSTEM = "system"
@@ -260,6 +262,11 @@ def game_main(
         policy.probation_frames = config.probation_frames
     if config.role == "preview":
         _lower_priority()
+        # The preview is where slowness is shown, not cut: a slow system keeps running
+        # (the preview's frame rate and the candidate's times say how slow), while a
+        # runaway one is still stopped (PREVIEW_HARD_LIMIT_NS) and faults still count.
+        policy.over_budget_frames = 1 << 30
+        policy.hard_limit_ns = PREVIEW_HARD_LIMIT_NS
     running.phase(Phase.RESTORE)
     checkpoint_path = Path(config.checkpoint_path)
     # A new world (not a restart, nothing to resume) is not rewound into an older one's.

@@ -958,6 +958,9 @@ class Supervisor:
         }
         config = GameConfig(**{**asdict(self.game_config), **changes})
         self.preview = self._spawn(config, role="preview")
+        # It runs on what the live game leaves over: a starved preview is slow, not hung.
+        self.preview.watch.heartbeat_timeout_ns = max(self.heartbeat_timeout_ns, 5 * S)
+        self.preview.watch.publish_timeout_ns = max(self.publish_timeout_ns, 5 * S)
         self.preview_stats["started"] += 1
         self._preview_diffed = False
         self._vet_future = None
@@ -1068,7 +1071,7 @@ class Supervisor:
             self._vet_future = self._request(self.preview_dir / "control.sock", {"op": "vet"})
 
     def _judge(self, candidates: list[Candidate]) -> None:
-        promote: dict[str, str] = {}
+        promote: dict[str, dict[str, Any]] = {}
         for verdict in decide(candidates, self.vet_frames):
             c = verdict.candidate
             key = (c.module, c.sha256)
@@ -1080,7 +1083,7 @@ class Supervisor:
                  "reason": verdict.reason}
             )  # fmt: skip
             if verdict.action == "promote":
-                promote[c.module] = c.sha256
+                promote[c.module] = {**c.to_json(), "reason": verdict.reason}
             else:
                 self.report(
                     f"supervisor: vetting rejected {c.module} (preview v{c.version}): "
@@ -1089,9 +1092,9 @@ class Supervisor:
         if promote:
             self._promote_now(promote)
 
-    def _promote_now(self, modules: dict[str, str]) -> Future:
-        """Ask the live game to load ``modules`` ({name: vetted sha256}); reported when
-        it answers."""
+    def _promote_now(self, modules: dict[str, dict[str, Any]]) -> Future:
+        """Ask the live game to load ``modules`` ({name: the candidate's fields: sha256,
+        frames, worst_ms}); reported when it answers."""
         message = {"op": "promote", "modules": modules}
         future = self._request(self.state_dir / "control.sock", message)
 
@@ -1137,7 +1140,11 @@ class Supervisor:
             raise LookupError(f"the preview did not answer: {reply.get('error')}")
         candidates = [Candidate(**c) for c in reply.get("candidates", [])]
         rejected = {c.module: c.fault for c in candidates if c.fault is not None}
-        clean = {c.module: c.sha256 for c in candidates if c.fault is None}
+        clean = {
+            c.module: {**c.to_json(), "reason": "promoted by hand"}
+            for c in candidates
+            if c.fault is None
+        }
         result: dict[str, Any] = {"promoted": {}, "refused": {}, "rejected": rejected}
         if clean:
             answer = self._promote_now(clean).result(timeout_s)
@@ -1163,7 +1170,7 @@ class Supervisor:
         try:
             live = self.checkpoint_path.read_bytes()
             preview = (self.preview_dir / "checkpoint.bin").read_bytes()
-            diff = diff_checkpoints(live, preview)
+            diff = diff_checkpoints(live, preview, labels=("live", "preview"))
         except Exception as exc:  # a diff is a report, never a reason to stop
             self.report(f"supervisor: no world diff: {exc}")
             return

@@ -17,7 +17,9 @@ versions of every module plus the **candidates**: the versions saved since. Then
 
 One part per process:
 
-* the preview game (:func:`attach_preview`): its **baseline** is the newest version of
+* the preview game (:func:`attach_preview`): slowness is measured there, not cut (a
+  system over its budget keeps running, so the preview's frame rate shows it; a call is
+  still interrupted after 250 ms, and faults count as in any game). Its **baseline** is the newest version of
   each module in the history when it started (the live game's); a module with a newer
   version is a candidate. The ``vet`` command reports each (:class:`Candidate`).
 * the live game (:func:`attach_promote`): ``promote`` loads modules whose file text has
@@ -186,8 +188,10 @@ def _handle_fault(handle: Any) -> str:
     reason = handle.reason
     if reason is None:
         return str(handle.last_error or f"{handle.key} disabled")
-    where = f"{reason.location}: " if reason.location else ""
-    return where + (reason.message or reason.detail)
+    message = reason.message or reason.detail
+    if reason.location and reason.location not in message:
+        message = f"{reason.location}: {message}"
+    return message
 
 
 def attach_preview(engine: Engine, baseline: dict[str, int]) -> PreviewCandidates:
@@ -223,14 +227,17 @@ def history_baseline(history_root: Path) -> dict[str, int]:
 
 def attach_promote(engine: Engine) -> None:
     """Give ``engine`` (the live game's) the ``promote`` command: load the named modules
-    from their files, each only if the file's text has the vetted hash."""
+    from their files, each only if the file's text has the vetted hash, and record in the
+    history where each was vetted. ``modules`` maps a name to ``{"sha256", "frames",
+    "worst_ms", "reason"}`` (a :class:`Candidate`'s fields)."""
     from engine.game import Command
     from engine.loader.modules import read_source
 
     def promote(args: dict[str, Any]) -> dict[str, Any]:
-        wanted: dict[str, str] = args["modules"]
+        wanted: dict[str, dict[str, Any]] = args["modules"]
         sources, refused = {}, {}
-        for name, sha in wanted.items():
+        for name, vetted in wanted.items():
+            sha = vetted.get("sha256") if isinstance(vetted, dict) else None
             path = engine.loader.source_path(name)
             source = read_source(name, path) if path is not None else None
             if not isinstance(source, str):
@@ -243,6 +250,15 @@ def attach_promote(engine: Engine) -> None:
         if sources:
             for swap in engine.loader.prepare(sources, kind="promote"):
                 promoted[swap.name] = swap.version
+                vetted = wanted[swap.name]
+                if swap.version is not None:
+                    engine.loader.unit(swap.name).mark_vetted(
+                        swap.version,
+                        frames=int(vetted.get("frames", 0)),
+                        worst_ms=float(vetted.get("worst_ms", 0.0)),
+                        result="promoted",
+                        reason=str(vetted.get("reason", "")),
+                    )
             for name in sources:
                 if name not in promoted:
                     refused[name] = str(engine.loader.errors.get(name) or "did not load")
