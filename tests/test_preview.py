@@ -196,3 +196,37 @@ def test_promote_with_no_engine_running_says_so_in_one_line(tmp_path):
     assert result.stderr.strip().count("\n") == 0
     assert "no `engine run` is running" in result.stderr
     assert time.monotonic() - started < TIMEOUT_S
+
+
+FAST_COUNT = """
+import os
+import engine
+
+@engine.component
+class Counter:
+    value: int = 0
+
+@engine.system(order=0)
+def count(world, dt):
+    for _, c in world.get_component(Counter):
+        c.value += 1000
+        with open({log!r}, "a") as f:
+            f.write(f"{{os.getpid()}} {{c.value}}\\n")
+"""
+
+
+def test_the_world_diff_names_the_field_a_candidate_changes(tmp_path):
+    project = make_project(tmp_path / "game")
+    messages: list[str] = []
+    with make_supervisor(project, messages, vet="manual", vet_frames=20, standby=False) as sup:
+        sup.start()
+        assert sup.run_until(lambda: live_ready(sup, project), TIMEOUT_S), messages
+        log = str(project / "counter.log")
+        (project / "systems" / "count.py").write_text(FAST_COUNT.format(log=log))
+        assert sup.run_until(lambda: sup.preview_stats["diff"] is not None, TIMEOUT_S), messages
+        stats = sup.stop()
+    diff = stats["preview"]["diff"]
+    counter = next(c for c in diff["components"] if c["component"].endswith(":Counter"))
+    value = next(f for f in counter["fields"] if f["field"] == "value")
+    assert value["differing"] == 1 and value["max_abs"] > 1000, value
+    assert any("Counter.value" in m for m in messages), messages

@@ -1008,7 +1008,12 @@ class Supervisor:
         if kind is not None and cause is not None:
             self._on_preview_failure(preview, kind, cause)
             return
-        if beat is not None and beat.frame >= self.vet_frames and not self._preview_diffed:
+        # Once the preview has checkpointed its own world past vet_frames frames.
+        if (
+            beat is not None
+            and beat.checkpoint_frame >= self.vet_frames
+            and not self._preview_diffed
+        ):
             self._preview_diffed = True
             self._diff_preview()
         self._ask_vet(now)
