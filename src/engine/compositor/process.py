@@ -81,6 +81,13 @@ class CompositorConfig:
     NVIDIA). Producers read the format from the layer's header.
     ``pose`` is ``"simulated"`` (the scripted headset) or ``"trace:PATH"`` (a recorded
     head trace, looped).
+    ``preview``: one more layer after the game layers, with the first one's size, for a
+    preview game (candidate code on a copy of the world): named ``"preview"``, its images
+    in GPU memory where the others' are. While it publishes, the headset shows it as a
+    panel in front of the user and the mirror view splits into live and preview; while it
+    does not, nothing changes. It is the first thing left out when time is short.
+    ``hud``: the mirror view (window and capture) shows the compositor's frame rate and
+    misses and the game's state in its corner (F1 in the window toggles it).
     """
 
     display_hz: float = 90.0
@@ -106,11 +113,27 @@ class CompositorConfig:
     #: renderer keeps shared memory: see gpu_images.CPU_RENDERER_REASON), "on" wherever
     #: they allow it, "off" never.
     gpu_images: str = "auto"
+    preview: bool = True
+    hud: bool = True
+
+    @property
+    def preview_index(self) -> int | None:
+        """The preview layer's index among :meth:`all_layers` (``None``: no preview layer,
+        as when ``preview`` is off or there is no game layer to size it from)."""
+        return len(self.layers) if self.preview and self.layers else None
+
+    def all_layers(self) -> tuple[tuple[str, int, int], ...]:
+        """The game layers, then the preview layer (if any): what the compositor allocates."""
+        if self.preview_index is None:
+            return self.layers
+        _, width, height = self.layers[0]
+        return (*self.layers, ("preview", width, height))
 
     def layer_specs(self, default_format: PixelFormat = PixelFormat.BGRA8) -> list[LayerSpec]:
-        """Each layer's spec, in ``layer_format`` or else ``default_format``."""
+        """Each layer's spec (the preview's last), in ``layer_format`` or else
+        ``default_format``."""
         fmt = self.layer_format or default_format
-        return [LayerSpec(width=w, height=h, format=fmt) for _, w, h in self.layers]
+        return [LayerSpec(width=w, height=h, format=fmt) for _, w, h in self.all_layers()]
 
 
 # --- control messages -----------------------------------------------------------------
@@ -210,6 +233,16 @@ class GLComposer:
     is dropped and the previous one stays on screen (``torn_uploads`` counts them). The
     image stays in the texture after the producer is gone, which is what lets a dead game's
     last frame be reprojected through the grace period.
+
+    The preview layer (``preview_layer``, drawn as a quad: ``LayerDraw.quad``) is drawn
+    last in each eye, as a panel in the world (:mod:`engine.compositor.quad`, with the
+    exact homography pass, scissored to the panel), from its left-eye image. It is not
+    part of :meth:`time_frame` (it is surplus: the start-up lead is the game's).
+
+    The mirror view (:meth:`render_mirror`, for the window and the capture) is the eyes
+    side by side, or, in a frame that had the preview, the left eye as the scene layers
+    left it (copied before the panel is drawn, when ``mirror_wanted``) beside the
+    preview's own picture, with ``overlay``'s text over both.
     """
 
     def __init__(
@@ -220,6 +253,7 @@ class GLComposer:
         filter: str = "auto",
         warp: str = "auto",
         mesh_cell: int | None = None,
+        preview_layer: int | None = None,
     ):
         """Raises ``ValueError`` for a ``filter`` or ``warp`` not listed above."""
         if filter not in ("auto", "linear", "nearest"):
@@ -278,6 +312,15 @@ class GLComposer:
         self.mesh = MeshTimewarpPass(mesh_cell or CELL_PX) if warp == "mesh" else None
         self.timewarp = TimewarpPass() if warp == "exact" else None
         self.fallback = FallbackPass()
+        self.preview_layer = preview_layer
+        self.quad_pass = TimewarpPass() if preview_layer is not None else None
+        self.mirror_wanted = False  # a sink reads render_mirror: keep the live eye's copy
+        self.overlay: Any = None  # draws text over the mirror view (mirror.TextOverlay)
+        self._mirror: tuple[int, int] | None = None  # (texture, framebuffer), made on use
+        self._mirror_blit: Any = None
+        self.preview_shown = False  # the last frame had the preview (drawn or shed)
+        self.live_copied = False  # ... and the live eye was copied for the mirror then
+        self.preview_draws = 0
         self.uploads = 0
         self.torn_uploads = 0
         self.rejected_images = 0
@@ -430,7 +473,9 @@ class GLComposer:
         warmups, repeats = max(0, warmups), max(2, repeats)
         for repeat in range(warmups + repeats):
             start = clock()
-            for layer, blank in zip(self._layers, blanks, strict=True):
+            for i, (layer, blank) in enumerate(zip(self._layers, blanks, strict=True)):
+                if i == self.preview_layer:
+                    continue  # surplus: not what the lead is started from
                 if layer.gpu is None:  # GPU images are sampled in place, never uploaded
                     self._upload_pixels(layer, repeat % 2, blank)
             gl.glBlendFunc(gl.GL_ONE, gl.GL_ONE_MINUS_SRC_ALPHA)
@@ -440,6 +485,8 @@ class GLComposer:
                 gl.glClear(gl.GL_COLOR_BUFFER_BIT)
                 tan = fov_tangents(eyes[e].fov)
                 for i, layer in enumerate(self._layers):
+                    if i == self.preview_layer:
+                        continue
                     (gl.glEnable if i else gl.glDisable)(gl.GL_BLEND)
                     texture = (
                         layer.textures[repeat % 2][0]
@@ -460,8 +507,12 @@ class GLComposer:
     ) -> None:
         gl = self.gl
         self._check_gpu_samples()
+        quad = next((d for d in draws if d.quad is not None), None)
         for draw in draws:
-            self._upload(draw)
+            if not draw.shed:  # a shed preview costs nothing: the mirror keeps its last
+                self._upload(draw)
+        self.preview_shown = quad is not None and self._layers[quad.layer].front_key is not None
+        self.live_copied = False
         gl.glBlendFunc(gl.GL_ONE, gl.GL_ONE_MINUS_SRC_ALPHA)
         for e, (eye, fbo) in enumerate(zip(eyes, self._fbos, strict=True)):
             out_tan = fov_tangents(eye.fov)
@@ -475,8 +526,8 @@ class GLComposer:
                 self.fallback.draw(eye, out_tan)
             for i, draw in enumerate(draws):
                 layer = self._layers[draw.layer]
-                if layer.front_key is None:
-                    continue  # nothing whole uploaded yet
+                if layer.front_key is None or draw.quad is not None:
+                    continue  # nothing whole uploaded yet; the quad goes on top, below
                 # The base layer over a plain clear needs no blending: on a CPU renderer
                 # blending is a read-modify-write of every pixel, a third of the pass.
                 if i == 0 and draw.layer == 0 and not fallback:
@@ -490,8 +541,125 @@ class GLComposer:
                 self._warp(layer, texture, delta, out_tan, fov_tangents(rendered.fov))
                 if e == 0 and layer.gpu_index is not None:
                     self._sampled_gpu.append(draw)
+            if quad is not None and self.preview_shown:
+                if e == 0 and self.mirror_wanted:
+                    self._copy_live_eye(fbo)
+                    gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
+                if not quad.shed:
+                    self._draw_quad(quad, eye, out_tan, first_eye=e == 0)
             gl.glDisable(gl.GL_BLEND)
         gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+
+    def _draw_quad(
+        self,
+        draw: LayerDraw,
+        eye: EyeView,
+        out_tan: tuple[float, float, float, float],
+        first_eye: bool,
+    ) -> None:
+        """The preview's left-eye image as a panel in ``eye``, blended over the scene, only
+        the panel's box on the screen shaded (a scissor)."""
+        from engine.compositor.quad import quad_homography, quad_screen_bounds, scissor_box
+
+        assert draw.quad is not None and self.quad_pass is not None
+        bounds = quad_screen_bounds(draw.quad, eye)
+        homography = quad_homography(draw.quad, eye)
+        if bounds is None or homography is None:
+            return  # not in view of this eye
+        gl, layer = self.gl, self._layers[draw.layer]
+        gl.glEnable(gl.GL_SCISSOR_TEST)
+        gl.glScissor(*scissor_box(bounds, self.eye_width, self.eye_height))
+        gl.glEnable(gl.GL_BLEND)
+        self.quad_pass.draw_homography(layer.texture(0), homography)
+        gl.glDisable(gl.GL_SCISSOR_TEST)
+        if first_eye:
+            self.preview_draws += 1
+            if layer.gpu_index is not None:
+                self._sampled_gpu.append(draw)
+
+    def _mirror_target(self) -> tuple[int, int]:
+        """The mirror view's texture and framebuffer (both eyes wide), made at first use."""
+        if self._mirror is None:
+            gl = self.gl
+            texture = self._texture(
+                2 * self.eye_width, self.eye_height, gl.GL_LINEAR, gl.GL_CLAMP_TO_EDGE,
+                choose_upload(None, True),
+            )  # fmt: skip
+            fbo = gl.GLuint()
+            gl.glGenFramebuffers(1, ctypes.byref(fbo))
+            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo.value)
+            gl.glFramebufferTexture2D(
+                gl.GL_FRAMEBUFFER, gl.GL_COLOR_ATTACHMENT0, gl.GL_TEXTURE_2D, texture, 0
+            )
+            self._mirror = (texture, fbo.value)
+        return self._mirror
+
+    def _blit_eye(self, source_fbo: int, half: int) -> None:
+        """Copy an eye framebuffer into half ``half`` (0 left, 1 right) of the mirror."""
+        gl, w, h = self.gl, self.eye_width, self.eye_height
+        gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, source_fbo)
+        gl.glBindFramebuffer(gl.GL_DRAW_FRAMEBUFFER, self._mirror_target()[1])
+        gl.glBlitFramebuffer(
+            0, 0, w, h, half * w, 0, (half + 1) * w, h, gl.GL_COLOR_BUFFER_BIT, gl.GL_NEAREST
+        )
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+
+    def _copy_live_eye(self, fbo: int) -> None:
+        self._blit_eye(fbo, 0)
+        self.live_copied = True
+
+    def render_mirror(self) -> int:
+        """Draw the mirror view and return its texture (``2 * eye_width`` x ``eye_height``).
+
+        The two eyes side by side; in a frame that had the preview (and copied the live
+        eye: ``mirror_wanted``), the live scene's left eye on the left and the preview's
+        left-eye image on the right. Then ``overlay`` draws its text over it.
+        """
+        gl, w, h = self.gl, self.eye_width, self.eye_height
+        texture, fbo = self._mirror_target()
+        split = self.preview_shown and self.live_copied
+        if split:
+            assert self.preview_layer is not None
+            if self._mirror_blit is None:
+                from engine.compositor.sinks import BLIT_SHADER
+                from engine.compositor.timewarp import FullscreenProgram
+
+                self._mirror_blit = FullscreenProgram(BLIT_SHADER)
+            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
+            gl.glViewport(w, 0, w, h)
+            gl.glClearColor(0.0, 0.0, 0.0, 1.0)
+            gl.glEnable(gl.GL_SCISSOR_TEST)
+            gl.glScissor(w, 0, w, h)
+            gl.glClear(gl.GL_COLOR_BUFFER_BIT)
+            gl.glDisable(gl.GL_SCISSOR_TEST)
+            gl.glEnable(gl.GL_BLEND)  # premultiplied: over black
+            gl.glActiveTexture(gl.GL_TEXTURE0)
+            gl.glBindTexture(gl.GL_TEXTURE_2D, self._layers[self.preview_layer].texture(0))
+            self._mirror_blit.draw(u_eye=0)
+            gl.glDisable(gl.GL_BLEND)
+        else:
+            for half, eye_fbo in enumerate(self._fbos):
+                self._blit_eye(eye_fbo, half)
+        if self.overlay is not None:
+            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
+            gl.glViewport(0, 0, 2 * w, h)
+            self.overlay.draw(2 * w, h, split)
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+        return texture
+
+    def read_mirror(self) -> np.ndarray:
+        """The mirror view as :meth:`render_mirror` last drew it, ``uint8 (h, 2w, 4)``,
+        rows bottom-to-top."""
+        gl = self.gl
+        out = np.empty((self.eye_height, 2 * self.eye_width, 4), np.uint8)
+        gl.glPixelStorei(gl.GL_PACK_ALIGNMENT, 1)
+        gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, self._mirror_target()[1])
+        gl.glReadPixels(
+            0, 0, 2 * self.eye_width, self.eye_height, gl.GL_RGBA, gl.GL_UNSIGNED_BYTE,
+            ctypes.c_void_p(out.ctypes.data),
+        )  # fmt: skip
+        gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, 0)
+        return out
 
     def _check_gpu_samples(self) -> None:
         """Count GPU images the producer started rewriting while the last frame sampled
@@ -522,6 +690,11 @@ class GLComposer:
                     for turn in (np.eye(3), _TURN_30_DEGREES):
                         self._warp(layer, layer.textures[0][0], turn, tan, tan)
                 gl.glDisable(gl.GL_BLEND)
+        if self.quad_pass is not None:  # its first draw compiles it (llvmpipe)
+            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, self._fbos[0])
+            gl.glEnable(gl.GL_BLEND)
+            self.quad_pass.draw(self._layers[-1].textures[0][0], np.eye(3), tan, tan)
+            gl.glDisable(gl.GL_BLEND)
         self.compose([], eyes, fallback=True)
         self.finish()
 
@@ -573,6 +746,7 @@ class GLComposer:
             "driver_prefers": self.preferred_upload.describe(),
             "timed_frame_ms": None if self.timed_frame_ns is None else self.timed_frame_ns / 1e6,
             "gpu_images_shown": self.gpu_images_shown,
+            "preview_draws": self.preview_draws,
             "torn_gpu_samples": self.torn_gpu_samples,
             "layer_images": self.layer_images(),
         }
@@ -637,7 +811,12 @@ def compositor_main(
     from engine.compositor.sinks import HeadlessSink, MirrorWindowSink
 
     composer = GLComposer(
-        config.eye_width, config.eye_height, specs, filter=config.filter, warp=config.warp
+        config.eye_width,
+        config.eye_height,
+        specs,
+        filter=config.filter,
+        warp=config.warp,
+        preview_layer=config.preview_index,
     )
     readers, allocator = _share_layers(config, specs, composer, control)
     sink = (
@@ -669,7 +848,7 @@ def compositor_main(
         clock=clock,
         schedule=schedule,
         pose_source=pose_source,
-        layers=list(zip([name for name, _, _ in config.layers], readers, strict=True)),
+        layers=list(zip([name for name, _, _ in config.all_layers()], readers, strict=True)),
         composer=composer,
         sink=sink,
         handoff=PoseHandoffWriter(pose_fd),
@@ -677,7 +856,16 @@ def compositor_main(
         grace_ns=round(config.grace_s * 1e9),
         adapt_lead=config.adapt_lead,
         report=_stderr_report,
+        preview_layer=config.preview_index,
     )
+    mirror_text = None
+    if composer.mirror_wanted:  # a window or a capture: the mirror view is drawn
+        from engine.compositor.mirror import MirrorText, TextOverlay
+
+        mirror_text = MirrorText(loop, hud_on=config.hud)
+        composer.overlay = TextOverlay(mirror_text)
+        if config.window:
+            getattr(sink, "sink", sink).toggle_hud = mirror_text.toggle_hud  # F1
     if input_fd is not None:
         sink.started = lambda: any(w.image is not None for w in loop.watches)
     priority = {"cpu": cpu, **gpu}
@@ -706,7 +894,12 @@ def compositor_main(
             return True
         if not data:
             return True  # the parent is gone
-        stop_requested = json.loads(data).get("op") == "stop"
+        message = json.loads(data)
+        if message.get("op") == "game_state":
+            if mirror_text is not None:
+                mirror_text.tell(str(message.get("state")))
+            return False
+        stop_requested = message.get("op") == "stop"
         return stop_requested
 
     started = time.monotonic()
@@ -745,7 +938,7 @@ def _share_layers(
     software = is_software_renderer(composer.gl.gl_info.get_renderer())
     allocator, why_not = open_allocator(config.gpu_images, software)
     readers = []
-    for i, ((name, _, _), spec) in enumerate(zip(config.layers, specs, strict=True)):
+    for i, ((name, _, _), spec) in enumerate(zip(config.all_layers(), specs, strict=True)):
         offer = not_offered(why_not)
         if allocator is not None:
             try:
@@ -782,13 +975,19 @@ class CompositorHandle:
     Example:
         >>> handle = CompositorHandle.start(CompositorConfig(), pose_fd)     # doctest: +SKIP
         >>> handle.layers          # [(fd, LayerSpec)] to hand to producers  # doctest: +SKIP
+        >>> handle.preview_layer   # (fd, LayerSpec) for a preview game, or None # doctest: +SKIP
         >>> stats = handle.stop()                                           # doctest: +SKIP
+
+    ``layers`` are the game layers; the preview layer (``CompositorConfig.preview``) is
+    ``preview_layer``, and ``preview_index`` its index for :meth:`gpu_images_for_child`.
     """
 
     def __init__(self, process: Any, control: socket.socket) -> None:
         self.process = process
         self.control = control
         self.layers: list[tuple[int, LayerSpec]] = []
+        self.preview_layer: tuple[int, LayerSpec] | None = None
+        self.preview_index: int | None = None
         #: Per layer, its GPU images as offered (fds owned here), or why there are none.
         self.gpu_images: list[GpuImagesOffer] = []
         self.ready: dict[str, Any] = {}
@@ -818,8 +1017,12 @@ class CompositorHandle:
         handle = cls(process, parent)
         try:
             parent.settimeout(timeout_s)
-            for _ in config.layers:
-                handle.layers.append(recv_layer_fd(parent))
+            for i, _ in enumerate(config.all_layers()):
+                layer = recv_layer_fd(parent)
+                if i == config.preview_index:
+                    handle.preview_layer, handle.preview_index = layer, i
+                else:
+                    handle.layers.append(layer)
                 handle.gpu_images.append(recv_gpu_images(parent))
             ready = recv_message(parent, timeout_s)
         except (OSError, ConnectionError, ValueError) as exc:
@@ -836,9 +1039,21 @@ class CompositorHandle:
 
     def gpu_images_for_child(self, layer: int) -> GpuImagesOffer:
         """Layer ``layer``'s GPU images offer, its fds wrapped to pass to a ``spawn``
-        child (which receives its own copies; every child gets the same images)."""
+        child (which receives its own copies; every child gets the same images). The
+        preview layer's index is ``preview_index``. Raises ``IndexError`` for no such
+        layer."""
         offer = self.gpu_images[layer]
         return GpuImagesOffer(offer.images, tuple(PassedFd(fd) for fd in offer.fds), offer.reason)
+
+    def tell_game_state(self, state: str) -> None:
+        """Tell the compositor what the game is doing, for the mirror's HUD: one of
+        ``engine.compositor.mirror.GAME_STATES`` (``"restarting"`` while a new game comes
+        up; a fresh image from the game says ``running`` by itself). Others are ignored
+        there. Never raises: a compositor that is gone is the supervisor's to notice."""
+        try:
+            send_message(self.control, {"op": "game_state", "state": state})
+        except OSError:
+            pass
 
     def stop(self, timeout_s: float = 10.0) -> dict[str, Any]:
         """Ask it to stop and return its final stats (``{}`` if it could not say)."""
@@ -863,12 +1078,13 @@ class CompositorHandle:
         if self.process.is_alive():
             self.process.kill()
             self.process.join(5.0)
-        for fd, _ in self.layers:
+        for fd, _ in self.layers + ([self.preview_layer] if self.preview_layer else []):
             try:
                 os.close(fd)
             except OSError:
                 pass
         self.layers = []
+        self.preview_layer = None
         for offer in self.gpu_images:
             offer.close()
         self.gpu_images = []

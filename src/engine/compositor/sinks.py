@@ -1,9 +1,12 @@
 """Where composed frames go, behind one small interface (:class:`~engine.compositor.loop.Sink`).
 
 * :class:`HeadlessSink` — no display: waits for the frame to be finished, counts it, and on
-  close can save the last frame (both eyes side by side) as a PNG (``--capture``).
-* :class:`MirrorWindowSink` — a desktop window showing both eyes, for a machine with a
-  display, asked for with ``--window``. Not exercised in CI (there is no display there).
+  close can save the last frame's mirror view as a PNG (``--capture``).
+* :class:`MirrorWindowSink` — a desktop window showing the mirror view, for a machine with
+  a display, asked for with ``--window``.
+
+The mirror view is the composer's (:meth:`EyeSurface.render_mirror`): both eyes side by
+side, or live and preview side by side while a preview publishes, with labels and a HUD.
 * An OpenXR swapchain sink belongs here too, once a runtime is present.
 
 A sink gets the composed eyes from an :class:`EyeSurface` (the GL composer).
@@ -12,7 +15,7 @@ A sink gets the composed eyes from an :class:`EyeSurface` (the GL composer).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -32,6 +35,16 @@ class EyeSurface(Protocol):
 
     def eye_textures(self) -> tuple[int, int]:
         """GL texture names of the left and right composed eye."""
+        ...
+
+    mirror_wanted: bool  # set by a sink that will call render_mirror
+
+    def render_mirror(self) -> int:
+        """Draw the mirror view (``2 * eye_width`` x ``eye_height``); its GL texture."""
+        ...
+
+    def read_mirror(self) -> np.ndarray:
+        """The mirror view last drawn, ``uint8 (height, 2 * width, 4)``, rows bottom-to-top."""
         ...
 
 
@@ -68,6 +81,8 @@ class HeadlessSink:
         self.capture_path = Path(capture_path) if capture_path else None
         self.frames = 0
         self.captured: Path | None = None
+        if surface is not None and self.capture_path is not None:
+            surface.mirror_wanted = True
 
     def present(self, frame: int, display_time_ns: int) -> None:
         if self.surface is not None:
@@ -78,7 +93,8 @@ class HeadlessSink:
         """Save the last composed frame now. Raises ``RuntimeError`` without a surface."""
         if self.surface is None:
             raise RuntimeError("a headless sink without a surface has nothing to capture")
-        image = side_by_side(self.surface.read_eyes())
+        self.surface.render_mirror()
+        image = self.surface.read_mirror()
         image[..., 3] = 255  # what a display shows: uncovered (transparent) pixels are black
         return save_png(image, path)
 
@@ -94,11 +110,12 @@ class HeadlessSink:
 
 
 class MirrorWindowSink(HeadlessSink):
-    """A visible pyglet window showing both composed eyes side by side.
+    """A visible pyglet window showing the mirror view (both eyes, or live and preview).
 
     Needs a display and a process started with ``PYGLET_HEADLESS=0`` (the compositor
     process sets that when asked for a window). Presents without vsync: the compositor's
     own clock paces it, the window only mirrors. Closing the window just stops mirroring.
+    F1 toggles the HUD (``toggle_hud``, called with no argument).
     """
 
     def __init__(
@@ -114,15 +131,24 @@ class MirrorWindowSink(HeadlessSink):
         w = max(1, int(surface.eye_width * scale))
         h = max(1, int(surface.eye_height * scale))
         self._offscreen_context = offscreen_context
+        surface.mirror_wanted = True
+        self.toggle_hud: Any = None
         self.window = mirror_window(2 * w, h, "All-Source Engine - compositor mirror")
         self.window.set_vsync(False)
-        self._blit = FullscreenProgram(_BLIT_SHADER)  # made in the window's context
+        self._blit = FullscreenProgram(BLIT_SHADER)  # made in the window's context
         self.open = True
 
         @self.window.event
         def on_close() -> None:
             self.open = False
 
+        def on_key_press(symbol: int, modifiers: int) -> None:
+            from pyglet.window import key
+
+            if symbol == key.F1 and self.toggle_hud is not None:
+                self.toggle_hud()
+
+        self.window.push_handlers(on_key_press=on_key_press)  # the input feed's stay too
         offscreen_context()
 
     def present(self, frame: int, display_time_ns: int) -> None:
@@ -131,14 +157,14 @@ class MirrorWindowSink(HeadlessSink):
             return
         from pyglet import gl
 
+        texture = self.surface.render_mirror()  # in the offscreen context, where it lives
         self.window.switch_to()
         self.window.dispatch_events()
         w, h = self.window.get_framebuffer_size()
-        for i, texture in enumerate(self.surface.eye_textures()):
-            gl.glViewport(i * w // 2, 0, w // 2, h)
-            gl.glActiveTexture(gl.GL_TEXTURE0)
-            gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
-            self._blit.draw(u_eye=0)
+        gl.glViewport(0, 0, w, h)
+        gl.glActiveTexture(gl.GL_TEXTURE0)
+        gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
+        self._blit.draw(u_eye=0)
         self.window.flip()
         self._offscreen_context()
 
@@ -148,7 +174,7 @@ class MirrorWindowSink(HeadlessSink):
             self.window.close()
 
 
-_BLIT_SHADER = """
+BLIT_SHADER = """
 #version 330 core
 in vec2 v_ndc;
 out vec4 out_color;
