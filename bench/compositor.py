@@ -1,7 +1,7 @@
 """How well the compositor keeps its frame rate, against a bare pacing loop on the same machine.
 
     python bench/compositor.py [--seconds 5] [--crash-seconds 10] [--json PATH]
-        [--sizes 1280x720,1440x1600] [--layers 1,4] [--before] [--no-game]
+        [--sizes 1280x720,1440x1600] [--layers 1,4] [--before] [--no-game] [--preview]
 
 Runs, one after another, each in its own process at the priority the compositor gets:
 
@@ -24,6 +24,13 @@ Runs, one after another, each in its own process at the priority the compositor 
    renderer too (``gpu_images="on"``; "auto" keeps shared memory there): the producer
    draws each ring image once with GL, the compositor samples them in place, no upload.
    Which path each run used is printed after the table.
+   ``--preview`` adds, at the first size with one game layer, the preview layer's runs:
+   "no preview" (``CompositorConfig.preview=False``: no preview layer at all, the code
+   before it), "preview" (a second producer publishing into the preview layer: drawn as
+   a panel in each eye), "mirror" (the mirror view with its HUD drawn every frame as a
+   window would, headless: ``mirror_headless``) and "preview+mirror" (both: the split
+   view with its labels). The plain "1 layer" run has the preview layer idle. The mirror
+   view is drawn at present, after the compose: its own time is printed below the table.
 3. **game / crashes** — the supervisor running a game (fill renderer, 2 x 640 x 360: see
    ``GAME_EYE``), left alone, then killed with SIGKILL again and again: the compositor's
    misses over each run, and how long each restart took, from detection to the new
@@ -159,9 +166,13 @@ def run_compositor(
     filter: str = "auto",
     eye: tuple[int, int] = EYE,
     before: bool = False,
+    preview: str = "idle",
+    mirror: bool = False,
 ) -> dict:
     """One compositor run; ``before`` runs it as the code before the per-driver tuning
-    did: BGRA8 layers and the start-up frame timed without warm-up frames."""
+    did: BGRA8 layers and the start-up frame timed without warm-up frames. ``preview``:
+    ``"off"`` (no preview layer), ``"idle"`` (allocated, nothing publishes), ``"publishing"``
+    (the producer publishes into it too); ``mirror``: draw the mirror view every frame."""
     pose_fd = create_block_fd("bench-pose")
     layers = tuple((f"layer{i}", *eye) for i in range(layer_count))
     config = CompositorConfig(
@@ -173,11 +184,16 @@ def run_compositor(
         layer_format=PixelFormat.BGRA8 if before else None,
         timing_warmups=0 if before else 2,
         gpu_images="off",  # the producer writes the block: shared memory, populated
+        preview=preview != "off",
+        mirror_headless=mirror,
     )
     handle = CompositorHandle.start(config, pose_fd)
+    published = list(handle.layers)
+    if preview == "publishing" and handle.preview_layer is not None:
+        published.append(handle.preview_layer)
     producer = SPAWN.Process(
         target=produce,
-        args=(PassedFd(pose_fd), [(PassedFd(fd), spec) for fd, spec in handle.layers], seconds),
+        args=(PassedFd(pose_fd), [(PassedFd(fd), spec) for fd, spec in published], seconds),
     )
     producer.start()
     producer.join(seconds + 60)
@@ -187,6 +203,15 @@ def run_compositor(
     stats["eye"] = list(eye)
     stats["ready"] = handle.ready
     return stats
+
+
+#: The --preview runs: (name, preview layer, mirror view every frame).
+PREVIEW_RUNS = (
+    ("1 no preview", "off", False),
+    ("1 preview", "publishing", False),
+    ("1 mirror", "idle", True),
+    ("1 preview+mirror", "publishing", True),
+)
 
 
 # --- 2b. the same with the layers' images in GPU memory --------------------------------
@@ -450,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", action="store_true", help="add the untuned baseline runs")
     parser.add_argument("--no-linear", action="store_true", help="skip the '1 linear' run")
     parser.add_argument("--no-game", action="store_true", help="skip the game and crash runs")
+    parser.add_argument(
+        "--preview", action="store_true", help="add the preview layer and mirror view runs"
+    )
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args(argv)
     lead = round(args.lead_ms * 1e6)
@@ -465,6 +493,11 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = run_compositor(count, args.seconds, lead, eye=eye, before=True)
             if count == 1 and eye == sizes[0] and not args.no_linear:
                 results["1 linear"] = run_compositor(1, args.seconds, lead, "linear", eye=eye)
+            if count == 1 and eye == sizes[0] and args.preview:
+                for name, preview, mirror in PREVIEW_RUNS:
+                    results[name] = run_compositor(
+                        1, args.seconds, lead, eye=eye, preview=preview, mirror=mirror
+                    )
     if not args.no_gpu:
         results.update(gpu_memory_runs(args.seconds, lead, sizes, counts))
     if not args.no_game:
@@ -509,6 +542,27 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         if name != "floor" and r.get("recent_misses"):
             print(f"  {name:<14} {miss_causes(r['recent_misses'])}")
+    if args.preview:
+        print("\nthe preview layer and the mirror view (same size, one game layer):")
+        for name in ("1 layer", *(name for name, _, _ in PREVIEW_RUNS)):
+            r = results.get(name)
+            if r is None:
+                continue
+            mirror = r.get("mirror") or {}
+            preview = r.get("preview") or {}
+            drawn = r.get("gl", {}).get("preview_draws", 0)
+            print(
+                f"  {name:<16} compose p50 {r['compose_ms_p50']:6.2f} p99 "
+                f"{r['compose_ms_p99']:6.2f} ms; mirror view "
+                + (
+                    f"p50 {mirror['mirror_ms_p50']:5.2f} p99 {mirror['mirror_ms_p99']:5.2f} ms"
+                    if mirror
+                    else "not drawn"
+                )
+                + f"; preview drawn {drawn} frames, shed "
+                f"{preview.get('exclusions_time_short', 0)} times "
+                f"({preview.get('shed_frames', 0)} frames)"
+            )
     crashes = results.get("crashes")
     restart_ms = crashes["restart_ms"] if crashes else []
     if crashes and restart_ms:

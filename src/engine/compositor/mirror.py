@@ -8,8 +8,10 @@ the compositor and the game are doing (:class:`MirrorText`).
 Two halves, as elsewhere in the compositor: :class:`MirrorText` is pure (it reads the
 loop's watches and counters on the loop's clock, and refreshes its words at most
 ``REFRESH_NS`` apart, so a test needs no GL and a frame seldom pays for a new layout);
-:class:`TextOverlay` draws those words with pyglet into whatever framebuffer is bound (the
-compositor's mirror framebuffer, in its offscreen context: headless EGL draws text too).
+:class:`MirrorView` draws the view into whatever framebuffer is bound: the window's (in
+the window's context) or the compositor's offscreen one for the capture (headless EGL
+draws text too), the two halves as one textured triangle each and the words with pyglet
+(:class:`TextOverlay`).
 """
 
 from __future__ import annotations
@@ -120,6 +122,38 @@ class MirrorText:
             self.labels, self.hud = labels, hud
             self.version += 1
         return changed
+
+
+class MirrorView:
+    """Draws the mirror view into the bound framebuffer: two halves side by side and the
+    text over them (``text``: ``None``, no text). Made and drawn in one GL context."""
+
+    def __init__(self, text: MirrorText | None) -> None:
+        from engine.compositor.sinks import BLIT_SHADER
+        from engine.compositor.timewarp import FullscreenProgram
+
+        self._blit = FullscreenProgram(BLIT_SHADER)
+        self.overlay = TextOverlay(text) if text is not None else None
+
+    def draw(self, halves: tuple[int, int, bool], width: int, height: int) -> None:
+        """``halves`` is ``(left texture, right texture, split)``
+        (``GLComposer.mirror_halves``); the framebuffer is ``width`` x ``height``.
+
+        Each half is copied as it is, without blending: a premultiplied image copied
+        over nothing is that image over black, which is how a display shows it.
+        """
+        from pyglet import gl
+
+        left, right, split = halves
+        gl.glDisable(gl.GL_BLEND)
+        gl.glActiveTexture(gl.GL_TEXTURE0)
+        for i, texture in enumerate((left, right)):
+            gl.glViewport(i * width // 2, 0, width // 2, height)
+            gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
+            self._blit.draw(u_eye=0)
+        gl.glViewport(0, 0, width, height)
+        if self.overlay is not None:
+            self.overlay.draw(width, height, split)
 
 
 class TextOverlay:

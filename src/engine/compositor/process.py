@@ -88,6 +88,8 @@ class CompositorConfig:
     does not, nothing changes. It is the first thing left out when time is short.
     ``hud``: the mirror view (window and capture) shows the compositor's frame rate and
     misses and the game's state in its corner (F1 in the window toggles it).
+    ``mirror_headless``: without a window, draw the mirror view every frame all the same
+    (what a window costs, measured: ``bench/compositor.py --preview``).
     """
 
     display_hz: float = 90.0
@@ -115,6 +117,7 @@ class CompositorConfig:
     gpu_images: str = "auto"
     preview: bool = True
     hud: bool = True
+    mirror_headless: bool = False
 
     @property
     def preview_index(self) -> int | None:
@@ -239,10 +242,10 @@ class GLComposer:
     exact homography pass, scissored to the panel), from its left-eye image. It is not
     part of :meth:`time_frame` (it is surplus: the start-up lead is the game's).
 
-    The mirror view (:meth:`render_mirror`, for the window and the capture) is the eyes
-    side by side, or, in a frame that had the preview, the left eye as the scene layers
-    left it (copied before the panel is drawn, when ``mirror_wanted``) beside the
-    preview's own picture, with ``overlay``'s text over both.
+    The mirror view (the window and the capture) is two halves (:meth:`mirror_halves`):
+    the eyes, or, in a frame that had the preview, the left eye as the scene layers left
+    it (copied before the panel is drawn, when ``mirror_wanted``) and the preview's own
+    picture; ``mirror_text`` says what is written over them (:mod:`engine.compositor.mirror`).
     """
 
     def __init__(
@@ -314,10 +317,12 @@ class GLComposer:
         self.fallback = FallbackPass()
         self.preview_layer = preview_layer
         self.quad_pass = TimewarpPass() if preview_layer is not None else None
-        self.mirror_wanted = False  # a sink reads render_mirror: keep the live eye's copy
-        self.overlay: Any = None  # draws text over the mirror view (mirror.TextOverlay)
-        self._mirror: tuple[int, int] | None = None  # (texture, framebuffer), made on use
-        self._mirror_blit: Any = None
+        self.mirror_wanted = False  # a sink shows the mirror view: keep the live eye's copy
+        self.mirror_text: Any = None  # what the mirror view says (mirror.MirrorText)
+        self._mirror_view: Any = None  # its drawing in this context (mirror.MirrorView)
+        self._mirrors: dict[tuple[int, int], tuple[int, int]] = {}  # size: (texture, fbo)
+        self._live_copy: tuple[int, int] | None = None  # (texture, fbo), made on use
+        self._last_mirror: tuple[int, int] | None = None  # the size render_mirror drew
         self.preview_shown = False  # the last frame had the preview (drawn or shed)
         self.live_copied = False  # ... and the live eye was copied for the mirror then
         self.preview_draws = 0
@@ -410,7 +415,8 @@ class GLComposer:
             self.rejected_images += 1
             return
         back = 1 - layer.front
-        self._upload_pixels(layer, back, pixels)
+        # A quad layer shows its left eye only: the right one is never uploaded.
+        self._upload_pixels(layer, back, pixels, eyes=1 if draw.quad is not None else None)
         # glTexSubImage2D has copied the client memory when it returns: check it is whole.
         if draw.source.still_valid(image):
             layer.front, layer.front_key, layer.eyes = back, key, tuple(image.eyes)
@@ -420,10 +426,13 @@ class GLComposer:
             layer.failed_key = key
             self.torn_uploads += 1
 
-    def _upload_pixels(self, layer: _LayerTextures, texture_set: int, pixels: np.ndarray) -> None:
+    def _upload_pixels(
+        self, layer: _LayerTextures, texture_set: int, pixels: np.ndarray, eyes: int | None = None
+    ) -> None:
+        """Upload the first ``eyes`` eyes (``None``: all) of ``pixels`` into a texture set."""
         gl, spec, upload = self.gl, layer.spec, layer.upload
         gl.glPixelStorei(gl.GL_UNPACK_ALIGNMENT, 1)
-        for eye, texture in enumerate(layer.textures[texture_set]):
+        for eye, texture in enumerate(layer.textures[texture_set][:eyes]):
             gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
             gl.glTexSubImage2D(
                 gl.GL_TEXTURE_2D, 0, 0, 0, spec.width, spec.height, upload.data_format,
@@ -577,87 +586,69 @@ class GLComposer:
             if layer.gpu_index is not None:
                 self._sampled_gpu.append(draw)
 
-    def _mirror_target(self) -> tuple[int, int]:
-        """The mirror view's texture and framebuffer (both eyes wide), made at first use."""
-        if self._mirror is None:
-            gl = self.gl
-            texture = self._texture(
-                2 * self.eye_width, self.eye_height, gl.GL_LINEAR, gl.GL_CLAMP_TO_EDGE,
-                choose_upload(None, True),
-            )  # fmt: skip
-            fbo = gl.GLuint()
-            gl.glGenFramebuffers(1, ctypes.byref(fbo))
-            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo.value)
-            gl.glFramebufferTexture2D(
-                gl.GL_FRAMEBUFFER, gl.GL_COLOR_ATTACHMENT0, gl.GL_TEXTURE_2D, texture, 0
-            )
-            self._mirror = (texture, fbo.value)
-        return self._mirror
-
-    def _blit_eye(self, source_fbo: int, half: int) -> None:
-        """Copy an eye framebuffer into half ``half`` (0 left, 1 right) of the mirror."""
-        gl, w, h = self.gl, self.eye_width, self.eye_height
-        gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, source_fbo)
-        gl.glBindFramebuffer(gl.GL_DRAW_FRAMEBUFFER, self._mirror_target()[1])
-        gl.glBlitFramebuffer(
-            0, 0, w, h, half * w, 0, (half + 1) * w, h, gl.GL_COLOR_BUFFER_BIT, gl.GL_NEAREST
+    def _render_target(self, width: int, height: int) -> tuple[int, int]:
+        """A colour texture and its framebuffer, ``width`` x ``height``."""
+        gl = self.gl
+        texture = self._texture(
+            width, height, gl.GL_LINEAR, gl.GL_CLAMP_TO_EDGE, choose_upload(None, True)
         )
-        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+        fbo = gl.GLuint()
+        gl.glGenFramebuffers(1, ctypes.byref(fbo))
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo.value)
+        gl.glFramebufferTexture2D(
+            gl.GL_FRAMEBUFFER, gl.GL_COLOR_ATTACHMENT0, gl.GL_TEXTURE_2D, texture, 0
+        )
+        return texture, fbo.value
 
     def _copy_live_eye(self, fbo: int) -> None:
-        self._blit_eye(fbo, 0)
+        """Copy eye ``fbo`` as the scene layers left it (before the panel) for the mirror."""
+        gl, w, h = self.gl, self.eye_width, self.eye_height
+        if self._live_copy is None:
+            self._live_copy = self._render_target(w, h)
+        gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, fbo)
+        gl.glBindFramebuffer(gl.GL_DRAW_FRAMEBUFFER, self._live_copy[1])
+        gl.glBlitFramebuffer(0, 0, w, h, 0, 0, w, h, gl.GL_COLOR_BUFFER_BIT, gl.GL_NEAREST)
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
         self.live_copied = True
 
-    def render_mirror(self) -> int:
-        """Draw the mirror view and return its texture (``2 * eye_width`` x ``eye_height``).
-
-        The two eyes side by side; in a frame that had the preview (and copied the live
-        eye: ``mirror_wanted``), the live scene's left eye on the left and the preview's
-        left-eye image on the right. Then ``overlay`` draws its text over it.
-        """
-        gl, w, h = self.gl, self.eye_width, self.eye_height
-        texture, fbo = self._mirror_target()
-        split = self.preview_shown and self.live_copied
-        if split:
+    def mirror_halves(self) -> tuple[int, int, bool]:
+        """The mirror view's left and right textures, and whether it is split: the live
+        scene's left eye and the preview's picture in a frame that had the preview (and
+        copied the live eye: ``mirror_wanted``), else the two eyes."""
+        if self.preview_shown and self.live_copied and self._live_copy is not None:
             assert self.preview_layer is not None
-            if self._mirror_blit is None:
-                from engine.compositor.sinks import BLIT_SHADER
-                from engine.compositor.timewarp import FullscreenProgram
+            return self._live_copy[0], self._layers[self.preview_layer].texture(0), True
+        return self._eye_textures[0], self._eye_textures[1], False
 
-                self._mirror_blit = FullscreenProgram(BLIT_SHADER)
-            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
-            gl.glViewport(w, 0, w, h)
-            gl.glClearColor(0.0, 0.0, 0.0, 1.0)
-            gl.glEnable(gl.GL_SCISSOR_TEST)
-            gl.glScissor(w, 0, w, h)
-            gl.glClear(gl.GL_COLOR_BUFFER_BIT)
-            gl.glDisable(gl.GL_SCISSOR_TEST)
-            gl.glEnable(gl.GL_BLEND)  # premultiplied: over black
-            gl.glActiveTexture(gl.GL_TEXTURE0)
-            gl.glBindTexture(gl.GL_TEXTURE_2D, self._layers[self.preview_layer].texture(0))
-            self._mirror_blit.draw(u_eye=0)
-            gl.glDisable(gl.GL_BLEND)
-        else:
-            for half, eye_fbo in enumerate(self._fbos):
-                self._blit_eye(eye_fbo, half)
-        if self.overlay is not None:
-            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
-            gl.glViewport(0, 0, 2 * w, h)
-            self.overlay.draw(2 * w, h, split)
-        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+    def render_mirror(self, scale: float = 1.0) -> int:
+        """Draw the mirror view offscreen, ``scale`` times both eyes' size, with
+        ``mirror_text`` over it; returns its texture (:meth:`read_mirror` reads it)."""
+        from engine.compositor.mirror import MirrorView
+
+        size = (max(1, round(2 * self.eye_width * scale)), max(1, round(self.eye_height * scale)))
+        if size not in self._mirrors:
+            self._mirrors[size] = self._render_target(*size)
+        if self._mirror_view is None:
+            self._mirror_view = MirrorView(self.mirror_text)
+        texture, fbo = self._mirrors[size]
+        self.gl.glBindFramebuffer(self.gl.GL_FRAMEBUFFER, fbo)
+        self._mirror_view.draw(self.mirror_halves(), *size)
+        self.gl.glBindFramebuffer(self.gl.GL_FRAMEBUFFER, 0)
+        self._last_mirror = size
         return texture
 
     def read_mirror(self) -> np.ndarray:
-        """The mirror view as :meth:`render_mirror` last drew it, ``uint8 (h, 2w, 4)``,
-        rows bottom-to-top."""
-        gl = self.gl
-        out = np.empty((self.eye_height, 2 * self.eye_width, 4), np.uint8)
+        """The mirror view :meth:`render_mirror` drew last, ``uint8 (h, w, 4)``, rows
+        bottom-to-top. Raises ``RuntimeError`` if none was drawn."""
+        if self._last_mirror is None:
+            raise RuntimeError("no mirror view was drawn (call render_mirror first)")
+        gl, (w, h) = self.gl, self._last_mirror
+        out = np.empty((h, w, 4), np.uint8)
         gl.glPixelStorei(gl.GL_PACK_ALIGNMENT, 1)
-        gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, self._mirror_target()[1])
+        gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, self._mirrors[self._last_mirror][1])
         gl.glReadPixels(
-            0, 0, 2 * self.eye_width, self.eye_height, gl.GL_RGBA, gl.GL_UNSIGNED_BYTE,
-            ctypes.c_void_p(out.ctypes.data),
-        )  # fmt: skip
+            0, 0, w, h, gl.GL_RGBA, gl.GL_UNSIGNED_BYTE, ctypes.c_void_p(out.ctypes.data)
+        )
         gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, 0)
         return out
 
@@ -822,7 +813,7 @@ def compositor_main(
     sink = (
         MirrorWindowSink(composer, config.capture_path)
         if config.window
-        else HeadlessSink(composer, config.capture_path)
+        else HeadlessSink(composer, config.capture_path, config.mirror_headless)
     )
     if input_fd is not None:
         sink = input_feed(sink, input_fd, config.input_script)
@@ -860,12 +851,9 @@ def compositor_main(
     )
     mirror_text = None
     if composer.mirror_wanted:  # a window or a capture: the mirror view is drawn
-        from engine.compositor.mirror import MirrorText, TextOverlay
+        from engine.compositor.mirror import MirrorText
 
-        mirror_text = MirrorText(loop, hud_on=config.hud)
-        composer.overlay = TextOverlay(mirror_text)
-        if config.window:
-            getattr(sink, "sink", sink).toggle_hud = mirror_text.toggle_hud  # F1
+        mirror_text = composer.mirror_text = MirrorText(loop, hud_on=config.hud)
     if input_fd is not None:
         sink.started = lambda: any(w.image is not None for w in loop.watches)
     priority = {"cpu": cpu, **gpu}
@@ -915,6 +903,9 @@ def compositor_main(
     }
     if input_fd is not None:
         stats["input"] = sink.stats()
+    mirror_stats = getattr(sink, "mirror_stats", None)
+    if mirror_stats is not None and mirror_stats() is not None:
+        stats["mirror"] = mirror_stats()
     try:
         control.setblocking(True)
         send_message(control, {"op": "stats", "stats": stats})

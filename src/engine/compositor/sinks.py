@@ -14,6 +14,7 @@ A sink gets the composed eyes from an :class:`EyeSurface` (the GL composer).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,14 +38,19 @@ class EyeSurface(Protocol):
         """GL texture names of the left and right composed eye."""
         ...
 
-    mirror_wanted: bool  # set by a sink that will call render_mirror
+    mirror_wanted: bool  # set by a sink that shows the mirror view
+    mirror_text: Any  # what the mirror view says (engine.compositor.mirror.MirrorText)
 
-    def render_mirror(self) -> int:
-        """Draw the mirror view (``2 * eye_width`` x ``eye_height``); its GL texture."""
+    def mirror_halves(self) -> tuple[int, int, bool]:
+        """The mirror view's left and right textures, and whether it is live | preview."""
+        ...
+
+    def render_mirror(self, scale: float = 1.0) -> int:
+        """Draw the mirror view offscreen, ``scale`` x (both eyes); its GL texture."""
         ...
 
     def read_mirror(self) -> np.ndarray:
-        """The mirror view last drawn, ``uint8 (height, 2 * width, 4)``, rows bottom-to-top."""
+        """The mirror view last drawn, ``uint8 (height, width, 4)``, rows bottom-to-top."""
         ...
 
 
@@ -69,25 +75,53 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     return path
 
 
+#: The mirror window's size: this times both eyes'.
+MIRROR_SCALE = 0.5
+
+
 class HeadlessSink:
     """Counts presented frames; optionally captures the last one to ``capture_path`` on close.
 
     ``present`` waits for the GPU (or llvmpipe) to finish the frame, which is what a swap
     would wait for, so the compositor's compose time includes the drawing itself.
+    ``mirror_each_frame`` draws the mirror view at every present as a window would (at
+    the window's scale), with nobody to show it to: what a mirror window costs, measured
+    headless (its times, from the drawing to its end, are in :meth:`mirror_stats`).
     """
 
-    def __init__(self, surface: EyeSurface | None = None, capture_path: str | Path | None = None):
+    def __init__(
+        self,
+        surface: EyeSurface | None = None,
+        capture_path: str | Path | None = None,
+        mirror_each_frame: bool = False,
+    ):
         self.surface = surface
         self.capture_path = Path(capture_path) if capture_path else None
         self.frames = 0
         self.captured: Path | None = None
-        if surface is not None and self.capture_path is not None:
+        self.mirror_each_frame = mirror_each_frame and surface is not None
+        self._mirror_ns: list[int] = []
+        if surface is not None and (self.capture_path is not None or self.mirror_each_frame):
             surface.mirror_wanted = True
 
     def present(self, frame: int, display_time_ns: int) -> None:
         if self.surface is not None:
             self.surface.finish()
+            if self.mirror_each_frame:
+                start = time.perf_counter_ns()
+                self.surface.render_mirror(MIRROR_SCALE)
+                self.surface.finish()
+                self._mirror_ns.append(time.perf_counter_ns() - start)
         self.frames += 1
+
+    def mirror_stats(self) -> dict[str, float] | None:
+        """With ``mirror_each_frame``: the mirror view's drawing time, ms (``None`` else)."""
+        if not self.mirror_each_frame:
+            return None
+        from engine.scheduler.stats import summarize
+
+        summary = summarize(self._mirror_ns[-65_536:], 0)
+        return {"mirror_ms_p50": summary.p50_ms, "mirror_ms_p99": summary.p99_ms}
 
     def capture(self, path: str | Path) -> Path:
         """Save the last composed frame now. Raises ``RuntimeError`` without a surface."""
@@ -122,20 +156,18 @@ class MirrorWindowSink(HeadlessSink):
         self,
         surface: EyeSurface,
         capture_path: str | Path | None = None,
-        scale: float = 0.5,
+        scale: float = MIRROR_SCALE,
     ) -> None:
         super().__init__(surface, capture_path)
-        from engine.compositor.timewarp import FullscreenProgram
         from engine.render.context import mirror_window, offscreen_context
 
         w = max(1, int(surface.eye_width * scale))
         h = max(1, int(surface.eye_height * scale))
         self._offscreen_context = offscreen_context
         surface.mirror_wanted = True
-        self.toggle_hud: Any = None
+        self._view: Any = None  # the mirror view's drawing, in the window's context
         self.window = mirror_window(2 * w, h, "All-Source Engine - compositor mirror")
         self.window.set_vsync(False)
-        self._blit = FullscreenProgram(BLIT_SHADER)  # made in the window's context
         self.open = True
 
         @self.window.event
@@ -145,8 +177,9 @@ class MirrorWindowSink(HeadlessSink):
         def on_key_press(symbol: int, modifiers: int) -> None:
             from pyglet.window import key
 
-            if symbol == key.F1 and self.toggle_hud is not None:
-                self.toggle_hud()
+            text = getattr(self.surface, "mirror_text", None)
+            if symbol == key.F1 and text is not None:
+                text.toggle_hud()
 
         self.window.push_handlers(on_key_press=on_key_press)  # the input feed's stay too
         offscreen_context()
@@ -155,16 +188,14 @@ class MirrorWindowSink(HeadlessSink):
         super().present(frame, display_time_ns)
         if not self.open:
             return
-        from pyglet import gl
+        from engine.compositor.mirror import MirrorView
 
-        texture = self.surface.render_mirror()  # in the offscreen context, where it lives
+        halves = self.surface.mirror_halves()
         self.window.switch_to()
         self.window.dispatch_events()
-        w, h = self.window.get_framebuffer_size()
-        gl.glViewport(0, 0, w, h)
-        gl.glActiveTexture(gl.GL_TEXTURE0)
-        gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
-        self._blit.draw(u_eye=0)
+        if self._view is None:
+            self._view = MirrorView(getattr(self.surface, "mirror_text", None))
+        self._view.draw(halves, *self.window.get_framebuffer_size())
         self.window.flip()
         self._offscreen_context()
 
