@@ -16,6 +16,7 @@ from engine.compositor.process import CompositorConfig, CompositorHandle
 from engine.contracts.handoff import PoseHandoffReader
 from engine.contracts.layer import LayerWriter
 from engine.contracts.shm import create_block_fd
+from test_compositor_process import virtual_display  # noqa: F401  (a fixture)
 
 LIVE = (200, 30, 40, 255)
 PREVIEW = (30, 60, 220, 255)
@@ -274,3 +275,77 @@ def test_the_hud_can_be_turned_off(tmp_path, hud):
 
     _, image = run(tmp_path, steps, config)
     assert has_hud(image[:30, :160]) is hud
+
+
+# --- the words of the mirror view (pure: the loop with a manual clock) -------------------
+
+
+def test_the_labels_and_hud_say_each_layers_frame_rate_and_the_games_state():
+    from engine.compositor.mirror import MirrorText
+    from test_compositor_loop import make_preview_loop
+
+    loop, clock, game, preview, _ = make_preview_loop()
+    text = MirrorText(loop)
+    for frame in range(150):  # 100 Hz; the preview publishes every other frame
+        game.publish()
+        if frame % 2 == 0:
+            preview.publish()
+        loop.step()
+    assert text.refresh()
+    assert text.labels == ("live 100 fps", "preview 50 fps")
+    assert text.hud == ("compositor 100 fps, missed 0", "game running, 100 fps")
+    assert not text.refresh()  # within REFRESH_NS: nothing recomputed, nothing to lay out
+    # The game stops; the supervisor says it is restarting: that is what the HUD says
+    # until the new game's first image, then "running" again by itself.
+    text.tell("restarting")
+    for _ in range(60):
+        loop.step()
+    text.refresh()
+    assert text.hud[1].startswith("game restarting, ")
+    game.publish()
+    loop.step()
+    clock.advance(300_000_000)
+    text.refresh()
+    assert text.hud[1].startswith("game running, ")
+    text.toggle_hud()
+    text.refresh()
+    assert text.hud == ()
+
+
+def test_the_games_state_follows_its_layer_unless_the_supervisor_said_otherwise():
+    from engine.compositor.loop import LayerState
+    from engine.compositor.mirror import game_state
+
+    assert game_state(LayerState.WAITING, None) == "starting"
+    assert game_state(LayerState.REPROJECTED, None) == "late"
+    assert game_state(LayerState.EXCLUDED, None) == "excluded"
+    assert game_state(LayerState.EXCLUDED, "restarting") == "restarting"
+    assert game_state(LayerState.FRESH, "restarting") == "running"
+
+
+def test_the_compositor_takes_the_games_state_and_goes_on(tmp_path):
+    def steps(handle, pose_fd, pose):  # noqa: ANN001, ANN202
+        live = Producer(handle.layers[0], pose_fd, LIVE)
+        live.wait_for(5)
+        handle.tell_game_state("restarting")
+        handle.tell_game_state("no such state")  # ignored
+        live.wait_for(10)  # it goes on presenting
+        return [live]
+
+    stats, _ = run(tmp_path, steps)
+    assert stats["frames"] > 15 and stats["failed_frames"] == 0
+
+
+@pytest.mark.usefixtures("virtual_display")
+def test_the_mirror_window_shows_live_and_preview_on_a_real_display(tmp_path):
+    config = CompositorConfig(**{**CONFIG.__dict__, "window": True})
+
+    def steps(handle, pose_fd, pose):  # noqa: ANN001, ANN202
+        live = Producer(handle.layers[0], pose_fd, LIVE)
+        preview = Producer(handle.preview_layer, pose_fd, PREVIEW)
+        preview.wait_for(30)
+        return [live, preview]
+
+    stats, image = run(tmp_path, steps, config)
+    assert stats["failed_frames"] == 0, stats["last_failure"]  # the window's text drew
+    assert colour_at(image, 80) == LIVE[:3] and colour_at(image, 240) == PREVIEW[:3]
