@@ -31,6 +31,10 @@ Runs, one after another, each in its own process at the priority the compositor 
    window would, headless: ``mirror_headless``) and "preview+mirror" (both: the split
    view with its labels). The plain "1 layer" run has the preview layer idle. The mirror
    view is drawn at present, after the compose: its own time is printed below the table.
+   Then, since a loaded machine's runs differ more from each other than these costs do,
+   the same costs measured in one process, interleaved frame by frame (``compose_costs``):
+   the compose with the game layer alone, with the preview's panel too, with the live
+   eye's copy for the mirror too; and the mirror view (window size) without and with text.
 3. **game / crashes** — the supervisor running a game (fill renderer, 2 x 640 x 360: see
    ``GAME_EYE``), left alone, then killed with SIGKILL again and again: the compositor's
    misses over each run, and how long each restart took, from detection to the new
@@ -42,6 +46,7 @@ Prints one table; the ratio and difference columns compare each run with the flo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -212,6 +217,93 @@ PREVIEW_RUNS = (
     ("1 mirror", "idle", True),
     ("1 preview+mirror", "publishing", True),
 )
+
+
+def compose_costs(eye: tuple[int, int], frames: int, out: multiprocessing.Queue) -> None:
+    """The preview's and the mirror view's costs, in ms, measured in this process with a
+    real GLComposer (both layers uploaded every frame, shown 1 degree turned from where they
+    were rendered: a typical turn),
+    the variants interleaved frame by frame so that a machine's swings hit all alike. At
+    the compositor's priority, before GL starts (its threads inherit it)."""
+    raise_cpu_priority(True)
+    os.environ["PYGLET_HEADLESS"] = "1"
+    from engine.compositor.loop import CompositorLoop, LayerDraw
+    from engine.compositor.mirror import MirrorText
+    from engine.compositor.process import GLComposer, make_pose_source, preferred_upload
+    from engine.compositor.quad import quad_in_front
+    from engine.compositor.sinks import MIRROR_SCALE, HeadlessSink
+    from engine.pose.base import EyeView, Fov, Pose
+    from engine.render.camera import axis_angle
+    from engine.render.context import offscreen_context
+
+    offscreen_context()
+    w, h = eye
+    spec = LayerSpec(width=w, height=h, format=preferred_upload().layer_format)
+    composer = GLComposer(w, h, [spec, spec], preview_layer=1)
+    fov = Fov.for_image(w, h)
+
+    def eyes_at(degrees: float) -> tuple[EyeView, EyeView]:
+        q = tuple(axis_angle((0.0, 1.0, 0.0), np.radians(degrees)))
+        return (EyeView(Pose((-0.03, 1.6, 0.0), q), fov), EyeView(Pose((0.03, 1.6, 0.0), q), fov))
+
+    class Source:
+        def read(self) -> None:
+            return None
+
+        def still_valid(self, frame: object) -> bool:
+            return True
+
+    class Image:
+        def __init__(self, seq: int, colour: int) -> None:
+            self.index, self.seq, self.frame, self.spec = 0, seq, seq, spec
+            self.eyes = eyes_at(0.0)
+            self.pixels = np.full(spec.shape, colour, np.uint8)
+
+    quad = quad_in_front(Pose((0.0, 1.6, 0.0)), h / w)
+    # A loop for the words to read (never stepped: the HUD says what it says at start).
+    loop = CompositorLoop(
+        clock=MonotonicClock(),
+        schedule=DisplaySchedule(round(1e9 / RATE_HZ), 0, 4_000_000),
+        pose_source=make_pose_source("simulated"),
+        layers=[("game", Source()), ("preview", Source())],
+        composer=composer,
+        sink=HeadlessSink(),
+        preview_layer=1,
+    )
+    composer.mirror_text = MirrorText(loop)
+    composer.mirror_scale = MIRROR_SCALE  # the live eye copied at the window's size
+    # The mirror view is drawn after the frame that copied the live eye: the split view.
+    variants = ("game", "game+preview", "game+preview+copy", "mirror", "mirror+text")
+    times: dict[str, list[int]] = {name: [] for name in variants}
+    images = [Image(2, 60), Image(2, 160)]
+    composer.warm_up(eyes_at(0.0))
+    seq = 2
+    for frame in range(frames + 10):
+        for name in variants:
+            seq += 2
+            images[0].seq = images[1].seq = seq  # a new image each time: uploaded
+            draws = [LayerDraw(0, images[0], Source(), False)]
+            if name != "game":
+                draws.append(LayerDraw(1, images[1], Source(), False, quad=quad))
+            composer.mirror_wanted = name != "game+preview"
+            start = time.perf_counter_ns()
+            if name.startswith("mirror"):
+                composer.render_mirror(MIRROR_SCALE, text=name == "mirror+text")
+            else:
+                composer.compose(draws, eyes_at(1.0), fallback=False)
+            composer.finish()
+            if frame >= 10:
+                times[name].append(time.perf_counter_ns() - start)
+    out.put({name: dataclasses.asdict(summarize(t, 0)) for name, t in times.items()})
+
+
+def run_compose_costs(eye: tuple[int, int], frames: int = 200) -> dict:
+    queue = SPAWN.Queue()
+    p = SPAWN.Process(target=compose_costs, args=(eye, frames, queue))
+    p.start()
+    result = queue.get(timeout=300)
+    p.join()
+    return result
 
 
 # --- 2b. the same with the layers' images in GPU memory --------------------------------
@@ -563,6 +655,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{preview.get('exclusions_time_short', 0)} times "
                 f"({preview.get('shed_frames', 0)} frames)"
             )
+        costs = run_compose_costs(sizes[0])
+        results["compose costs"] = {"costs": costs}
+        print(
+            f"  measured in one process, interleaved, 2 x {sizes[0][0]}x{sizes[0][1]} "
+            "(ms, both layers uploaded each frame):"
+        )
+        for name, c in costs.items():
+            print(f"    {name:<18} p50 {c['p50_ms']:6.2f}  p99 {c['p99_ms']:6.2f}")
     crashes = results.get("crashes")
     restart_ms = crashes["restart_ms"] if crashes else []
     if crashes and restart_ms:

@@ -256,12 +256,19 @@ def test_the_preview_is_a_panel_over_the_scene_in_each_eye(gl):
         assert tuple(eye[h // 2, w - 10, :3]) == LIVE[:3]
         row = np.all(eye[h // 2, :, :3] == PREVIEW[:3], axis=-1)
         assert 0.2 * w < row.sum() < 0.35 * w
+    # The mirror view: drawn again for a capture, the live eye without the panel.
+    composer.render_mirror()
+    mirror = composer.read_mirror()
+    assert tuple(mirror[h // 2, w // 2, :3]) == LIVE[:3]
+    assert tuple(mirror[h // 2, w + w // 2, :3]) == PREVIEW[:3]
     # Shed (time is short): the eyes are the scene alone.
     composer.compose(
         [draws[0], LayerDraw(1, draws[1].image, Source(), False, quad, True)], eyes, False
     )
     composer.finish()
     assert tuple(composer.read_eyes()[0][h // 2, w // 2, :3]) == LIVE[:3]
+    left, right, split = composer.mirror_halves()  # the mirror: the live eye as it is
+    assert split and left == composer.eye_textures()[0]
 
 
 @pytest.mark.parametrize("hud", [True, False])

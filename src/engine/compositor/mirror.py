@@ -135,9 +135,12 @@ class MirrorView:
         self._blit = FullscreenProgram(BLIT_SHADER)
         self.overlay = TextOverlay(text) if text is not None else None
 
-    def draw(self, halves: tuple[int, int, bool], width: int, height: int) -> None:
+    def draw(
+        self, halves: tuple[int, int, bool], width: int, height: int, text: bool = True
+    ) -> None:
         """``halves`` is ``(left texture, right texture, split)``
-        (``GLComposer.mirror_halves``); the framebuffer is ``width`` x ``height``.
+        (``GLComposer.mirror_halves``); the framebuffer is ``width`` x ``height``;
+        ``text=False`` leaves the words out.
 
         Each half is copied as it is, without blending: a premultiplied image copied
         over nothing is that image over black, which is how a display shows it.
@@ -152,7 +155,7 @@ class MirrorView:
             gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
             self._blit.draw(u_eye=0)
         gl.glViewport(0, 0, width, height)
-        if self.overlay is not None:
+        if self.overlay is not None and text:
             self.overlay.draw(width, height, split)
 
 

@@ -244,8 +244,9 @@ class GLComposer:
 
     The mirror view (the window and the capture) is two halves (:meth:`mirror_halves`):
     the eyes, or, in a frame that had the preview, the left eye as the scene layers left
-    it (copied before the panel is drawn, when ``mirror_wanted``) and the preview's own
-    picture; ``mirror_text`` says what is written over them (:mod:`engine.compositor.mirror`).
+    it (a window copies it before the panel is drawn, each frame: ``mirror_wanted``; a
+    capture draws it again when taken) and the preview's own picture; ``mirror_text``
+    says what is written over them (:mod:`engine.compositor.mirror`).
     """
 
     def __init__(
@@ -317,11 +318,14 @@ class GLComposer:
         self.fallback = FallbackPass()
         self.preview_layer = preview_layer
         self.quad_pass = TimewarpPass() if preview_layer is not None else None
-        self.mirror_wanted = False  # a sink shows the mirror view: keep the live eye's copy
+        self.mirror_wanted = False  # a window shows the mirror view: copy the live eye
+        self.mirror_scale = 1.0  # ... at this scale
+        self._last_frame: tuple[list[LayerDraw], Any, bool] | None = None
         self.mirror_text: Any = None  # what the mirror view says (mirror.MirrorText)
         self._mirror_view: Any = None  # its drawing in this context (mirror.MirrorView)
         self._mirrors: dict[tuple[int, int], tuple[int, int]] = {}  # size: (texture, fbo)
-        self._live_copy: tuple[int, int] | None = None  # (texture, fbo), made on use
+        # The live eye's copy for the mirror: ((w, h), (texture, fbo)), made on use.
+        self._live_copy: tuple[tuple[int, int], tuple[int, int]] | None = None
         self._last_mirror: tuple[int, int] | None = None  # the size render_mirror drew
         self.preview_shown = False  # the last frame had the preview (drawn or shed)
         self.live_copied = False  # ... and the live eye was copied for the mirror then
@@ -522,42 +526,56 @@ class GLComposer:
                 self._upload(draw)
         self.preview_shown = quad is not None and self._layers[quad.layer].front_key is not None
         self.live_copied = False
+        self._last_frame = (list(draws), eyes, fallback)
         gl.glBlendFunc(gl.GL_ONE, gl.GL_ONE_MINUS_SRC_ALPHA)
         for e, (eye, fbo) in enumerate(zip(eyes, self._fbos, strict=True)):
             out_tan = fov_tangents(eye.fov)
             gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
             gl.glViewport(0, 0, self.eye_width, self.eye_height)
-            gl.glDisable(gl.GL_DEPTH_TEST)
-            gl.glDisable(gl.GL_BLEND)
-            gl.glClearColor(0.0, 0.0, 0.0, 1.0)
-            gl.glClear(gl.GL_COLOR_BUFFER_BIT)
-            if fallback:
-                self.fallback.draw(eye, out_tan)
-            for i, draw in enumerate(draws):
-                layer = self._layers[draw.layer]
-                if layer.front_key is None or draw.quad is not None:
-                    continue  # nothing whole uploaded yet; the quad goes on top, below
-                # The base layer over a plain clear needs no blending: on a CPU renderer
-                # blending is a read-modify-write of every pixel, a third of the pass.
-                if i == 0 and draw.layer == 0 and not fallback:
-                    gl.glDisable(gl.GL_BLEND)
-                else:
-                    gl.glEnable(gl.GL_BLEND)
-                source_eye = min(e, len(layer.eyes) - 1)
-                rendered = layer.eyes[source_eye]
-                delta = rotation_delta(rendered.pose.orientation, eye.pose.orientation)
-                texture = layer.texture(source_eye)
-                self._warp(layer, texture, delta, out_tan, fov_tangents(rendered.fov))
-                if e == 0 and layer.gpu_index is not None:
-                    self._sampled_gpu.append(draw)
-            if quad is not None and self.preview_shown:
+            self._draw_scene(e, eye, draws, fallback, sampled=self._sampled_gpu if e == 0 else None)
+            if quad is not None and self.preview_shown and not quad.shed:
                 if e == 0 and self.mirror_wanted:
                     self._copy_live_eye(fbo)
                     gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
-                if not quad.shed:
-                    self._draw_quad(quad, eye, out_tan, first_eye=e == 0)
+                self._draw_quad(quad, eye, out_tan, first_eye=e == 0)
             gl.glDisable(gl.GL_BLEND)
         gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+
+    def _draw_scene(
+        self,
+        e: int,
+        eye: EyeView,
+        draws: Sequence[LayerDraw],
+        fallback: bool,
+        sampled: list[LayerDraw] | None,
+    ) -> None:
+        """Eye ``e``'s scene (the fallback and the projection layers, not the quad) into
+        the bound framebuffer; GPU images sampled are added to ``sampled`` (if given)."""
+        gl = self.gl
+        out_tan = fov_tangents(eye.fov)
+        gl.glDisable(gl.GL_DEPTH_TEST)
+        gl.glDisable(gl.GL_BLEND)
+        gl.glClearColor(0.0, 0.0, 0.0, 1.0)
+        gl.glClear(gl.GL_COLOR_BUFFER_BIT)
+        if fallback:
+            self.fallback.draw(eye, out_tan)
+        for i, draw in enumerate(draws):
+            layer = self._layers[draw.layer]
+            if layer.front_key is None or draw.quad is not None:
+                continue  # nothing whole uploaded yet; the quad goes on top, after
+            # The base layer over a plain clear needs no blending: on a CPU renderer
+            # blending is a read-modify-write of every pixel, a third of the pass.
+            if i == 0 and draw.layer == 0 and not fallback:
+                gl.glDisable(gl.GL_BLEND)
+            else:
+                gl.glEnable(gl.GL_BLEND)
+            source_eye = min(e, len(layer.eyes) - 1)
+            rendered = layer.eyes[source_eye]
+            delta = rotation_delta(rendered.pose.orientation, eye.pose.orientation)
+            texture = layer.texture(source_eye)
+            self._warp(layer, texture, delta, out_tan, fov_tangents(rendered.fov))
+            if sampled is not None and layer.gpu_index is not None:
+                sampled.append(draw)
 
     def _draw_quad(
         self,
@@ -600,29 +618,60 @@ class GLComposer:
         )
         return texture, fbo.value
 
+    def _live_target(self, scale: float) -> tuple[int, int]:
+        """The live eye's copy for the mirror view at ``scale`` (texture, framebuffer)."""
+        size = (max(1, round(self.eye_width * scale)), max(1, round(self.eye_height * scale)))
+        if self._live_copy is None or self._live_copy[0] != size:
+            self._live_copy = (size, self._render_target(*size))
+        return self._live_copy[1]
+
     def _copy_live_eye(self, fbo: int) -> None:
-        """Copy eye ``fbo`` as the scene layers left it (before the panel) for the mirror."""
+        """Copy eye ``fbo`` as the scene layers left it (before the panel) for the mirror
+        view, at its scale (``mirror_scale``: a window at half size copies a quarter)."""
         gl, w, h = self.gl, self.eye_width, self.eye_height
-        if self._live_copy is None:
-            self._live_copy = self._render_target(w, h)
+        _, target = self._live_target(self.mirror_scale)
+        (tw, th), _ = self._live_copy  # type: ignore[misc]
         gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, fbo)
-        gl.glBindFramebuffer(gl.GL_DRAW_FRAMEBUFFER, self._live_copy[1])
-        gl.glBlitFramebuffer(0, 0, w, h, 0, 0, w, h, gl.GL_COLOR_BUFFER_BIT, gl.GL_NEAREST)
+        gl.glBindFramebuffer(gl.GL_DRAW_FRAMEBUFFER, target)
+        gl.glBlitFramebuffer(0, 0, w, h, 0, 0, tw, th, gl.GL_COLOR_BUFFER_BIT, gl.GL_NEAREST)
         gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
         self.live_copied = True
 
+    def _redraw_live_eye(self) -> None:
+        """Draw the last frame's left-eye scene again, full size, into the live copy: for
+        a capture, whose frames did not copy it (only a window pays for that per frame)."""
+        draws, eyes, fallback = self._last_frame
+        gl = self.gl
+        _, target = self._live_target(1.0)
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, target)
+        gl.glViewport(0, 0, self.eye_width, self.eye_height)
+        gl.glBlendFunc(gl.GL_ONE, gl.GL_ONE_MINUS_SRC_ALPHA)
+        self._draw_scene(0, eyes[0], draws, fallback, sampled=None)
+        gl.glDisable(gl.GL_BLEND)
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+        self.live_copied = True
+
+    def _preview_shed(self) -> bool:
+        """Whether the last frame left the preview out of the eyes (time was short)."""
+        return self._last_frame is not None and any(d.shed for d in self._last_frame[0])
+
     def mirror_halves(self) -> tuple[int, int, bool]:
         """The mirror view's left and right textures, and whether it is split: the live
-        scene's left eye and the preview's picture in a frame that had the preview (and
-        copied the live eye: ``mirror_wanted``), else the two eyes."""
-        if self.preview_shown and self.live_copied and self._live_copy is not None:
-            assert self.preview_layer is not None
-            return self._live_copy[0], self._layers[self.preview_layer].texture(0), True
+        scene's left eye and the preview's picture in a frame that had the preview (once
+        the live eye was copied: ``mirror_wanted``, or drawn again by
+        :meth:`render_mirror`), else the two eyes."""
+        if self.preview_shown and self.preview_layer is not None:
+            preview = self._layers[self.preview_layer].texture(0)
+            if self._preview_shed():
+                return self._eye_textures[0], preview, True  # no panel in the eye: it is live
+            if self.live_copied and self._live_copy is not None:
+                return self._live_copy[1][0], preview, True
         return self._eye_textures[0], self._eye_textures[1], False
 
-    def render_mirror(self, scale: float = 1.0) -> int:
+    def render_mirror(self, scale: float = 1.0, text: bool = True) -> int:
         """Draw the mirror view offscreen, ``scale`` times both eyes' size, with
-        ``mirror_text`` over it; returns its texture (:meth:`read_mirror` reads it)."""
+        ``mirror_text`` over it (unless ``text`` is false); returns its texture
+        (:meth:`read_mirror` reads it)."""
         from engine.compositor.mirror import MirrorView
 
         size = (max(1, round(2 * self.eye_width * scale)), max(1, round(self.eye_height * scale)))
@@ -630,9 +679,11 @@ class GLComposer:
             self._mirrors[size] = self._render_target(*size)
         if self._mirror_view is None:
             self._mirror_view = MirrorView(self.mirror_text)
+        if self.preview_shown and not self.live_copied and not self._preview_shed():
+            self._redraw_live_eye()
         texture, fbo = self._mirrors[size]
         self.gl.glBindFramebuffer(self.gl.GL_FRAMEBUFFER, fbo)
-        self._mirror_view.draw(self.mirror_halves(), *size)
+        self._mirror_view.draw(self.mirror_halves(), *size, text=text)
         self.gl.glBindFramebuffer(self.gl.GL_FRAMEBUFFER, 0)
         self._last_mirror = size
         return texture
@@ -850,7 +901,7 @@ def compositor_main(
         preview_layer=config.preview_index,
     )
     mirror_text = None
-    if composer.mirror_wanted:  # a window or a capture: the mirror view is drawn
+    if config.window or config.capture_path or config.mirror_headless:  # a mirror view
         from engine.compositor.mirror import MirrorText
 
         mirror_text = composer.mirror_text = MirrorText(loop, hud_on=config.hud)

@@ -38,7 +38,8 @@ class EyeSurface(Protocol):
         """GL texture names of the left and right composed eye."""
         ...
 
-    mirror_wanted: bool  # set by a sink that shows the mirror view
+    mirror_wanted: bool  # set by a sink that shows the mirror view every frame
+    mirror_scale: float  # ... and the size it shows it at
     mirror_text: Any  # what the mirror view says (engine.compositor.mirror.MirrorText)
 
     def mirror_halves(self) -> tuple[int, int, bool]:
@@ -101,8 +102,8 @@ class HeadlessSink:
         self.captured: Path | None = None
         self.mirror_each_frame = mirror_each_frame and surface is not None
         self._mirror_ns: list[int] = []
-        if surface is not None and (self.capture_path is not None or self.mirror_each_frame):
-            surface.mirror_wanted = True
+        if self.mirror_each_frame:  # as a window: the live eye copied at its scale
+            surface.mirror_wanted, surface.mirror_scale = True, MIRROR_SCALE
 
     def present(self, frame: int, display_time_ns: int) -> None:
         if self.surface is not None:
@@ -164,7 +165,7 @@ class MirrorWindowSink(HeadlessSink):
         w = max(1, int(surface.eye_width * scale))
         h = max(1, int(surface.eye_height * scale))
         self._offscreen_context = offscreen_context
-        surface.mirror_wanted = True
+        surface.mirror_wanted, surface.mirror_scale = True, scale
         self._view: Any = None  # the mirror view's drawing, in the window's context
         self.window = mirror_window(2 * w, h, "All-Source Engine - compositor mirror")
         self.window.set_vsync(False)
