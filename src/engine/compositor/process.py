@@ -906,7 +906,8 @@ def compositor_main(
 
         mirror_text = composer.mirror_text = MirrorText(loop, hud_on=config.hud)
     if input_fd is not None:
-        sink.started = lambda: any(w.image is not None for w in loop.watches)
+        game_watches = loop.watches[: len(config.layers)]  # the preview's is no game's
+        sink.started = lambda: any(w.image is not None for w in game_watches)
     priority = {"cpu": cpu, **gpu}
     # Every layer has the one format: the first says how they all upload.
     upload = composer.layer_uploads()[0] if specs else preferred
