@@ -1,7 +1,7 @@
 """How well the compositor keeps its frame rate, against a bare pacing loop on the same machine.
 
     python bench/compositor.py [--seconds 5] [--crash-seconds 10] [--json PATH]
-        [--sizes 1280x720,1440x1600] [--layers 1,4] [--before] [--no-game]
+        [--sizes 1280x720,1440x1600] [--layers 1,4] [--before] [--no-game] [--preview]
 
 Runs, one after another, each in its own process at the priority the compositor gets:
 
@@ -24,6 +24,17 @@ Runs, one after another, each in its own process at the priority the compositor 
    renderer too (``gpu_images="on"``; "auto" keeps shared memory there): the producer
    draws each ring image once with GL, the compositor samples them in place, no upload.
    Which path each run used is printed after the table.
+   ``--preview`` adds, at the first size with one game layer, the preview layer's runs:
+   "no preview" (``CompositorConfig.preview=False``: no preview layer at all, the code
+   before it), "preview" (a second producer publishing into the preview layer: drawn as
+   a panel in each eye), "mirror" (the mirror view with its HUD drawn every frame as a
+   window would, headless: ``mirror_headless``) and "preview+mirror" (both: the split
+   view with its labels). The plain "1 layer" run has the preview layer idle. The mirror
+   view is drawn at present, after the compose: its own time is printed below the table.
+   Then, since a loaded machine's runs differ more from each other than these costs do,
+   the same costs measured in one process, interleaved frame by frame (``compose_costs``):
+   the compose with the game layer alone, with the preview's panel too, with the live
+   eye's copy for the mirror too; and the mirror view (window size) without and with text.
 3. **game / crashes** — the supervisor running a game (fill renderer, 2 x 640 x 360: see
    ``GAME_EYE``), left alone, then killed with SIGKILL again and again: the compositor's
    misses over each run, and how long each restart took, from detection to the new
@@ -35,6 +46,7 @@ Prints one table; the ratio and difference columns compare each run with the flo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -159,9 +171,13 @@ def run_compositor(
     filter: str = "auto",
     eye: tuple[int, int] = EYE,
     before: bool = False,
+    preview: str = "idle",
+    mirror: bool = False,
 ) -> dict:
     """One compositor run; ``before`` runs it as the code before the per-driver tuning
-    did: BGRA8 layers and the start-up frame timed without warm-up frames."""
+    did: BGRA8 layers and the start-up frame timed without warm-up frames. ``preview``:
+    ``"off"`` (no preview layer), ``"idle"`` (allocated, nothing publishes), ``"publishing"``
+    (the producer publishes into it too); ``mirror``: draw the mirror view every frame."""
     pose_fd = create_block_fd("bench-pose")
     layers = tuple((f"layer{i}", *eye) for i in range(layer_count))
     config = CompositorConfig(
@@ -173,11 +189,16 @@ def run_compositor(
         layer_format=PixelFormat.BGRA8 if before else None,
         timing_warmups=0 if before else 2,
         gpu_images="off",  # the producer writes the block: shared memory, populated
+        preview=preview != "off",
+        mirror_headless=mirror,
     )
     handle = CompositorHandle.start(config, pose_fd)
+    published = list(handle.layers)
+    if preview == "publishing" and handle.preview_layer is not None:
+        published.append(handle.preview_layer)
     producer = SPAWN.Process(
         target=produce,
-        args=(PassedFd(pose_fd), [(PassedFd(fd), spec) for fd, spec in handle.layers], seconds),
+        args=(PassedFd(pose_fd), [(PassedFd(fd), spec) for fd, spec in published], seconds),
     )
     producer.start()
     producer.join(seconds + 60)
@@ -187,6 +208,102 @@ def run_compositor(
     stats["eye"] = list(eye)
     stats["ready"] = handle.ready
     return stats
+
+
+#: The --preview runs: (name, preview layer, mirror view every frame).
+PREVIEW_RUNS = (
+    ("1 no preview", "off", False),
+    ("1 preview", "publishing", False),
+    ("1 mirror", "idle", True),
+    ("1 preview+mirror", "publishing", True),
+)
+
+
+def compose_costs(eye: tuple[int, int], frames: int, out: multiprocessing.Queue) -> None:
+    """The preview's and the mirror view's costs, in ms, measured in this process with a
+    real GLComposer (both layers uploaded every frame, shown 1 degree turned from where they
+    were rendered: a typical turn),
+    the variants interleaved frame by frame so that a machine's swings hit all alike. At
+    the compositor's priority, before GL starts (its threads inherit it)."""
+    raise_cpu_priority(True)
+    os.environ["PYGLET_HEADLESS"] = "1"
+    from engine.compositor.loop import CompositorLoop, LayerDraw
+    from engine.compositor.mirror import MirrorText
+    from engine.compositor.process import GLComposer, make_pose_source, preferred_upload
+    from engine.compositor.quad import quad_in_front
+    from engine.compositor.sinks import MIRROR_SCALE, HeadlessSink
+    from engine.pose.base import EyeView, Fov, Pose
+    from engine.render.camera import axis_angle
+    from engine.render.context import offscreen_context
+
+    offscreen_context()
+    w, h = eye
+    spec = LayerSpec(width=w, height=h, format=preferred_upload().layer_format)
+    composer = GLComposer(w, h, [spec, spec], preview_layer=1)
+    fov = Fov.for_image(w, h)
+
+    def eyes_at(degrees: float) -> tuple[EyeView, EyeView]:
+        q = tuple(axis_angle((0.0, 1.0, 0.0), np.radians(degrees)))
+        return (EyeView(Pose((-0.03, 1.6, 0.0), q), fov), EyeView(Pose((0.03, 1.6, 0.0), q), fov))
+
+    class Source:
+        def read(self) -> None:
+            return None
+
+        def still_valid(self, frame: object) -> bool:
+            return True
+
+    class Image:
+        def __init__(self, seq: int, colour: int) -> None:
+            self.index, self.seq, self.frame, self.spec = 0, seq, seq, spec
+            self.eyes = eyes_at(0.0)
+            self.pixels = np.full(spec.shape, colour, np.uint8)
+
+    quad = quad_in_front(Pose((0.0, 1.6, 0.0)), h / w)
+    # A loop for the words to read (never stepped: the HUD says what it says at start).
+    loop = CompositorLoop(
+        clock=MonotonicClock(),
+        schedule=DisplaySchedule(round(1e9 / RATE_HZ), 0, 4_000_000),
+        pose_source=make_pose_source("simulated"),
+        layers=[("game", Source()), ("preview", Source())],
+        composer=composer,
+        sink=HeadlessSink(),
+        preview_layer=1,
+    )
+    composer.mirror_text = MirrorText(loop)
+    composer.mirror_scale = MIRROR_SCALE  # the live eye copied at the window's size
+    # The mirror view is drawn after the frame that copied the live eye: the split view.
+    variants = ("game", "game+preview", "game+preview+copy", "mirror", "mirror+text")
+    times: dict[str, list[int]] = {name: [] for name in variants}
+    images = [Image(2, 60), Image(2, 160)]
+    composer.warm_up(eyes_at(0.0))
+    seq = 2
+    for frame in range(frames + 10):
+        for name in variants:
+            seq += 2
+            images[0].seq = images[1].seq = seq  # a new image each time: uploaded
+            draws = [LayerDraw(0, images[0], Source(), False)]
+            if name != "game":
+                draws.append(LayerDraw(1, images[1], Source(), False, quad=quad))
+            composer.mirror_wanted = name != "game+preview"
+            start = time.perf_counter_ns()
+            if name.startswith("mirror"):
+                composer.render_mirror(MIRROR_SCALE, text=name == "mirror+text")
+            else:
+                composer.compose(draws, eyes_at(1.0), fallback=False)
+            composer.finish()
+            if frame >= 10:
+                times[name].append(time.perf_counter_ns() - start)
+    out.put({name: dataclasses.asdict(summarize(t, 0)) for name, t in times.items()})
+
+
+def run_compose_costs(eye: tuple[int, int], frames: int = 200) -> dict:
+    queue = SPAWN.Queue()
+    p = SPAWN.Process(target=compose_costs, args=(eye, frames, queue))
+    p.start()
+    result = queue.get(timeout=300)
+    p.join()
+    return result
 
 
 # --- 2b. the same with the layers' images in GPU memory --------------------------------
@@ -450,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", action="store_true", help="add the untuned baseline runs")
     parser.add_argument("--no-linear", action="store_true", help="skip the '1 linear' run")
     parser.add_argument("--no-game", action="store_true", help="skip the game and crash runs")
+    parser.add_argument(
+        "--preview", action="store_true", help="add the preview layer and mirror view runs"
+    )
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args(argv)
     lead = round(args.lead_ms * 1e6)
@@ -465,6 +585,11 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = run_compositor(count, args.seconds, lead, eye=eye, before=True)
             if count == 1 and eye == sizes[0] and not args.no_linear:
                 results["1 linear"] = run_compositor(1, args.seconds, lead, "linear", eye=eye)
+            if count == 1 and eye == sizes[0] and args.preview:
+                for name, preview, mirror in PREVIEW_RUNS:
+                    results[name] = run_compositor(
+                        1, args.seconds, lead, eye=eye, preview=preview, mirror=mirror
+                    )
     if not args.no_gpu:
         results.update(gpu_memory_runs(args.seconds, lead, sizes, counts))
     if not args.no_game:
@@ -509,6 +634,35 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         if name != "floor" and r.get("recent_misses"):
             print(f"  {name:<14} {miss_causes(r['recent_misses'])}")
+    if args.preview:
+        print("\nthe preview layer and the mirror view (same size, one game layer):")
+        for name in ("1 layer", *(name for name, _, _ in PREVIEW_RUNS)):
+            r = results.get(name)
+            if r is None:
+                continue
+            mirror = r.get("mirror") or {}
+            preview = r.get("preview") or {}
+            drawn = r.get("gl", {}).get("preview_draws", 0)
+            print(
+                f"  {name:<16} compose p50 {r['compose_ms_p50']:6.2f} p99 "
+                f"{r['compose_ms_p99']:6.2f} ms; mirror view "
+                + (
+                    f"p50 {mirror['mirror_ms_p50']:5.2f} p99 {mirror['mirror_ms_p99']:5.2f} ms"
+                    if mirror
+                    else "not drawn"
+                )
+                + f"; preview drawn {drawn} frames, shed "
+                f"{preview.get('exclusions_time_short', 0)} times "
+                f"({preview.get('shed_frames', 0)} frames)"
+            )
+        costs = run_compose_costs(sizes[0])
+        results["compose costs"] = {"costs": costs}
+        print(
+            f"  measured in one process, interleaved, 2 x {sizes[0][0]}x{sizes[0][1]} "
+            "(ms, both layers uploaded each frame):"
+        )
+        for name, c in costs.items():
+            print(f"    {name:<18} p50 {c['p50_ms']:6.2f}  p99 {c['p99_ms']:6.2f}")
     crashes = results.get("crashes")
     restart_ms = crashes["restart_ms"] if crashes else []
     if crashes and restart_ms:

@@ -349,3 +349,155 @@ def test_a_frame_composed_in_time_is_presented_at_its_vsync_and_a_late_one_at_on
     record = late.step()
     assert not record.on_time and record.presented_ns == record.display_time_ns + 3_000_000
     assert late.stats.missed == 1
+
+
+# --- the preview layer ------------------------------------------------------------------
+
+
+@dataclass
+class DrawRecordingComposer:
+    """Records every frame's draws; a frame that draws the preview (not shed) costs
+    ``preview_cost_ns`` on the clock."""
+
+    clock: ManualClock
+    preview_cost_ns: int = 0
+    calls: list[list] = field(default_factory=list)
+
+    def compose(self, draws, eyes, fallback):  # noqa: ANN001
+        self.calls.append(list(draws))
+        if any(d.quad is not None and not d.shed for d in draws):
+            self.clock.advance(self.preview_cost_ns)
+
+    def finish(self) -> None:
+        pass
+
+
+class TurningPoseSource(RecordingPoseSource):
+    """A head at 1.6 m that turns left 1 degree a frame."""
+
+    def sample(self, frame: int, display_time_ns: int) -> PoseSample:
+        import math
+
+        from engine.render.camera import axis_angle
+
+        head = Pose((0.0, 1.6, 0.0), tuple(axis_angle((0.0, 1.0, 0.0), math.radians(frame))))
+        return PoseSample(frame, display_time_ns, head, (EyeView(head), EyeView(head)))
+
+
+def make_preview_loop(preview_cost_ns: int = 0, grace_ns: int = 50 * PERIOD):
+    clock = ManualClock(0)
+    schedule = DisplaySchedule(PERIOD, origin_ns=PERIOD, compose_lead_ns=LEAD)
+    game, preview = FakeLayer(), FakeLayer()
+    composer = DrawRecordingComposer(clock, preview_cost_ns)
+    loop = CompositorLoop(
+        clock=clock,
+        schedule=schedule,
+        pose_source=TurningPoseSource(clock),
+        layers=[("game", game), ("preview", preview)],
+        composer=composer,
+        sink=CountingSink(),
+        deadline_ns=2 * PERIOD,
+        grace_ns=grace_ns,
+        preview_layer=1,
+    )
+    return loop, clock, game, preview, composer
+
+
+def test_a_preview_layer_that_never_published_changes_nothing():
+    loop, _, game, _, composer = make_preview_loop()
+    for _ in range(5):
+        game.publish()
+        record = loop.step()
+    assert [[d.layer for d in call] for call in composer.calls] == [[0]] * 5
+    assert not record.fallback and loop.stats.missed == 0
+    assert loop.stats_dict()["preview"]["exclusions_time_short"] == 0
+
+
+def test_the_preview_is_drawn_last_as_a_panel_left_where_it_appeared():
+    loop, _, game, preview, composer = make_preview_loop()
+    for _ in range(3):
+        game.publish()
+        loop.step()
+    for _ in range(5):
+        game.publish()
+        preview.publish()
+        loop.step()
+    first, last = composer.calls[3], composer.calls[-1]
+    assert [d.layer for d in last] == [0, 1]
+    assert last[0].quad is None and last[1].quad is not None  # the game: a projection layer
+    # Placed 1.5 m ahead of the head as it was at frame 4 (turned 4 degrees left), at eye
+    # height, and not moved since although the head went on turning.
+    import math
+
+    quad = first[1].quad
+    assert last[1].quad == quad
+    x, y, z = quad.center
+    assert y == pytest.approx(1.6)
+    assert math.hypot(x, z) == pytest.approx(1.5)
+    assert math.degrees(math.atan2(-x, -z)) == pytest.approx(4.0)
+    assert quad.width == pytest.approx(0.8)
+
+
+def test_a_late_preview_is_excluded_before_the_game_layer():
+    loop, _, game, preview, composer = make_preview_loop()
+    game.publish()
+    preview.publish()
+    loop.step()
+    states = [loop.step().states for _ in range(5)]  # neither publishes again
+    # Past the deadline (2 periods) the game is reprojected through its grace; the preview
+    # has none: it is gone.
+    assert states[-1] == (LayerState.REPROJECTED, LayerState.EXCLUDED)
+    assert [d.layer for d in composer.calls[-1]] == [0]
+    assert loop.stats_dict()["preview"]["exclusions_late"] == 1
+    # When it publishes again it appears again, placed anew.
+    preview.publish()
+    loop.step()
+    assert composer.calls[-1][-1].quad is not None
+
+
+def test_the_preview_is_shed_first_when_a_frame_misses_and_longer_when_it_relapses():
+    # Drawing the preview makes a frame overrun its slot; the game alone fits.
+    loop, _, game, preview, composer = make_preview_loop(preview_cost_ns=PERIOD)
+    loop.shedding.base_frames = 10
+
+    def run(frames: int) -> list[list[tuple[int, bool]]]:
+        out = []
+        for _ in range(frames):
+            game.publish()
+            preview.publish()
+            loop.step()
+            out.append([(d.layer, d.shed) for d in composer.calls[-1]])
+        return out
+
+    frames = run(12)
+    assert frames[0] == [(0, False), (1, False)]  # drawn, and late
+    # Then shed for 10 frames: still publishing (the mirror may show it), not in the eyes;
+    # the game layer is drawn in every one of them and nothing more is missed.
+    assert frames[1:11] == [[(0, False), (1, True)]] * 10
+    assert frames[11] == [(0, False), (1, False)]  # tried again: late again at once
+    assert loop.stats.missed == 2
+    frames = run(25)
+    assert frames[:20] == [[(0, False), (1, True)]] * 20  # relapsed: twice as long
+    stats = loop.stats_dict()["preview"]
+    assert stats["exclusions_time_short"] == 3
+    assert stats["shed_frames"] == 30 + 4  # shed again after the second retry
+
+
+def test_a_layers_frame_rate_is_what_it_published_over_the_last_second():
+    loop, clock, game, preview, _ = make_preview_loop()
+    for frame in range(200):  # 2 s at 100 Hz; the preview publishes every other frame
+        game.publish()
+        if frame % 2 == 0:
+            preview.publish()
+        loop.step()
+    now = clock.now_ns()
+    game_watch, preview_watch = loop.watches
+    assert game_watch.published_fps(now) == pytest.approx(100, abs=1)
+    assert preview_watch.published_fps(now) == pytest.approx(50, abs=1)
+    layers = loop.stats_dict()["layers"]
+    assert layers["preview"]["published_frames"] == 100
+    assert layers["preview"]["published_fps"] == pytest.approx(50, abs=1)
+    for _ in range(100):  # the preview stops: its rate falls to nothing within the second
+        game.publish()
+        loop.step()
+    assert preview_watch.published_fps(clock.now_ns()) == 0

@@ -90,7 +90,8 @@ def test_compositor_presents_shows_a_layer_and_captures_both_eyes(tmp_path):
     assert stats["frames"] > 20
     assert stats["layers"]["game"]["fresh_frames"] > 0
     assert stats["gl"]["uploads"] > 0
-    assert stats["gl"]["layer_formats"] == [handle.ready["layer_format"]]
+    # The game layer and the preview layer (CompositorConfig.preview), in one format.
+    assert stats["gl"]["layer_formats"] == [handle.ready["layer_format"]] * 2
     assert stats["priority"] == handle.ready["priority"]
     assert stats["capture"] == str(capture)
     image = load_png(capture)

@@ -262,7 +262,7 @@ def shows_the_game(capture: np.ndarray) -> bool:
 def test_a_game_draws_into_gpu_memory_and_the_compositor_shows_it(allocator, tmp_path, monkeypatch):
     stats, capture, messages = run_game(tmp_path, monkeypatch)
     gl_stats = stats["compositor"]["gl"]
-    (images,) = gl_stats["layer_images"]
+    images, _preview = gl_stats["layer_images"]  # the game layer, the preview layer
     assert images["offered"] == "gpu memory", images
     assert images["shown_from"] == "gpu memory", images
     assert gl_stats["gpu_images_shown"] > 20 and gl_stats["uploads"] == 0, gl_stats
@@ -293,7 +293,7 @@ def test_without_vulkan_or_the_gl_extension_the_layer_stays_in_shared_memory(
         pytest.skip("hiding a GL extension this way needs Mesa")
     stats, capture, messages = run_game(tmp_path, monkeypatch, env=env)
     gl_stats = stats["compositor"]["gl"]
-    (images,) = gl_stats["layer_images"]
+    images, _preview = gl_stats["layer_images"]  # the game layer, the preview layer
     assert images["offered"] == "shared memory" and why in images["why"], images
     assert images["shown_from"] == "shared memory", images
     assert gl_stats["uploads"] > 20 and gl_stats["gpu_images_shown"] == 0, gl_stats

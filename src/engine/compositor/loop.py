@@ -9,12 +9,18 @@ One display frame (:meth:`CompositorLoop.step`):
 3. read the newest valid image of each layer and update its deadline watchdog
    (:class:`LayerWatch`): fresh, reprojected from a stale image, or excluded;
 4. compose: the fallback floor and horizon when the base layer is not shown, then every
-   shown layer in order, each timewarped from the pose it was rendered with;
+   shown layer in order, each timewarped from the pose it was rendered with; the preview
+   layer, if any, last, as a quad (a panel in the world: :mod:`engine.compositor.quad`);
 5. present to the sink and time it (on time if done by the slot's display time);
 6. publish the pose predicted for the *next* slot to clients (the pose handoff).
 
 Nothing in a frame waits on a client: reading a layer is a header check and a view, the
 composer uploads at most one image per layer, and the loop never blocks on a socket.
+
+The preview layer (``preview_layer``) is surplus: it has no reprojection grace (a late one is
+excluded at its deadline, before any game layer), and when time is short (a frame that
+drew it missed its refresh, or the loop runs at half rate) it is shed for a while
+(:class:`PreviewShedding`) before a game layer is ever touched.
 
 An exception in a frame (the pose source, the composer, the sink) costs that frame, not the
 compositor: :meth:`CompositorLoop.run` counts it (``failed_frames``, a missed refresh),
@@ -31,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.compositor.clock import DisplaySchedule
+from engine.compositor.quad import QuadPlacement, quad_in_front
 from engine.pose.base import EyeView, PoseSample, PoseSource
 from engine.scheduler.pacing import Clock
 from engine.scheduler.stats import RollingWindow, summarize
@@ -39,6 +46,8 @@ from engine.scheduler.stats import RollingWindow, summarize
 STATS_WINDOW = 65_536
 #: Misses kept with their timings in the stats (``recent_misses``).
 RECENT_MISSES = 32
+#: A layer's frame rate counts the frames it published over this much of the past.
+RATE_WINDOW_NS = 1_000_000_000
 
 
 class LayerImage(Protocol):
@@ -60,12 +69,19 @@ class LayerSource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class LayerDraw:
-    """One layer to draw this frame: its position, the image, and where it came from."""
+    """One layer to draw this frame: its position, the image, and where it came from.
+
+    ``quad`` places a quad layer (the preview) in the world; ``None``: a projection layer,
+    timewarped to the eye. ``shed``: the layer is publishing but left out of the eyes this
+    frame because time is short (the mirror may still show its last image).
+    """
 
     layer: int
     image: LayerImage
     source: LayerSource
     stale: bool
+    quad: QuadPlacement | None = None
+    shed: bool = False
 
 
 class Composer(Protocol):
@@ -125,6 +141,9 @@ class LayerWatch:
     exclusions: int = 0
     restorations: int = 0
     last_error: str | None = None
+    #: New frames seen (a new image with a frame number past the last one's).
+    published_frames: int = 0
+    _arrivals: collections.deque = field(default_factory=collections.deque, repr=False)
 
     def update(self, image: LayerImage | None, now_ns: int) -> LayerState:
         """Take this frame's read (``None``: nothing valid) and return the layer's state."""
@@ -133,6 +152,9 @@ class LayerWatch:
         ):
             if self.state is LayerState.EXCLUDED:
                 self.restorations += 1
+            if self.image is None or image.frame > self.image.frame:
+                self.published_frames += 1
+                self._arrivals.append(now_ns)
             self.image, self.arrived_ns = image, now_ns
         previous = self.state
         if self.image is None:
@@ -153,9 +175,21 @@ class LayerWatch:
                 self.exclusions += 1
         return self.state
 
-    def stats(self) -> dict[str, Any]:
+    def published_fps(self, now_ns: int) -> float:
+        """Frames the layer published over the last second (``RATE_WINDOW_NS``), per
+        second, on the compositor's clock: a producer's own timestamps are not trusted."""
+        arrivals = self._arrivals
+        while arrivals and arrivals[0] <= now_ns - RATE_WINDOW_NS:
+            arrivals.popleft()
+        return len(arrivals) * 1e9 / RATE_WINDOW_NS
+
+    def stats(self, now_ns: int | None = None) -> dict[str, Any]:
+        """The layer's counters; with ``now_ns``, its ``published_fps`` then too."""
+        rate = {} if now_ns is None else {"published_fps": round(self.published_fps(now_ns), 1)}
         return {
             "state": str(self.state),
+            "published_frames": self.published_frames,
+            **rate,
             "fresh_frames": self.fresh_frames,
             "reprojected_frames": self.reprojected_frames,
             "excluded_frames": self.excluded_frames,
@@ -164,6 +198,47 @@ class LayerWatch:
             "restorations": self.restorations,
             "last_error": self.last_error,
         }
+
+
+@dataclass
+class PreviewShedding:
+    """When time is short, the preview layer goes first: it is shed (left out of the eyes)
+    for ``base_frames`` frames, then tried again.
+
+    Time is short when a frame that drew the preview missed its refresh (presented late,
+    or overran into the next slot), or when the loop runs at half rate. A preview that
+    makes the very next frames miss again as soon as it is back (within ``relapse_frames``)
+    is shed twice as long each time, up to ``max_frames``: one that never fits costs a
+    miss every ``max_frames`` frames at most. A game layer is never shed.
+    """
+
+    base_frames: int = 90
+    max_frames: int = 1440
+    relapse_frames: int = 30
+    shed_until: int = 0  # frame number the preview is shed before
+    length: int = 0
+    sheds: int = 0  # times it was shed
+    shed_frames: int = 0  # frames it was publishing but left out
+    restored_at: int | None = None
+
+    def shedding(self, frame: int) -> bool:
+        """Whether the preview is left out of ``frame``."""
+        if frame < self.shed_until:
+            return True
+        if self.length and self.restored_at is None:
+            self.restored_at = frame
+        return False
+
+    def time_short(self, frame: int) -> None:
+        """A frame that drew the preview (``frame``) found time short: shed it from the next
+        (a second report for a frame already shed from is ignored)."""
+        if frame < self.shed_until:
+            return
+        relapse = self.restored_at is not None and frame - self.restored_at <= self.relapse_frames
+        self.length = min(2 * self.length, self.max_frames) if relapse else self.base_frames
+        self.shed_until = frame + 1 + self.length
+        self.restored_at = None
+        self.sheds += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +307,10 @@ class CompositorLoop:
             swap with vsync does (the display shows it then, not when drawing ended); a
             late frame is presented at once and counted as missed.
         report: where a failed frame is reported (one line; not every repeat).
+        preview_layer: the index in ``layers`` of the preview layer (``None``: none). It is
+            drawn as a quad placed in front of the head when it appears, has no grace
+            (excluded at its deadline) and is shed first when time is short
+            (:class:`PreviewShedding`); frames that leave it out still count for the lead.
     """
 
     ADAPT_EVERY = 30
@@ -254,13 +333,22 @@ class CompositorLoop:
         lead_margin_ns: int = 1_000_000,
         latch_at_vsync: bool = True,
         report: Callable[[str], None] | None = None,
+        preview_layer: int | None = None,
     ) -> None:
         self.clock = clock
         self.schedule = schedule
         self.pose_source = pose_source
         self.sources = [source for _, source in layers]
         deadline = deadline_ns if deadline_ns is not None else 2 * schedule.period_ns
-        self.watches = [LayerWatch(name, deadline, grace_ns) for name, _ in layers]
+        self.preview_layer = preview_layer
+        self.watches = [
+            LayerWatch(name, deadline, 0 if i == preview_layer else grace_ns)
+            for i, (name, _) in enumerate(layers)
+        ]
+        self.shedding = PreviewShedding()
+        #: Where the preview's panel is: placed when it appears, kept while it is shown.
+        self.preview_quad: QuadPlacement | None = None
+        self._drew_preview = False
         self.composer = composer
         self.sink = sink
         self.handoff = handoff
@@ -281,6 +369,8 @@ class CompositorLoop:
         previous_slot, previous_present = self.slot, self._last_present_ns
         earliest = self.schedule.first_slot_not_before(now)
         skipped = 0 if self.slot is None else max(0, earliest - self.slot - 1)
+        if skipped and self._drew_preview:
+            self.shedding.time_short(self.frame)  # the last frame drew it and overran
         slot = earliest if self.slot is None else max(self.slot + 1, earliest)
         self._attempted_slot = slot
         self.clock.sleep_until(self.schedule.compose_deadline(slot))
@@ -298,13 +388,19 @@ class CompositorLoop:
             watch.last_error = None if image is not None else getattr(source, "last_error", None)
             state = watch.update(image, sampled)
             states.append(state)
-            if state in (LayerState.FRESH, LayerState.REPROJECTED) and watch.image is not None:
+            shown = state in (LayerState.FRESH, LayerState.REPROJECTED)
+            if i == self.preview_layer:
+                draws.extend(self._preview_draw(i, watch, source, shown, pose))
+            elif shown and watch.image is not None:
                 draws.append(LayerDraw(i, watch.image, source, state is LayerState.REPROJECTED))
         fallback = not draws or draws[0].layer != 0
         self.composer.compose(draws, pose.eyes, fallback)
         self.composer.finish()
         composed = self.clock.now_ns()
         on_time = composed <= display_ns
+        self._drew_preview = any(d.quad is not None and not d.shed for d in draws)
+        if self._drew_preview and (not on_time or self.schedule.slots_per_frame > 1):
+            self.shedding.time_short(self.frame)
         if self.handoff is not None:
             # The game starts now and its image is composed at the next slot.
             next_display = self.schedule.vsync(slot + self.schedule.slots_per_frame)
@@ -328,7 +424,8 @@ class CompositorLoop:
         self._last_present_ns = presented
         self.slot = slot
         deadline = self.schedule.compose_deadline(slot)
-        if len(draws) == len(self.sources):
+        game_layers = len(self.sources) - (self.preview_layer is not None)
+        if sum(d.quad is None for d in draws) == game_layers:
             self._needed.add(composed - deadline)
         if skipped or not on_time:
             # Did the previous frame end past the next slot's compose deadline? Then it
@@ -366,6 +463,23 @@ class CompositorLoop:
             tuple(states),
             fallback,
         )
+
+    def _preview_draw(
+        self, i: int, watch: LayerWatch, source: LayerSource, shown: bool, pose: PoseSample
+    ) -> list[LayerDraw]:
+        """The preview's draw this frame (none while it is not publishing), placed as a
+        quad where the head looked when it appeared, and marked shed while time is short."""
+        if not shown or watch.image is None:
+            self.preview_quad = None  # it appears again where the user looks then
+            return []
+        if self.preview_quad is None:
+            spec = getattr(watch.image, "spec", None)
+            aspect = spec.height / spec.width if spec is not None else 9 / 16
+            self.preview_quad = quad_in_front(pose.head, aspect)
+        shed = self.shedding.shedding(self.frame)
+        self.shedding.shed_frames += shed
+        stale = watch.state is LayerState.REPROJECTED
+        return [LayerDraw(i, watch.image, source, stale, quad=self.preview_quad, shed=shed)]
 
     def _adapt_lead(self) -> None:
         # A missed refresh is a visible judder; a pose older by a millisecond is not, so
@@ -442,6 +556,7 @@ class CompositorLoop:
         ``half_rate`` (every second refresh on purpose).
         """
         s = self.stats
+        now = self.clock.now_ns()
         interval = s.intervals.summary(self.schedule.period_ns)
         period = self.schedule.period_ns
         errors = [abs(x - period) for x in s.intervals.samples()]
@@ -467,6 +582,21 @@ class CompositorLoop:
             "compose_ms_p99": compose.p99_ms,
             "pose_age_ms_p50": pose_age.p50_ms,
             "pose_age_ms_p99": pose_age.p99_ms,
-            "layers": {w.name: w.stats() for w in self.watches},
+            "layers": {w.name: w.stats(now) for w in self.watches},
+            "preview": self._preview_stats(),
             "recent_misses": list(s.recent_misses),
+        }
+
+    def _preview_stats(self) -> dict[str, Any] | None:
+        """``exclusions_late``: times the preview went past its deadline (no grace);
+        ``exclusions_time_short``: times it was shed because time was short, and
+        ``shed_frames`` the frames it was left out for; ``None`` without a preview layer."""
+        if self.preview_layer is None:
+            return None
+        watch = self.watches[self.preview_layer]
+        return {
+            "layer": watch.name,
+            "exclusions_late": watch.exclusions,
+            "exclusions_time_short": self.shedding.sheds,
+            "shed_frames": self.shedding.shed_frames,
         }

@@ -81,6 +81,15 @@ class CompositorConfig:
     NVIDIA). Producers read the format from the layer's header.
     ``pose`` is ``"simulated"`` (the scripted headset) or ``"trace:PATH"`` (a recorded
     head trace, looped).
+    ``preview``: one more layer after the game layers, with the first one's size, for a
+    preview game (candidate code on a copy of the world): named ``"preview"``, its images
+    in GPU memory where the others' are. While it publishes, the headset shows it as a
+    panel in front of the user and the mirror view splits into live and preview; while it
+    does not, nothing changes. It is the first thing left out when time is short.
+    ``hud``: the mirror view (window and capture) shows the compositor's frame rate and
+    misses and the game's state in its corner (F1 in the window toggles it).
+    ``mirror_headless``: without a window, draw the mirror view every frame all the same
+    (what a window costs, measured: ``bench/compositor.py --preview``).
     """
 
     display_hz: float = 90.0
@@ -106,11 +115,28 @@ class CompositorConfig:
     #: renderer keeps shared memory: see gpu_images.CPU_RENDERER_REASON), "on" wherever
     #: they allow it, "off" never.
     gpu_images: str = "auto"
+    preview: bool = True
+    hud: bool = True
+    mirror_headless: bool = False
+
+    @property
+    def preview_index(self) -> int | None:
+        """The preview layer's index among :meth:`all_layers` (``None``: no preview layer,
+        as when ``preview`` is off or there is no game layer to size it from)."""
+        return len(self.layers) if self.preview and self.layers else None
+
+    def all_layers(self) -> tuple[tuple[str, int, int], ...]:
+        """The game layers, then the preview layer (if any): what the compositor allocates."""
+        if self.preview_index is None:
+            return self.layers
+        _, width, height = self.layers[0]
+        return (*self.layers, ("preview", width, height))
 
     def layer_specs(self, default_format: PixelFormat = PixelFormat.BGRA8) -> list[LayerSpec]:
-        """Each layer's spec, in ``layer_format`` or else ``default_format``."""
+        """Each layer's spec (the preview's last), in ``layer_format`` or else
+        ``default_format``."""
         fmt = self.layer_format or default_format
-        return [LayerSpec(width=w, height=h, format=fmt) for _, w, h in self.layers]
+        return [LayerSpec(width=w, height=h, format=fmt) for _, w, h in self.all_layers()]
 
 
 # --- control messages -----------------------------------------------------------------
@@ -210,6 +236,17 @@ class GLComposer:
     is dropped and the previous one stays on screen (``torn_uploads`` counts them). The
     image stays in the texture after the producer is gone, which is what lets a dead game's
     last frame be reprojected through the grace period.
+
+    The preview layer (``preview_layer``, drawn as a quad: ``LayerDraw.quad``) is drawn
+    last in each eye, as a panel in the world (:mod:`engine.compositor.quad`, with the
+    exact homography pass, scissored to the panel), from its left-eye image. It is not
+    part of :meth:`time_frame` (it is surplus: the start-up lead is the game's).
+
+    The mirror view (the window and the capture) is two halves (:meth:`mirror_halves`):
+    the eyes, or, in a frame that had the preview, the left eye as the scene layers left
+    it (a window copies it before the panel is drawn, each frame: ``mirror_wanted``; a
+    capture draws it again when taken) and the preview's own picture; ``mirror_text``
+    says what is written over them (:mod:`engine.compositor.mirror`).
     """
 
     def __init__(
@@ -220,6 +257,7 @@ class GLComposer:
         filter: str = "auto",
         warp: str = "auto",
         mesh_cell: int | None = None,
+        preview_layer: int | None = None,
     ):
         """Raises ``ValueError`` for a ``filter`` or ``warp`` not listed above."""
         if filter not in ("auto", "linear", "nearest"):
@@ -278,6 +316,20 @@ class GLComposer:
         self.mesh = MeshTimewarpPass(mesh_cell or CELL_PX) if warp == "mesh" else None
         self.timewarp = TimewarpPass() if warp == "exact" else None
         self.fallback = FallbackPass()
+        self.preview_layer = preview_layer
+        self.quad_pass = TimewarpPass() if preview_layer is not None else None
+        self.mirror_wanted = False  # a window shows the mirror view: copy the live eye
+        self.mirror_scale = 1.0  # ... at this scale
+        self._last_frame: tuple[list[LayerDraw], Any, bool] | None = None
+        self.mirror_text: Any = None  # what the mirror view says (mirror.MirrorText)
+        self._mirror_view: Any = None  # its drawing in this context (mirror.MirrorView)
+        self._mirrors: dict[tuple[int, int], tuple[int, int]] = {}  # size: (texture, fbo)
+        # The live eye's copy for the mirror: ((w, h), (texture, fbo)), made on use.
+        self._live_copy: tuple[tuple[int, int], tuple[int, int]] | None = None
+        self._last_mirror: tuple[int, int] | None = None  # the size render_mirror drew
+        self.preview_shown = False  # the last frame had the preview (drawn or shed)
+        self.live_copied = False  # ... and the live eye was copied for the mirror then
+        self.preview_draws = 0
         self.uploads = 0
         self.torn_uploads = 0
         self.rejected_images = 0
@@ -367,7 +419,8 @@ class GLComposer:
             self.rejected_images += 1
             return
         back = 1 - layer.front
-        self._upload_pixels(layer, back, pixels)
+        # A quad layer shows its left eye only: the right one is never uploaded.
+        self._upload_pixels(layer, back, pixels, eyes=1 if draw.quad is not None else None)
         # glTexSubImage2D has copied the client memory when it returns: check it is whole.
         if draw.source.still_valid(image):
             layer.front, layer.front_key, layer.eyes = back, key, tuple(image.eyes)
@@ -377,10 +430,13 @@ class GLComposer:
             layer.failed_key = key
             self.torn_uploads += 1
 
-    def _upload_pixels(self, layer: _LayerTextures, texture_set: int, pixels: np.ndarray) -> None:
+    def _upload_pixels(
+        self, layer: _LayerTextures, texture_set: int, pixels: np.ndarray, eyes: int | None = None
+    ) -> None:
+        """Upload the first ``eyes`` eyes (``None``: all) of ``pixels`` into a texture set."""
         gl, spec, upload = self.gl, layer.spec, layer.upload
         gl.glPixelStorei(gl.GL_UNPACK_ALIGNMENT, 1)
-        for eye, texture in enumerate(layer.textures[texture_set]):
+        for eye, texture in enumerate(layer.textures[texture_set][:eyes]):
             gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
             gl.glTexSubImage2D(
                 gl.GL_TEXTURE_2D, 0, 0, 0, spec.width, spec.height, upload.data_format,
@@ -430,7 +486,9 @@ class GLComposer:
         warmups, repeats = max(0, warmups), max(2, repeats)
         for repeat in range(warmups + repeats):
             start = clock()
-            for layer, blank in zip(self._layers, blanks, strict=True):
+            for i, (layer, blank) in enumerate(zip(self._layers, blanks, strict=True)):
+                if i == self.preview_layer:
+                    continue  # surplus: not what the lead is started from
                 if layer.gpu is None:  # GPU images are sampled in place, never uploaded
                     self._upload_pixels(layer, repeat % 2, blank)
             gl.glBlendFunc(gl.GL_ONE, gl.GL_ONE_MINUS_SRC_ALPHA)
@@ -440,6 +498,8 @@ class GLComposer:
                 gl.glClear(gl.GL_COLOR_BUFFER_BIT)
                 tan = fov_tangents(eyes[e].fov)
                 for i, layer in enumerate(self._layers):
+                    if i == self.preview_layer:
+                        continue
                     (gl.glEnable if i else gl.glDisable)(gl.GL_BLEND)
                     texture = (
                         layer.textures[repeat % 2][0]
@@ -460,38 +520,188 @@ class GLComposer:
     ) -> None:
         gl = self.gl
         self._check_gpu_samples()
+        quad = next((d for d in draws if d.quad is not None), None)
         for draw in draws:
-            self._upload(draw)
+            if not draw.shed:  # a shed preview costs nothing: the mirror keeps its last
+                self._upload(draw)
+        self.preview_shown = quad is not None and self._layers[quad.layer].front_key is not None
+        self.live_copied = False
+        self._last_frame = (list(draws), eyes, fallback)
         gl.glBlendFunc(gl.GL_ONE, gl.GL_ONE_MINUS_SRC_ALPHA)
         for e, (eye, fbo) in enumerate(zip(eyes, self._fbos, strict=True)):
             out_tan = fov_tangents(eye.fov)
             gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
             gl.glViewport(0, 0, self.eye_width, self.eye_height)
-            gl.glDisable(gl.GL_DEPTH_TEST)
-            gl.glDisable(gl.GL_BLEND)
-            gl.glClearColor(0.0, 0.0, 0.0, 1.0)
-            gl.glClear(gl.GL_COLOR_BUFFER_BIT)
-            if fallback:
-                self.fallback.draw(eye, out_tan)
-            for i, draw in enumerate(draws):
-                layer = self._layers[draw.layer]
-                if layer.front_key is None:
-                    continue  # nothing whole uploaded yet
-                # The base layer over a plain clear needs no blending: on a CPU renderer
-                # blending is a read-modify-write of every pixel, a third of the pass.
-                if i == 0 and draw.layer == 0 and not fallback:
-                    gl.glDisable(gl.GL_BLEND)
-                else:
-                    gl.glEnable(gl.GL_BLEND)
-                source_eye = min(e, len(layer.eyes) - 1)
-                rendered = layer.eyes[source_eye]
-                delta = rotation_delta(rendered.pose.orientation, eye.pose.orientation)
-                texture = layer.texture(source_eye)
-                self._warp(layer, texture, delta, out_tan, fov_tangents(rendered.fov))
-                if e == 0 and layer.gpu_index is not None:
-                    self._sampled_gpu.append(draw)
+            self._draw_scene(e, eye, draws, fallback, sampled=self._sampled_gpu if e == 0 else None)
+            if quad is not None and self.preview_shown and not quad.shed:
+                if e == 0 and self.mirror_wanted:
+                    self._copy_live_eye(fbo)
+                    gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
+                self._draw_quad(quad, eye, out_tan, first_eye=e == 0)
             gl.glDisable(gl.GL_BLEND)
         gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+
+    def _draw_scene(
+        self,
+        e: int,
+        eye: EyeView,
+        draws: Sequence[LayerDraw],
+        fallback: bool,
+        sampled: list[LayerDraw] | None,
+    ) -> None:
+        """Eye ``e``'s scene (the fallback and the projection layers, not the quad) into
+        the bound framebuffer; GPU images sampled are added to ``sampled`` (if given)."""
+        gl = self.gl
+        out_tan = fov_tangents(eye.fov)
+        gl.glDisable(gl.GL_DEPTH_TEST)
+        gl.glDisable(gl.GL_BLEND)
+        gl.glClearColor(0.0, 0.0, 0.0, 1.0)
+        gl.glClear(gl.GL_COLOR_BUFFER_BIT)
+        if fallback:
+            self.fallback.draw(eye, out_tan)
+        for i, draw in enumerate(draws):
+            layer = self._layers[draw.layer]
+            if layer.front_key is None or draw.quad is not None:
+                continue  # nothing whole uploaded yet; the quad goes on top, after
+            # The base layer over a plain clear needs no blending: on a CPU renderer
+            # blending is a read-modify-write of every pixel, a third of the pass.
+            if i == 0 and draw.layer == 0 and not fallback:
+                gl.glDisable(gl.GL_BLEND)
+            else:
+                gl.glEnable(gl.GL_BLEND)
+            source_eye = min(e, len(layer.eyes) - 1)
+            rendered = layer.eyes[source_eye]
+            delta = rotation_delta(rendered.pose.orientation, eye.pose.orientation)
+            texture = layer.texture(source_eye)
+            self._warp(layer, texture, delta, out_tan, fov_tangents(rendered.fov))
+            if sampled is not None and layer.gpu_index is not None:
+                sampled.append(draw)
+
+    def _draw_quad(
+        self,
+        draw: LayerDraw,
+        eye: EyeView,
+        out_tan: tuple[float, float, float, float],
+        first_eye: bool,
+    ) -> None:
+        """The preview's left-eye image as a panel in ``eye``, blended over the scene, only
+        the panel's box on the screen shaded (a scissor)."""
+        from engine.compositor.quad import quad_homography, quad_screen_bounds, scissor_box
+
+        assert draw.quad is not None and self.quad_pass is not None
+        bounds = quad_screen_bounds(draw.quad, eye)
+        homography = quad_homography(draw.quad, eye)
+        if bounds is None or homography is None:
+            return  # not in view of this eye
+        gl, layer = self.gl, self._layers[draw.layer]
+        gl.glEnable(gl.GL_SCISSOR_TEST)
+        gl.glScissor(*scissor_box(bounds, self.eye_width, self.eye_height))
+        gl.glEnable(gl.GL_BLEND)
+        self.quad_pass.draw_homography(layer.texture(0), homography)
+        gl.glDisable(gl.GL_SCISSOR_TEST)
+        if first_eye:
+            self.preview_draws += 1
+            if layer.gpu_index is not None:
+                self._sampled_gpu.append(draw)
+
+    def _render_target(self, width: int, height: int) -> tuple[int, int]:
+        """A colour texture and its framebuffer, ``width`` x ``height``."""
+        gl = self.gl
+        texture = self._texture(
+            width, height, gl.GL_LINEAR, gl.GL_CLAMP_TO_EDGE, choose_upload(None, True)
+        )
+        fbo = gl.GLuint()
+        gl.glGenFramebuffers(1, ctypes.byref(fbo))
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo.value)
+        gl.glFramebufferTexture2D(
+            gl.GL_FRAMEBUFFER, gl.GL_COLOR_ATTACHMENT0, gl.GL_TEXTURE_2D, texture, 0
+        )
+        return texture, fbo.value
+
+    def _live_target(self, scale: float) -> tuple[int, int]:
+        """The live eye's copy for the mirror view at ``scale`` (texture, framebuffer)."""
+        size = (max(1, round(self.eye_width * scale)), max(1, round(self.eye_height * scale)))
+        if self._live_copy is None or self._live_copy[0] != size:
+            self._live_copy = (size, self._render_target(*size))
+        return self._live_copy[1]
+
+    def _copy_live_eye(self, fbo: int) -> None:
+        """Copy eye ``fbo`` as the scene layers left it (before the panel) for the mirror
+        view, at its scale (``mirror_scale``: a window at half size copies a quarter)."""
+        gl, w, h = self.gl, self.eye_width, self.eye_height
+        _, target = self._live_target(self.mirror_scale)
+        (tw, th), _ = self._live_copy  # type: ignore[misc]
+        gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, fbo)
+        gl.glBindFramebuffer(gl.GL_DRAW_FRAMEBUFFER, target)
+        gl.glBlitFramebuffer(0, 0, w, h, 0, 0, tw, th, gl.GL_COLOR_BUFFER_BIT, gl.GL_NEAREST)
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+        self.live_copied = True
+
+    def _redraw_live_eye(self) -> None:
+        """Draw the last frame's left-eye scene again, full size, into the live copy: for
+        a capture, whose frames did not copy it (only a window pays for that per frame)."""
+        draws, eyes, fallback = self._last_frame
+        gl = self.gl
+        _, target = self._live_target(1.0)
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, target)
+        gl.glViewport(0, 0, self.eye_width, self.eye_height)
+        gl.glBlendFunc(gl.GL_ONE, gl.GL_ONE_MINUS_SRC_ALPHA)
+        self._draw_scene(0, eyes[0], draws, fallback, sampled=None)
+        gl.glDisable(gl.GL_BLEND)
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+        self.live_copied = True
+
+    def _preview_shed(self) -> bool:
+        """Whether the last frame left the preview out of the eyes (time was short)."""
+        return self._last_frame is not None and any(d.shed for d in self._last_frame[0])
+
+    def mirror_halves(self) -> tuple[int, int, bool]:
+        """The mirror view's left and right textures, and whether it is split: the live
+        scene's left eye and the preview's picture in a frame that had the preview (once
+        the live eye was copied: ``mirror_wanted``, or drawn again by
+        :meth:`render_mirror`), else the two eyes."""
+        if self.preview_shown and self.preview_layer is not None:
+            preview = self._layers[self.preview_layer].texture(0)
+            if self._preview_shed():
+                return self._eye_textures[0], preview, True  # no panel in the eye: it is live
+            if self.live_copied and self._live_copy is not None:
+                return self._live_copy[1][0], preview, True
+        return self._eye_textures[0], self._eye_textures[1], False
+
+    def render_mirror(self, scale: float = 1.0, text: bool = True) -> int:
+        """Draw the mirror view offscreen, ``scale`` times both eyes' size, with
+        ``mirror_text`` over it (unless ``text`` is false); returns its texture
+        (:meth:`read_mirror` reads it)."""
+        from engine.compositor.mirror import MirrorView
+
+        size = (max(1, round(2 * self.eye_width * scale)), max(1, round(self.eye_height * scale)))
+        if size not in self._mirrors:
+            self._mirrors[size] = self._render_target(*size)
+        if self._mirror_view is None:
+            self._mirror_view = MirrorView(self.mirror_text)
+        if self.preview_shown and not self.live_copied and not self._preview_shed():
+            self._redraw_live_eye()
+        texture, fbo = self._mirrors[size]
+        self.gl.glBindFramebuffer(self.gl.GL_FRAMEBUFFER, fbo)
+        self._mirror_view.draw(self.mirror_halves(), *size, text=text)
+        self.gl.glBindFramebuffer(self.gl.GL_FRAMEBUFFER, 0)
+        self._last_mirror = size
+        return texture
+
+    def read_mirror(self) -> np.ndarray:
+        """The mirror view :meth:`render_mirror` drew last, ``uint8 (h, w, 4)``, rows
+        bottom-to-top. Raises ``RuntimeError`` if none was drawn."""
+        if self._last_mirror is None:
+            raise RuntimeError("no mirror view was drawn (call render_mirror first)")
+        gl, (w, h) = self.gl, self._last_mirror
+        out = np.empty((h, w, 4), np.uint8)
+        gl.glPixelStorei(gl.GL_PACK_ALIGNMENT, 1)
+        gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, self._mirrors[self._last_mirror][1])
+        gl.glReadPixels(
+            0, 0, w, h, gl.GL_RGBA, gl.GL_UNSIGNED_BYTE, ctypes.c_void_p(out.ctypes.data)
+        )
+        gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, 0)
+        return out
 
     def _check_gpu_samples(self) -> None:
         """Count GPU images the producer started rewriting while the last frame sampled
@@ -522,6 +732,11 @@ class GLComposer:
                     for turn in (np.eye(3), _TURN_30_DEGREES):
                         self._warp(layer, layer.textures[0][0], turn, tan, tan)
                 gl.glDisable(gl.GL_BLEND)
+        if self.quad_pass is not None:  # its first draw compiles it (llvmpipe)
+            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, self._fbos[0])
+            gl.glEnable(gl.GL_BLEND)
+            self.quad_pass.draw(self._layers[-1].textures[0][0], np.eye(3), tan, tan)
+            gl.glDisable(gl.GL_BLEND)
         self.compose([], eyes, fallback=True)
         self.finish()
 
@@ -573,6 +788,7 @@ class GLComposer:
             "driver_prefers": self.preferred_upload.describe(),
             "timed_frame_ms": None if self.timed_frame_ns is None else self.timed_frame_ns / 1e6,
             "gpu_images_shown": self.gpu_images_shown,
+            "preview_draws": self.preview_draws,
             "torn_gpu_samples": self.torn_gpu_samples,
             "layer_images": self.layer_images(),
         }
@@ -637,13 +853,18 @@ def compositor_main(
     from engine.compositor.sinks import HeadlessSink, MirrorWindowSink
 
     composer = GLComposer(
-        config.eye_width, config.eye_height, specs, filter=config.filter, warp=config.warp
+        config.eye_width,
+        config.eye_height,
+        specs,
+        filter=config.filter,
+        warp=config.warp,
+        preview_layer=config.preview_index,
     )
     readers, allocator = _share_layers(config, specs, composer, control)
     sink = (
         MirrorWindowSink(composer, config.capture_path)
         if config.window
-        else HeadlessSink(composer, config.capture_path)
+        else HeadlessSink(composer, config.capture_path, config.mirror_headless)
     )
     if input_fd is not None:
         sink = input_feed(sink, input_fd, config.input_script)
@@ -669,7 +890,7 @@ def compositor_main(
         clock=clock,
         schedule=schedule,
         pose_source=pose_source,
-        layers=list(zip([name for name, _, _ in config.layers], readers, strict=True)),
+        layers=list(zip([name for name, _, _ in config.all_layers()], readers, strict=True)),
         composer=composer,
         sink=sink,
         handoff=PoseHandoffWriter(pose_fd),
@@ -677,9 +898,16 @@ def compositor_main(
         grace_ns=round(config.grace_s * 1e9),
         adapt_lead=config.adapt_lead,
         report=_stderr_report,
+        preview_layer=config.preview_index,
     )
+    mirror_text = None
+    if config.window or config.capture_path or config.mirror_headless:  # a mirror view
+        from engine.compositor.mirror import MirrorText
+
+        mirror_text = composer.mirror_text = MirrorText(loop, hud_on=config.hud)
     if input_fd is not None:
-        sink.started = lambda: any(w.image is not None for w in loop.watches)
+        game_watches = loop.watches[: len(config.layers)]  # the preview's is no game's
+        sink.started = lambda: any(w.image is not None for w in game_watches)
     priority = {"cpu": cpu, **gpu}
     # Every layer has the one format: the first says how they all upload.
     upload = composer.layer_uploads()[0] if specs else preferred
@@ -706,7 +934,12 @@ def compositor_main(
             return True
         if not data:
             return True  # the parent is gone
-        stop_requested = json.loads(data).get("op") == "stop"
+        message = json.loads(data)
+        if message.get("op") == "game_state":
+            if mirror_text is not None:
+                mirror_text.tell(str(message.get("state")))
+            return False
+        stop_requested = message.get("op") == "stop"
         return stop_requested
 
     started = time.monotonic()
@@ -722,6 +955,9 @@ def compositor_main(
     }
     if input_fd is not None:
         stats["input"] = sink.stats()
+    mirror_stats = getattr(sink, "mirror_stats", None)
+    if mirror_stats is not None and mirror_stats() is not None:
+        stats["mirror"] = mirror_stats()
     try:
         control.setblocking(True)
         send_message(control, {"op": "stats", "stats": stats})
@@ -745,7 +981,7 @@ def _share_layers(
     software = is_software_renderer(composer.gl.gl_info.get_renderer())
     allocator, why_not = open_allocator(config.gpu_images, software)
     readers = []
-    for i, ((name, _, _), spec) in enumerate(zip(config.layers, specs, strict=True)):
+    for i, ((name, _, _), spec) in enumerate(zip(config.all_layers(), specs, strict=True)):
         offer = not_offered(why_not)
         if allocator is not None:
             try:
@@ -782,13 +1018,19 @@ class CompositorHandle:
     Example:
         >>> handle = CompositorHandle.start(CompositorConfig(), pose_fd)     # doctest: +SKIP
         >>> handle.layers          # [(fd, LayerSpec)] to hand to producers  # doctest: +SKIP
+        >>> handle.preview_layer   # (fd, LayerSpec) for a preview game, or None # doctest: +SKIP
         >>> stats = handle.stop()                                           # doctest: +SKIP
+
+    ``layers`` are the game layers; the preview layer (``CompositorConfig.preview``) is
+    ``preview_layer``, and ``preview_index`` its index for :meth:`gpu_images_for_child`.
     """
 
     def __init__(self, process: Any, control: socket.socket) -> None:
         self.process = process
         self.control = control
         self.layers: list[tuple[int, LayerSpec]] = []
+        self.preview_layer: tuple[int, LayerSpec] | None = None
+        self.preview_index: int | None = None
         #: Per layer, its GPU images as offered (fds owned here), or why there are none.
         self.gpu_images: list[GpuImagesOffer] = []
         self.ready: dict[str, Any] = {}
@@ -818,8 +1060,12 @@ class CompositorHandle:
         handle = cls(process, parent)
         try:
             parent.settimeout(timeout_s)
-            for _ in config.layers:
-                handle.layers.append(recv_layer_fd(parent))
+            for i, _ in enumerate(config.all_layers()):
+                layer = recv_layer_fd(parent)
+                if i == config.preview_index:
+                    handle.preview_layer, handle.preview_index = layer, i
+                else:
+                    handle.layers.append(layer)
                 handle.gpu_images.append(recv_gpu_images(parent))
             ready = recv_message(parent, timeout_s)
         except (OSError, ConnectionError, ValueError) as exc:
@@ -836,9 +1082,21 @@ class CompositorHandle:
 
     def gpu_images_for_child(self, layer: int) -> GpuImagesOffer:
         """Layer ``layer``'s GPU images offer, its fds wrapped to pass to a ``spawn``
-        child (which receives its own copies; every child gets the same images)."""
+        child (which receives its own copies; every child gets the same images). The
+        preview layer's index is ``preview_index``. Raises ``IndexError`` for no such
+        layer."""
         offer = self.gpu_images[layer]
         return GpuImagesOffer(offer.images, tuple(PassedFd(fd) for fd in offer.fds), offer.reason)
+
+    def tell_game_state(self, state: str) -> None:
+        """Tell the compositor what the game is doing, for the mirror's HUD: one of
+        ``engine.compositor.mirror.GAME_STATES`` (``"restarting"`` while a new game comes
+        up; a fresh image from the game says ``running`` by itself). Others are ignored
+        there. Never raises: a compositor that is gone is the supervisor's to notice."""
+        try:
+            send_message(self.control, {"op": "game_state", "state": state})
+        except OSError:
+            pass
 
     def stop(self, timeout_s: float = 10.0) -> dict[str, Any]:
         """Ask it to stop and return its final stats (``{}`` if it could not say)."""
@@ -863,12 +1121,13 @@ class CompositorHandle:
         if self.process.is_alive():
             self.process.kill()
             self.process.join(5.0)
-        for fd, _ in self.layers:
+        for fd, _ in self.layers + ([self.preview_layer] if self.preview_layer else []):
             try:
                 os.close(fd)
             except OSError:
                 pass
         self.layers = []
+        self.preview_layer = None
         for offer in self.gpu_images:
             offer.close()
         self.gpu_images = []

@@ -1,9 +1,12 @@
 """Where composed frames go, behind one small interface (:class:`~engine.compositor.loop.Sink`).
 
 * :class:`HeadlessSink` — no display: waits for the frame to be finished, counts it, and on
-  close can save the last frame (both eyes side by side) as a PNG (``--capture``).
-* :class:`MirrorWindowSink` — a desktop window showing both eyes, for a machine with a
-  display, asked for with ``--window``. Not exercised in CI (there is no display there).
+  close can save the last frame's mirror view as a PNG (``--capture``).
+* :class:`MirrorWindowSink` — a desktop window showing the mirror view, for a machine with
+  a display, asked for with ``--window``.
+
+The mirror view is the composer's (:meth:`EyeSurface.render_mirror`): both eyes side by
+side, or live and preview side by side while a preview publishes, with labels and a HUD.
 * An OpenXR swapchain sink belongs here too, once a runtime is present.
 
 A sink gets the composed eyes from an :class:`EyeSurface` (the GL composer).
@@ -11,8 +14,9 @@ A sink gets the composed eyes from an :class:`EyeSurface` (the GL composer).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -32,6 +36,22 @@ class EyeSurface(Protocol):
 
     def eye_textures(self) -> tuple[int, int]:
         """GL texture names of the left and right composed eye."""
+        ...
+
+    mirror_wanted: bool  # set by a sink that shows the mirror view every frame
+    mirror_scale: float  # ... and the size it shows it at
+    mirror_text: Any  # what the mirror view says (engine.compositor.mirror.MirrorText)
+
+    def mirror_halves(self) -> tuple[int, int, bool]:
+        """The mirror view's left and right textures, and whether it is live | preview."""
+        ...
+
+    def render_mirror(self, scale: float = 1.0) -> int:
+        """Draw the mirror view offscreen, ``scale`` x (both eyes); its GL texture."""
+        ...
+
+    def read_mirror(self) -> np.ndarray:
+        """The mirror view last drawn, ``uint8 (height, width, 4)``, rows bottom-to-top."""
         ...
 
 
@@ -56,29 +76,60 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     return path
 
 
+#: The mirror window's size: this times both eyes'.
+MIRROR_SCALE = 0.5
+
+
 class HeadlessSink:
     """Counts presented frames; optionally captures the last one to ``capture_path`` on close.
 
     ``present`` waits for the GPU (or llvmpipe) to finish the frame, which is what a swap
     would wait for, so the compositor's compose time includes the drawing itself.
+    ``mirror_each_frame`` draws the mirror view at every present as a window would (at
+    the window's scale), with nobody to show it to: what a mirror window costs, measured
+    headless (its times, from the drawing to its end, are in :meth:`mirror_stats`).
     """
 
-    def __init__(self, surface: EyeSurface | None = None, capture_path: str | Path | None = None):
+    def __init__(
+        self,
+        surface: EyeSurface | None = None,
+        capture_path: str | Path | None = None,
+        mirror_each_frame: bool = False,
+    ):
         self.surface = surface
         self.capture_path = Path(capture_path) if capture_path else None
         self.frames = 0
         self.captured: Path | None = None
+        self.mirror_each_frame = mirror_each_frame and surface is not None
+        self._mirror_ns: list[int] = []
+        if self.mirror_each_frame:  # as a window: the live eye copied at its scale
+            surface.mirror_wanted, surface.mirror_scale = True, MIRROR_SCALE
 
     def present(self, frame: int, display_time_ns: int) -> None:
         if self.surface is not None:
             self.surface.finish()
+            if self.mirror_each_frame:
+                start = time.perf_counter_ns()
+                self.surface.render_mirror(MIRROR_SCALE)
+                self.surface.finish()
+                self._mirror_ns.append(time.perf_counter_ns() - start)
         self.frames += 1
+
+    def mirror_stats(self) -> dict[str, float] | None:
+        """With ``mirror_each_frame``: the mirror view's drawing time, ms (``None`` else)."""
+        if not self.mirror_each_frame:
+            return None
+        from engine.scheduler.stats import summarize
+
+        summary = summarize(self._mirror_ns[-65_536:], 0)
+        return {"mirror_ms_p50": summary.p50_ms, "mirror_ms_p99": summary.p99_ms}
 
     def capture(self, path: str | Path) -> Path:
         """Save the last composed frame now. Raises ``RuntimeError`` without a surface."""
         if self.surface is None:
             raise RuntimeError("a headless sink without a surface has nothing to capture")
-        image = side_by_side(self.surface.read_eyes())
+        self.surface.render_mirror()
+        image = self.surface.read_mirror()
         image[..., 3] = 255  # what a display shows: uncovered (transparent) pixels are black
         return save_png(image, path)
 
@@ -94,51 +145,58 @@ class HeadlessSink:
 
 
 class MirrorWindowSink(HeadlessSink):
-    """A visible pyglet window showing both composed eyes side by side.
+    """A visible pyglet window showing the mirror view (both eyes, or live and preview).
 
     Needs a display and a process started with ``PYGLET_HEADLESS=0`` (the compositor
     process sets that when asked for a window). Presents without vsync: the compositor's
     own clock paces it, the window only mirrors. Closing the window just stops mirroring.
+    F1 toggles the HUD (``toggle_hud``, called with no argument).
     """
 
     def __init__(
         self,
         surface: EyeSurface,
         capture_path: str | Path | None = None,
-        scale: float = 0.5,
+        scale: float = MIRROR_SCALE,
     ) -> None:
         super().__init__(surface, capture_path)
-        from engine.compositor.timewarp import FullscreenProgram
         from engine.render.context import mirror_window, offscreen_context
 
         w = max(1, int(surface.eye_width * scale))
         h = max(1, int(surface.eye_height * scale))
         self._offscreen_context = offscreen_context
+        surface.mirror_wanted, surface.mirror_scale = True, scale
+        self._view: Any = None  # the mirror view's drawing, in the window's context
         self.window = mirror_window(2 * w, h, "All-Source Engine - compositor mirror")
         self.window.set_vsync(False)
-        self._blit = FullscreenProgram(_BLIT_SHADER)  # made in the window's context
         self.open = True
 
         @self.window.event
         def on_close() -> None:
             self.open = False
 
+        def on_key_press(symbol: int, modifiers: int) -> None:
+            from pyglet.window import key
+
+            text = getattr(self.surface, "mirror_text", None)
+            if symbol == key.F1 and text is not None:
+                text.toggle_hud()
+
+        self.window.push_handlers(on_key_press=on_key_press)  # the input feed's stay too
         offscreen_context()
 
     def present(self, frame: int, display_time_ns: int) -> None:
         super().present(frame, display_time_ns)
         if not self.open:
             return
-        from pyglet import gl
+        from engine.compositor.mirror import MirrorView
 
+        halves = self.surface.mirror_halves()
         self.window.switch_to()
         self.window.dispatch_events()
-        w, h = self.window.get_framebuffer_size()
-        for i, texture in enumerate(self.surface.eye_textures()):
-            gl.glViewport(i * w // 2, 0, w // 2, h)
-            gl.glActiveTexture(gl.GL_TEXTURE0)
-            gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
-            self._blit.draw(u_eye=0)
+        if self._view is None:
+            self._view = MirrorView(getattr(self.surface, "mirror_text", None))
+        self._view.draw(halves, *self.window.get_framebuffer_size())
         self.window.flip()
         self._offscreen_context()
 
@@ -148,7 +206,7 @@ class MirrorWindowSink(HeadlessSink):
             self.window.close()
 
 
-_BLIT_SHADER = """
+BLIT_SHADER = """
 #version 330 core
 in vec2 v_ndc;
 out vec4 out_color;

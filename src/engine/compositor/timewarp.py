@@ -245,14 +245,15 @@ class TimewarpPass:
         src_tan: Tangents,
     ) -> None:
         """Draw 2D texture ``texture`` warped by ``delta`` (blending as currently set)."""
+        self.draw_homography(texture, timewarp_homography(delta, out_tan, src_tan))
+
+    def draw_homography(self, texture: int, homography: np.ndarray) -> None:
+        """Draw ``texture`` through any screen-to-uv homography (a quad layer's too)."""
         from pyglet import gl
 
         gl.glActiveTexture(gl.GL_TEXTURE0)
         gl.glBindTexture(gl.GL_TEXTURE_2D, texture)
-        self._fullscreen.draw(
-            u_layer=0,
-            u_homography=column_major(timewarp_homography(delta, out_tan, src_tan)),
-        )
+        self._fullscreen.draw(u_layer=0, u_homography=column_major(homography))
 
     def delete(self) -> None:
         self._fullscreen.delete()
