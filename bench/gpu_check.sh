@@ -10,7 +10,11 @@
 # BUDGET_S (default 380 s), so it finishes within about 7 minutes whatever hangs (on an
 # H200 it should take about 3: the test suite alone ran in 52 s there).
 # Runs here too (llvmpipe), for a rehearsal: PYGLET_HEADLESS=1 bash bench/gpu_check.sh
+# GPU_CHECK_STEPS picks steps (default: all, in this order): env render_layer restart
+# compositor summary preview tests. COMPOSITOR_ARGS replaces the compositor bench's runs.
 set -u
+steps=" ${GPU_CHECK_STEPS:-env render_layer restart compositor summary preview tests} "
+want() { [[ "$steps" == *" $1 "* ]]; }
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu-check}
 mkdir -p "$out"
@@ -39,7 +43,7 @@ step() {
 }
 
 # 1. What this machine is, and what the engine's contexts were granted on it.
-step 20 "$out/env.txt" "$python" - <<'PY'
+want env && step 20 "$out/env.txt" "$python" - <<'PY'
 import os, subprocess
 try:
     query = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
@@ -60,15 +64,22 @@ print("EGL extensions:", " ".join(sorted(_contexts.extensions)))
 PY
 
 # 2. The game's hand-off: synchronous readback against the pixel buffer; shared against GPU memory.
-step 45 "$out/render_layer.txt" "$python" bench/render_layer.py 100 --json "$out/render_layer.json"
+want render_layer && step 45 "$out/render_layer.txt" "$python" bench/render_layer.py 100 \
+  --json "$out/render_layer.json"
+
+# 2b. Restart: SIGKILL -> the new game's first frame, cold against the warm standby.
+want restart && step 90 "$out/restart.txt" "$python" bench/restart.py --kills 4 \
+  --json "$out/restart.json"
 
 # 3. The compositor: 1 and 4 layers of 2x1280x720 and 2x1440x1600 at 90 Hz, the untuned
 #    baseline in the same run, the game alone and crashed (restart times).
-step 180 "$out/compositor.txt" "$python" bench/compositor.py --seconds 5 --crash-seconds 10 \
-  --sizes 1280x720,1440x1600 --layers 1,4 --before --no-linear --json "$out/compositor.json"
+# shellcheck disable=SC2086
+want compositor && step 180 "$out/compositor.txt" "$python" bench/compositor.py \
+  ${COMPOSITOR_ARGS:---seconds 5 --crash-seconds 10 --sizes 1280x720,1440x1600 --layers 1,4 --before --no-linear} \
+  --json "$out/compositor.json"
 
 # 4. The targets, met or not (from the compositor's JSON).
-step 15 "$out/summary.txt" "$python" - "$out/compositor.json" <<'PY'
+want summary && step 15 "$out/summary.txt" "$python" - "$out/compositor.json" <<'PY'
 import json, statistics, sys
 try:
     runs = json.load(open(sys.argv[1]))
@@ -96,9 +107,13 @@ if restarts:
 print("GPU priority:", next(r for n, r in runs.items() if n != "floor")["priority"])
 PY
 
+# 4b. What a preview that saturates its own budget costs the live game and the compositor.
+want preview && step 90 "$out/preview.txt" "$python" bench/preview.py --seconds 8 \
+  --json "$out/preview.json"
+
 # 5. The test suite, or the files named in GPU_CHECK_TESTS (the rest of the budget).
 # shellcheck disable=SC2086
-step 150 "$out/tests.txt" "$python" -m pytest -q -p no:cacheprovider ${GPU_CHECK_TESTS:-tests/}
-tail -n 15 "$out/tests.txt"
+want tests && step 150 "$out/tests.txt" "$python" -m pytest -q -p no:cacheprovider ${GPU_CHECK_TESTS:-tests/}
+tail -n 15 "$out/tests.txt" 2>/dev/null
 note "done; files in $out: $(ls "$out" | tr '\n' ' ')"
 cat "$out/summary.txt" 2>/dev/null

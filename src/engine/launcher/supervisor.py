@@ -843,6 +843,8 @@ class Supervisor:
             record.blamed = self._leave_out(fault, decision)
         self.restarts.append(record)
         self.report(f"supervisor: {decision.message}")
+        if self.compositor is not None:
+            self.compositor.tell_game_state("restarting")  # the mirror's HUD says so
         if decision.action is Action.BACK_OFF:
             assert decision.retry_at_ns is not None
             record.backoff_ms = (decision.retry_at_ns - now) / 1e6

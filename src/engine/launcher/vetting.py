@@ -19,9 +19,9 @@ One part per process:
 
 * the preview game (:func:`attach_preview`): slowness is measured there, not cut (a
   system over its budget keeps running, so the preview's frame rate shows it; a call is
-  still interrupted after 250 ms, and faults count as in any game). Its **baseline** is the newest version of
-  each module in the history when it started (the live game's); a module with a newer
-  version is a candidate. The ``vet`` command reports each (:class:`Candidate`).
+  still interrupted after 250 ms, and faults count as in any game). Its **baseline** is
+  the newest version of each module in the history when it started (the live game's); a
+  module with a newer version is a candidate. The ``vet`` command reports each (:class:`Candidate`).
 * the live game (:func:`attach_promote`): ``promote`` loads modules whose file text has
   the vetted hash; ``vetted`` records where a version was vetted in the live history.
 * the supervisor: :func:`decide` turns a ``vet`` report into verdicts; pure, so it is
