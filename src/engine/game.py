@@ -466,7 +466,8 @@ class Engine:
         self.loader.prepare_later(changes, kind="edit", event_ns=event_ns)
 
     def _on_shader_changed(self, path: Path, event_ns: int) -> None:
-        if self.hold is not None and self.hold(Path(path).name):
+        hold = self.hold if Path(path).suffix in SHADER_SUFFIXES else None  # never assets
+        if hold is not None and hold(Path(path).name):
             self.report(f"engine: shaders/{Path(path).name} saved; it runs here once vetted")
             return
         for listener in self.shader_listeners:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.loader.history import VersionStatus, source_hash
+from engine.loader.watcher import SHADER_SUFFIXES
 
 if TYPE_CHECKING:
     from engine.game import Engine
@@ -127,6 +128,7 @@ class PreviewCandidates:
         self.engine = engine
         self.baseline = baseline
         self._tracked: dict[str, _Tracked] = {}
+        self._shader_seen: dict[tuple[str, int], int] = {}  # (file, version): first frame
 
     def after_frame(self, engine: Engine) -> None:
         loader, scheduler = engine.loader, engine.scheduler
@@ -180,6 +182,31 @@ class PreviewCandidates:
                     fault=fault,
                 )
             )
+        return out + self._shader_candidates()
+
+    def _shader_candidates(self) -> list[Candidate]:
+        """Shader files with a version newer than the baseline: a compile or link error is
+        their fault; otherwise they ran once the library made them active."""
+        history = self.engine.history_store
+        out = []
+        for name in history.names("shaders"):
+            unit = history.unit("shaders", name, suffix=Path(name).suffix)
+            newest = unit.latest
+            if newest is None or newest.number <= self.baseline.get(name, 0):
+                continue
+            failed = newest.status in (VersionStatus.ERROR, VersionStatus.BAD)
+            active = unit.active_number == newest.number
+            first = self._shader_seen.setdefault((name, newest.number), self.engine.frame)
+            out.append(
+                Candidate(
+                    module=name,
+                    version=newest.number,
+                    sha256=newest.sha256,
+                    status=str(newest.status),
+                    frames=self.engine.frame - first if active else 0,
+                    fault=(newest.why or str(newest.status)) if failed else None,
+                )
+            )
         return out
 
 
@@ -210,15 +237,18 @@ def attach_preview(engine: Engine, baseline: dict[str, int]) -> PreviewCandidate
 
 
 def history_baseline(history_root: Path) -> dict[str, int]:
-    """The newest version number of each module in the history at ``history_root``."""
+    """The newest version number of each module (by name) and shader file (by file name,
+    ``basic.frag``) in the history at ``history_root``."""
     from engine.loader.history import ProjectHistory
 
     history = ProjectHistory(history_root.parent, root=history_root)
     out = {}
-    for name in history.names("systems"):
-        latest = history.unit("systems", name).latest
-        if latest is not None:
-            out[name] = latest.number
+    for kind in ("systems", "shaders"):
+        for name in history.names(kind):
+            suffix = Path(name).suffix if kind == "shaders" else ".py"
+            latest = history.unit(kind, name, suffix=suffix).latest
+            if latest is not None:
+                out[name] = latest.number
     return out
 
 
@@ -236,6 +266,9 @@ def attach_promote(engine: Engine) -> None:
     def promote(args: dict[str, Any]) -> dict[str, Any]:
         wanted: dict[str, dict[str, Any]] = args["modules"]
         sources, refused = {}, {}
+        shaders = {n: v for n, v in wanted.items() if n.endswith(SHADER_SUFFIXES)}
+        wanted = {n: v for n, v in wanted.items() if n not in shaders}
+        swapped_shaders = _promote_shaders(engine, shaders, refused)
         for name, vetted in wanted.items():
             sha = vetted.get("sha256") if isinstance(vetted, dict) else None
             path = engine.loader.source_path(name)
@@ -262,6 +295,30 @@ def attach_promote(engine: Engine) -> None:
             for name in sources:
                 if name not in promoted:
                     refused[name] = str(engine.loader.errors.get(name) or "did not load")
-        return {"ok": True, "promoted": promoted, "refused": refused}
+        return {"ok": True, "promoted": {**promoted, **swapped_shaders}, "refused": refused}
 
     engine.commands["promote"] = Command(promote, {"modules": dict}, between_frames=False)
+
+
+def _promote_shaders(
+    engine: Engine, shaders: dict[str, dict[str, Any]], refused: dict[str, str]
+) -> dict[str, int]:
+    """Hand the live game's shader library the vetted shader files (it rebuilds them
+    between frames, like a save); returns ``{file: version}`` of those taken."""
+    import time
+
+    taken = {}
+    for name, vetted in shaders.items():
+        path = engine.project_dir / "shaders" / name
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            refused[name] = "its file is gone"
+            continue
+        if source_hash(text) != vetted.get("sha256"):
+            refused[name] = "its file changed after it was vetted: vet it again"
+            continue
+        for listener in engine.shader_listeners:
+            listener(path, time.monotonic_ns())
+        taken[name] = int(vetted.get("version", 0))
+    return taken
