@@ -276,6 +276,7 @@ class Loader:
         self.frame = 0
         #: Told which module's code runs now (its import, its hooks) for the heartbeat.
         self.running = RunningNow()
+        self._start_notices: set[str] = set()  # modules said to start off their file
 
     # -- finding sources ----------------------------------------------------------------
     def source_path(self, name: str) -> Path | None:
@@ -1019,10 +1020,39 @@ class Loader:
             on_disk = unit.get(unit.disk_number) if unit.disk_number is not None else None
             unchanged = on_disk is not None and on_disk.sha256 == source_hash(source)
             if active is None and unchanged and on_disk.status is VersionStatus.BAD:
+                self._start_notice(name, path, None, on_disk)
                 return None
             if active is not None and unchanged and active.status in RUNNABLE:
+                if on_disk is not None and active.number != on_disk.number:
+                    self._start_notice(name, path, active, on_disk)
                 return unit.source(active.number), active.number
         return source, None
+
+    def _start_notice(
+        self, name: str, path: Path, running: Version | None, on_disk: Version
+    ) -> None:
+        """Say once per module that it starts with a version other than its file's (after
+        an undo, or a version the supervisor left out), and how to run the file's."""
+        if name in self._start_notices:
+            return
+        self._start_notices.add(name)
+        file = self._where(str(path), None)
+        project = _shown_path(self.project_dir)
+        if running is None:
+            self.report(
+                f"engine: {name}: left out; {file} on disk is v{on_disk.number}, which "
+                f"{on_disk.why or 'failed'}: edit and save the file to try it again"
+            )
+            return
+        if on_disk.status in RUNNABLE:
+            how = f"`engine redo {project} {name}`, or edit and save the file, to run it"
+        else:
+            why = f": {on_disk.why}" if on_disk.why else ""
+            how = f"it was left out{why}; edit and save the file to try it again"
+        self.report(
+            f"engine: {name}: running v{running.number} from history; "
+            f"{file} on disk is v{on_disk.number} ({how})"
+        )
 
 
 def leave_out(unit: VersionHistory, number: int, why: str) -> Version | None:
@@ -1043,6 +1073,15 @@ def leave_out(unit: VersionHistory, number: int, why: str) -> Version | None:
     )
     unit.activate(before.number if before else None)
     return before
+
+
+def _shown_path(path: Path) -> str:
+    """``path`` as a user would type it here: relative to the working folder when inside it."""
+    try:
+        shown = str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+    return shown if shown != "." else "."
 
 
 def _run_on_surplus(niceness: int = LOADER_NICENESS) -> None:
