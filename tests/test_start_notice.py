@@ -49,17 +49,19 @@ def test_a_start_after_a_leave_out_names_why_the_file_is_not_run(project, make_e
     (notice,) = start_and_listen(make_engine, project)
 
     assert "running v1 from history; systems/counter.py on disk is v2" in notice
-    assert "left out: the game process died in count (segfault)" in notice
+    assert "which failed (the game process died in count (segfault))" in notice
     assert "engine redo" not in notice  # redo skips a bad version: it cannot help
 
 
 def test_a_module_left_out_with_nothing_to_run_says_so(project, make_engine):
     versions_on_disk(project, 1)
-    leave_out(ProjectHistory(project).unit("systems", "counter"), 1, "hung at import")
+    why = "systems/counter.py:3: hung at import; left out"
+    leave_out(ProjectHistory(project).unit("systems", "counter"), 1, why)
 
     (notice,) = start_and_listen(make_engine, project)
 
     assert notice == (
-        "engine: counter: left out; systems/counter.py on disk is v1, which hung at import: "
+        "engine: counter: left out; systems/counter.py on disk is v1, which failed "
+        "(systems/counter.py:3: hung at import): "
         "edit and save the file to try it again"
     )

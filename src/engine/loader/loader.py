@@ -1037,22 +1037,28 @@ class Loader:
             return
         self._start_notices.add(name)
         file = self._where(str(path), None)
-        project = _shown_path(self.project_dir)
+        # The first clause of why it failed: the file, line and error (the rest is what
+        # the engine did about it then).
+        why = (on_disk.why or str(on_disk.status)).split("; ")[0]
+        failed = f"v{on_disk.number}, which failed ({why})"
         if running is None:
             self.report(
-                f"engine: {name}: left out; {file} on disk is v{on_disk.number}, which "
-                f"{on_disk.why or 'failed'}: edit and save the file to try it again"
+                f"engine: {name}: left out; {file} on disk is {failed}: "
+                "edit and save the file to try it again"
             )
             return
         if on_disk.status in RUNNABLE:
-            how = f"`engine redo {project} {name}`, or edit and save the file, to run it"
+            project = _shown_path(self.project_dir)
+            self.report(
+                f"engine: {name}: running v{running.number} from history; {file} on disk is "
+                f"v{on_disk.number} (`engine redo {project} {name}`, or edit and save the "
+                "file, to run it)"
+            )
         else:
-            why = f": {on_disk.why}" if on_disk.why else ""
-            how = f"it was left out{why}; edit and save the file to try it again"
-        self.report(
-            f"engine: {name}: running v{running.number} from history; "
-            f"{file} on disk is v{on_disk.number} ({how})"
-        )
+            self.report(
+                f"engine: {name}: running v{running.number} from history; {file} on disk is "
+                f"{failed}: edit and save the file to try it again"
+            )
 
 
 def leave_out(unit: VersionHistory, number: int, why: str) -> Version | None:
