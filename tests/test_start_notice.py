@@ -65,3 +65,13 @@ def test_a_module_left_out_with_nothing_to_run_says_so(project, make_engine):
         "(systems/counter.py:3: hung at import): "
         "edit and save the file to try it again"
     )
+
+
+def test_a_restarted_game_does_not_say_it_again(project, make_engine):
+    versions_on_disk(project, 1, 2)
+    ProjectHistory(project).unit("systems", "counter").activate(1)
+    lines: list[str] = []
+
+    make_engine(project, report=lines.append, start_notices=False)  # as a restart does
+
+    assert not [line for line in lines if "from history" in line]

@@ -189,6 +189,8 @@ class Engine:
         layer_fd: the layer block to publish into (made by the compositor); default: the
             render stage makes its own.
         report: console output for swaps and errors.
+        start_notices: say which modules start with a version other than their file's
+            (after an undo or a leave-out); off for a restarted game, told at its first start.
     """
 
     def __init__(
@@ -207,6 +209,7 @@ class Engine:
         running: RunningNow | None = None,
         render: RenderSettings | None = None,
         layer_fd: int | None = None,
+        start_notices: bool = True,
     ) -> None:
         self.project_dir = Path(project_dir).resolve()
         if not self.project_dir.is_dir():
@@ -236,6 +239,7 @@ class Engine:
             failure_policy=self.scheduler.failure_policy,  # one policy for the whole game
         )
         self.loader.running = self.running
+        self.loader.start_notices = start_notices
         self.scheduler.versions = LoaderVersions(self.loader)
         self.scheduler.root = str(self.project_dir)
         self.failure_policy = self.scheduler.failure_policy

@@ -248,6 +248,7 @@ def game_main(
         running=running,
         render=render_settings if use_render_system else None,
         layer_fd=layer_fd if use_render_system else None,
+        start_notices=not config.restarted,  # said once, by the run's first game
     )
     if engine.render_stage is not None:
         engine.report(f"game: layer images in {engine.render_stage.image_path}")

@@ -276,6 +276,8 @@ class Loader:
         self.frame = 0
         #: Told which module's code runs now (its import, its hooks) for the heartbeat.
         self.running = RunningNow()
+        #: Say which modules start off their file's version (see :meth:`startup_source`).
+        self.start_notices = True
         self._start_notices: set[str] = set()  # modules said to start off their file
 
     # -- finding sources ----------------------------------------------------------------
@@ -1033,7 +1035,7 @@ class Loader:
     ) -> None:
         """Say once per module that it starts with a version other than its file's (after
         an undo, or a version the supervisor left out), and how to run the file's."""
-        if name in self._start_notices:
+        if not self.start_notices or name in self._start_notices:
             return
         self._start_notices.add(name)
         file = self._where(str(path), None)
