@@ -184,4 +184,5 @@ def test_the_tutorial_commands_run_in_order(tmp_path: Path) -> None:
         if terminal is not None:
             terminal.stop()
     assert ran_install
-    assert (work / "demo.png").exists() and (work / "spin.png").exists()
+    for picture in ("demo.png", "bob.png", "spin.png", "frames.png"):
+        assert (work / picture).stat().st_size > 0

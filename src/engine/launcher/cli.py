@@ -1,6 +1,7 @@
 """The ``engine`` console command.
 
     engine run [PROJECT] [--frames N] [--stats-json PATH]   run a game (headless), live-editable
+    engine stats PROJECT [--plot PATH]                       the last run's systems table, plot
     engine new DIR                                           scaffold a game project
     engine history PROJECT MODULE                            list a module's versions
     engine undo|redo PROJECT MODULE                          move the active version
@@ -240,8 +241,11 @@ def write_last_run(project: Path, stats: dict) -> None:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """Print the last run's stats (``PROJECT/.engine/last-run.json``, written when
-    ``engine run`` stops): the closing line, the systems table and the swap counts.
-    Exit status 1, in one line, when there are none; 2 for a bad project path."""
+    ``engine run`` stops): the closing line, the systems table and the swap counts; with
+    ``--plot PATH``, also draw each system's time per frame over the run's last minute
+    (``.engine/last-run-frames.json``) to a PNG. Exit status 1, in one line, when there
+    are none; 2 for a bad project path or a plot that cannot be drawn (matplotlib missing,
+    a folder that cannot be written)."""
     from rich.console import Console
 
     from engine.launcher.console import SystemsTable
@@ -269,6 +273,34 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"swaps: {counts.get('total', 0)} in all, {counts.get('failed', 0)} failed")
     for r in stats.get("restarts", []):
         print(f"restart at {r.get('at_s', 0):.1f} s: {r.get('message') or r.get('cause')}")
+    return plot_last_run(project, Path(args.plot)) if args.plot else 0
+
+
+def plot_last_run(project: Path, path: Path) -> int:
+    """Draw the per-system frame times of ``project``'s last run to ``path`` (a PNG) and
+    say so; the exit status (0 when drawn), with one line saying why not."""
+    from engine.scheduler.stats import LAST_RUN_FRAMES, load_frame_times
+
+    try:
+        recorder = load_frame_times(project / LAST_RUN_FRAMES)
+    except FileNotFoundError:
+        print(
+            f"engine: no frame times for {project} yet: `engine run {project}` keeps the "
+            "last minute's as it stops"
+        )
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"engine: cannot read {project / LAST_RUN_FRAMES}: {exc}", file=sys.stderr)
+        return 1
+    from engine.scheduler.plot import plot_frame_times
+
+    try:
+        plot_frame_times(recorder, path, title=f"{project.resolve().name}: frame time by system")
+    except (RuntimeError, ValueError) as exc:  # no matplotlib; no frames
+        return user_error(str(exc))
+    except OSError as exc:
+        return user_error(f"cannot write the plot: {exc}")
+    print(f"engine: {len(recorder)} frames of per-system times plotted to {path}")
     return 0
 
 
@@ -330,10 +362,10 @@ def cmd_run_single(args: argparse.Namespace, script: list | None = None) -> int:
         f"edit {project / 'systems'} live (Ctrl-C to stop)"
     )
     live = attach_live_console(engine, enabled=not args.quiet)
-    if args.plot:
-        from engine.scheduler.stats import FrameRecorder
+    from engine.launcher.game_process import keep_frame_times
+    from engine.scheduler.stats import KEEP_FRAMES, FrameRecorder
 
-        engine.recorder = FrameRecorder(args.frames or 90 * 600)
+    engine.recorder = FrameRecorder((args.frames or 90 * 600) if args.plot else KEEP_FRAMES)
     try:
         with live:
             engine.run(frames=args.frames, watch=not args.no_watch)
@@ -348,6 +380,7 @@ def cmd_run_single(args: argparse.Namespace, script: list | None = None) -> int:
             plot_frame_times(engine.recorder, Path(args.plot))
             print(f"engine: per-system frame times plotted to {args.plot}")
         write_last_run(project, stats)
+        keep_frame_times(engine)
         if args.stats_json:
             Path(args.stats_json).write_text(json.dumps(stats, indent=1))
             print(f"engine: stats written to {args.stats_json}")
@@ -492,6 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
     st = sub.add_parser("stats", help="print the last run's statistics of a project")
     st.add_argument("project")
+    st.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="also draw each system's time per frame (the run's last minute) to a PNG",
+    )
     st.set_defaults(func=cmd_stats)
     n = sub.add_parser("new", help="scaffold a new game project")
     n.add_argument("dir")

@@ -54,6 +54,7 @@ from engine.launcher.containment import ReportChannel, contain_game, die_with_pa
 from engine.pose.base import EyeView
 from engine.pose.handoff import HandoffPacer, HandoffPoseSource
 from engine.scheduler.scheduler import SchedulePolicy
+from engine.scheduler.stats import KEEP_FRAMES, LAST_RUN_FRAMES, FrameRecorder, save_frame_times
 from engine.world.checkpoint import CheckpointError
 from engine.world.checkpointer import Checkpointer, write_atomically
 from engine.world.ring import DEFAULT_MAX_BYTES, CheckpointRing
@@ -282,10 +283,9 @@ def game_main(
     from engine.launcher.console import attach_live_console
 
     live = attach_live_console(engine, enabled=config.console)
-    if config.plot_path:
-        from engine.scheduler.stats import FrameRecorder
-
-        engine.recorder = FrameRecorder(90 * 600)
+    # Every frame's per-system times: the last minute is kept for `engine stats --plot`,
+    # ten for a --plot at exit.
+    engine.recorder = FrameRecorder(90 * 600 if config.plot_path else KEEP_FRAMES)
     clean = False
     try:
         with live:
@@ -300,11 +300,23 @@ def game_main(
         checkpointer.close(final=engine.checkpoint(), frame=engine.frame)
         if config.stats_path:
             write_atomically(Path(config.stats_path), json.dumps(engine.stats()).encode())
+        keep_frame_times(engine)
         if config.plot_path and engine.recorder is not None and len(engine.recorder):
             from engine.scheduler.plot import plot_frame_times
 
             plot_frame_times(engine.recorder, Path(config.plot_path))
         engine.close()
+
+
+def keep_frame_times(engine: Engine) -> None:
+    """Keep the engine's recorded frames in its project for ``engine stats --plot``; a
+    failure to write them is said in one line, never raised."""
+    if engine.recorder is None or not len(engine.recorder):
+        return
+    try:
+        save_frame_times(engine.recorder, engine.project_dir / LAST_RUN_FRAMES)
+    except OSError as exc:
+        engine.report(f"engine: could not keep the run's frame times for `engine stats`: {exc}")
 
 
 def restore_world(path: Path, report: Callable[[str], None]) -> World | None:
