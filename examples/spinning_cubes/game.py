@@ -7,7 +7,7 @@ Run it with ``engine run examples/spinning_cubes`` and edit ``systems/*.py`` whi
 from systems.motion import Spin
 from systems.pulse import Pulse
 
-from engine.render.components import Material, Mesh, Transform
+from engine import Material, Mesh, Transform
 
 
 def setup(world):

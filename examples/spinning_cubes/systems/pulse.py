@@ -3,7 +3,7 @@
 import math
 
 import engine
-from engine.render.components import Transform
+from engine import Transform
 
 
 @engine.component

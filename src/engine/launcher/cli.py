@@ -39,7 +39,7 @@ SCAFFOLD_GAME = '''"""{name}: a game built on the All-Source Engine.
 can edit while the game runs.
 """
 
-from engine.render.components import Material, Mesh, Transform
+from engine import Material, Mesh, Transform
 from systems.bob import Bob
 from systems.motion import Spin
 
@@ -63,7 +63,7 @@ broken save never stops play: the last working version keeps running.
 import math
 
 import engine
-from engine.render.components import Transform
+from engine import Transform
 
 SPEED = 2.0  # radians per second: try 6.0
 HEIGHT = 0.3  # metres up and down: try 0.8
@@ -557,8 +557,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: ``PYTHONSAFEPATH``'s value when the engine set it (see :func:`main`): the game process
+#: takes it off again, so that user code's own subprocesses start as Python's do.
+SAFE_PATH_MARK = "engine"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``engine`` command. Every Python process it starts (compositor, game, probes)
+    starts with ``PYTHONSAFEPATH`` set: the working folder is not put first on its
+    ``sys.path``, so a ``random.py`` or ``math.py`` there (a user's ``systems/``) cannot
+    take the place of Python's own modules in the engine."""
     os.environ.setdefault("PYGLET_HEADLESS", "1")
+    os.environ.setdefault("PYTHONSAFEPATH", SAFE_PATH_MARK)
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -223,6 +223,8 @@ def game_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     report = ReportChannel()
     os.environ.setdefault("PYGLET_HEADLESS", "1")
+    if os.environ.get("PYTHONSAFEPATH") == "engine":  # set by the `engine` command only
+        del os.environ["PYTHONSAFEPATH"]  # for the engine's own processes, not the user's
     reader = PoseHandoffReader(pose_fd)
     policy = SchedulePolicy()
     if config.probation_frames is not None:

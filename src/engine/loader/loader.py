@@ -279,6 +279,7 @@ class Loader:
         #: Say which modules start off their file's version (see :meth:`startup_source`).
         self.start_notices = True
         self._start_notices: set[str] = set()  # modules said to start off their file
+        self._shadow_notices: set[str] = set()  # modules said to take a taken name
 
     # -- finding sources ----------------------------------------------------------------
     def source_path(self, name: str) -> Path | None:
@@ -483,6 +484,7 @@ class Loader:
         source, version = batch.sources[name]
         assert isinstance(source, str)
         path = self.source_path(name) or (self.systems_dir / f"{name}.py")
+        self._say_if_shadowing(name, path)
         module = new_module(name, path, self)
         batch.in_progress[name] = module
         job = self._job
@@ -1029,6 +1031,26 @@ class Loader:
                     self._start_notice(name, path, active, on_disk)
                 return unit.source(active.number), active.number
         return source, None
+
+    def _say_if_shadowing(self, name: str, path: Path) -> None:
+        """Say once, in one line, that a project module takes the name of a built-in system
+        module (it replaces it) or of a Python module (harmless in the game, where it is
+        ``systems.<name>``, but Python started in ``systems/`` imports it instead)."""
+        if name in self._shadow_notices or path.parent != self.systems_dir:
+            return
+        self._shadow_notices.add(name)
+        file = self._where(str(path), None)
+        if any((d / f"{name}.py").is_file() for d in self.builtin_dirs):
+            self.report(
+                f"engine: {file} replaces the engine's built-in systems.{name} (every "
+                f"`from systems.{name} import ...` gets yours); rename it to keep the built-in"
+            )
+        elif name in sys.stdlib_module_names:
+            self.report(
+                f"engine: {file} has the name of Python's `{name}` module: the game imports "
+                f"it as systems.{name}, but Python started in systems/ gets it instead of "
+                "Python's; a new name avoids that"
+            )
 
     def _start_notice(
         self, name: str, path: Path, running: Version | None, on_disk: Version
