@@ -1,4 +1,4 @@
-"""Cubes breathe: their scale follows a sine wave. Edit ``amount`` or ``rate`` while it runs."""
+"""Spheres breathe: their scale follows a sine wave. Edit ``amount`` or ``rate`` while it runs."""
 
 import math
 
