@@ -5,16 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import COUNTER, write
-from engine.loader.history import ProjectHistory
+from engine.loader.history import ProjectHistory, VersionStatus
 from engine.loader.loader import leave_out
 
 
 def versions_on_disk(project: Path, *steps: int) -> None:
-    """Record one version per step, as edits of a running game would, the last on disk."""
+    """Record one version per step, each run and found good, as edits of a running game
+    would be; the last one's text is on disk."""
     unit = ProjectHistory(project).unit("systems", "counter")
     for step in steps:
         text = write(project / "systems" / "counter.py", COUNTER.format(step=step)).read_text()
-        unit.activate(unit.record(text).number)
+        number = unit.record(text).number
+        unit.activate(number)
+        unit.mark(number, VersionStatus.GOOD)
 
 
 def start_and_listen(make_engine, project: Path) -> list[str]:
@@ -74,4 +77,19 @@ def test_a_restarted_game_does_not_say_it_again(project, make_engine):
 
     make_engine(project, report=lines.append, start_notices=False)  # as a restart does
 
+    assert not [line for line in lines if "from history" in line]
+
+
+def test_an_edit_recorded_but_never_swapped_in_runs_at_the_next_start(project, make_engine):
+    """The game stopped (or died) between recording a save and swapping it in: the file's
+    text is the newest version and never ran; it runs, quietly, not the one before it."""
+    versions_on_disk(project, 1)
+    unit = ProjectHistory(project).unit("systems", "counter")
+    text = write(project / "systems" / "counter.py", COUNTER.format(step=5)).read_text()
+    assert unit.record(text).number == 2  # recorded by the watcher; active is still v1
+    lines: list[str] = []
+
+    eng = make_engine(project, report=lines.append)
+
+    assert eng.history("counter").active_number == 2
     assert not [line for line in lines if "from history" in line]

@@ -1007,8 +1007,11 @@ class Loader:
         empty): it fails to load, with its file and line.
 
         The history's active version runs if the file still holds the text it last saw
-        (an undo survives a restart); a file changed while the game was stopped is new; a
-        file whose text was proven bad, with nothing else to run, is left out until edited.
+        (an undo survives a restart), unless that text is a newer version that never ran
+        (an edit the game stopped or died before swapping in: it runs now); a file changed
+        while the game was stopped is new; a file whose text was proven bad, with nothing
+        else to run, is left out until edited. A start on a version other than the file's
+        is said once (see :meth:`_start_notice`).
         """
         path = self.source_path(name)
         if path is None:
@@ -1027,7 +1030,11 @@ class Loader:
                 self._start_notice(name, path, None, on_disk)
                 return None
             if active is not None and unchanged and active.status in RUNNABLE:
-                if on_disk is not None and active.number != on_disk.number:
+                if on_disk.status is VersionStatus.PENDING and on_disk.number > active.number:
+                    # An edit recorded but never swapped in (the game stopped or died
+                    # first): the user's latest text runs, as it would have.
+                    return source, on_disk.number
+                if active.number != on_disk.number:
                     self._start_notice(name, path, active, on_disk)
                 return unit.source(active.number), active.number
         return source, None
