@@ -78,6 +78,15 @@ def engine_on_path(bin_dir: Path) -> str:
     return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
 
 
+def _terminate_with_parent() -> None:
+    """SIGTERM (a clean stop for `engine run`) when the test process dies, also when a
+    timeout ends it without running any ``finally``: no game is left running."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Terminal:
     """A background shell, as in a second terminal window."""
 
@@ -85,12 +94,13 @@ class Terminal:
         self.log = log
         self._out = open(log, "wb")  # noqa: SIM115  (closed in stop)
         self.process = subprocess.Popen(
-            ["bash", "-e", "-c", script],
+            ["bash", "-e", "-c", script],  # bash execs a one-command script itself
             cwd=cwd,
             env=env,
             stdout=self._out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C goes to its whole process group
+            preexec_fn=_terminate_with_parent,
         )
 
     def output(self) -> str:
