@@ -168,7 +168,8 @@ def test_each_frame_counts_exactly_the_presses_made_since_the_last(frames):
 
 
 def write_patterns(fd: int, stop, last) -> None:
-    """Publish records in which every field is derived from n, as fast as possible, until told to stop."""
+    """Publish records in which every field is derived from n, as fast as possible,
+    until told to stop."""
     writer = InputWriter(fd)
     s = writer.state
     n = 0

@@ -188,6 +188,15 @@ class Engine:
             ``pose_source`` a simulated headset moves the head.
         layer_fd: the layer block to publish into (made by the compositor); default: the
             render stage makes its own.
+        render_stage: a render stage made ahead with ``attach=False`` (a warm standby
+            game process's): this engine attaches and draws with it (``render`` and
+            ``layer_fd`` are then ignored).
+        state_dir: where the history, the control socket and the run file are (default
+            ``PROJECT/.engine``; a preview game keeps its own).
+        hold: ``hold(name)`` is true for a module (or shader file, ``"basic.frag"``)
+            whose version is held while edits to it are vetted elsewhere: it starts with
+            its active version whatever the file holds, and saves do not reach it (see
+            :mod:`engine.launcher.vetting`). Default: nothing is held.
         report: console output for swaps and errors.
         start_notices: say which modules start with a version other than their file's
             (after an undo or a leave-out); off for a restarted game, told at its first start.
@@ -209,17 +218,24 @@ class Engine:
         running: RunningNow | None = None,
         render: RenderSettings | None = None,
         layer_fd: int | None = None,
+        render_stage: RenderStage | None = None,
+        state_dir: Path | None = None,
+        hold: Callable[[str], bool] | None = None,
         start_notices: bool = True,
     ) -> None:
         self.project_dir = Path(project_dir).resolve()
         if not self.project_dir.is_dir():
             raise FileNotFoundError(f"project folder {self.project_dir} does not exist")
+        self.state_dir = Path(state_dir) if state_dir else self.project_dir / ".engine"
+        self.hold = hold
         self.report = report
         self.clock: Clock = clock or MonotonicClock()
         self.pacer: Pacer = pacer or FixedRatePacer(self.clock, rate_hz)
         self.pose_source = pose_source
         self.fixed_dt = fixed_dt
-        self.history_store = ProjectHistory(self.project_dir, report=report)
+        self.history_store = ProjectHistory(
+            self.project_dir, report=report, root=self.state_dir / "history"
+        )
         self.running = running or RunningNow()
         self.running.user_dir = str(self.project_dir / "systems")
         self.scheduler = Scheduler(policy, on_hung=self._on_hung, report=report)
@@ -239,6 +255,7 @@ class Engine:
             failure_policy=self.scheduler.failure_policy,  # one policy for the whole game
         )
         self.loader.running = self.running
+        self.loader.hold = hold
         self.loader.start_notices = start_notices
         self.scheduler.versions = LoaderVersions(self.loader)
         self.scheduler.root = str(self.project_dir)
@@ -270,11 +287,11 @@ class Engine:
         self.render_stage: RenderStage | None = None
         self.scheduler.watchdog.install()
         try:  # whatever fails from here on, SIGALRM and GL are given back
-            if render is not None:
-                self._start_rendering(render, layer_fd)
+            if render is not None or render_stage is not None:
+                self._start_rendering(render, layer_fd, render_stage)
             self.running.phase(Phase.LOAD)
             self.loader.load_all(frame=0)
-            if render is not None:
+            if self.render_stage is not None:
                 self.loader.require("render")
             if is_new_world:
                 self.running.phase(Phase.SETUP)
@@ -288,12 +305,22 @@ class Engine:
             raise
 
     # -- set-up --------------------------------------------------------------------------
-    def _start_rendering(self, settings: RenderSettings, layer_fd: int | None) -> None:
+    def _start_rendering(
+        self,
+        settings: RenderSettings | None,
+        layer_fd: int | None,
+        prepared: RenderStage | None = None,
+    ) -> None:
         from engine.render.stage import RenderStage
 
-        stage = RenderStage(
-            settings, self.project_dir, self.history_store, layer_fd, report=self.report
-        )
+        if prepared is not None:
+            prepared.attach(self.history_store, self.report)
+            stage, settings = prepared, prepared.settings
+        else:
+            assert settings is not None
+            stage = RenderStage(
+                settings, self.project_dir, self.history_store, layer_fd, report=self.report
+            )
         self.render_stage = stage
         self.world.resources[RenderStage] = stage
         if self.pose_source is None:
@@ -420,7 +447,12 @@ class Engine:
             on_shader=self._on_shader_changed,
             report=self.report,
         )
-        self.watcher.start()
+        try:
+            self.watcher.start()
+        except RuntimeError as exc:
+            # A starved or slow machine: the game runs on; the watch thread keeps trying,
+            # and edits are taken once it sees events.
+            self.report(f"engine: {exc}; saves are taken once it runs")
 
     def stop_watching(self) -> None:
         if self.watcher is not None:
@@ -428,9 +460,19 @@ class Engine:
             self.watcher = None
 
     def _on_systems_changed(self, changes: dict[str, Source], event_ns: int) -> None:
+        if self.hold is not None:
+            held = sorted(name for name in changes if self.hold(name))
+            for name in held:
+                self.report(f"engine: systems/{name}.py saved; it runs here once vetted")
+            changes = {n: src for n, src in changes.items() if n not in held}
+            if not changes:
+                return
         self.loader.prepare_later(changes, kind="edit", event_ns=event_ns)
 
     def _on_shader_changed(self, path: Path, event_ns: int) -> None:
+        if self.hold is not None and self.hold(Path(path).name):
+            self.report(f"engine: shaders/{Path(path).name} saved; it runs here once vetted")
+            return
         for listener in self.shader_listeners:
             listener(path, event_ns)
 
@@ -441,7 +483,7 @@ class Engine:
         A socket that cannot be made is reported; the game runs on without one."""
         if self.control is not None:
             return
-        server = ControlServer(socket_path(self.project_dir), self.serve, report=self.report)
+        server = ControlServer(self.state_dir / "control.sock", self.serve, report=self.report)
         try:
             server.start()
         except OSError as exc:
@@ -634,13 +676,13 @@ class Engine:
 
     # -- the run file (lets `engine undo` find a running game) ---------------------------
     def _write_run_file(self) -> None:
-        path = self.project_dir / RUN_FILE
+        path = self.state_dir / RUN_FILE.name
         path.parent.mkdir(parents=True, exist_ok=True)
         info = {"pid": os.getpid(), "started": time.time(), "control": str(CONTROL_SOCKET)}
         path.write_text(json.dumps(info))
 
     def _remove_run_file(self) -> None:
-        (self.project_dir / RUN_FILE).unlink(missing_ok=True)
+        (self.state_dir / RUN_FILE.name).unlink(missing_ok=True)
 
     def close(self, delete_world: bool = True) -> None:
         """Stop watching and serving commands, stop the loader thread, give back SIGALRM and

@@ -232,6 +232,7 @@ class Phase(IntEnum):
     IDLE = 9  # waiting for the compositor's next frame
     FRAME = 10  # the frame loop's own work: swaps, policy, after-frame hooks
     STOP = 11  # shutting down: final checkpoint, stats
+    STANDBY = 12  # a warm standby: ready, waiting to be told to take over
 
     @property
     def text(self) -> str:
@@ -250,6 +251,7 @@ _PHASE_TEXT = {
     Phase.IDLE: "frame idle",
     Phase.FRAME: "frame",
     Phase.STOP: "stop",
+    Phase.STANDBY: "standby",
 }
 
 

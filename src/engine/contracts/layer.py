@@ -408,7 +408,12 @@ class LayerWriter:
     """
 
     def __init__(
-        self, fd: int, spec: LayerSpec, storage: ImageStorage = ImageStorage.SHARED_MEMORY
+        self,
+        fd: int,
+        spec: LayerSpec,
+        storage: ImageStorage = ImageStorage.SHARED_MEMORY,
+        *,
+        attach: bool = True,
     ) -> None:
         size = os.fstat(fd).st_size
         if size < spec.block_size:
@@ -425,7 +430,15 @@ class LayerWriter:
         self._last_published: int | None = None
         self._drawing: ImageSlot | None = None
         self._closed = False
-        self._initialise()
+        self.attached = False
+        if attach:
+            self.attach()
+
+    def attach(self) -> None:
+        """Take the block over: (re)initialise its header for this writer. Idempotent."""
+        if not self.attached:
+            self._initialise()
+            self.attached = True
 
     def _initialise(self) -> None:
         m, spec = self._map, self.spec
@@ -464,10 +477,12 @@ class LayerWriter:
 
         Never returns the image last published, so the reader always has a complete one.
         Calling it again before :meth:`publish` returns the same slot (the abandoned draw
-        is simply redone). Raises ``ValueError`` once closed.
+        is simply redone). Raises ``ValueError`` once closed or before :meth:`attach`.
         """
         if self._closed:
             raise ValueError("layer writer is closed")
+        if not self.attached:
+            raise ValueError("layer writer is not attached (call attach() first)")
         if self._drawing is not None:
             return self._drawing
         spec, m = self.spec, self._map

@@ -189,6 +189,8 @@ def run_supervised(args: argparse.Namespace, project: Path) -> int:
         console=not args.quiet,
         plot_path=args.plot,
         resume=args.resume,
+        vet=args.vet,
+        vet_frames=args.vet_frames,
     )
     print(
         f"engine: running {project} under the compositor at 90 Hz, 2x{size.width}x"
@@ -417,7 +419,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         disk = " (on disk)" if v.number == unit.disk_number else ""
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.time))
         why = f"  {v.why}" if v.why else ""
-        print(f"{mark} v{v.number:<4} {when}  {v.status:<9}{disk}{why}")
+        vetted = f"  ({v.vetted.describe()})" if v.vetted is not None else ""
+        print(f"{mark} v{v.number:<4} {when}  {v.status:<9}{disk}{why}{vetted}")
     return 0
 
 
@@ -488,6 +491,55 @@ def cmd_rewind(args: argparse.Namespace) -> int:
     return 0
 
 
+def supervisor_command(project: Path, op: str, timeout_s: float = 30.0, **args: object) -> dict:
+    """Send ``op`` to the supervisor of the ``engine run`` on ``project``; its reply, or
+    ``{"ok": False, "error": ...}`` when none answers."""
+    from engine.contracts.control import ControlUnavailable, request
+
+    try:
+        return request(project / ".engine" / "supervisor.sock", {"op": op, **args}, timeout_s)
+    except ControlUnavailable:
+        return {"ok": False, "error": f"no `engine run` is running on {project}"}
+    except (TimeoutError, OSError, ValueError) as exc:
+        return {"ok": False, "error": str(exc)}
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    """Start a preview: what is on disk now (or only MODULEs) on a copy of the live world."""
+    project = Path(args.project)
+    reply = supervisor_command(project, "preview", modules=args.modules or None)
+    if not reply.get("ok"):
+        print(f"engine: preview failed: {reply.get('error')}", file=sys.stderr)
+        return 1
+    print(
+        f"engine: preview running (pid {reply['pid']}) beside the live game; "
+        f"`engine promote {args.project}` or `engine discard {args.project}`"
+    )
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    project = Path(args.project)
+    reply = supervisor_command(project, "promote")
+    if not reply.get("ok"):
+        print(f"engine: promote failed: {reply.get('error')}", file=sys.stderr)
+        return 1
+    promoted = ", ".join(f"{n} v{v}" for n, v in reply["promoted"].items()) or "nothing"
+    print(f"engine: promoted into the live game: {promoted}")
+    for name, why in {**reply.get("refused", {}), **reply.get("rejected", {})}.items():
+        print(f"engine: {name} not promoted: {why}")
+    return 0
+
+
+def cmd_discard(args: argparse.Namespace) -> int:
+    reply = supervisor_command(Path(args.project), "discard")
+    if not reply.get("ok"):
+        print(f"engine: discard failed: {reply.get('error')}", file=sys.stderr)
+        return 1
+    print("engine: preview discarded; the live game keeps its versions")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="engine", description="The All-Source Engine.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -522,7 +574,32 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the game in this process, without the compositor (debugging, profiling)",
     )
+    r.add_argument(
+        "--vet",
+        nargs="?",
+        const="manual",
+        choices=["manual", "auto"],
+        help="saves go into a preview on a copy of the world, not the live game: promote "
+        "them with `engine promote` (manual), or let clean ones go live by themselves (auto)",
+    )
+    r.add_argument(
+        "--vet-frames",
+        type=int,
+        default=90,
+        metavar="N",
+        help="frames a candidate runs clean in the preview before --vet auto promotes it",
+    )
     r.set_defaults(func=cmd_run)
+    pv = sub.add_parser("preview", help="try what is on disk on a copy of a running game's world")
+    pv.add_argument("project")
+    pv.add_argument("modules", nargs="*", help="only these modules (default: every saved one)")
+    pv.set_defaults(func=cmd_preview)
+    pr = sub.add_parser("promote", help="swap the preview's candidates into the live game")
+    pr.add_argument("project")
+    pr.set_defaults(func=cmd_promote)
+    ds = sub.add_parser("discard", help="drop the preview's candidates")
+    ds.add_argument("project")
+    ds.set_defaults(func=cmd_discard)
     st = sub.add_parser("stats", help="print the last run's statistics of a project")
     st.add_argument("project")
     st.add_argument(

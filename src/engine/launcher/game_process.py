@@ -41,8 +41,9 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,6 +72,8 @@ DEFAULT_RENDER = "engine.launcher.game_process:fill_renderer"
 #: The signal the supervisor sends a hung game so that faulthandler writes where each
 #: thread is into the crash block (then it kills the game).
 DUMP_SIGNAL = signal.SIGUSR2
+#: Longest one system call may run in a preview game before it is interrupted.
+PREVIEW_HARD_LIMIT_NS = 250_000_000
 #: ``GameConfig.render`` value that draws with the engine's own render system
 #: (``systems/render.py``: every Transform + Mesh + Material, both eyes, live shaders).
 RENDER_SYSTEM = "system"
@@ -104,6 +107,15 @@ class GameConfig:
     stats_path: str | None = None  # where the engine's stats go when it stops cleanly
     rewind_s: float = 60.0
     rewind_max_bytes: int = DEFAULT_MAX_BYTES
+    #: ``"live"`` or ``"preview"`` (a copy of the world running candidates; see
+    #: :mod:`engine.launcher.vetting`): lower CPU priority, answers ``vet``.
+    role: str = "live"
+    #: The engine's own state (history, control socket, run file); None: PROJECT/.engine.
+    state_dir: str | None = None
+    #: Live game under ``--vet``: saves wait for vetting (every module and shader held).
+    vet: bool = False
+    #: Preview of only these modules (the others run their live versions); None: all.
+    preview_modules: tuple[str, ...] | None = None
 
 
 def load_render_factory(path: str) -> RenderFactory:
@@ -193,6 +205,7 @@ def game_main(
     spec: LayerSpec,
     gpu_images: GpuImagesOffer | None = None,
     input_fd: int | None = None,
+    go_fd: int | None = None,
 ) -> None:
     """The game process's entry point (``spawn`` context). Runs until SIGTERM.
 
@@ -204,6 +217,15 @@ def game_main(
     reported at start. Exceptions before the first frame propagate: the process exits
     non-zero and the supervisor treats it like any other death (and blames what the
     heartbeat names).
+
+    With ``go_fd`` this is a **warm standby**: it does everything that does not depend on
+    the world or on another game having stopped — interpreter and imports, containment,
+    the GL context, the layer's mapping and GPU images, the project's shader programs
+    (:meth:`~engine.render.stage.RenderStage.warm_up_standby`) — then says
+    :attr:`Phase.STANDBY` in its heartbeat and waits for one line on ``go_fd``: a JSON
+    object of :class:`GameConfig` fields to change (``{}`` for none). Only then does it
+    touch the layer, restore the checkpoint and load the modules. End of file on ``go_fd``
+    (the supervisor dismissed it, or is gone) ends the process quietly.
     """
     parent = multiprocessing.parent_process()
     if parent is not None:  # first: nothing of the game outlives the supervisor
@@ -226,21 +248,40 @@ def game_main(
     if os.environ.get("PYTHONSAFEPATH") == "engine":  # set by the `engine` command only
         del os.environ["PYTHONSAFEPATH"]  # for the engine's own processes, not the user's
     reader = PoseHandoffReader(pose_fd)
+    use_render_system = config.render == RENDER_SYSTEM
+    running.phase(Phase.START)
+    layer = prepare_layer(config, spec, layer_fd, gpu_images, standby=go_fd is not None)
+    if go_fd is not None:
+        running.phase(Phase.STANDBY)
+        changes = wait_for_go(go_fd)
+        if changes is None:
+            layer.close()
+            return
+        config = replace(config, **changes)
+        running.phase(Phase.START)
+    went_ns = time.monotonic_ns()
     policy = SchedulePolicy()
     if config.probation_frames is not None:
         policy.probation_frames = config.probation_frames
-    use_render_system = config.render == RENDER_SYSTEM
-    if use_render_system:
-        from engine.render.stage import RenderSettings
-
-        render_settings = RenderSettings(
-            spec.width, spec.height, pixel_format=spec.format, layer_images=gpu_images
-        )
+    if config.role == "preview":
+        _lower_priority()
+        # The preview is where slowness is shown, not cut: a slow system keeps running
+        # (the preview's frame rate and the candidate's times say how slow), while a
+        # runaway one is still stopped (PREVIEW_HARD_LIMIT_NS) and faults still count.
+        policy.over_budget_frames = 1 << 30
+        policy.hard_limit_ns = PREVIEW_HARD_LIMIT_NS
     running.phase(Phase.RESTORE)
     checkpoint_path = Path(config.checkpoint_path)
     # A new world (not a restart, nothing to resume) is not rewound into an older one's.
     fresh = not config.restarted and not checkpoint_path.is_file()
     world = restore_world(checkpoint_path, report)
+    state_dir = Path(config.state_dir) if config.state_dir else None
+    baseline = None
+    if config.role == "preview":
+        from engine.launcher.vetting import history_baseline
+
+        history_root = (state_dir or Path(config.project_dir) / ".engine") / "history"
+        baseline = history_baseline(history_root)
     engine = Engine(
         config.project_dir,
         world=world,
@@ -249,15 +290,29 @@ def game_main(
         pose_source=HandoffPoseSource(reader),
         report=report,
         running=running,
-        render=render_settings if use_render_system else None,
+        render=layer.settings if layer.stage is None else None,
         layer_fd=layer_fd if use_render_system else None,
+        render_stage=layer.stage,
+        state_dir=state_dir,
+        hold=_held(config),
         start_notices=not config.restarted,  # said once, by the run's first game
     )
+    from engine.launcher import vetting
+
+    if baseline is not None:
+        vetting.attach_preview(engine, baseline)
+    else:
+        vetting.attach_promote(engine)
+    ready_ms = (time.monotonic_ns() - went_ns) / 1e6
+    how = "the warm standby took over" if go_fd is not None else "started"
+    engine.report(f"game: {how}; world and modules ready in {ready_ms:.0f} ms")
     if engine.render_stage is not None:
         engine.report(f"game: layer images in {engine.render_stage.image_path}")
     if gpu_images is not None:
         gpu_images.close()  # imported (or refused): the imports hold the memory now
-    writer = None if use_render_system else LayerWriter(layer_fd, spec)
+    writer = layer.writer
+    if writer is not None:
+        writer.attach()
     ring = CheckpointRing(
         checkpoint_path.parent / "checkpoints",
         keep=max(1, math.ceil(config.rewind_s / config.checkpoint_interval_s) + 1),
@@ -273,7 +328,7 @@ def game_main(
     )
     checkpointer.last_ns = time.monotonic_ns()  # the restored state is already on disk
     engine.checkpoint_ring = ring
-    render = None if use_render_system else load_render_factory(config.render)(engine, spec)
+    render = None if use_render_system else layer.factory(engine, spec)
     engine.after_frame.append(LayerPublisher(writer, render, heartbeat, checkpointer))
     if input_fd is not None:
         from engine.contracts.input import InputReader
@@ -311,14 +366,100 @@ def game_main(
 
 
 def keep_frame_times(engine: Engine) -> None:
-    """Keep the engine's recorded frames in its project for ``engine stats --plot``; a
-    failure to write them is said in one line, never raised."""
+    """Keep the engine's recorded frames in its state folder (``PROJECT/.engine``, where
+    ``engine stats --plot`` reads them; a preview game's own folder); a failure to write
+    them is said in one line, never raised."""
     if engine.recorder is None or not len(engine.recorder):
         return
     try:
-        save_frame_times(engine.recorder, engine.project_dir / LAST_RUN_FRAMES)
+        save_frame_times(engine.recorder, engine.state_dir / LAST_RUN_FRAMES.name)
     except OSError as exc:
         engine.report(f"engine: could not keep the run's frame times for `engine stats`: {exc}")
+
+
+def _held(config: GameConfig) -> Callable[[str], bool] | None:
+    """Which modules and shader files keep their version (see ``Engine(hold=...)``)."""
+    if config.vet:
+        return lambda name: True
+    if config.preview_modules is not None:
+        chosen = frozenset(config.preview_modules)
+        return lambda name: name not in chosen
+    return None
+
+
+def _lower_priority() -> None:
+    """A preview gets what the live game and the compositor leave: nice +10, and its GL
+    context asks for the low GPU priority (every game's default)."""
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+
+
+@dataclass
+class PreparedLayer:
+    """How a game process will draw and publish, made before it knows its world.
+
+    ``stage``: the render system's stage (``render="system"`` in a standby; ``None`` in a
+    game started directly, whose engine makes it from ``settings``). ``writer``: the
+    shared-memory writer a render factory publishes with, and ``factory`` that factory.
+    """
+
+    settings: Any = None
+    stage: Any = None
+    writer: LayerWriter | None = None
+    factory: RenderFactory | None = None
+
+    def close(self) -> None:
+        if self.stage is not None:
+            self.stage.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def prepare_layer(
+    config: GameConfig,
+    spec: LayerSpec,
+    layer_fd: int,
+    gpu_images: GpuImagesOffer | None,
+    *,
+    standby: bool,
+) -> PreparedLayer:
+    """What draws the game's layer. A standby makes it all now, without touching the
+    layer: the render system's stage (GL context, framebuffers, GPU images imported,
+    shader programs built ahead) or the render factory's writer (mapped, not attached).
+    A game started directly leaves the stage to its engine, as it needs the history."""
+    if config.render != RENDER_SYSTEM:
+        writer = LayerWriter(layer_fd, spec, attach=False)
+        return PreparedLayer(writer=writer, factory=load_render_factory(config.render))
+    from engine.render.stage import RenderSettings, RenderStage
+
+    settings = RenderSettings(
+        spec.width, spec.height, pixel_format=spec.format, layer_images=gpu_images
+    )
+    if not standby:
+        return PreparedLayer(settings=settings)
+    stage = RenderStage(settings, Path(config.project_dir), layer_fd=layer_fd, attach=False)
+    stage.warm_up_standby()
+    return PreparedLayer(settings=settings, stage=stage)
+
+
+def wait_for_go(go_fd: int) -> dict[str, Any] | None:
+    """Block until the supervisor's go: one line of JSON (an object of GameConfig fields to
+    change). ``None`` at end of file. A line that is not such an object is refused
+    (``ValueError``: the process exits and the supervisor starts a cold game instead)."""
+    data = b""
+    with os.fdopen(go_fd, "rb", buffering=0, closefd=True) as pipe:
+        while not data.endswith(b"\n"):
+            chunk = pipe.read(4096)
+            if not chunk:
+                return None
+            data += chunk
+    changes = json.loads(data)
+    fields = set(GameConfig.__dataclass_fields__)
+    if not isinstance(changes, dict) or not set(changes) <= fields:
+        raise ValueError(f"standby: not a go order: {data[:200]!r}")
+    return changes
 
 
 def restore_world(path: Path, report: Callable[[str], None]) -> World | None:

@@ -46,15 +46,20 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
+import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.compositor.process import SPAWN, CompositorConfig, CompositorHandle
+from engine.contracts.control import ControlServer, ControlUnavailable, request
 from engine.contracts.handoff import (
     FIRST_NAME_ID,
     Heartbeat,
@@ -65,6 +70,7 @@ from engine.contracts.handoff import (
     RunningReport,
     create_heartbeat_fd,
 )
+from engine.contracts.layer import create_layer_fd
 from engine.contracts.shm import PassedFd, create_block_fd, read_only_fd
 from engine.launcher import containment
 from engine.launcher.console import priority_words
@@ -74,6 +80,7 @@ from engine.launcher.game_process import (
     GameConfig,
     game_main,
 )
+from engine.launcher.vetting import DEFAULT_VET_FRAMES, Candidate, decide
 from engine.loader.history import ProjectHistory
 from engine.loader.loader import KIND, leave_out
 from engine.policy import Action, Decision, FailurePolicy, Fault, FaultKind
@@ -288,15 +295,35 @@ class RestartRecord:
     backoff_ms: float = 0.0
     first_frame_ms: float | None = None  # from detection to the new game's first frame
     new_pid: int | None = None
+    from_standby: bool = False  # the new game was the warm standby (else started cold)
 
 
 @dataclass
 class _Game:
+    """One game process the supervisor started: the live game, or a warm standby waiting
+    on ``go_fd`` (the write end of its go pipe; ``None`` once told to go)."""
+
     process: Any
     heartbeat_fd: int
     heartbeat: HeartbeatReader
     crash_fd: int
     watch: GameWatch
+    role: str = "live"
+    go_fd: int | None = None
+    spawned_ns: int = 0
+    ready_ns: int | None = None  # when its heartbeat first said STANDBY
+
+
+@dataclass
+class StandbyStats:
+    """The warm standby game process: how often it was made, used and lost (times in ms)."""
+
+    enabled: bool = True
+    spawned: int = 0
+    promoted: int = 0  # restarts that took the standby instead of starting a game
+    failures: int = 0  # standbys that died or hung before they were needed
+    given_up: str | None = None  # why no standby is kept any more
+    ready_ms: list[float] = field(default_factory=list)  # spawn -> ready, each standby
 
 
 class Supervisor:
@@ -321,6 +348,17 @@ class Supervisor:
             half of this machine's (or its cgroup's) memory; 0: no limit.
         watch: the game watches the project for edits. console: the game shows its live
             systems table. plot_path: the game plots per-system frame times when it stops.
+        standby: keep a warm standby game process (interpreter, imports, GL context, layer
+            mapping and shader programs made; see ``game_process.game_main``), so that a
+            restart is: tell it to go, it restores the checkpoint and loads the modules.
+            A new standby is started ``standby_delay_s`` after each game's first frame
+            (not during a start, when the CPU is busiest). ``False``: restarts start cold.
+        vet: ``None``: saves go straight into the live game (on probation). ``"manual"``:
+            they go into a preview game on a copy of the world instead, until
+            :meth:`promote` (or :meth:`discard`); ``"auto"``: the supervisor promotes a
+            candidate that ran ``vet_frames`` frames clean and rejects one that faulted
+            or was late (see :mod:`engine.launcher.vetting`). A preview can be started
+            without ``vet`` too (:meth:`start_preview`).
         policy: the failure policy (its crash-loop settings). report: where messages go.
         clock: ``now_ns``.
 
@@ -345,6 +383,10 @@ class Supervisor:
         watch: bool = True,
         console: bool = False,
         plot_path: str | Path | None = None,
+        standby: bool = True,
+        standby_delay_s: float = 1.0,
+        vet: str | None = None,
+        vet_frames: int = DEFAULT_VET_FRAMES,
         policy: FailurePolicy | None = None,
         report: Callable[[str], None] = print,
         clock: Callable[[], int] = time.monotonic_ns,
@@ -360,7 +402,12 @@ class Supervisor:
         self.compositor_config = compositor or CompositorConfig()
         if memory_limit is None:
             memory_limit = containment.default_memory_limit()
+        if vet not in (None, "manual", "auto"):
+            raise ValueError(f"vet must be None, 'manual' or 'auto', not {vet!r}")
+        self.vet = vet
+        self.vet_frames = vet_frames
         self.game_config = GameConfig(
+            vet=vet is not None,
             project_dir=str(self.project_dir),
             checkpoint_path=str(self.checkpoint_path),
             render=render,
@@ -390,6 +437,31 @@ class Supervisor:
         self._compositor_policy = FailurePolicy(self.policy.settings)
         self.game_engine_stats: dict[str, Any] | None = None  # the last game's Engine.stats()
         self.game: _Game | None = None
+        self.standby: _Game | None = None
+        self.standby_stats = StandbyStats(enabled=standby)
+        self.standby_delay_ns = round(standby_delay_s * S)
+        self._standby_failures_in_a_row = 0
+        self._stopping = False
+        self.preview: _Game | None = None
+        self.preview_dir = self.state_dir / "preview"
+        self.preview_stats: dict[str, Any] = {
+            "started": 0,
+            "faults": [],
+            "verdicts": [],
+            "promoted": {},
+            "diff": None,
+        }
+        self._requests: ThreadPoolExecutor | None = None  # control requests, off the loop
+        self._vet_future: Future | None = None
+        self._vet_asked_ns = 0
+        self._preview_diffed = False
+        self._decided: set[tuple[str, str]] = set()  # (module, sha256) judged already
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
+        self._control: ControlServer | None = None
+        self._watcher: Any = None
+        self._candidates_saved = False
+        self._private_layers: list[int] = []
+        self._loop_thread = threading.get_ident()  # the supervising thread (start() sets it)
         self.game_frames = 0  # frames of finished game processes, plus the current one's
         self._frames_before = 0
         self.game_checkpoints = 0  # likewise, checkpoints taken
@@ -413,6 +485,8 @@ class Supervisor:
         """Start the compositor, then the game. Raises ``RuntimeError`` if the compositor
         cannot start."""
         self._started_ns = self.clock()
+        self._stopping = False
+        self._loop_thread = threading.get_ident()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.game_stats_path.unlink(missing_ok=True)
         if not self.resume:
@@ -422,9 +496,28 @@ class Supervisor:
         try:
             self._start_compositor()
             self._start_game(restarted=False)
+            self._start_commands()
         except BaseException:
             self.stop()
             raise
+
+    def _start_commands(self) -> None:
+        """The supervisor's socket (``engine preview|promote|discard``) and, under ``vet``,
+        a watcher that starts a preview when a module or shader is saved."""
+        server = ControlServer(self.state_dir / "supervisor.sock", self._serve, report=self.report)
+        try:
+            server.start()
+            self._control = server
+        except OSError as exc:
+            self.report(f"supervisor: no command socket ({exc}); engine preview is unavailable")
+        if self.vet is not None:
+            from engine.loader.watcher import ProjectWatcher
+
+            self._watcher = ProjectWatcher(
+                self.project_dir, on_systems=self._on_saved, on_shader=self._on_saved,
+                report=self.report,
+            )  # fmt: skip
+            self._watcher.start()
 
     def _start_compositor(self) -> None:
         self._pose_fd = create_block_fd("pose-handoff")
@@ -471,6 +564,8 @@ class Supervisor:
         self.compositor_restarts.append({"cause": cause, "at_s": (now - self._started_ns) / S})
         self._compositor_frames_before = self.compositor_frame
         self._compositor_frame_now = 0
+        self._dismiss_standby()  # its blocks are the old compositor's
+        self.end_preview("the compositor restarted")
         if self.game is not None:
             self._end_game(self.game, kill=False)
         self._close_compositor()
@@ -485,21 +580,40 @@ class Supervisor:
         self._start_game(restarted=False)
 
     def _start_game(self, restarted: bool) -> None:
+        """Make the live game: the warm standby if there is one (told to go), else a new
+        process started cold."""
+        assert self.compositor is not None
+        # Counts go on across games (a failure, a compositor restart): a new game's
+        # heartbeat starts again from frame 0.
+        self._frames_before = self.game_frames
+        self._checkpoints_before = self.game_checkpoints
+        self.game_stats_path.unlink(missing_ok=True)  # what stop() reads is this game's
+        game = self._take_standby(restarted)
+        from_standby = game is not None
+        if game is None:
+            config = GameConfig(**{**asdict(self.game_config), "restarted": restarted})
+            game = self._spawn(config, role="live")
+        self.game = game
+        self._restart_at = None
+        if self.restarts:
+            self.restarts[-1].new_pid = game.process.pid
+            self.restarts[-1].from_standby = from_standby
+
+    def _spawn(self, config: GameConfig, role: str) -> _Game:
+        """Start a game process for ``role``: ``"live"`` runs at once, ``"standby"`` warms
+        up and waits for its go (see :meth:`_take_standby`)."""
         assert self.compositor is not None and self._pose_fd is not None
         assert self._input_fd is not None
         heartbeat_fd = create_heartbeat_fd()
         crash_fd = os.memfd_create("crash", os.MFD_CLOEXEC)  # faulthandler appends here
         game_pose_fd = read_only_fd(self._pose_fd)  # a game can never write the poses
         game_input_fd = read_only_fd(self._input_fd)  # nor the input
-        layer_fd, spec = self.compositor.layers[0]
-        config = GameConfig(**{**asdict(self.game_config), "restarted": restarted})
-        # Counts go on across games (a failure, a compositor restart): a new game's
-        # heartbeat starts again from frame 0.
-        self._frames_before = self.game_frames
-        self._checkpoints_before = self.game_checkpoints
-        self.game_stats_path.unlink(missing_ok=True)  # what stop() reads is this game's
-        # The same GPU images for every game: a restarted one imports them again.
-        gpu_images = self.compositor.gpu_images_for_child(0)
+        layer_fd, spec, gpu_images = self._layer_for(role)
+        kwargs: dict[str, Any] = {"input_fd": PassedFd(game_input_fd)}
+        go_read = go_write = None
+        if role == "standby":
+            go_read, go_write = os.pipe2(os.O_CLOEXEC)
+            kwargs["go_fd"] = PassedFd(go_read)
         process = SPAWN.Process(
             target=game_main,
             args=(
@@ -511,27 +625,145 @@ class Supervisor:
                 spec,
                 gpu_images,
             ),
-            kwargs={"input_fd": PassedFd(game_input_fd)},
-            name="engine-game",
+            kwargs=kwargs,
+            name=f"engine-game-{role}",
             daemon=True,
         )
-        process.start()
-        os.close(game_pose_fd)
-        os.close(game_input_fd)
+        try:
+            process.start()
+        finally:
+            os.close(game_pose_fd)
+            os.close(game_input_fd)
+            if go_read is not None:
+                os.close(go_read)
         if self._warden is not None:
             self._warden.watch(process.pid)  # its session, once it has called setsid
         now = self.clock()
-        watch = GameWatch(
+        return _Game(
+            process,
+            heartbeat_fd,
+            HeartbeatReader(heartbeat_fd),
+            crash_fd,
+            self._new_watch(now),
+            role=role,
+            go_fd=go_write,
+            spawned_ns=now,
+        )
+
+    def _layer_for(self, role: str) -> tuple[int, Any, Any]:
+        """The layer a game of ``role`` publishes into: ``(fd, spec, GPU images offer)``.
+
+        The live game and the standby share the game layer (the same GPU images for every
+        game: a restarted one imports them again); a preview gets the compositor's
+        preview layer, shown beside the live scene, or (a compositor without one) a
+        private block of its own that nothing shows."""
+        assert self.compositor is not None
+        if role != "preview":
+            fd, spec = self.compositor.layers[0]
+            return fd, spec, self.compositor.gpu_images_for_child(0)
+        preview = getattr(self.compositor, "preview_layer", None)
+        if preview is not None:
+            fd, spec = preview
+            index = getattr(self.compositor, "preview_index", None)
+            images = self.compositor.gpu_images_for_child(index) if index is not None else None
+            return fd, spec, images
+        spec = self.compositor.layers[0][1]
+        fd = create_layer_fd(spec, "preview")
+        self._private_layers.append(fd)
+        return fd, spec, None
+
+    def _new_watch(self, now: int) -> GameWatch:
+        return GameWatch(
             now,
             start_timeout_ns=self.start_timeout_ns,
             heartbeat_timeout_ns=self.heartbeat_timeout_ns,
             publish_timeout_ns=self.publish_timeout_ns,
             code_timeout_ns=self.code_timeout_ns,
         )
-        self.game = _Game(process, heartbeat_fd, HeartbeatReader(heartbeat_fd), crash_fd, watch)
-        self._restart_at = None
-        if self.restarts:
-            self.restarts[-1].new_pid = process.pid
+
+    # -- the warm standby ----------------------------------------------------------------
+    def _take_standby(self, restarted: bool) -> _Game | None:
+        """The standby, told to go and watched as a starting game from now; ``None`` if
+        there is none alive. One still warming up is taken too: it reads its go when ready,
+        which is still sooner than a process started now."""
+        standby, self.standby = self.standby, None
+        if standby is None:
+            return None
+        if standby.process.exitcode is not None or standby.go_fd is None:
+            self._end_standby(standby, failed=True)
+            return None
+        order = (json.dumps({"restarted": restarted}) + "\n").encode()
+        try:
+            os.write(standby.go_fd, order)
+        except OSError:
+            self._end_standby(standby, failed=True)
+            return None
+        os.close(standby.go_fd)
+        standby.go_fd = None
+        standby.role = "live"
+        standby.watch = self._new_watch(self.clock())
+        self.standby_stats.promoted += 1
+        return standby
+
+    def _keep_standby(self, now: int) -> None:
+        """Start a standby when due (the live game has run ``standby_delay_s`` past its
+        first frame), and replace one that died or hung while it waited."""
+        stats = self.standby_stats
+        if not stats.enabled or stats.given_up is not None or self.compositor is None:
+            return
+        if self._stopping or self._stop_requested:
+            return
+        standby = self.standby
+        if standby is None:
+            game = self.game
+            first = game.watch.first_frame_ns if game is not None else None
+            if first is not None and now - first >= self.standby_delay_ns:
+                config = GameConfig(**{**asdict(self.game_config), "restarted": True})
+                self.standby = self._spawn(config, role="standby")
+                stats.spawned += 1
+            return
+        if standby.ready_ns is None:
+            if standby.heartbeat.running_main_id() == Phase.STANDBY:
+                standby.ready_ns = now
+                stats.ready_ms.append((now - standby.spawned_ns) / 1e6)
+                self._standby_failures_in_a_row = 0
+            elif now - standby.spawned_ns > self.start_timeout_ns:
+                self._standby_failed(standby, f"not ready within {self.start_timeout_ns / S:g} s")
+                return
+        if standby.process.exitcode is not None:
+            self._standby_failed(standby, describe_exit(standby.process.exitcode))
+
+    def _standby_failed(self, standby: _Game, why: str) -> None:
+        self.standby = None
+        self._end_standby(standby, failed=True)
+        self._standby_failures_in_a_row += 1
+        if self._standby_failures_in_a_row >= 3:
+            self.standby_stats.given_up = f"the standby game failed 3 times in a row ({why})"
+            self.report(f"supervisor: {self.standby_stats.given_up}; restarts start cold")
+
+    def _games(self) -> list[_Game]:
+        """Every game process running now, whatever its role."""
+        return [g for g in (self.game, self.standby, self.preview) if g is not None]
+
+    def _dismiss_standby(self) -> None:
+        standby, self.standby = self.standby, None
+        if standby is not None:
+            self._end_standby(standby)
+
+    def _end_standby(self, standby: _Game, failed: bool = False) -> None:
+        """Dismiss a standby (end of file on its go pipe ends it quietly), then make sure."""
+        if failed:
+            self.standby_stats.failures += 1
+        if standby.go_fd is not None:
+            os.close(standby.go_fd)
+            standby.go_fd = None
+        if standby.process.exitcode is None:
+            standby.process.join(0.5)
+        if standby.process.exitcode is None:
+            standby.process.kill()
+            standby.process.join(2.0)
+        self._kill_leftovers(standby.process.pid)
+        self._close_blocks(standby)
 
     def poll(self) -> None:
         """One supervision step: check the compositor and the game, restart if due."""
@@ -539,6 +771,9 @@ class Supervisor:
         if self.compositor is not None and not self.compositor.alive():
             self._on_compositor_death(now)
             return
+        self._keep_standby(now)
+        self._serve_calls()
+        self._watch_preview(now)
         game = self.game
         if game is None:
             if self._restart_at is not None and now >= self._restart_at:
@@ -563,7 +798,8 @@ class Supervisor:
         if record and record.first_frame_ms is None and game.watch.first_frame_ns is not None:
             record.first_frame_ms = (game.watch.first_frame_ns - self._detected_ns) / 1e6
             self.report(
-                f"supervisor: game back (pid {game.process.pid}), first frame "
+                f"supervisor: game back (pid {game.process.pid}"
+                f"{', the warm standby' if record.from_standby else ''}), first frame "
                 f"{record.first_frame_ms:.0f} ms after the failure was detected"
             )
         if kind is not None and cause is not None:
@@ -663,6 +899,8 @@ class Supervisor:
         """Kill what a game started: its session, and orphans re-parented to us."""
         killed = containment.kill_session(session)
         keep = {self._warden.pid} if self._warden is not None else set()
+        # The other game processes (the live game, the standby) are ours, not orphans.
+        keep |= {g.process.pid for g in self._games() if g.process.pid != session}
         killed += containment.kill_orphans(keep)
         if self._warden is not None:
             self._warden.release(session)
@@ -681,6 +919,312 @@ class Supervisor:
             except OSError:
                 pass
         game.crash_fd = game.heartbeat_fd = -1
+
+    # -- the preview: vetting candidates on a copy of the world ----------------------------
+    def start_preview(self, modules: list[str] | None = None) -> int:
+        """Start a preview game on a copy of the live world and of the history; its pid.
+
+        The copy is the live game's newest checkpoint (at most ``checkpoint_interval_s``
+        old, taken at a frame boundary by a forked child: it cost the live game no
+        frame). The preview runs what is on disk now (with ``modules``, only those; the
+        rest at their live versions), follows later saves, draws into the preview layer
+        and runs at a lower priority. A running preview is replaced. Raises
+        ``RuntimeError`` before the compositor runs or before the first checkpoint.
+        """
+        if self.compositor is None or self._stopping:
+            raise RuntimeError("the engine is not running")
+        if not self.checkpoint_path.is_file():
+            raise RuntimeError("the live game has no checkpoint yet; try again in a second")
+        self.end_preview("replaced by a new one")
+        shutil.rmtree(self.preview_dir, ignore_errors=True)
+        self.preview_dir.mkdir(parents=True)
+        checkpoint = self.preview_dir / "checkpoint.bin"
+        shutil.copyfile(self.checkpoint_path, checkpoint)
+        history = self.state_dir / "history"
+        if history.is_dir():
+            shutil.copytree(history, self.preview_dir / "history")
+        changes = {
+            "role": "preview",
+            "state_dir": str(self.preview_dir),
+            "checkpoint_path": str(checkpoint),
+            "stats_path": str(self.preview_dir / "game-stats.json"),
+            "restarted": True,
+            "vet": False,
+            "preview_modules": tuple(modules) if modules else None,
+            "watch": True,
+            "console": False,
+            "plot_path": None,
+            "rewind_s": 2 * self.game_config.checkpoint_interval_s,
+        }
+        config = GameConfig(**{**asdict(self.game_config), **changes})
+        self.preview = self._spawn(config, role="preview")
+        # It runs on what the live game leaves over: a starved preview is slow, not hung.
+        self.preview.watch.heartbeat_timeout_ns = max(self.heartbeat_timeout_ns, 5 * S)
+        self.preview.watch.publish_timeout_ns = max(self.publish_timeout_ns, 5 * S)
+        self.preview_stats["started"] += 1
+        self._preview_diffed = False
+        self._vet_future = None
+        self.report(
+            f"supervisor: preview started (pid {self.preview.process.pid}) on a copy of the "
+            f"live world{' with ' + ', '.join(modules) if modules else ''}"
+        )
+        return self.preview.process.pid
+
+    def end_preview(self, why: str = "") -> None:
+        """Stop the preview game, if one runs (the live game is not touched)."""
+        preview, self.preview = self.preview, None
+        if preview is None:
+            return
+        if preview.process.exitcode is None:
+            preview.process.terminate()
+            preview.process.join(2.0)
+            if preview.process.exitcode is None:
+                preview.process.kill()
+                preview.process.join(2.0)
+        self._kill_leftovers(preview.process.pid)
+        self._close_blocks(preview)
+        self._vet_future = None
+        if why:
+            self.report(f"supervisor: preview ended ({why})")
+
+    def _watch_preview(self, now: int) -> None:
+        if self._candidates_saved and self.preview is None and self.vet:
+            if self.checkpoint_path.is_file() and self.game is not None:
+                self._candidates_saved = False
+                self.start_preview()
+        preview = self.preview
+        if preview is None:
+            return
+        beat = preview.heartbeat.read()
+        if beat is not None and beat.pid != preview.process.pid:
+            beat = None
+        if preview.process.exitcode is not None:
+            kind, cause = FaultKind.PROCESS_DIED, describe_exit(preview.process.exitcode)
+        else:
+            cause = preview.watch.observe(beat, now, preview.heartbeat.running_main_id())
+            kind = FaultKind.HUNG if cause and cause.startswith("hung") else None
+            if cause and kind is None:
+                kind = FaultKind.NOT_PUBLISHING
+        if kind is not None and cause is not None:
+            self._on_preview_failure(preview, kind, cause)
+            return
+        if beat is not None and beat.frame >= self.vet_frames and not self._preview_diffed:
+            self._preview_diffed = True
+            self._diff_preview()
+        self._ask_vet(now)
+
+    def _on_preview_failure(self, preview: _Game, kind: FaultKind, cause: str) -> None:
+        """A preview that dies or hangs is killed and reported; the candidate it ran is
+        rejected (the live game never ran it) and marked bad in the preview's history."""
+        running = preview.heartbeat.running()
+        if preview.process.exitcode is None and kind is not FaultKind.PROCESS_DIED:
+            self._dump_stacks(preview)
+        self.preview = None
+        if preview.process.exitcode is None:
+            preview.process.kill()
+            preview.process.join(2.0)
+        self._kill_leftovers(preview.process.pid)
+        if kind is FaultKind.PROCESS_DIED:
+            running = preview.heartbeat.running()
+        dump = _read_all(preview.crash_fd)
+        fault = blame(self.project_dir, kind, cause, running, dump, preview.process.exitcode)
+        self._close_blocks(preview)
+        where = f" at {fault.location}" if fault.location else ""
+        culprit = f"{fault.module} v{fault.version}" if fault.module else fault.phase
+        message = f"preview {cause} in {culprit}{where}; the live game is untouched"
+        self.preview_stats["faults"].append(
+            {"cause": cause, "module": fault.module, "version": fault.version,
+             "location": fault.location, "message": message}
+        )  # fmt: skip
+        if fault.module is not None and fault.version is not None:
+            unit = ProjectHistory(self.project_dir, root=self.preview_dir / "history").unit(
+                KIND, fault.module
+            )
+            try:
+                leave_out(unit, fault.version, message)
+                sha = unit.get(fault.version).sha256
+            except KeyError:
+                sha = ""
+            self._decided.add((fault.module, sha))
+            self.preview_stats["verdicts"].append(
+                {"action": "reject", "module": fault.module, "version": fault.version,
+                 "reason": message}
+            )  # fmt: skip
+        self.report(f"supervisor: {message}")
+        self._vet_future = None
+
+    def _ask_vet(self, now: int) -> None:
+        """Ask the preview for its candidates (on the request thread), every 0.25 s, and
+        act on the answer under ``vet="auto"``."""
+        future = self._vet_future
+        if future is not None and future.done():
+            self._vet_future = None
+            try:
+                reply = future.result()
+            except Exception:  # the preview is busy or going: ask again later
+                reply = {}
+            if reply.get("ok") and self.vet == "auto":
+                candidates = [Candidate(**c) for c in reply.get("candidates", [])]
+                self._judge(candidates)
+        if self._vet_future is None and now - self._vet_asked_ns >= 250_000_000:
+            self._vet_asked_ns = now
+            self._vet_future = self._request(self.preview_dir / "control.sock", {"op": "vet"})
+
+    def _judge(self, candidates: list[Candidate]) -> None:
+        promote: dict[str, dict[str, Any]] = {}
+        for verdict in decide(candidates, self.vet_frames):
+            c = verdict.candidate
+            key = (c.module, c.sha256)
+            if verdict.action == "wait" or key in self._decided:
+                continue
+            self._decided.add(key)
+            self.preview_stats["verdicts"].append(
+                {"action": verdict.action, "module": c.module, "version": c.version,
+                 "reason": verdict.reason}
+            )  # fmt: skip
+            if verdict.action == "promote":
+                promote[c.module] = {**c.to_json(), "reason": verdict.reason}
+            else:
+                self.report(
+                    f"supervisor: vetting rejected {c.module} (preview v{c.version}): "
+                    f"{verdict.reason}; the live game keeps its version"
+                )
+        if promote:
+            self._promote_now(promote)
+
+    def _promote_now(self, modules: dict[str, dict[str, Any]]) -> Future:
+        """Ask the live game to load ``modules`` ({name: the candidate's fields: sha256,
+        frames, worst_ms}); reported when it answers."""
+        message = {"op": "promote", "modules": modules}
+        future = self._request(self.state_dir / "control.sock", message)
+
+        def said(done: Future) -> None:
+            try:
+                reply = done.result()
+            except Exception as exc:
+                reply = {"ok": False, "error": str(exc)}
+            if reply.get("ok"):
+                self.preview_stats["promoted"].update(reply.get("promoted", {}))
+                names = ", ".join(f"{n} v{v}" for n, v in reply.get("promoted", {}).items())
+                refused = "; ".join(f"{n}: {w}" for n, w in reply.get("refused", {}).items())
+                self.report(
+                    f"supervisor: promoted into the live game: {names or 'nothing'}"
+                    + (f" (refused: {refused})" if refused else "")
+                )
+            else:
+                self.report(f"supervisor: promote failed: {reply.get('error')}")
+
+        future.add_done_callback(said)
+        return future
+
+    def _request(self, path: Path, message: dict[str, Any], timeout_s: float = 5.0) -> Future:
+        if self._requests is None:
+            self._requests = ThreadPoolExecutor(1, thread_name_prefix="supervisor-requests")
+
+        def ask() -> dict[str, Any]:
+            try:
+                return request(path, message, timeout_s)
+            except (ControlUnavailable, TimeoutError, OSError, ValueError) as exc:
+                return {"ok": False, "error": str(exc)}
+
+        return self._requests.submit(ask)
+
+    def promote(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """Swap the preview's candidates that run clean into the live game, then end the
+        preview. Returns ``{"promoted": {module: live version}, "refused": {...},
+        "rejected": {module: why}}``. Raises ``LookupError`` with no preview running."""
+        if self.preview is None:
+            raise LookupError("no preview is running (engine preview PROJECT starts one)")
+        reply = self._request(self.preview_dir / "control.sock", {"op": "vet"}).result(timeout_s)
+        if not reply.get("ok"):
+            raise LookupError(f"the preview did not answer: {reply.get('error')}")
+        candidates = [Candidate(**c) for c in reply.get("candidates", [])]
+        rejected = {c.module: c.fault for c in candidates if c.fault is not None}
+        clean = {
+            c.module: {**c.to_json(), "reason": "promoted by hand"}
+            for c in candidates
+            if c.fault is None
+        }
+        result: dict[str, Any] = {"promoted": {}, "refused": {}, "rejected": rejected}
+        if clean:
+            answer = self._promote_now(clean).result(timeout_s)
+            if not answer.get("ok"):
+                raise LookupError(f"the live game did not take them: {answer.get('error')}")
+            result["promoted"], result["refused"] = answer["promoted"], answer["refused"]
+        self._on_loop(lambda: self.end_preview("its candidates were promoted"))
+        return result
+
+    def discard(self) -> None:
+        """Drop the candidates: end the preview; the live game keeps its versions (the
+        files keep their text, and a later save starts a new preview under ``vet``)."""
+        if self.preview is None:
+            raise LookupError("no preview is running")
+        self.end_preview("discarded")
+
+    def _diff_preview(self) -> None:
+        """Compare the live world with the preview's (their newest checkpoints)."""
+        try:
+            from engine.world.diff import diff_checkpoints
+        except ImportError:
+            return
+        try:
+            live = self.checkpoint_path.read_bytes()
+            preview = (self.preview_dir / "checkpoint.bin").read_bytes()
+            diff = diff_checkpoints(live, preview, labels=("live", "preview"))
+        except Exception as exc:  # a diff is a report, never a reason to stop
+            self.report(f"supervisor: no world diff: {exc}")
+            return
+        self.preview_stats["diff"] = diff.to_json()
+        self.report("supervisor: preview against live:\n" + diff.summary())
+
+    # -- the supervisor's own commands (engine preview | promote | discard) -----------------
+    def _serve(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Answer a command on the supervisor's socket (a connection's thread)."""
+        op = message.get("op")
+        try:
+            if op == "promote":
+                return {"ok": True, **self.promote()}
+            if op == "preview":
+                modules = message.get("modules") or None
+                if modules is not None and not (
+                    isinstance(modules, list) and all(isinstance(m, str) for m in modules)
+                ):
+                    return {"ok": False, "error": "preview needs 'modules' (a list of names)"}
+                pid = self._on_loop(lambda: self.start_preview(modules))
+                return {"ok": True, "pid": pid}
+            if op == "discard":
+                self._on_loop(self.discard)
+                return {"ok": True}
+            if op == "status":
+                return {"ok": True, "stats": self._on_loop(self.stats)}
+        except (LookupError, RuntimeError, TimeoutError) as exc:
+            return {"ok": False, "error": str(exc)}
+        return {"ok": False, "error": f"unknown command {op!r} (known: preview, promote, discard)"}
+
+    def _on_loop(self, fn: Callable[[], Any], timeout_s: float = 10.0) -> Any:
+        """Run ``fn`` on the supervising thread (at its next poll) and return its result;
+        called on that thread, run it now."""
+        if threading.get_ident() == self._loop_thread:
+            return fn()
+        future: Future = Future()
+        self._calls.put((fn, future))
+        return future.result(timeout_s)
+
+    def _serve_calls(self) -> None:
+        while True:
+            try:
+                fn, future = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+    def _on_saved(self, *args: Any) -> None:
+        """A module or shader was saved (the supervisor's watcher, under ``vet``)."""
+        self._candidates_saved = True
 
     # -- running -------------------------------------------------------------------------
     @property
@@ -773,6 +1317,21 @@ class Supervisor:
     def stop(self) -> dict[str, Any]:
         """Stop the game (SIGTERM, then SIGKILL), then the compositor, then everything the
         game started; return the stats."""
+        self._stopping = True  # no new standby from here on
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        if self._control is not None:
+            self._control.stop()
+            self._control = None
+        self.end_preview()
+        if self._requests is not None:
+            self._requests.shutdown(wait=False, cancel_futures=True)
+            self._requests = None
+        for fd in self._private_layers:
+            os.close(fd)
+        self._private_layers.clear()
+        self._dismiss_standby()
         if self.game is not None:
             self.poll()
             if self.game is not None:
@@ -803,6 +1362,9 @@ class Supervisor:
             "restarts": [asdict(r) for r in self.restarts],
             "crash_loop": self.crash_loop,
             "leftovers_killed": self.leftovers_killed,
+            "standby": asdict(self.standby_stats),
+            "vet": self.vet,
+            "preview": self.preview_stats,
             "game": {
                 "frames": self.game_frames,
                 "checkpoints": self.game_checkpoints,

@@ -10,15 +10,27 @@ Layout inside a project::
 shader file name (``basic.frag``).
 
 A change (a new version, a status, the active pointer) costs one appended line of the log,
-whatever the length of the history: each line holds the *whole* new state of what changed
-(a version record, a pointer), so replaying the log over the snapshot is idempotent. When
-the log has grown as long as the history, the snapshot is rewritten (a temp file, then
-``os.replace``) and the log emptied; a crash between the two only replays lines the
-snapshot already holds. A line cut short by a crash is ignored. Version sources are written
-atomically, before the line that records them.
+whatever the length of the history: each line holds the new values of what changed (a new
+version's whole record; for a status or a vetting only the fields that changed; a
+pointer), never a difference from the old value, so replaying the log over the snapshot is
+idempotent. When the log has grown as long as the history, the snapshot is rewritten (a
+temp file, then ``os.replace``) and the log emptied; a crash between the two only replays
+lines the snapshot already holds. A line cut short by a crash is ignored. Version sources
+are written atomically, before the line that records them.
 
 Undo and redo move the *active* pointer, not the file on disk: the editor's buffer is the
 user's, the history is the engine's. A restarted game loads the active version.
+
+The metadata stays small: a version's record leaves out fields at their defaults (no
+``why``, never vetted, the usual file name ``v0003.py``), its time is kept to the
+millisecond, and the snapshot holds one record per line (about 150 bytes a version;
+``tests/test_history_metadata.py`` counts them). Histories written before (indented
+snapshots, whole records in every log line) are read as they are and rewritten in this
+form at the next compaction.
+
+A version records where it was *vetted* (:class:`Vetting`, :meth:`VersionHistory.mark_vetted`):
+the preview ran it on a copy of the world for some frames, and it was promoted into the
+live game or rejected, with the reason.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
@@ -63,6 +75,61 @@ class VersionStatus(StrEnum):
 RUNNABLE = frozenset({VersionStatus.PENDING, VersionStatus.PROBATION, VersionStatus.GOOD})
 
 
+class VettingResult(StrEnum):
+    """How vetting a version ended: ``promoted`` into the live game, ``rejected`` (it
+    faulted or overran its budget on the copy), or ``discarded`` by the user."""
+
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+    DISCARDED = "discarded"
+
+
+@dataclass(frozen=True, slots=True)
+class Vetting:
+    """Where and how a version was tried before it went live (or instead).
+
+    ``where``: ``preview`` (a copy of the world) or another place a caller names;
+    ``frames``: frames it ran there; ``worst_ms``: its slowest frame's time in its systems;
+    ``reason``: why it was rejected (``file:line: what happened``), or a note.
+    """
+
+    where: str
+    frames: int
+    worst_ms: float
+    result: VettingResult
+    reason: str = ""
+
+    def describe(self) -> str:
+        """One line: ``vetted in preview: promoted after 90 frames (worst 3.1 ms)``."""
+        text = (
+            f"vetted in {self.where}: {self.result} after {self.frames} frames "
+            f"(worst {self.worst_ms:.1f} ms)"
+        )
+        return f"{text}: {self.reason}" if self.reason else text
+
+    def to_json(self) -> dict:
+        d: dict = {
+            "where": self.where,
+            "frames": self.frames,
+            "worst_ms": round(self.worst_ms, 3),
+            "result": str(self.result),
+        }
+        if self.reason:
+            d["reason"] = self.reason
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Vetting:
+        """Raises ``KeyError``/``ValueError``/``TypeError`` on a malformed record."""
+        return cls(
+            where=str(d["where"]),
+            frames=int(d["frames"]),
+            worst_ms=float(d["worst_ms"]),
+            result=VettingResult(d["result"]),
+            reason=str(d.get("reason", "")),
+        )
+
+
 @dataclass(slots=True)
 class Version:
     """One recorded version of a unit."""
@@ -76,23 +143,53 @@ class Version:
     #: How this version last went live: ``load`` (at start-up) or a live swap (``edit``,
     #: ``undo``, ``redo``, ``rollback``). Only a live swap can be blamed for a crash.
     went_live: str = ""
+    #: Where it was tried before going live, and how that ended (None: never vetted).
+    vetted: Vetting | None = None
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        d["status"] = str(self.status)
+        """The record as stored: fields at their defaults are left out, the time is kept
+        to the millisecond."""
+        d: dict = {
+            "number": self.number,
+            "time": round(self.time, 3),
+            "sha256": self.sha256,
+            "status": str(self.status),
+            "file_name": self.file_name,
+        }
+        if self.why:
+            d["why"] = self.why
+        if self.went_live:
+            d["went_live"] = self.went_live
+        if self.vetted is not None:
+            d["vetted"] = self.vetted.to_json()
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> Version:
-        return cls(
+        """A record as stored now or by earlier versions of the engine (every field
+        written, ``vetted`` unknown). Raises ``KeyError``/``ValueError`` if malformed."""
+        v = cls(
             number=int(d["number"]),
             time=float(d["time"]),
             sha256=str(d["sha256"]),
             status=VersionStatus(d["status"]),
-            why=str(d.get("why", "")),
             file_name=str(d.get("file_name", "")),
-            went_live=str(d.get("went_live", "")),
         )
+        v.update(d)
+        return v
+
+    def update(self, d: dict) -> None:
+        """Set the fields a log line or a record holds (``status``, ``why``, ``went_live``,
+        ``vetted``); others are left as they are. Raises ``ValueError`` on a bad status."""
+        if "status" in d:
+            self.status = VersionStatus(d["status"])
+        if "why" in d:
+            self.why = str(d["why"])
+        if "went_live" in d:
+            self.went_live = str(d["went_live"])
+        if "vetted" in d:
+            vetted = d["vetted"]
+            self.vetted = None if vetted is None else Vetting.from_json(vetted)
 
 
 def source_hash(source: str) -> str:
@@ -137,12 +234,15 @@ class VersionHistory:
         name: str,
         suffix: str = ".py",
         report: Callable[[str], None] = report_to_stderr,
+        root: Path | None = None,
     ) -> None:
         self.report = report  # an unreadable index is said here, then moved aside
         self.kind = kind
         self.name = name
         self.suffix = suffix
-        self.dir = Path(project_dir) / HISTORY_DIR / kind / name
+        # root: where the project's histories are (default PROJECT/.engine/history; a
+        # preview game keeps a copy of its own elsewhere).
+        self.dir = (Path(root) if root else Path(project_dir) / HISTORY_DIR) / kind / name
         self.versions: list[Version] = []
         self.active_number: int | None = None
         #: The version whose source equals the file on disk when last seen.
@@ -174,7 +274,7 @@ class VersionHistory:
                 pass
             self.report(f"engine: history index {self.index_path} unreadable ({exc}); moved aside")
             data = {}
-        self.versions = [Version.from_json(v) for v in data.get("versions", [])]
+        self.versions = [self._restored(v) for v in data.get("versions", [])]
         self.active_number = data.get("active")
         self.disk_number = data.get("disk")
         try:
@@ -191,17 +291,43 @@ class VersionHistory:
                 continue  # a line cut short by a crash: the change it held never happened
 
     def _replay(self, change: dict) -> None:
-        """Apply one log line (idempotent: each line holds whole new states)."""
+        """Apply one log line (idempotent: each line holds new values, not differences).
+
+        ``version``: a whole record (a new version; every change, in logs written before).
+        ``update``: the fields of one version that changed; skipped if the version is not
+        there (its own line was cut short)."""
         if "version" in change:
-            v = Version.from_json(change["version"])
+            v = self._restored(change["version"])
             if v.number == len(self.versions) + 1:
                 self.versions.append(v)
             elif 1 <= v.number <= len(self.versions):
                 self.versions[v.number - 1] = v
+        if "update" in change:
+            fields = change["update"]
+            number = int(fields["number"])
+            if 1 <= number <= len(self.versions):
+                self.versions[number - 1].update(fields)
         if "active" in change:
             self.active_number = change["active"]
         if "disk" in change:
             self.disk_number = change["disk"]
+
+    def _file_name(self, number: int) -> str:
+        return f"v{number:04d}{self.suffix}"
+
+    def _stored(self, v: Version) -> dict:
+        """``v``'s record as written here: the file name left out when it is the usual one."""
+        d = v.to_json()
+        if d["file_name"] == self._file_name(v.number):
+            del d["file_name"]
+        return d
+
+    def _restored(self, d: dict) -> Version:
+        """A record as read here (written now, or before with its file name)."""
+        v = Version.from_json(d)
+        if not v.file_name:
+            v.file_name = self._file_name(v.number)
+        return v
 
     def reload(self) -> None:
         """Re-read the index from disk (another process may have changed it)."""
@@ -210,14 +336,19 @@ class VersionHistory:
 
     def save(self) -> None:
         """Write the whole history as the snapshot and empty the log (compaction)."""
-        payload = {
-            "kind": self.kind,
-            "name": self.name,
-            "active": self.active_number,
-            "disk": self.disk_number,
-            "versions": [v.to_json() for v in self.versions],
-        }
-        _atomic_write(self.index_path, json.dumps(payload, indent=1))
+        head = json.dumps(
+            {
+                "kind": self.kind,
+                "name": self.name,
+                "active": self.active_number,
+                "disk": self.disk_number,
+            }
+        )
+        # One compact record per line: small, and still readable (and diffable) by a person.
+        records = ",\n".join(
+            json.dumps(self._stored(v), separators=(",", ":")) for v in self.versions
+        )
+        _atomic_write(self.index_path, f'{head[:-1]}, "versions": [\n{records}\n]}}\n')
         # Emptied after the snapshot holds everything: a crash in between replays lines the
         # snapshot already has, which changes nothing.
         with open(self.log_path, "wb"):
@@ -285,11 +416,11 @@ class VersionHistory:
                 self._append({"disk": latest.number})
             return latest
         number = len(self.versions) + 1
-        file_name = f"v{number:04d}{self.suffix}"
+        file_name = self._file_name(number)
         _atomic_write(self.dir / file_name, source)
         version = Version(number, time.time(), sha, VersionStatus.PENDING, "", file_name)
         self.versions.append(version)
-        change: dict = {"version": version.to_json()}
+        change: dict = {"version": self._stored(version)}
         if from_disk:
             self.disk_number = number
             change["disk"] = number
@@ -299,13 +430,41 @@ class VersionHistory:
     def mark(
         self, number: int, status: VersionStatus, why: str = "", went_live: str | None = None
     ) -> None:
+        """Set a version's status (and ``why``, ``went_live``); one log line holding the
+        fields that changed. Raises ``KeyError`` for an unknown version."""
         v = self.get(number)
+        change: dict = {"number": number, "status": str(status)}
         v.status = status
-        if went_live is not None:
-            v.went_live = went_live
-        if why or status in (VersionStatus.GOOD, VersionStatus.PROBATION):
-            v.why = why
-        self._append({"version": v.to_json()})
+        if went_live is not None and went_live != v.went_live:
+            v.went_live = change["went_live"] = went_live
+        if (why or status in (VersionStatus.GOOD, VersionStatus.PROBATION)) and why != v.why:
+            v.why = change["why"] = why
+        self._append({"update": change})
+
+    def mark_vetted(
+        self,
+        number: int,
+        *,
+        where: str = "preview",
+        frames: int,
+        worst_ms: float,
+        result: VettingResult | str,
+        reason: str = "",
+    ) -> Vetting:
+        """Record where version ``number`` was vetted and how it ended; returns the record.
+
+        The status is not changed (a rejected candidate is marked ``bad`` with
+        :meth:`mark` by whoever rejected it, if it should leave undo's reach). Raises
+        ``KeyError`` for an unknown version, ``ValueError`` for a result that is not a
+        :class:`VettingResult`.
+        """
+        v = self.get(number)
+        # Rounded as stored, so the record in memory is the one a reader gets back.
+        worst = round(float(worst_ms), 3)
+        vetting = Vetting(where, int(frames), worst, VettingResult(result), reason)
+        v.vetted = vetting
+        self._append({"update": {"number": number, "vetted": vetting.to_json()}})
+        return vetting
 
     def activate(self, number: int | None) -> None:
         if number is not None:
@@ -333,9 +492,16 @@ class VersionHistory:
 class ProjectHistory:
     """All units' histories of one project, opened on demand and cached."""
 
-    def __init__(self, project_dir: Path, report: Callable[[str], None] = report_to_stderr) -> None:
-        """``report`` takes each unit's messages (an unreadable index, moved aside)."""
+    def __init__(
+        self,
+        project_dir: Path,
+        report: Callable[[str], None] = report_to_stderr,
+        root: Path | None = None,
+    ) -> None:
+        """``report`` takes each unit's messages (an unreadable index, moved aside).
+        ``root`` is where the histories are kept (default ``PROJECT/.engine/history``)."""
         self.project_dir = Path(project_dir)
+        self.root = Path(root) if root else self.project_dir / HISTORY_DIR
         self.report = report
         self._units: dict[tuple[str, str], VersionHistory] = {}
 
@@ -344,13 +510,13 @@ class ProjectHistory:
         h = self._units.get(key)
         if h is None:
             h = self._units[key] = VersionHistory(
-                self.project_dir, kind, name, suffix, report=self.report
+                self.project_dir, kind, name, suffix, report=self.report, root=self.root
             )
         return h
 
     def names(self, kind: str) -> list[str]:
         """Units of ``kind`` that have a history on disk or in memory."""
-        root = self.project_dir / HISTORY_DIR / kind
+        root = self.root / kind
         on_disk = (
             {
                 p.name

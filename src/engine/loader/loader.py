@@ -276,6 +276,9 @@ class Loader:
         self.frame = 0
         #: Told which module's code runs now (its import, its hooks) for the heartbeat.
         self.running = RunningNow()
+        #: ``hold(name)``: the module starts with its active version whatever its file
+        #: holds (edits to it are vetted elsewhere first; see engine.launcher.vetting).
+        self.hold: Callable[[str], bool] | None = None
         #: Say which modules start off their file's version (see :meth:`startup_source`).
         self.start_notices = True
         self._start_notices: set[str] = set()  # modules said to start off their file
@@ -1029,6 +1032,9 @@ class Loader:
             if active is None and unchanged and on_disk.status is VersionStatus.BAD:
                 self._start_notice(name, path, None, on_disk)
                 return None
+            held = self.hold is not None and self.hold(name)
+            if held and active is not None and active.status in RUNNABLE:
+                return unit.source(active.number), active.number  # the file waits for vetting
             if active is not None and unchanged and active.status in RUNNABLE:
                 if on_disk.status is VersionStatus.PENDING and on_disk.number > active.number:
                     # An edit recorded but never swapped in (the game stopped or died

@@ -12,7 +12,8 @@ watch that fails (``watchfiles`` raises) or silently stops seeing events — use
 runs ``os.closerange(3, 1024)`` closes its inotify descriptor, and from then on no event
 arrives — is reported and started again, after a back-off (:class:`Backoff`). It notices
 the silent kind with a probe: when the project has been quiet for ``probe_every_s``, it
-touches ``.engine/watch-probe`` and expects to see that event within ``probe_within_s``.
+touches ``.engine/watch-probe-PID-N`` (its own: the live game, a preview and the supervisor
+may each watch the project) and expects to see that event within ``probe_within_s``.
 Each time a watch is live (the first time too) it compares the files with what it last
 saw and reports every difference, so edits made while no watch was running are not lost.
 """
@@ -32,7 +33,7 @@ from engine.loader.modules import EMPTY_FILE, LoadError, read_source
 
 SHADER_SUFFIXES = (".vert", ".frag", ".glsl")
 ASSET_SUFFIXES = (".obj", ".png")  # anywhere in the project outside hidden folders
-PROBE = Path(".engine") / "watch-probe"
+PROBE = Path(".engine") / "watch-probe"  # + "-PID-N": one file per watcher
 #: Folders whose (re)creation makes the watcher take every file in them as changed.
 WATCHED_DIRS = ("systems", "shaders")
 
@@ -119,6 +120,7 @@ class ProjectWatcher:
         #: The last failure of the watch (kept for stats), and how many there were.
         self.error: BaseException | None = None
         self.restarts = 0
+        self.probe = PROBE.with_name(f"{PROBE.name}-{os.getpid()}-{id(self):x}")
 
     # -- classification -------------------------------------------------------------------
     def _kind(self, path: Path) -> str | None:
@@ -133,8 +135,10 @@ class ProjectWatcher:
             return "systems" if path.stem.isidentifier() else None
         if len(parts) == 2 and parts[0] == "shaders" and path.suffix in SHADER_SUFFIXES:
             return "shaders"
-        if rel == PROBE:
+        if rel == self.probe:
             return "probe"
+        if rel.parent == PROBE.parent and rel.name.startswith(PROBE.name):
+            return None  # another watcher's probe
         if path.suffix.lower() in ASSET_SUFFIXES and not any(p[0] == "." for p in parts):
             return "shaders"  # told to on_shader's listeners too: the renderer takes them
         return None
@@ -147,7 +151,7 @@ class ProjectWatcher:
         """Start watching; with ``wait_ready``, return once events are really being seen.
 
         Raises ``RuntimeError`` if no watch is live within ``timeout_s``."""
-        (self.project_dir / PROBE).parent.mkdir(parents=True, exist_ok=True)
+        (self.project_dir / self.probe).parent.mkdir(parents=True, exist_ok=True)
         self._known = self._scan()
         self._thread = threading.Thread(target=self._run, name="engine-watcher", daemon=True)
         self._thread.start()
@@ -158,7 +162,7 @@ class ProjectWatcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        (self.project_dir / PROBE).unlink(missing_ok=True)
+        (self.project_dir / self.probe).unlink(missing_ok=True)
 
     @property
     def alive(self) -> bool:
@@ -231,7 +235,7 @@ class ProjectWatcher:
         self._probe_sent += 1
         self._probe_sent_ns = time.monotonic_ns()
         try:
-            (self.project_dir / PROBE).write_text(str(self._probe_sent))
+            (self.project_dir / self.probe).write_text(str(self._probe_sent))
         except OSError:
             pass  # .engine removed: the next probe recreates nothing; the watch restarts
 

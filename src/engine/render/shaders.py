@@ -159,9 +159,15 @@ def _driver_log(exc: BaseException) -> str:
 
 
 def _compile(stages: dict[str, _Stage]) -> ShaderProgram:
-    """Compile both stages and link them; raises :class:`_BuildFailed` saying where."""
+    """Compile both stages and link them; raises :class:`_BuildFailed` saying where.
+
+    A program :func:`prebuild` made from the same texts is taken instead (once).
+    """
     if gl.current_context is None:
         offscreen_context()
+    ready = _prebuilt.pop(_texts(stages), None)
+    if ready is not None:
+        return ready
     shaders = []
     for stage in stages.values():
         text, to_file_line = stage.text()
@@ -516,3 +522,61 @@ def _same_path(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
     except OSError:
         return False
+
+
+# -- built ahead: a warm standby game ------------------------------------------------------
+
+#: Programs built before the game that uses them existed, by the texts of their stages.
+_prebuilt: dict[tuple[tuple[str, str], ...], ShaderProgram] = {}
+
+
+def _texts(stages: dict[str, _Stage]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((name, stage.text()[0]) for name, stage in stages.items()))
+
+
+def prebuild(project_dir: Path | None, history: ProjectHistory | None = None) -> list[str]:
+    """Compile every program a game of ``project_dir`` starting now would build, and keep
+    them for that game's :class:`ShaderLibrary` (the first build of the same texts takes
+    one instead of compiling). Returns the names built.
+
+    For a warm standby game process: it has a GL context but no game yet, and another game
+    process may be running the project. So nothing is recorded in the history (a file that
+    differs from its newest version is compiled from disk, as a game would first try it);
+    a file that does not build is skipped here and fails again, reported, in the game.
+    Call again after the project changed: stale programs are deleted. GL thread only.
+    """
+    if project_dir is not None and history is None:
+        history = ProjectHistory(project_dir)
+    library = ShaderLibrary(project_dir, history, report=lambda message: None)
+    wanted: dict[tuple[tuple[str, str], ...], str] = {}
+    for name in library.names():
+        stages = {}
+        for stage in STAGES:
+            path = library._resolve(name, stage) or library._resolve(DEFAULT_PROGRAM, stage)
+            if path is None:
+                break
+            try:
+                stages[stage] = _Stage(stage, path, _first_source(library, path))
+            except (OSError, UnicodeDecodeError):
+                break
+        else:
+            wanted[_texts(stages)] = name
+            if _texts(stages) not in _prebuilt:
+                try:
+                    _prebuilt[_texts(stages)] = _compile(stages)
+                except _BuildFailed:
+                    del wanted[_texts(stages)]
+    for key in [k for k in _prebuilt if k not in wanted]:
+        _prebuilt.pop(key).delete()
+    return sorted(wanted.values())
+
+
+def _first_source(library: ShaderLibrary, path: Path) -> str:
+    """What a new game's first build of ``path`` compiles (see ``_disk_stage``), unrecorded."""
+    source = path.read_text(encoding="utf-8")
+    unit = library._unit(path)
+    if unit is None or unit.latest is None or unit.active is None:
+        return source
+    if unit.source(unit.latest.number) != source:
+        return source  # an edit not yet recorded: it is tried first
+    return unit.source(unit.active_number)

@@ -114,6 +114,10 @@ class RenderStage:
         report: where messages go (a lost context and its recovery).
         reset_status: the context's reset status (default: ``glGetGraphicsResetStatus``; a
             test injects one, as a real reset cannot be provoked on demand).
+        attach: take the layer over now. ``False`` makes a warm standby's stage: the
+            context, framebuffers, GPU image imports and the layer's mapping are made,
+            but the layer is not touched (another game publishes into it) until
+            :meth:`attach`; see :meth:`warm_up_standby`.
     """
 
     def __init__(
@@ -124,6 +128,7 @@ class RenderStage:
         layer_fd: int | None = None,
         report: Callable[[str], None] = lambda message: None,
         reset_status: Callable[[], int] | None = None,
+        attach: bool = True,
     ) -> None:
         # Not at the top: importing this module (for RenderSettings) must not load GL.
         from engine.render.context import reset_status as context_reset_status
@@ -148,7 +153,7 @@ class RenderStage:
         storage = (
             ImageStorage.SHARED_MEMORY if self.gpu_targets is None else ImageStorage.GPU_MEMORY
         )
-        self.writer = LayerWriter(self.layer_fd, self.spec, storage)
+        self.writer = LayerWriter(self.layer_fd, self.spec, storage, attach=attach)
         self.last_frame = -1  # the frame number last published
         self.last = RenderFrameTimes()
         self.report = report
@@ -156,6 +161,35 @@ class RenderStage:
         self.context_lost: str | None = None  # why, until check_context recovers
         self.context_resets = 0
         self.late_readbacks = 0  # frames not published: their pixels did not arrive in time
+
+    def warm_up_standby(self) -> list[str]:
+        """For a stage made with ``attach=False``: do the one-time GL work a first frame
+        would, without the world and without touching the layer. An empty world is drawn
+        into the renderer's own framebuffers and read back, and the project's shader
+        programs are compiled ahead (:func:`engine.render.shaders.prebuild`, which records
+        nothing). Returns the programs built."""
+        from engine.render.shaders import prebuild
+        from engine.world.world import World
+
+        scratch = [np.empty(self.spec.shape[1:], np.uint8) for _ in range(self.spec.eyes)]
+        self.renderer.render(World(), self.eyes_for(None), scratch)
+        return prebuild(self.shaders.project_dir, self.shaders.history)
+
+    def attach(
+        self, history: ProjectHistory | None, report: Callable[[str], None] | None = None
+    ) -> None:
+        """Take over: a warm standby's stage becomes this game's. Its shader library starts
+        afresh on ``history`` (the programs built ahead are taken where the texts match),
+        then the layer's header is (re)initialised for this writer. Idempotent for the
+        layer."""
+        from engine.render.shaders import ShaderLibrary
+
+        if report is not None:
+            self.report = report
+            self.renderer.report = report
+        self.shaders = ShaderLibrary(self.shaders.project_dir, history, report=self.report)
+        self.renderer.shaders = self.shaders
+        self.writer.attach()
 
     def warm_up(self, world: object) -> None:
         """Draw once without publishing: context, programs and meshes are made now, not

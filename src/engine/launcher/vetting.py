@@ -1,0 +1,267 @@
+"""Vetting code before it goes live: candidates run in a preview game on a copy of the world.
+
+With ``engine run PROJECT --vet``, a save does not reach the live game. The supervisor
+starts a **preview** game process: a copy of the live world (its newest checkpoint, taken
+at a frame boundary by a forked child, so it cost the live game no frame), a copy of the
+history, its own layer and frame clock, at a lower CPU and GPU priority. It runs the live
+versions of every module plus the **candidates**: the versions saved since. Then:
+
+* ``engine promote PROJECT`` loads the candidates into the live game (a swap like any
+  other, on probation there too), each only if its file still holds the text that was
+  vetted; ``engine discard PROJECT`` drops them (the files keep the text; the live game
+  keeps its versions).
+* With ``--vet auto`` the supervisor decides (:func:`decide`): a candidate that ran
+  ``frames`` frames on the copy without a fault and within its budget is promoted; one
+  that faulted or made frames late is rejected with the reason (file and line), and never
+  touches the live world.
+
+One part per process:
+
+* the preview game (:func:`attach_preview`): slowness is measured there, not cut (a
+  system over its budget keeps running, so the preview's frame rate shows it; a call is
+  still interrupted after 250 ms, and faults count as in any game). Its **baseline** is the newest version of
+  each module in the history when it started (the live game's); a module with a newer
+  version is a candidate. The ``vet`` command reports each (:class:`Candidate`).
+* the live game (:func:`attach_promote`): ``promote`` loads modules whose file text has
+  the vetted hash; ``vetted`` records where a version was vetted in the live history.
+* the supervisor: :func:`decide` turns a ``vet`` report into verdicts; pure, so it is
+  tested without processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.loader.history import VersionStatus, source_hash
+
+if TYPE_CHECKING:
+    from engine.game import Engine
+
+#: Frames a candidate runs on the copy before ``--vet auto`` promotes it.
+DEFAULT_VET_FRAMES = 90
+
+
+@dataclass
+class Candidate:
+    """A module version running in the preview (or tried there and rolled back).
+
+    ``frames``: frames it has been the running version. ``worst_ms``: its slowest system
+    now (p99 over the last 90 calls) against that system's ``budget_ms``. ``late``: calls
+    of its systems over their budget since it went live. ``fault``: why it was rolled
+    back or disabled (file:line), ``None`` while it runs clean.
+    """
+
+    module: str
+    version: int
+    sha256: str
+    status: str
+    frames: int = 0
+    worst_ms: float = 0.0
+    budget_ms: float = 0.0
+    late: int = 0
+    fault: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the supervisor does with one candidate: ``promote``, ``reject`` or ``wait``."""
+
+    action: str
+    candidate: Candidate
+    reason: str = ""
+
+
+def decide(candidates: list[Candidate], frames: int = DEFAULT_VET_FRAMES) -> list[Verdict]:
+    """Verdicts for a preview's candidates (``--vet auto``).
+
+    A candidate that faulted (rolled back, disabled, or marked bad in the preview) is
+    rejected with the reason at once; after ``frames`` frames, one whose slowest system
+    runs over its budget (p99 of its last 90 calls: the scheduler itself forgives a late
+    call now and then, and so does vetting) is rejected, and one within it is promoted.
+    The rest wait.
+    """
+    verdicts = []
+    for c in candidates:
+        if c.fault is not None or c.status in (VersionStatus.ERROR, VersionStatus.BAD):
+            verdicts.append(Verdict("reject", c, c.fault or f"{c.status} in the preview"))
+        elif c.frames >= frames and c.budget_ms > 0 and c.worst_ms > c.budget_ms:
+            why = (
+                f"over budget in the preview: p99 {c.worst_ms:.2f} ms of {c.budget_ms:.2f} ms "
+                f"over its last {min(c.frames, 90)} calls ({c.late} late)"
+            )
+            verdicts.append(Verdict("reject", c, why))
+        elif c.frames >= frames:
+            verdicts.append(Verdict("promote", c, f"{c.frames} frames clean in the preview"))
+        else:
+            verdicts.append(Verdict("wait", c))
+    return verdicts
+
+
+# -- in the preview game -------------------------------------------------------------------
+
+
+@dataclass
+class _Tracked:
+    version: int
+    frames: int = 0
+    overruns_at_start: dict[str, int] = field(default_factory=dict)
+    late: int = 0
+    worst_ms: float = 0.0
+    budget_ms: float = 0.0
+    fault: str | None = None
+
+
+class PreviewCandidates:
+    """The preview game's candidates: counted every frame, reported by the ``vet`` command.
+
+    ``baseline`` maps each module to the newest version number its history had when the
+    preview started (absent: a module that had none).
+    """
+
+    def __init__(self, engine: Engine, baseline: dict[str, int]) -> None:
+        self.engine = engine
+        self.baseline = baseline
+        self._tracked: dict[str, _Tracked] = {}
+
+    def after_frame(self, engine: Engine) -> None:
+        loader, scheduler = engine.loader, engine.scheduler
+        for name, loaded in list(loader.active.items()):
+            version = loaded.version
+            if version is None or version <= self.baseline.get(name, 0):
+                continue  # a live version (a candidate rolled back keeps its record)
+            tracked = self._tracked.get(name)
+            handles = [h for h in scheduler.order if h.key.startswith(f"{name}.")]
+            if tracked is None or tracked.version != version:
+                tracked = self._tracked[name] = _Tracked(
+                    version, overruns_at_start={h.key: h.stats.overruns for h in handles}
+                )
+            tracked.frames += 1
+            late, worst, budget = 0, 0.0, 0.0
+            for h in handles:
+                stats = h.stats.snapshot()
+                late += h.stats.overruns - tracked.overruns_at_start.get(h.key, 0)
+                if float(stats["p99_ms"]) >= worst:
+                    worst, budget = float(stats["p99_ms"]), h.budget_ns / 1e6
+            tracked.worst_ms, tracked.budget_ms = worst, round(budget, 4)
+            for h in handles:
+                if str(h.state) == "disabled" and tracked.fault is None:
+                    tracked.fault = _handle_fault(h)
+            tracked.late = late
+
+    def report(self) -> list[Candidate]:
+        """Every module with a version newer than the baseline: its newest such version."""
+        out = []
+        loader = self.engine.loader
+        for name in sorted(set(self.engine.history_store.names("systems")) | set(loader.active)):
+            unit = loader.unit(name)
+            newest = unit.latest
+            if newest is None or newest.number <= self.baseline.get(name, 0):
+                continue
+            tracked = self._tracked.get(name)
+            running = tracked is not None and tracked.version == newest.number
+            fault = tracked.fault if running else None
+            if newest.status in (VersionStatus.ERROR, VersionStatus.BAD):
+                fault = fault or newest.why or str(newest.status)
+            out.append(
+                Candidate(
+                    module=name,
+                    version=newest.number,
+                    sha256=newest.sha256,
+                    status=str(newest.status),
+                    frames=tracked.frames if running else 0,
+                    worst_ms=tracked.worst_ms if running else 0.0,
+                    budget_ms=tracked.budget_ms if running else 0.0,
+                    late=tracked.late if running else 0,
+                    fault=fault,
+                )
+            )
+        return out
+
+
+def _handle_fault(handle: Any) -> str:
+    """Why a candidate's system was disabled: the failure policy's line, with file:line."""
+    reason = handle.reason
+    if reason is None:
+        return str(handle.last_error or f"{handle.key} disabled")
+    message = reason.message or reason.detail
+    if reason.location and reason.location not in message:
+        message = f"{reason.location}: {message}"
+    return message
+
+
+def attach_preview(engine: Engine, baseline: dict[str, int]) -> PreviewCandidates:
+    """Make ``engine`` (the preview game's) count its candidates and answer ``vet``."""
+    from engine.game import Command
+
+    candidates = PreviewCandidates(engine, baseline)
+    engine.after_frame.append(candidates.after_frame)
+
+    def vet(args: dict[str, Any]) -> dict[str, Any]:
+        report = [c.to_json() for c in candidates.report()]
+        return {"ok": True, "frame": engine.frame, "candidates": report}
+
+    engine.commands["vet"] = Command(vet)
+    return candidates
+
+
+def history_baseline(history_root: Path) -> dict[str, int]:
+    """The newest version number of each module in the history at ``history_root``."""
+    from engine.loader.history import ProjectHistory
+
+    history = ProjectHistory(history_root.parent, root=history_root)
+    out = {}
+    for name in history.names("systems"):
+        latest = history.unit("systems", name).latest
+        if latest is not None:
+            out[name] = latest.number
+    return out
+
+
+# -- in the live game ----------------------------------------------------------------------
+
+
+def attach_promote(engine: Engine) -> None:
+    """Give ``engine`` (the live game's) the ``promote`` command: load the named modules
+    from their files, each only if the file's text has the vetted hash, and record in the
+    history where each was vetted. ``modules`` maps a name to ``{"sha256", "frames",
+    "worst_ms", "reason"}`` (a :class:`Candidate`'s fields)."""
+    from engine.game import Command
+    from engine.loader.modules import read_source
+
+    def promote(args: dict[str, Any]) -> dict[str, Any]:
+        wanted: dict[str, dict[str, Any]] = args["modules"]
+        sources, refused = {}, {}
+        for name, vetted in wanted.items():
+            sha = vetted.get("sha256") if isinstance(vetted, dict) else None
+            path = engine.loader.source_path(name)
+            source = read_source(name, path) if path is not None else None
+            if not isinstance(source, str):
+                refused[name] = "its file is gone"
+            elif source_hash(source) != sha:
+                refused[name] = "its file changed after it was vetted: vet it again"
+            else:
+                sources[name] = source
+        promoted = {}
+        if sources:
+            for swap in engine.loader.prepare(sources, kind="promote"):
+                promoted[swap.name] = swap.version
+                vetted = wanted[swap.name]
+                if swap.version is not None:
+                    engine.loader.unit(swap.name).mark_vetted(
+                        swap.version,
+                        frames=int(vetted.get("frames", 0)),
+                        worst_ms=float(vetted.get("worst_ms", 0.0)),
+                        result="promoted",
+                        reason=str(vetted.get("reason", "")),
+                    )
+            for name in sources:
+                if name not in promoted:
+                    refused[name] = str(engine.loader.errors.get(name) or "did not load")
+        return {"ok": True, "promoted": promoted, "refused": refused}
+
+    engine.commands["promote"] = Command(promote, {"modules": dict}, between_frames=False)
