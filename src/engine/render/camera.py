@@ -10,12 +10,13 @@ Everything here is pure numpy and importable without a GL context, so pose sourc
 simulated headset, the compositor) can use :func:`eyes_from_head` too.
 
 Why not pyrr: it builds a numpy array per call, so its quaternion calls (to a matrix,
-product, axis-angle, slerp) are 6 to 220 times slower than the scalar ones here, which
-the compositor makes every frame; it converts one quaternion at a time where the renderer
-converts every entity's at once (over 200 times slower for 1000); only the projection
-costs the same (``python bench/vector_math.py`` measures each, in one run). And its
-matrices are for row vectors, except ``create_from_quaternion``'s (pyrr issue #70): each
-use would need a transpose to get right.
+product, axis-angle, slerp) were 3 to 220 times slower than the scalar ones here, which
+the compositor makes every frame (and its slerp lands 0.2 % of the arc off); it converts
+one quaternion at a time where the renderer converts every entity's at once (over 200
+times slower for 1000); only the projection costs about the same (``python
+bench/vector_math.py`` measures each, in one run). And its matrices are for row vectors,
+except ``create_from_quaternion``'s (pyrr issue #70): each use would need a transpose to
+get right.
 """
 
 from __future__ import annotations
