@@ -50,8 +50,8 @@ import esper  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from engine import Engine, SchedulePolicy  # noqa: E402
-from engine.scheduler.scheduler import SystemState  # noqa: E402
+from engine import Engine  # noqa: E402
+from engine.scheduler.scheduler import SchedulePolicy, SystemState  # noqa: E402
 from engine.scheduler.stats import FRAME_BUDGET_NS, summarize  # noqa: E402
 from engine.world.checkpointer import Checkpointer  # noqa: E402
 from engine.world.ring import CheckpointRing  # noqa: E402

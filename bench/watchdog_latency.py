@@ -27,8 +27,8 @@ import time
 
 import numpy as np
 
-from engine import SchedulePolicy, World
-from engine.scheduler.scheduler import Scheduler
+from engine import World
+from engine.scheduler.scheduler import SchedulePolicy, Scheduler
 from engine.scheduler.spec import SystemSpec
 from engine.scheduler.stats import summarize
 

@@ -8,8 +8,8 @@ Import it from a game's module or ``game.py`` to use it (importing is what loads
 import math
 
 import engine
+from engine import Transform
 from engine.render.camera import axis_angle, quaternion_multiply
-from engine.render.components import Transform
 
 
 @engine.component

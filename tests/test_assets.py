@@ -210,8 +210,8 @@ def test_an_obj_loads_off_the_frame_and_edited_textures_reload_live(project, mak
     appears, and a PNG saved while it runs shows in the next frames (through the watcher).
     (20k triangles: llvmpipe on 2 shared cores takes ~70 ms a frame to *draw* 200k.)"""
     from conftest import run_until, write
-    from engine import SystemState
     from engine.render.stage import RenderSettings
+    from engine.scheduler.scheduler import SystemState
 
     assert grid_obj(project / "models" / "big.obj", 100) >= 19_000
     solid_png(project / "skin.png", (0, 200, 0))

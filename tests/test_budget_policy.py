@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine import SchedulePolicy, SystemState, World
+from engine import World
 from engine.policy import Action
-from engine.scheduler.scheduler import Scheduler
+from engine.scheduler.scheduler import SchedulePolicy, Scheduler, SystemState
 from engine.scheduler.spec import SystemSpec
 
 MS = 1_000_000

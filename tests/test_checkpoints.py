@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import COUNTER, write
-from engine import PendingComponent, World, component
+from engine import World, component
+from engine.world.checkpoint import PendingComponent
 from engine.world.checkpointer import FORK_AVAILABLE, Checkpointer
 from engine.world.ring import CheckpointRing
 

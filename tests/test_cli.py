@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from conftest import COUNTER, load_png, write
-from engine import SystemState
 from engine.game import send_command
 from engine.loader.history import ProjectHistory
+from engine.scheduler.scheduler import SystemState
 
 ENV = {**os.environ, "PYGLET_HEADLESS": "1", "PYTHONUNBUFFERED": "1"}
 

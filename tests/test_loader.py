@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import COUNTER, run_until, write
-from engine import SchedulePolicy, SystemState, VersionStatus
+from engine.loader.history import VersionStatus
+from engine.scheduler.scheduler import SchedulePolicy, SystemState
 
 GAME = """
 from systems.counter import Counter
@@ -556,7 +557,8 @@ def test_checkpoint_restored_before_its_modules_load_is_completed_by_the_load(
         eng.step()
     data = eng.checkpoint()
     eng.close()
-    from engine import PendingComponent, World
+    from engine import World
+    from engine.world.checkpoint import PendingComponent
 
     world = World.restore(data, resolve=lambda key: None)  # no module loaded yet
     (entity,) = world.get_entities()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from conftest import write
-from engine import FrameInfo, ManualClock
-from engine.scheduler.pacing import FRAME_NS, FixedRatePacer
+from engine import FrameInfo
+from engine.scheduler.pacing import FRAME_NS, FixedRatePacer, ManualClock
 
 
 def test_pacer_waits_for_each_slot_and_skips_missed_ones() -> None:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import run_until, write
-from engine import VersionStatus
 from engine.contracts.layer import LayerReader
+from engine.loader.history import VersionStatus
 from engine.pose.base import Pose
 from engine.render.stage import RenderSettings
 

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from conftest import write
-from engine import SchedulePolicy, SystemState, World
+from engine import World
 from engine.policy import Action
-from engine.scheduler.scheduler import CACHE_LINE, Scheduler
+from engine.scheduler.scheduler import CACHE_LINE, SchedulePolicy, Scheduler, SystemState
 from engine.scheduler.spec import SystemSpec, system
 from engine.scheduler.watchdog import FrameWatchdog, Overrun
 

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from conftest import write
-from engine import SchedulePolicy, SystemState
+from engine.scheduler.scheduler import SchedulePolicy, SystemState
 from engine.scheduler.watchdog import KICK_SIGNAL, ThreadTimer
 
 HARD_MS = 20

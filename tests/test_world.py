@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import esper
 import pytest
 
-from engine import CheckpointError, PendingComponent, World, component
+from engine import World, component
+from engine.world.checkpoint import CheckpointError, PendingComponent
 
 
 @component

@@ -1,6 +1,6 @@
 """The All-Source Engine: a live-coding entity-component engine for VR and 3D games.
 
-``import engine`` gives what games are built with::
+``import engine`` gives what games are built with, and nothing else::
 
     import engine
 
@@ -10,9 +10,27 @@
 
     @engine.system(order=10)
     def spin(world, dt):
-        for e, (s,) in world.get_components(Spin): ...
+        for e, (s, t) in world.get_components(Spin, engine.Transform): ...
+
+    def on_load(world): ...      # optional hooks of a system module: after this version
+    def on_unload(world): ...    # goes live, before it is replaced or its file deleted
 
     engine.Engine("my_game").run()
+
+=============================  ==========================================================
+``system``, ``component``      mark a function as a system, a class as a component
+``World``                      the world systems get (esper's API, plus ``world.input``)
+``FrameInfo``                  ``world.resources[FrameInfo]``: frame number, dt, head pose
+``Input``                      ``world.input``: keys and mouse this frame
+``Transform``, ``Mesh``,       what a drawn entity carries: where it is, its shape, its
+``Material``                   colour, shader and texture
+``Pose``                       a position and orientation (``world.input.head``)
+``Processor``                  esper's processor base class, for games written for esper
+``Engine``                     a game run from Python (tests, tools) instead of ``engine run``
+=============================  ==========================================================
+
+Everything else (clocks, policies, histories, checkpoints, the compositor) stays in its
+package: ``engine.scheduler``, ``engine.loader``, ``engine.world``, ``engine.render``, …
 
 Names load on first use (PEP 562), so a process that imports only part of the engine —
 the compositor, which must never load the game or the loader — pays for nothing else.
@@ -30,45 +48,25 @@ _PUBLIC = {
     "Engine": "engine.game",
     "FrameInfo": "engine.game",
     "Input": "engine.input.state",
+    "Material": "engine.render.components",
+    "Mesh": "engine.render.components",
+    "Pose": "engine.pose.base",
+    "Processor": "esper",
+    "Transform": "engine.render.components",
     "World": "engine.world.world",
     "component": "engine.world.components",
-    "CheckpointError": "engine.world.checkpoint",
-    "PendingComponent": "engine.world.checkpoint",
-    "MigrationError": "engine.world.migration",
     "system": "engine.scheduler.spec",
-    "SchedulePolicy": "engine.scheduler.scheduler",
-    "SystemState": "engine.scheduler.scheduler",
-    "ManualClock": "engine.scheduler.pacing",
-    "MonotonicClock": "engine.scheduler.pacing",
-    "VersionHistory": "engine.loader.history",
-    "VersionStatus": "engine.loader.history",
-    "Pose": "engine.pose.base",
-    "Fov": "engine.pose.base",
-    "EyeView": "engine.pose.base",
-    "PoseSample": "engine.pose.base",
-    "PoseSource": "engine.pose.base",
-    "Processor": "esper",
 }
 
 __all__ = [
-    "CheckpointError",
     "Engine",
-    "EyeView",
-    "Fov",
     "FrameInfo",
     "Input",
-    "ManualClock",
-    "MigrationError",
-    "MonotonicClock",
-    "PendingComponent",
+    "Material",
+    "Mesh",
     "Pose",
-    "PoseSample",
-    "PoseSource",
     "Processor",
-    "SchedulePolicy",
-    "SystemState",
-    "VersionHistory",
-    "VersionStatus",
+    "Transform",
     "World",
     "component",
     "system",
@@ -77,6 +75,8 @@ assert set(__all__) == set(_PUBLIC)
 
 
 def __getattr__(name: str) -> Any:
+    """A public name, imported from its module on first use; ``AttributeError`` for any
+    other (the engine's internals are imported from their packages)."""
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'engine' has no attribute {name!r}")
@@ -94,12 +94,8 @@ if TYPE_CHECKING:
 
     from engine.game import Engine, FrameInfo
     from engine.input.state import Input
-    from engine.loader.history import VersionHistory, VersionStatus
-    from engine.pose.base import EyeView, Fov, Pose, PoseSample, PoseSource
-    from engine.scheduler.pacing import ManualClock, MonotonicClock
-    from engine.scheduler.scheduler import SchedulePolicy, SystemState
+    from engine.pose.base import Pose
+    from engine.render.components import Material, Mesh, Transform
     from engine.scheduler.spec import system
-    from engine.world.checkpoint import CheckpointError, PendingComponent
     from engine.world.components import component
-    from engine.world.migration import MigrationError
     from engine.world.world import World

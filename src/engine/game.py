@@ -198,6 +198,8 @@ class Engine:
             its active version whatever the file holds, and saves do not reach it (see
             :mod:`engine.launcher.vetting`). Default: nothing is held.
         report: console output for swaps and errors.
+        start_notices: say which modules start with a version other than their file's
+            (after an undo or a leave-out); off for a restarted game, told at its first start.
     """
 
     def __init__(
@@ -219,6 +221,7 @@ class Engine:
         render_stage: RenderStage | None = None,
         state_dir: Path | None = None,
         hold: Callable[[str], bool] | None = None,
+        start_notices: bool = True,
     ) -> None:
         self.project_dir = Path(project_dir).resolve()
         if not self.project_dir.is_dir():
@@ -253,6 +256,7 @@ class Engine:
         )
         self.loader.running = self.running
         self.loader.hold = hold
+        self.loader.start_notices = start_notices
         self.scheduler.versions = LoaderVersions(self.loader)
         self.scheduler.root = str(self.project_dir)
         self.failure_policy = self.scheduler.failure_policy

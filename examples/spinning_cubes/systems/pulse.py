@@ -1,9 +1,9 @@
-"""Cubes breathe: their scale follows a sine wave. Edit ``amount`` or ``rate`` while it runs."""
+"""Spheres breathe: their scale follows a sine wave. Edit ``amount`` or ``rate`` while it runs."""
 
 import math
 
 import engine
-from engine.render.components import Transform
+from engine import Transform
 
 
 @engine.component

@@ -1,6 +1,7 @@
 """The ``engine`` console command.
 
     engine run [PROJECT] [--frames N] [--stats-json PATH]   run a game (headless), live-editable
+    engine stats PROJECT [--plot PATH]                       the last run's systems table, plot
     engine new DIR                                           scaffold a game project
     engine history PROJECT MODULE                            list a module's versions
     engine undo|redo PROJECT MODULE                          move the active version
@@ -38,7 +39,7 @@ SCAFFOLD_GAME = '''"""{name}: a game built on the All-Source Engine.
 can edit while the game runs.
 """
 
-from engine.render.components import Material, Mesh, Transform
+from engine import Material, Mesh, Transform
 from systems.bob import Bob
 from systems.motion import Spin
 
@@ -62,7 +63,7 @@ broken save never stops play: the last working version keeps running.
 import math
 
 import engine
-from engine.render.components import Transform
+from engine import Transform
 
 SPEED = 2.0  # radians per second: try 6.0
 HEIGHT = 0.3  # metres up and down: try 0.8
@@ -242,8 +243,11 @@ def write_last_run(project: Path, stats: dict) -> None:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """Print the last run's stats (``PROJECT/.engine/last-run.json``, written when
-    ``engine run`` stops): the closing line, the systems table and the swap counts.
-    Exit status 1, in one line, when there are none; 2 for a bad project path."""
+    ``engine run`` stops): the closing line, the systems table and the swap counts; with
+    ``--plot PATH``, also draw each system's time per frame over the run's last minute
+    (``.engine/last-run-frames.json``) to a PNG. Exit status 1, in one line, when there
+    are none; 2 for a bad project path or a plot that cannot be drawn (matplotlib missing,
+    a folder that cannot be written)."""
     from rich.console import Console
 
     from engine.launcher.console import SystemsTable
@@ -271,6 +275,34 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"swaps: {counts.get('total', 0)} in all, {counts.get('failed', 0)} failed")
     for r in stats.get("restarts", []):
         print(f"restart at {r.get('at_s', 0):.1f} s: {r.get('message') or r.get('cause')}")
+    return plot_last_run(project, Path(args.plot)) if args.plot else 0
+
+
+def plot_last_run(project: Path, path: Path) -> int:
+    """Draw the per-system frame times of ``project``'s last run to ``path`` (a PNG) and
+    say so; the exit status (0 when drawn), with one line saying why not."""
+    from engine.scheduler.stats import LAST_RUN_FRAMES, load_frame_times
+
+    try:
+        recorder = load_frame_times(project / LAST_RUN_FRAMES)
+    except FileNotFoundError:
+        print(
+            f"engine: no frame times for {project} yet: `engine run {project}` keeps the "
+            "last minute's as it stops"
+        )
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"engine: cannot read {project / LAST_RUN_FRAMES}: {exc}", file=sys.stderr)
+        return 1
+    from engine.scheduler.plot import plot_frame_times
+
+    try:
+        plot_frame_times(recorder, path, title=f"{project.resolve().name}: frame time by system")
+    except (RuntimeError, ValueError) as exc:  # no matplotlib; no frames
+        return user_error(str(exc))
+    except OSError as exc:
+        return user_error(f"cannot write the plot: {exc}")
+    print(f"engine: {len(recorder)} frames of per-system times plotted to {path}")
     return 0
 
 
@@ -332,10 +364,10 @@ def cmd_run_single(args: argparse.Namespace, script: list | None = None) -> int:
         f"edit {project / 'systems'} live (Ctrl-C to stop)"
     )
     live = attach_live_console(engine, enabled=not args.quiet)
-    if args.plot:
-        from engine.scheduler.stats import FrameRecorder
+    from engine.launcher.game_process import keep_frame_times
+    from engine.scheduler.stats import KEEP_FRAMES, FrameRecorder
 
-        engine.recorder = FrameRecorder(args.frames or 90 * 600)
+    engine.recorder = FrameRecorder((args.frames or 90 * 600) if args.plot else KEEP_FRAMES)
     try:
         with live:
             engine.run(frames=args.frames, watch=not args.no_watch)
@@ -350,6 +382,7 @@ def cmd_run_single(args: argparse.Namespace, script: list | None = None) -> int:
             plot_frame_times(engine.recorder, Path(args.plot))
             print(f"engine: per-system frame times plotted to {args.plot}")
         write_last_run(project, stats)
+        keep_frame_times(engine)
         if args.stats_json:
             Path(args.stats_json).write_text(json.dumps(stats, indent=1))
             print(f"engine: stats written to {args.stats_json}")
@@ -569,6 +602,11 @@ def build_parser() -> argparse.ArgumentParser:
     ds.set_defaults(func=cmd_discard)
     st = sub.add_parser("stats", help="print the last run's statistics of a project")
     st.add_argument("project")
+    st.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="also draw each system's time per frame (the run's last minute) to a PNG",
+    )
     st.set_defaults(func=cmd_stats)
     n = sub.add_parser("new", help="scaffold a new game project")
     n.add_argument("dir")
@@ -596,8 +634,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: ``PYTHONSAFEPATH``'s value when the engine set it (see :func:`main`): the game process
+#: takes it off again, so that user code's own subprocesses start as Python's do.
+SAFE_PATH_MARK = "engine"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``engine`` command. Every Python process it starts (compositor, game, probes)
+    starts with ``PYTHONSAFEPATH`` set: the working folder is not put first on its
+    ``sys.path``, so a ``random.py`` or ``math.py`` there (a user's ``systems/``) cannot
+    take the place of Python's own modules in the engine."""
     os.environ.setdefault("PYGLET_HEADLESS", "1")
+    os.environ.setdefault("PYTHONSAFEPATH", SAFE_PATH_MARK)
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

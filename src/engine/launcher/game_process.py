@@ -55,6 +55,7 @@ from engine.launcher.containment import ReportChannel, contain_game, die_with_pa
 from engine.pose.base import EyeView
 from engine.pose.handoff import HandoffPacer, HandoffPoseSource
 from engine.scheduler.scheduler import SchedulePolicy
+from engine.scheduler.stats import KEEP_FRAMES, LAST_RUN_FRAMES, FrameRecorder, save_frame_times
 from engine.world.checkpoint import CheckpointError
 from engine.world.checkpointer import Checkpointer, write_atomically
 from engine.world.ring import DEFAULT_MAX_BYTES, CheckpointRing
@@ -244,6 +245,8 @@ def game_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     report = ReportChannel()
     os.environ.setdefault("PYGLET_HEADLESS", "1")
+    if os.environ.get("PYTHONSAFEPATH") == "engine":  # set by the `engine` command only
+        del os.environ["PYTHONSAFEPATH"]  # for the engine's own processes, not the user's
     reader = PoseHandoffReader(pose_fd)
     use_render_system = config.render == RENDER_SYSTEM
     running.phase(Phase.START)
@@ -292,6 +295,7 @@ def game_main(
         render_stage=layer.stage,
         state_dir=state_dir,
         hold=_held(config),
+        start_notices=not config.restarted,  # said once, by the run's first game
     )
     from engine.launcher import vetting
 
@@ -336,10 +340,9 @@ def game_main(
     from engine.launcher.console import attach_live_console
 
     live = attach_live_console(engine, enabled=config.console)
-    if config.plot_path:
-        from engine.scheduler.stats import FrameRecorder
-
-        engine.recorder = FrameRecorder(90 * 600)
+    # Every frame's per-system times: the last minute is kept for `engine stats --plot`,
+    # ten for a --plot at exit.
+    engine.recorder = FrameRecorder(90 * 600 if config.plot_path else KEEP_FRAMES)
     clean = False
     try:
         with live:
@@ -354,11 +357,24 @@ def game_main(
         checkpointer.close(final=engine.checkpoint(), frame=engine.frame)
         if config.stats_path:
             write_atomically(Path(config.stats_path), json.dumps(engine.stats()).encode())
+        keep_frame_times(engine)
         if config.plot_path and engine.recorder is not None and len(engine.recorder):
             from engine.scheduler.plot import plot_frame_times
 
             plot_frame_times(engine.recorder, Path(config.plot_path))
         engine.close()
+
+
+def keep_frame_times(engine: Engine) -> None:
+    """Keep the engine's recorded frames in its state folder (``PROJECT/.engine``, where
+    ``engine stats --plot`` reads them; a preview game's own folder); a failure to write
+    them is said in one line, never raised."""
+    if engine.recorder is None or not len(engine.recorder):
+        return
+    try:
+        save_frame_times(engine.recorder, engine.state_dir / LAST_RUN_FRAMES.name)
+    except OSError as exc:
+        engine.report(f"engine: could not keep the run's frame times for `engine stats`: {exc}")
 
 
 def _held(config: GameConfig) -> Callable[[str], bool] | None:

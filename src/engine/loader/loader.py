@@ -279,6 +279,10 @@ class Loader:
         #: ``hold(name)``: the module starts with its active version whatever its file
         #: holds (edits to it are vetted elsewhere first; see engine.launcher.vetting).
         self.hold: Callable[[str], bool] | None = None
+        #: Say which modules start off their file's version (see :meth:`startup_source`).
+        self.start_notices = True
+        self._start_notices: set[str] = set()  # modules said to start off their file
+        self._shadow_notices: set[str] = set()  # modules said to take a taken name
 
     # -- finding sources ----------------------------------------------------------------
     def source_path(self, name: str) -> Path | None:
@@ -483,6 +487,7 @@ class Loader:
         source, version = batch.sources[name]
         assert isinstance(source, str)
         path = self.source_path(name) or (self.systems_dir / f"{name}.py")
+        self._say_if_shadowing(name, path)
         module = new_module(name, path, self)
         batch.in_progress[name] = module
         job = self._job
@@ -1005,8 +1010,11 @@ class Loader:
         empty): it fails to load, with its file and line.
 
         The history's active version runs if the file still holds the text it last saw
-        (an undo survives a restart); a file changed while the game was stopped is new; a
-        file whose text was proven bad, with nothing else to run, is left out until edited.
+        (an undo survives a restart), unless that text is a newer version that never ran
+        (an edit the game stopped or died before swapping in: it runs now); a file changed
+        while the game was stopped is new; a file whose text was proven bad, with nothing
+        else to run, is left out until edited. A start on a version other than the file's
+        is said once (see :meth:`_start_notice`).
         """
         path = self.source_path(name)
         if path is None:
@@ -1022,13 +1030,72 @@ class Loader:
             on_disk = unit.get(unit.disk_number) if unit.disk_number is not None else None
             unchanged = on_disk is not None and on_disk.sha256 == source_hash(source)
             if active is None and unchanged and on_disk.status is VersionStatus.BAD:
+                self._start_notice(name, path, None, on_disk)
                 return None
             held = self.hold is not None and self.hold(name)
             if held and active is not None and active.status in RUNNABLE:
                 return unit.source(active.number), active.number  # the file waits for vetting
             if active is not None and unchanged and active.status in RUNNABLE:
+                if on_disk.status is VersionStatus.PENDING and on_disk.number > active.number:
+                    # An edit recorded but never swapped in (the game stopped or died
+                    # first): the user's latest text runs, as it would have.
+                    return source, on_disk.number
+                if active.number != on_disk.number:
+                    self._start_notice(name, path, active, on_disk)
                 return unit.source(active.number), active.number
         return source, None
+
+    def _say_if_shadowing(self, name: str, path: Path) -> None:
+        """Say once, in one line, that a project module takes the name of a built-in system
+        module (it replaces it) or of a Python module (harmless in the game, where it is
+        ``systems.<name>``, but Python started in ``systems/`` imports it instead)."""
+        if name in self._shadow_notices or path.parent != self.systems_dir:
+            return
+        self._shadow_notices.add(name)
+        file = self._where(str(path), None)
+        if any((d / f"{name}.py").is_file() for d in self.builtin_dirs):
+            self.report(
+                f"engine: {file} replaces the engine's built-in systems.{name} (every "
+                f"`from systems.{name} import ...` gets yours); rename it to keep the built-in"
+            )
+        elif name in sys.stdlib_module_names:
+            self.report(
+                f"engine: {file} has the name of Python's `{name}` module: the game imports "
+                f"it as systems.{name}, but Python started in systems/ gets it instead of "
+                "Python's; a new name avoids that"
+            )
+
+    def _start_notice(
+        self, name: str, path: Path, running: Version | None, on_disk: Version
+    ) -> None:
+        """Say once per module that it starts with a version other than its file's (after
+        an undo, or a version the supervisor left out), and how to run the file's."""
+        if not self.start_notices or name in self._start_notices:
+            return
+        self._start_notices.add(name)
+        file = self._where(str(path), None)
+        # The first clause of why it failed: the file, line and error (the rest is what
+        # the engine did about it then).
+        why = (on_disk.why or str(on_disk.status)).split("; ")[0]
+        failed = f"v{on_disk.number}, which failed ({why})"
+        if running is None:
+            self.report(
+                f"engine: {name}: left out; {file} on disk is {failed}: "
+                "edit and save the file to try it again"
+            )
+            return
+        if on_disk.status in RUNNABLE:
+            project = _shown_path(self.project_dir)
+            self.report(
+                f"engine: {name}: running v{running.number} from history; {file} on disk is "
+                f"v{on_disk.number} (`engine redo {project} {name}`, or edit and save the "
+                "file, to run it)"
+            )
+        else:
+            self.report(
+                f"engine: {name}: running v{running.number} from history; {file} on disk is "
+                f"{failed}: edit and save the file to try it again"
+            )
 
 
 def leave_out(unit: VersionHistory, number: int, why: str) -> Version | None:
@@ -1049,6 +1116,15 @@ def leave_out(unit: VersionHistory, number: int, why: str) -> Version | None:
     )
     unit.activate(before.number if before else None)
     return before
+
+
+def _shown_path(path: Path) -> str:
+    """``path`` as a user would type it here: relative to the working folder when inside it."""
+    try:
+        shown = str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+    return shown if shown != "." else "."
 
 
 def _run_on_surplus(niceness: int = LOADER_NICENESS) -> None:

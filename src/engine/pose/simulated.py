@@ -14,13 +14,17 @@ from __future__ import annotations
 import bisect
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
-
 from engine.pose.base import Fov, Pose, PoseSample, PoseSource
-from engine.render.camera import DEFAULT_IPD, axis_angle, eyes_from_head, quaternion_multiply
+from engine.render.camera import (
+    DEFAULT_IPD,
+    axis_angle,
+    eyes_from_head,
+    quaternion_multiply,
+    slerp,
+)
 
 
 class SimulatedHeadset:
@@ -72,22 +76,6 @@ class SimulatedHeadset:
         """The head and eyes at ``display_time_ns`` (``frame`` is only passed through)."""
         head = self.head(display_time_ns)
         return PoseSample(frame, display_time_ns, head, eyes_from_head(head, self.ipd, self.fov))
-
-
-def slerp(a: Sequence[float], b: Sequence[float], t: float) -> tuple[float, float, float, float]:
-    """Spherical interpolation between unit quaternions ``a`` and ``b`` (xyzw), the short way."""
-    qa = np.asarray(a, dtype=np.float64)
-    qb = np.asarray(b, dtype=np.float64)
-    dot = float(qa @ qb)
-    if dot < 0.0:  # q and -q are the same rotation; take the shorter arc
-        qb, dot = -qb, -dot
-    if dot > 0.9995:  # nearly equal: lerp is exact enough and avoids dividing by ~0
-        q = qa + t * (qb - qa)
-    else:
-        theta = math.acos(dot)
-        q = (math.sin((1.0 - t) * theta) * qa + math.sin(t * theta) * qb) / math.sin(theta)
-    q /= np.linalg.norm(q)
-    return (float(q[0]), float(q[1]), float(q[2]), float(q[3]))
 
 
 class TracePoseSource:

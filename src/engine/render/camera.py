@@ -1,11 +1,22 @@
-"""Camera math: eye poses to view matrices, OpenXR fields of view to projections.
+"""The engine's one quaternion and matrix module: quaternions, eye poses to view
+matrices, OpenXR fields of view to projections.
 
-All matrices are float32 numpy arrays in the usual mathematical layout (row-major storage,
-column vectors: ``clip = P @ V @ M @ p``). Uploading to GL therefore needs
-``transpose=GL_TRUE`` (or ``m.T``). Clip space is OpenGL's: z in -1..1, looking down -Z.
+Quaternions are ``(x, y, z, w)`` tuples, multiplied as Hamilton products. All matrices
+are float32 numpy arrays in the usual mathematical layout (row-major storage, column
+vectors: ``clip = P @ V @ M @ p``). Uploading to GL therefore needs ``transpose=GL_TRUE``
+(or ``m.T``). Clip space is OpenGL's: z in -1..1, looking down -Z.
 
 Everything here is pure numpy and importable without a GL context, so pose sources (the
 simulated headset, the compositor) can use :func:`eyes_from_head` too.
+
+Why not pyrr: it builds a numpy array per call, so its quaternion calls (to a matrix,
+product, axis-angle, slerp) were 3 to 220 times slower than the scalar ones here, which
+the compositor makes every frame (and its slerp lands 0.2 % of the arc off); it converts
+one quaternion at a time where the renderer converts every entity's at once (over 200
+times slower for 1000); only the projection costs about the same (``python
+bench/vector_math.py`` measures each, in one run). And its matrices are for row vectors,
+except ``create_from_quaternion``'s (pyrr issue #70): each use would need a transpose to
+get right.
 """
 
 from __future__ import annotations
@@ -75,6 +86,22 @@ def axis_angle(axis: Sequence[float], angle: float) -> tuple[float, float, float
     """The quaternion (xyzw) rotating ``angle`` radians about the unit vector ``axis``."""
     s = math.sin(angle / 2.0)
     return (axis[0] * s, axis[1] * s, axis[2] * s, math.cos(angle / 2.0))
+
+
+def slerp(a: Sequence[float], b: Sequence[float], t: float) -> tuple[float, float, float, float]:
+    """Spherical interpolation between unit quaternions ``a`` and ``b`` (xyzw), the short way."""
+    qa = np.asarray(a, dtype=np.float64)
+    qb = np.asarray(b, dtype=np.float64)
+    dot = float(qa @ qb)
+    if dot < 0.0:  # q and -q are the same rotation; take the shorter arc
+        qb, dot = -qb, -dot
+    if dot > 0.9995:  # nearly equal: lerp is exact enough and avoids dividing by ~0
+        q = qa + t * (qb - qa)
+    else:
+        theta = math.acos(dot)
+        q = (math.sin((1.0 - t) * theta) * qa + math.sin(t * theta) * qb) / math.sin(theta)
+    q /= np.linalg.norm(q)
+    return (float(q[0]), float(q[1]), float(q[2]), float(q[3]))
 
 
 def model_matrices(positions: np.ndarray, rotations: np.ndarray, scales: np.ndarray) -> np.ndarray:

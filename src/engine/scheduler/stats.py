@@ -25,9 +25,11 @@ Example::
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -339,3 +341,60 @@ class FrameRecorder:
             for name, ns in frame.items():
                 out[row, column[name]] = ns / _NS_PER_MS
         return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The held frames as plain JSON data: ``{"first_frame": n, "names": [...],
+        "ms": [[ms or None per name] per frame]}``, times rounded to the microsecond."""
+        names = self.names
+        rows = [
+            [None if ns is None else round(ns / _NS_PER_MS, 3) for ns in map(frame.get, names)]
+            for frame in self._frames
+        ]
+        return {"first_frame": self.first_frame, "names": names, "ms": rows}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FrameRecorder:
+        """A recorder holding what :meth:`to_json` wrote. Raises ``ValueError`` (or
+        ``KeyError``/``TypeError``) for data of another shape."""
+        names = list(data["names"])
+        rows = data["ms"]
+        recorder = cls(max(1, len(rows)))
+        for row in rows:
+            if len(row) != len(names):
+                raise ValueError(f"a frame has {len(row)} times for {len(names)} systems")
+            recorder.record(
+                {
+                    n: round(ms * _NS_PER_MS)
+                    for n, ms in zip(names, row, strict=True)
+                    if ms is not None
+                }
+            )
+        recorder.recorded += int(data["first_frame"])
+        return recorder
+
+
+#: Where a run keeps its last frames' per-system times (``engine stats --plot``), in the
+#: project.
+LAST_RUN_FRAMES = Path(".engine") / "last-run-frames.json"
+
+#: How many frames a game keeps for ``engine stats --plot`` (the last minute at 90 Hz).
+KEEP_FRAMES = 90 * 60
+
+
+def save_frame_times(recorder: FrameRecorder, path: Path) -> None:
+    """Write ``recorder``'s frames to ``path`` as compact JSON, atomically (a reader never
+    sees half a file). Raises ``OSError`` when it cannot be written."""
+    from engine.world.checkpointer import write_atomically
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, json.dumps(recorder.to_json(), separators=(",", ":")).encode())
+
+
+def load_frame_times(path: Path) -> FrameRecorder:
+    """The frames :func:`save_frame_times` wrote to ``path``. Raises ``OSError`` (no such
+    file) or ``ValueError`` (not such a file)."""
+    try:
+        return FrameRecorder.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path} does not hold frame times: {exc!r}") from None
