@@ -95,6 +95,10 @@ def test_auto_vetting_rejects_a_candidate_that_raises_and_the_live_world_never_r
     unit = live_fault(project)
     assert unit.active is not None and unit.active.number == 1
     assert any("rejected fault" in m for m in messages), messages
+    # The live history keeps the rejected text, marked bad, with where it was vetted.
+    rejected = unit.latest
+    assert rejected.number == 2 and rejected.status is VersionStatus.BAD
+    assert rejected.vetted is not None and str(rejected.vetted.result) == "rejected"
 
 
 def test_a_preview_that_crashes_is_reported_and_the_live_game_never_notices(tmp_path):

@@ -83,6 +83,7 @@ from engine.launcher.game_process import (
 from engine.launcher.vetting import DEFAULT_VET_FRAMES, Candidate, decide
 from engine.loader.history import ProjectHistory
 from engine.loader.loader import KIND, leave_out
+from engine.loader.watcher import SHADER_SUFFIXES
 from engine.policy import Action, Decision, FailurePolicy, Fault, FaultKind
 
 S = 1_000_000_000  # nanoseconds per second
@@ -1096,6 +1097,13 @@ class Supervisor:
                     f"supervisor: vetting rejected {c.module} (preview v{c.version}): "
                     f"{verdict.reason}; the live game keeps its version"
                 )
+                if not c.module.endswith(SHADER_SUFFIXES):
+                    message = {
+                        "op": "reject",
+                        "module": c.module,
+                        "candidate": {**c.to_json(), "reason": verdict.reason},
+                    }
+                    self._request(self.state_dir / "control.sock", message)
         if promote:
             self._promote_now(promote)
 

@@ -23,7 +23,8 @@ One part per process:
   the newest version of each module in the history when it started (the live game's); a
   module with a newer version is a candidate. The ``vet`` command reports each (:class:`Candidate`).
 * the live game (:func:`attach_promote`): ``promote`` loads modules whose file text has
-  the vetted hash; ``vetted`` records where a version was vetted in the live history.
+  the vetted hash; ``reject`` records a rejected text in the live history, marked bad,
+  with where and why it was rejected (``engine history`` shows both).
 * the supervisor: :func:`decide` turns a ``vet`` report into verdicts; pure, so it is
   tested without processes.
 """
@@ -297,7 +298,32 @@ def attach_promote(engine: Engine) -> None:
                     refused[name] = str(engine.loader.errors.get(name) or "did not load")
         return {"ok": True, "promoted": {**promoted, **swapped_shaders}, "refused": refused}
 
+    def reject(args: dict[str, Any]) -> dict[str, Any]:
+        # The live history keeps the rejected text too, marked bad (undo and redo skip it;
+        # a restart under --vet never runs it) with where and why it was rejected.
+        name, vetted = args["module"], args["candidate"]
+        path = engine.loader.source_path(name)
+        source = read_source(name, path) if path is not None else None
+        if not isinstance(source, str) or source_hash(source) != vetted.get("sha256"):
+            return {"ok": True, "recorded": None}  # edited since: the new text is vetted anew
+        with engine.loader._history_lock:
+            unit = engine.loader.unit(name)
+            version = unit.record(source)
+            if version.number != unit.active_number:
+                unit.mark(version.number, VersionStatus.BAD, str(vetted.get("reason", "")))
+            unit.mark_vetted(
+                version.number,
+                frames=int(vetted.get("frames", 0)),
+                worst_ms=float(vetted.get("worst_ms", 0.0)),
+                result="rejected",
+                reason=str(vetted.get("reason", "")),
+            )
+        return {"ok": True, "recorded": version.number}
+
     engine.commands["promote"] = Command(promote, {"modules": dict}, between_frames=False)
+    engine.commands["reject"] = Command(
+        reject, {"module": str, "candidate": dict}, between_frames=False
+    )
 
 
 def _promote_shaders(
