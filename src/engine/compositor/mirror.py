@@ -61,6 +61,8 @@ class MirrorText:
 
     loop: CompositorLoop
     hud_on: bool = True
+    #: The live game's status block (a ``StatusReader``): its systems table, under the HUD.
+    status: Any = None
     told_state: str | None = None
     labels: tuple[str, str] = ("live", "preview")
     hud: tuple[str, ...] = ()
@@ -117,6 +119,9 @@ class MirrorText:
                 f"compositor {self._present_fps:.0f} fps, missed {loop.stats.missed}",
                 f"game {state}, {live_fps:.0f} fps",
             )
+            lines = self.status.read() if self.status is not None else None
+            if lines:
+                hud += lines
         changed = (labels, hud) != (self.labels, self.hud)
         if changed:
             self.labels, self.hud = labels, hud

@@ -819,11 +819,17 @@ def make_pose_source(spec: str, fov: Fov | None = None) -> Any:
 
 
 def compositor_main(
-    config: CompositorConfig, pose_fd: int, control: socket.socket, input_fd: int | None = None
+    config: CompositorConfig,
+    pose_fd: int,
+    control: socket.socket,
+    input_fd: int | None = None,
+    status_fd: int | None = None,
 ) -> None:
     """The compositor process's entry point (run with the ``spawn`` context).
 
     ``input_fd`` is the input block it writes (keyboard, mouse, ``config.input_script``).
+    ``status_fd`` is the live game's status block (read-only): its systems table, which
+    the mirror's HUD shows (:mod:`engine.contracts.status`).
 
     Runs until told to stop, until ``config.frames`` frames, or until the parent closes
     the control socket; dies with its parent (:func:`~engine.launcher.containment.die_with_parent`).
@@ -904,7 +910,12 @@ def compositor_main(
     if config.window or config.capture_path or config.mirror_headless:  # a mirror view
         from engine.compositor.mirror import MirrorText
 
-        mirror_text = composer.mirror_text = MirrorText(loop, hud_on=config.hud)
+        status = None
+        if status_fd is not None:
+            from engine.contracts.status import StatusReader
+
+            status = StatusReader(status_fd)
+        mirror_text = composer.mirror_text = MirrorText(loop, hud_on=config.hud, status=status)
     if input_fd is not None:
         game_watches = loop.watches[: len(config.layers)]  # the preview's is no game's
         sink.started = lambda: any(w.image is not None for w in game_watches)
@@ -1042,16 +1053,18 @@ class CompositorHandle:
         pose_fd: int,
         timeout_s: float = 60.0,
         input_fd: int | None = None,
+        status_fd: int | None = None,
     ) -> CompositorHandle:
         """Spawn the process and wait for its layers and ``ready``; ``input_fd`` is the
-        input block it is to write (``None``: no input).
+        input block it is to write (``None``: no input), ``status_fd`` the live game's
+        status block it reads for the HUD (``None``: none).
 
         Raises ``RuntimeError`` if it dies or is not ready within ``timeout_s``.
         """
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         process = SPAWN.Process(
             target=compositor_main,
-            args=(config, PassedFd(pose_fd), child, _passed(input_fd)),
+            args=(config, PassedFd(pose_fd), child, _passed(input_fd), _passed(status_fd)),
             name="engine-compositor",
             daemon=True,
         )

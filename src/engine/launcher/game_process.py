@@ -206,10 +206,13 @@ def game_main(
     gpu_images: GpuImagesOffer | None = None,
     input_fd: int | None = None,
     go_fd: int | None = None,
+    status_fd: int | None = None,
 ) -> None:
     """The game process's entry point (``spawn`` context). Runs until SIGTERM.
 
     ``input_fd`` is the compositor's input block (read-only): ``world.input`` comes from it.
+    ``status_fd`` is the status block the mirror's HUD reads: the game writes its systems
+    table there four times a second (:mod:`engine.contracts.status`).
 
     ``gpu_images`` is the compositor's offer of the layer's images in GPU memory: the
     render system draws straight into them where this process's GL can import them (a
@@ -335,6 +338,8 @@ def game_main(
         from engine.input.state import attach_input
 
         attach_input(engine, InputReader(input_fd))
+    if status_fd is not None:
+        engine.after_frame.append(StatusPublisher(status_fd))
     install_stop_signals(engine)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # SIGTERM only, as above
     from engine.launcher.console import attach_live_console
@@ -375,6 +380,26 @@ def keep_frame_times(engine: Engine) -> None:
         save_frame_times(engine.recorder, engine.state_dir / LAST_RUN_FRAMES.name)
     except OSError as exc:
         engine.report(f"engine: could not keep the run's frame times for `engine stats`: {exc}")
+
+
+class StatusPublisher:
+    """The after-frame hook that writes the systems table into the status block (for the
+    mirror's HUD) every ``STATUS_PERIOD_NS``."""
+
+    def __init__(self, fd: int) -> None:
+        from engine.contracts.status import StatusWriter
+
+        self.writer = StatusWriter(fd)
+        self.next_ns = 0
+
+    def __call__(self, engine: Engine) -> None:
+        from engine.contracts.status import STATUS_PERIOD_NS, systems_lines
+
+        now = time.monotonic_ns()
+        if now < self.next_ns:
+            return
+        self.next_ns = now + STATUS_PERIOD_NS
+        self.writer.publish(systems_lines(engine.scheduler.snapshot()))
 
 
 def _held(config: GameConfig) -> Callable[[str], bool] | None:

@@ -473,6 +473,7 @@ class Supervisor:
         self._pose_fd: int | None = None
         self._pose_reader: PoseHandoffReader | None = None
         self._input_fd: int | None = None  # the input block: compositor writes, game reads
+        self._status_fd: int | None = None  # the status block: the live game writes
         self._started_ns = 0
         self._checkpoint_ms_max = 0.0
         self._warden: containment.Warden | None = None
@@ -524,9 +525,17 @@ class Supervisor:
         self._pose_fd = create_block_fd("pose-handoff")
         self._pose_reader = PoseHandoffReader(self._pose_fd)
         self._input_fd = create_block_fd("input")
-        self.compositor = CompositorHandle.start(
-            self.compositor_config, self._pose_fd, input_fd=self._input_fd
-        )
+        self._status_fd = create_block_fd("status")  # the live game's systems, for the HUD
+        status_for_compositor = read_only_fd(self._status_fd)
+        try:
+            self.compositor = CompositorHandle.start(
+                self.compositor_config,
+                self._pose_fd,
+                input_fd=self._input_fd,
+                status_fd=status_for_compositor,
+            )
+        finally:
+            os.close(status_for_compositor)
         self.report(
             "supervisor: compositor up, priority "
             f"{priority_words(self.compositor.ready['priority'])}, "
@@ -551,6 +560,9 @@ class Supervisor:
         if self._input_fd is not None:
             os.close(self._input_fd)
             self._input_fd = None
+        if self._status_fd is not None:
+            os.close(self._status_fd)
+            self._status_fd = None
 
     def _on_compositor_death(self, now: int) -> None:
         """The compositor must never die; if it does anyway, bring the tree back.
@@ -611,6 +623,8 @@ class Supervisor:
         game_input_fd = read_only_fd(self._input_fd)  # nor the input
         layer_fd, spec, gpu_images = self._layer_for(role)
         kwargs: dict[str, Any] = {"input_fd": PassedFd(game_input_fd)}
+        if role != "preview" and self._status_fd is not None:
+            kwargs["status_fd"] = PassedFd(self._status_fd)  # the HUD shows the live game's
         go_read = go_write = None
         if role == "standby":
             go_read, go_write = os.pipe2(os.O_CLOEXEC)
