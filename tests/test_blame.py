@@ -239,6 +239,28 @@ def test_a_hang_before_the_first_frame_in_user_code_is_its_own_fault():
     assert w.observe(None, 20 * S, Phase.SHADER) is None
 
 
+def test_a_system_stuck_in_the_first_frame_is_hung_after_the_heartbeat_timeout():
+    """Frame 1 is a frame: a system that swallows the watchdog's interrupts there is hung
+    as soon as it would be in frame 2, not at the code timeout or the start timeout."""
+    names = {
+        70: Running("load", "fault", 1, None, "/games/demo/systems/fault.py", 0, True),
+        71: Running("system", "fault", 1, "fault", "/games/demo/systems/fault.py", 7, True),
+    }
+    w = GameWatch(
+        0,
+        start_timeout_ns=30 * S,
+        heartbeat_timeout_ns=500 * MS,
+        publish_timeout_ns=500 * MS,
+        code_timeout_ns=10 * S,
+    )
+    assert w.observe(None, 1 * S, 70, names.get) is None  # the module's import ...
+    assert w.observe(None, 2 * S, 70, names.get) is None  # ... has the code timeout
+    assert w.observe(None, 3 * S, 71, names.get) is None  # its system: the first frame
+    assert w.observe(None, 3 * S + 500 * MS, 71, names.get) is None
+    cause = w.observe(None, 3 * S + 501 * MS, 71, names.get)
+    assert cause == "hung: ran 501 ms in the first frame, no heartbeat"
+
+
 # --- leaving a version out --------------------------------------------------------------
 
 

@@ -103,7 +103,10 @@ class GameWatch:
 
     Before the first frame, the game may take ``start_timeout_ns`` in all; but user code
     (an id naming code, or ``setup``) that keeps running for ``code_timeout_ns`` without
-    the running-now word changing is a hang of its own, blamed on that code. A game that
+    the running-now word changing is a hang of its own, blamed on that code. A *system*
+    (``describe`` says so) is running a frame — the first one — not loading: the same
+    system stuck for ``heartbeat_timeout_ns`` is hung, as it would be after the first
+    frame (interrupts swallowed in frame 1 are noticed in half a second, not 30). A game that
     is stopping (:attr:`Phase.STOP`: its final checkpoint and stats, after a SIGTERM it
     sent itself) has ``stop_timeout_ns`` to exit before it counts as hung.
     """
@@ -130,10 +133,18 @@ class GameWatch:
         self.first_frame_ns: int | None = None
         self.running_id = 0
         self.running_since_ns = started_ns
+        self.running_system = False  # the running-now word names a system (a frame runs)
 
     def observe(
-        self, beat: Heartbeat | None, now_ns: int, running_id: int | None = None
+        self,
+        beat: Heartbeat | None,
+        now_ns: int,
+        running_id: int | None = None,
+        describe: Callable[[int], Running | None] | None = None,
     ) -> str | None:
+        """A fault description, or ``None``. ``running_id`` is the main thread's
+        running-now word; ``describe`` (the heartbeat reader's) says what an id names,
+        looked up only when the word changes."""
         if beat is not None and (self.last is None or beat.frame != self.last.frame):
             if self.first_frame_ns is None:
                 self.first_frame_ns = now_ns
@@ -144,11 +155,15 @@ class GameWatch:
             self.last = beat
         if running_id is not None and running_id != self.running_id:
             self.running_id, self.running_since_ns = running_id, now_ns
+            named = describe(running_id) if describe and running_id >= FIRST_NAME_ID else None
+            self.running_system = named is not None and named.phase == "system"
         if self.first_frame_ns is None:
             if now_ns - self.started_ns > self.start_timeout_ns:
                 return f"hung: no first frame within {self.start_timeout_ns / S:g} s"
             names_code = self.running_id >= FIRST_NAME_ID or self.running_id == Phase.SETUP
             stuck = now_ns - self.running_since_ns
+            if self.running_system and stuck > self.heartbeat_timeout_ns:
+                return f"hung: ran {stuck / 1e6:.0f} ms in the first frame, no heartbeat"
             if names_code and self.code_timeout_ns is not None and stuck > self.code_timeout_ns:
                 return f"hung: ran {stuck / S:.1f} s before the first frame"
             return None
@@ -555,7 +570,9 @@ class Supervisor:
         if game.process.exitcode is not None:
             kind, cause = FaultKind.PROCESS_DIED, describe_exit(game.process.exitcode)
         else:
-            cause = game.watch.observe(beat, now, game.heartbeat.running_main_id())
+            cause = game.watch.observe(
+                beat, now, game.heartbeat.running_main_id(), game.heartbeat.describe
+            )
             kind = FaultKind.HUNG if cause and cause.startswith("hung") else None
             if cause and kind is None:
                 kind = FaultKind.NOT_PUBLISHING
