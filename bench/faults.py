@@ -911,7 +911,6 @@ def kinds(bomb_gb: float | None = None) -> list[Kind]:
 #: Kinds the engine fails today, with the hole of issue 9 each shows. The one list: the
 #: bench prints it under the table and tests/test_faults.py marks these xfail.
 KNOWN_HOLES: dict[str, str] = {
-    "thread-spins": "no rung stops a thread module code started; it starves the frame loop",
     "huge-component": "hole 9: the compositor misses frames while a 200 MB world is checkpointed",
     "shader-infinite-loop": "hole 2: the hang is blamed on render.render, not on the shader; the "
     "restarted game draws it again",
