@@ -103,9 +103,9 @@ class GameWatch:
 
     Before the first frame, the game may take ``start_timeout_ns`` in all; but user code
     (an id naming code, or ``setup``) that keeps running for ``code_timeout_ns`` without
-    the running-now word changing is a hang of its own, blamed on that code. A *system*
-    (``describe`` says so) is running a frame — the first one — not loading: the same
-    system stuck for ``heartbeat_timeout_ns`` is hung, as it would be after the first
+    the running-now word changing is a hang of its own, blamed on that code. A project's
+    *system* (``describe`` says so) is running a frame — the first one — not loading: the
+    same system stuck for ``heartbeat_timeout_ns`` is hung, as it would be after the first
     frame (interrupts swallowed in frame 1 are noticed in half a second, not 30). A game that
     is stopping (:attr:`Phase.STOP`: its final checkpoint and stats, after a SIGTERM it
     sent itself) has ``stop_timeout_ns`` to exit before it counts as hung.
@@ -156,7 +156,9 @@ class GameWatch:
         if running_id is not None and running_id != self.running_id:
             self.running_id, self.running_since_ns = running_id, now_ns
             named = describe(running_id) if describe and running_id >= FIRST_NAME_ID else None
-            self.running_system = named is not None and named.phase == "system"
+            # The engine's own systems (render) keep the code timeout: a first draw may
+            # take a while on a software renderer.
+            self.running_system = named is not None and named.phase == "system" and named.user
         if self.first_frame_ns is None:
             if now_ns - self.started_ns > self.start_timeout_ns:
                 return f"hung: no first frame within {self.start_timeout_ns / S:g} s"
