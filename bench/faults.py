@@ -701,7 +701,6 @@ def kinds(bomb_gb: float | None = None) -> list[Kind]:
                     head="sys.setrecursionlimit(10_000_000)",
                 )
             },
-            fast=True,
         ),
         Kind(
             "memory-bomb",

@@ -173,6 +173,44 @@ def test_a_crash_is_blamed_on_the_system_running_with_the_line_faulthandler_saw(
     assert decision.message.startswith("systems/fault.py:9: fault.fault v2 was running when")
 
 
+C_STACK_OVERFLOW = """\
+import json, sys
+
+
+def fault(world, dt):
+    json.loads("[" * 2_000_000 + "]" * 2_000_000)  # past the C stack: the limit is raised
+"""
+
+CRASH = """\
+import faulthandler, importlib.util, sys, threading
+faulthandler.enable(all_threads=True)
+spec = importlib.util.spec_from_file_location("fault", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+threading.Thread(target=threading.Event().wait, daemon=True).start()
+sys.setrecursionlimit(10_000_000)
+module.fault(None, 0.0)
+"""
+
+
+def test_a_c_stack_overflow_is_placed_at_the_line_that_recursed(tmp_path):
+    """A real crash (no Python frame for the C recursion, another thread alive): the
+    dump's innermost project frame is the line, not where the system is defined."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "systems" / "fault.py"
+    path.parent.mkdir()
+    path.write_text(C_STACK_OVERFLOW)
+    done = subprocess.run([sys.executable, "-c", CRASH, str(path)], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGSEGV, done.stderr[-2000:]
+    main = Running("system", "fault", 1, "fault", str(path), 4, True)
+    fault = blame(
+        tmp_path, FaultKind.PROCESS_DIED, "signal SIGSEGV", report(main), done.stderr, -11
+    )
+    assert fault.location == "systems/fault.py:5", done.stderr[-2000:]
+
+
 def test_a_crash_in_the_loader_thread_is_blamed_on_the_module_it_was_loading():
     dump = SEGFAULT_DUMP.replace("Current thread 0x0000000000000100", "Thread 0x0000000000000100")
     dump = dump.replace("Thread 0x0000000000000200", "Current thread 0x0000000000000200")
