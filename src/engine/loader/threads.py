@@ -309,6 +309,3 @@ class UserThreads:
                 self.stop(entry)
                 stopped += 1
         return stopped
-
-    def stats(self) -> dict[str, int]:
-        return {"user_threads": len(self.threads), "stopped": self.stopped}
