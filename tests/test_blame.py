@@ -211,6 +211,41 @@ def test_a_c_stack_overflow_is_placed_at_the_line_that_recursed(tmp_path):
     assert fault.location == "systems/fault.py:5", done.stderr[-2000:]
 
 
+SWALLOW = """\
+import engine
+
+
+@engine.system
+def fault(world, dt):
+    while True:
+        try:
+            while True:  # the loop that never ends
+                pass
+        except BaseException:
+            pass
+"""
+
+
+def test_a_hang_in_a_loop_is_placed_at_the_loop_whichever_line_the_dump_caught(tmp_path):
+    path = tmp_path / "systems" / "fault.py"
+    path.parent.mkdir()
+    path.write_text(SWALLOW)
+    lines = SWALLOW.splitlines()
+    loop = lines.index("            while True:  # the loop that never ends") + 1
+    main = Running("system", "fault", 1, "fault", str(path), 4, True)
+    for caught in (loop, loop + 1):  # the `while` or its `pass`
+        dump = (
+            "Current thread 0x0000000000000100 (most recent call first):\n"
+            f'  File "{path}", line {caught} in fault\n'
+            '  File "/engine/scheduler/scheduler.py", line 300 in run_frame\n'
+        )
+        fault = blame(tmp_path, FaultKind.HUNG, "hung", report(main), dump, None)
+        assert fault.location == f"systems/fault.py:{loop}"
+        # A crash is placed at its line: that line is what crashed.
+        fault = blame(tmp_path, FaultKind.PROCESS_DIED, "signal SIGSEGV", report(main), dump, -11)
+        assert fault.location == f"systems/fault.py:{caught}"
+
+
 def test_a_crash_in_the_loader_thread_is_blamed_on_the_module_it_was_loading():
     dump = SEGFAULT_DUMP.replace("Current thread 0x0000000000000100", "Thread 0x0000000000000100")
     dump = dump.replace("Thread 0x0000000000000200", "Current thread 0x0000000000000200")

@@ -78,6 +78,7 @@ from engine.launcher.game_process import (
 from engine.loader.history import ProjectHistory
 from engine.loader.loader import KIND, leave_out
 from engine.policy import Action, Decision, FailurePolicy, Fault, FaultKind
+from engine.scheduler.watchdog import loop_line_in_file
 
 S = 1_000_000_000  # nanoseconds per second
 #: How long a hung game is given to write its stacks (DUMP_SIGNAL) before SIGKILL.
@@ -246,7 +247,9 @@ def blame(
         if crashed and crashed == report.other_thread and report.other is not None:
             running = report.other
     running = running or Running(Phase.IMPORT.text)
-    location = _location(project_dir, stack) or _defined_at(project_dir, running)
+    location = _location(project_dir, stack, kind is FaultKind.HUNG) or _defined_at(
+        project_dir, running
+    )
     if from_outside:
         detail += ", sent from outside the game: not blamed"
     user = running.user and not from_outside
@@ -270,12 +273,18 @@ def _relative(project_dir: Path, file: str) -> str:
         return file
 
 
-def _location(project_dir: Path, stack: list[tuple[str, int]]) -> str | None:
-    """The innermost frame in the project's files, else the innermost frame."""
+def _location(project_dir: Path, stack: list[tuple[str, int]], hung: bool = False) -> str | None:
+    """The innermost frame in the project's files, else the innermost frame.
+
+    For a hang whose innermost frame is the project's own code, in a loop: the loop's
+    header (:func:`~engine.scheduler.watchdog.loop_line_in_file`). The dump catches
+    whichever line of the loop ran at that instant; the loop is what never ended."""
     if not stack:
         return None
     root = str(project_dir) + os.sep
     file, line = next(((f, n) for f, n in stack if f.startswith(root)), stack[0])
+    if hung and (file, line) == stack[0] and file.startswith(root):
+        line = loop_line_in_file(file, line) or line
     return f"{_relative(project_dir, file)}:{line}"
 
 

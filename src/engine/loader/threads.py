@@ -32,7 +32,6 @@ started through ``_thread.start_new_thread`` (no ``threading`` hook runs for it)
 
 from __future__ import annotations
 
-import dis
 import functools
 import sys
 import threading
@@ -43,6 +42,7 @@ from types import CodeType, FrameType
 from typing import Any
 
 from engine.loader.gate import FrameGate, _raise_in
+from engine.scheduler.watchdog import loop_line
 
 #: How long a user thread is watched before its busy share is judged.
 WINDOW_NS = 250_000_000
@@ -125,27 +125,6 @@ def _code_of(thread: threading.Thread) -> tuple[CodeType, dict[str, Any]] | None
     if code is None:
         return None
     return code, getattr(fn, "__globals__", {})
-
-
-def _loop_line(code: CodeType, offset: int, line: int) -> int | None:
-    """The header line (``while``, ``for``) of the innermost loop of ``code`` around the
-    instruction at ``offset`` or the line ``line`` (a traced frame's offset may still be
-    the previous instruction's); None outside loops. A loop is a backward jump: its
-    header is the smaller of the jump's line (a ``while``) and its target's (a ``for``)."""
-    instructions = list(dis.get_instructions(code))
-    line_at = {ins.offset: ins.positions.lineno if ins.positions else None for ins in instructions}
-    best: tuple[int, int] | None = None
-    for jump in instructions:
-        target = jump.argval
-        if not jump.opname.startswith("JUMP_BACKWARD") or not isinstance(target, int):
-            continue
-        body = {line_at[o] for o in line_at if target <= o <= jump.offset}
-        if not (target <= offset <= jump.offset or line in body):
-            continue
-        header = min((n for n in (line_at[jump.offset], line_at.get(target)) if n), default=None)
-        if header is not None and (best is None or jump.offset - target < best[0]):
-            best = (jump.offset - target, header)
-    return best[1] if best else None
 
 
 def _quiet_stop(previous: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -282,7 +261,7 @@ class UserThreads:
         first = frame
         while frame is not None:
             if self._is_user(frame.f_code.co_filename):
-                line = _loop_line(frame.f_code, frame.f_lasti, frame.f_lineno) or frame.f_lineno
+                line = loop_line(frame.f_code, frame.f_lineno, frame.f_lasti) or frame.f_lineno
                 return frame.f_code.co_filename, line
             frame = frame.f_back
         if first is None:
