@@ -173,6 +173,79 @@ def test_a_crash_is_blamed_on_the_system_running_with_the_line_faulthandler_saw(
     assert decision.message.startswith("systems/fault.py:9: fault.fault v2 was running when")
 
 
+C_STACK_OVERFLOW = """\
+import json, sys
+
+
+def fault(world, dt):
+    json.loads("[" * 2_000_000 + "]" * 2_000_000)  # past the C stack: the limit is raised
+"""
+
+CRASH = """\
+import faulthandler, importlib.util, sys, threading
+faulthandler.enable(all_threads=True)
+spec = importlib.util.spec_from_file_location("fault", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+threading.Thread(target=threading.Event().wait, daemon=True).start()
+sys.setrecursionlimit(10_000_000)
+module.fault(None, 0.0)
+"""
+
+
+def test_a_c_stack_overflow_is_placed_at_the_line_that_recursed(tmp_path):
+    """A real crash (no Python frame for the C recursion, another thread alive): the
+    dump's innermost project frame is the line, not where the system is defined."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "systems" / "fault.py"
+    path.parent.mkdir()
+    path.write_text(C_STACK_OVERFLOW)
+    done = subprocess.run([sys.executable, "-c", CRASH, str(path)], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGSEGV, done.stderr[-2000:]
+    main = Running("system", "fault", 1, "fault", str(path), 4, True)
+    fault = blame(
+        tmp_path, FaultKind.PROCESS_DIED, "signal SIGSEGV", report(main), done.stderr, -11
+    )
+    assert fault.location == "systems/fault.py:5", done.stderr[-2000:]
+
+
+SWALLOW = """\
+import engine
+
+
+@engine.system
+def fault(world, dt):
+    while True:
+        try:
+            while True:  # the loop that never ends
+                pass
+        except BaseException:
+            pass
+"""
+
+
+def test_a_hang_in_a_loop_is_placed_at_the_loop_whichever_line_the_dump_caught(tmp_path):
+    path = tmp_path / "systems" / "fault.py"
+    path.parent.mkdir()
+    path.write_text(SWALLOW)
+    lines = SWALLOW.splitlines()
+    loop = lines.index("            while True:  # the loop that never ends") + 1
+    main = Running("system", "fault", 1, "fault", str(path), 4, True)
+    for caught in (loop, loop + 1):  # the `while` or its `pass`
+        dump = (
+            "Current thread 0x0000000000000100 (most recent call first):\n"
+            f'  File "{path}", line {caught} in fault\n'
+            '  File "/engine/scheduler/scheduler.py", line 300 in run_frame\n'
+        )
+        fault = blame(tmp_path, FaultKind.HUNG, "hung", report(main), dump, None)
+        assert fault.location == f"systems/fault.py:{loop}"
+        # A crash is placed at its line: that line is what crashed.
+        fault = blame(tmp_path, FaultKind.PROCESS_DIED, "signal SIGSEGV", report(main), dump, -11)
+        assert fault.location == f"systems/fault.py:{caught}"
+
+
 def test_a_crash_in_the_loader_thread_is_blamed_on_the_module_it_was_loading():
     dump = SEGFAULT_DUMP.replace("Current thread 0x0000000000000100", "Thread 0x0000000000000100")
     dump = dump.replace("Thread 0x0000000000000200", "Current thread 0x0000000000000200")
@@ -237,6 +310,33 @@ def test_a_hang_before_the_first_frame_in_user_code_is_its_own_fault():
     w = GameWatch(0, start_timeout_ns=30 * S, heartbeat_timeout_ns=1, publish_timeout_ns=1,
                   code_timeout_ns=2 * S)  # fmt: skip
     assert w.observe(None, 20 * S, Phase.SHADER) is None
+
+
+def test_a_system_stuck_in_the_first_frame_is_hung_after_the_heartbeat_timeout():
+    """Frame 1 is a frame: a system that swallows the watchdog's interrupts there is hung
+    as soon as it would be in frame 2, not at the code timeout or the start timeout."""
+    names = {
+        70: Running("load", "fault", 1, None, "/games/demo/systems/fault.py", 0, True),
+        71: Running("system", "fault", 1, "fault", "/games/demo/systems/fault.py", 7, True),
+    }
+    w = GameWatch(
+        0,
+        start_timeout_ns=30 * S,
+        heartbeat_timeout_ns=500 * MS,
+        publish_timeout_ns=500 * MS,
+        code_timeout_ns=10 * S,
+    )
+    assert w.observe(None, 1 * S, 70, names.get) is None  # the module's import ...
+    assert w.observe(None, 2 * S, 70, names.get) is None  # ... has the code timeout
+    assert w.observe(None, 3 * S, 71, names.get) is None  # its system: the first frame
+    assert w.observe(None, 3 * S + 500 * MS, 71, names.get) is None
+    cause = w.observe(None, 3 * S + 501 * MS, 71, names.get)
+    assert cause == "hung: ran 501 ms in the first frame, no heartbeat"
+    # The engine's own render system may take long over a first draw: the code timeout.
+    names[72] = Running("system", "render", 1, "render", "/engine/systems/render.py", 9, False)
+    assert w.observe(None, 4 * S, 72, names.get) is None
+    assert w.observe(None, 13 * S, 72, names.get) is None
+    assert w.observe(None, 14 * S + 1, 72, names.get).startswith("hung: ran 10.0 s before")
 
 
 # --- leaving a version out --------------------------------------------------------------

@@ -394,3 +394,33 @@ def test_the_memory_limit_counts_private_memory_not_address_space(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "refused", result.stderr
+
+
+NOTED_EXIT = """
+import os, sys
+from engine.launcher.containment import note_exits
+
+def noted(signum, file, line):
+    sys.stdout.write(f"{os.getpid()} {signum} {os.path.basename(file)}:{line}\\n")
+    sys.stdout.flush()
+
+note_exits(noted)
+pid = os.fork()
+if pid == 0:
+    os._exit(5)  # a forked child: not noted
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(f"child {os.waitstatus_to_exitcode(status)}\\n")
+sys.stdout.flush()
+os._exit(3)  # the game's own exit
+"""
+
+
+def test_os_exit_in_the_game_notes_the_line_that_called_it(tmp_path):
+    script = tmp_path / "exits.py"
+    script.write_text(NOTED_EXIT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert done.returncode == 3, done.stderr
+    child, noted = done.stdout.splitlines()
+    assert child == "child 5"
+    line = NOTED_EXIT.splitlines().index("os._exit(3)  # the game's own exit") + 1
+    assert noted.split()[1:] == ["0", f"exits.py:{line}"]  # once, by the game itself

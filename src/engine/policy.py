@@ -46,6 +46,7 @@ class FaultKind(StrEnum):
     MEMORY = "memory"  # MemoryError under the game's memory limit
     SHADER_ERROR = "shader-error"  # a shader failed to compile or link
     CHECKPOINT_ERROR = "checkpoint-error"  # the world could not be checkpointed
+    RUNAWAY_THREAD = "runaway-thread"  # a thread user code started keeps a CPU busy
     PROCESS_DIED = "process-died"  # the game process exited or was killed by a signal
     HUNG = "hung"  # no heartbeat, no first frame, or interrupts swallowed
     NOT_PUBLISHING = "not-publishing"  # beating, but no layer image for too long
@@ -63,6 +64,7 @@ class Action(StrEnum):
     RESTART = "restart"  # restart the process from its checkpoint, code unchanged
     RESTART_WITHOUT = "restart-without"  # restart without the version that was running
     BACK_OFF = "back-off"  # the same fault keeps coming back: wait, then restart
+    STOP_THREAD = "stop-thread"  # stop the thread (an exception raised in it); the rest runs
 
 
 #: The words a message uses for each action.
@@ -75,6 +77,7 @@ ACTION_TEXT = {
     Action.RESTART: "restarting the game from its checkpoint",
     Action.RESTART_WITHOUT: "restarting the game from its checkpoint without it",
     Action.BACK_OFF: "restart held back",
+    Action.STOP_THREAD: "the thread is stopped; its module's systems run on",
 }
 
 
@@ -88,7 +91,7 @@ class Fault:
         module / version: the system module version at fault, if any.
         system: the system (``module.name``) or hook (``module.on_load``) at fault.
         phase: the engine phase it happened in (``load``, ``on_load``, ``setup``,
-            ``system``, ``render``, ``shader``, ``checkpoint``, ``process``).
+            ``system``, ``render``, ``shader``, ``checkpoint``, ``thread``, ``process``).
         location: ``file:line`` where it happened, when known.
         on_probation: the module version is new and has not yet run its probation.
         strikes: for exceptions, how many frames in a row the system has now raised.
@@ -201,6 +204,9 @@ RULES: tuple[Rule, ...] = (
          "the last program that linked keeps drawing"),
     Rule(FaultKind.CHECKPOINT_ERROR, "always", Action.STRIKE,
          "the previous checkpoint stays; the game goes on and says which component"),
+    Rule(FaultKind.RUNAWAY_THREAD, "always", Action.STOP_THREAD,
+         "a thread that never lets go of a CPU starves the frame loop and the compositor; "
+         "the module version that started it is named; a new version starts afresh"),
     Rule(FaultKind.PROCESS_DIED, "the heartbeat named a module version", Action.RESTART_WITHOUT,
          "the code running when the process died is blamed, also before the first frame",
          _names_code),
@@ -329,6 +335,7 @@ _VERBS = {
     FaultKind.BUDGET: "made frames late: {}",
     FaultKind.SHADER_ERROR: "failed to build: {}",
     FaultKind.CHECKPOINT_ERROR: "could not be checkpointed: {}",
+    FaultKind.RUNAWAY_THREAD: "started a thread that ran away: {}",
     FaultKind.PROCESS_DIED: "was running when the game died ({})",
     FaultKind.HUNG: "was running when the game hung ({})",
     FaultKind.NOT_PUBLISHING: "was running when the game stopped publishing ({})",

@@ -14,9 +14,10 @@ A game is *failed* when
 * its process has exited without being asked (an exit code, ``os._exit``, a signal such as
   SIGSEGV, an outside ``kill -9``);
 * it is hung: no heartbeat for ``heartbeat_timeout_s`` (a C call that never returns, code
-  that swallows the watchdog's interrupts), no first frame within ``start_timeout_s``, or
-  user code (a module's import, a hook, ``setup``) running ``code_timeout_s`` without a
-  change before the first frame;
+  that swallows the watchdog's interrupts) — in the first frame, one of the project's
+  systems running that long —, no first frame within ``start_timeout_s``, or other user
+  code (a module's import, a hook, ``setup``) running ``code_timeout_s`` without a change
+  before the first frame;
 * it stopped publishing its layer for ``publish_timeout_s`` while still beating.
 
 **Blame.** The game writes into its heartbeat block, from its first line, which system
@@ -85,6 +86,7 @@ from engine.loader.history import ProjectHistory
 from engine.loader.loader import KIND, leave_out
 from engine.loader.watcher import SHADER_SUFFIXES
 from engine.policy import Action, Decision, FailurePolicy, Fault, FaultKind
+from engine.scheduler.watchdog import loop_line_in_file
 
 S = 1_000_000_000  # nanoseconds per second
 #: How long a hung game is given to write its stacks (DUMP_SIGNAL) before SIGKILL.
@@ -111,7 +113,10 @@ class GameWatch:
 
     Before the first frame, the game may take ``start_timeout_ns`` in all; but user code
     (an id naming code, or ``setup``) that keeps running for ``code_timeout_ns`` without
-    the running-now word changing is a hang of its own, blamed on that code. A game that
+    the running-now word changing is a hang of its own, blamed on that code. A project's
+    *system* (``describe`` says so) is running a frame — the first one — not loading: the
+    same system stuck for ``heartbeat_timeout_ns`` is hung, as it would be after the first
+    frame (interrupts swallowed in frame 1 are noticed in half a second, not 30). A game that
     is stopping (:attr:`Phase.STOP`: its final checkpoint and stats, after a SIGTERM it
     sent itself) has ``stop_timeout_ns`` to exit before it counts as hung.
     """
@@ -138,10 +143,18 @@ class GameWatch:
         self.first_frame_ns: int | None = None
         self.running_id = 0
         self.running_since_ns = started_ns
+        self.running_system = False  # the running-now word names a system (a frame runs)
 
     def observe(
-        self, beat: Heartbeat | None, now_ns: int, running_id: int | None = None
+        self,
+        beat: Heartbeat | None,
+        now_ns: int,
+        running_id: int | None = None,
+        describe: Callable[[int], Running | None] | None = None,
     ) -> str | None:
+        """A fault description, or ``None``. ``running_id`` is the main thread's
+        running-now word; ``describe`` (the heartbeat reader's) says what an id names,
+        looked up only when the word changes."""
         if beat is not None and (self.last is None or beat.frame != self.last.frame):
             if self.first_frame_ns is None:
                 self.first_frame_ns = now_ns
@@ -152,11 +165,17 @@ class GameWatch:
             self.last = beat
         if running_id is not None and running_id != self.running_id:
             self.running_id, self.running_since_ns = running_id, now_ns
+            named = describe(running_id) if describe and running_id >= FIRST_NAME_ID else None
+            # The engine's own systems (render) keep the code timeout: a first draw may
+            # take a while on a software renderer.
+            self.running_system = named is not None and named.phase == "system" and named.user
         if self.first_frame_ns is None:
             if now_ns - self.started_ns > self.start_timeout_ns:
                 return f"hung: no first frame within {self.start_timeout_ns / S:g} s"
             names_code = self.running_id >= FIRST_NAME_ID or self.running_id == Phase.SETUP
             stuck = now_ns - self.running_since_ns
+            if self.running_system and stuck > self.heartbeat_timeout_ns:
+                return f"hung: ran {stuck / 1e6:.0f} ms in the first frame, no heartbeat"
             if names_code and self.code_timeout_ns is not None and stuck > self.code_timeout_ns:
                 return f"hung: ran {stuck / S:.1f} s before the first frame"
             return None
@@ -236,7 +255,9 @@ def blame(
         if crashed and crashed == report.other_thread and report.other is not None:
             running = report.other
     running = running or Running(Phase.IMPORT.text)
-    location = _location(project_dir, stack) or _defined_at(project_dir, running)
+    location = _location(project_dir, stack, kind is FaultKind.HUNG) or _defined_at(
+        project_dir, running
+    )
     if from_outside:
         detail += ", sent from outside the game: not blamed"
     user = running.user and not from_outside
@@ -260,12 +281,18 @@ def _relative(project_dir: Path, file: str) -> str:
         return file
 
 
-def _location(project_dir: Path, stack: list[tuple[str, int]]) -> str | None:
-    """The innermost frame in the project's files, else the innermost frame."""
+def _location(project_dir: Path, stack: list[tuple[str, int]], hung: bool = False) -> str | None:
+    """The innermost frame in the project's files, else the innermost frame.
+
+    For a hang whose innermost frame is the project's own code, in a loop: the loop's
+    header (:func:`~engine.scheduler.watchdog.loop_line_in_file`). The dump catches
+    whichever line of the loop ran at that instant; the loop is what never ended."""
     if not stack:
         return None
     root = str(project_dir) + os.sep
     file, line = next(((f, n) for f, n in stack if f.startswith(root)), stack[0])
+    if hung and (file, line) == stack[0] and file.startswith(root):
+        line = loop_line_in_file(file, line) or line
     return f"{_relative(project_dir, file)}:{line}"
 
 
@@ -805,7 +832,9 @@ class Supervisor:
         if game.process.exitcode is not None:
             kind, cause = FaultKind.PROCESS_DIED, describe_exit(game.process.exitcode)
         else:
-            cause = game.watch.observe(beat, now, game.heartbeat.running_main_id())
+            cause = game.watch.observe(
+                beat, now, game.heartbeat.running_main_id(), game.heartbeat.describe
+            )
             kind = FaultKind.HUNG if cause and cause.startswith("hung") else None
             if cause and kind is None:
                 kind = FaultKind.NOT_PUBLISHING

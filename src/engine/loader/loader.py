@@ -68,6 +68,7 @@ from engine.loader.modules import (
     new_module,
     read_source,
 )
+from engine.loader.threads import UserThreads
 from engine.policy import Action, FailurePolicy, Fault, FaultKind
 from engine.scheduler.scheduler import Scheduler
 from engine.scheduler.watchdog import Overrun
@@ -283,6 +284,9 @@ class Loader:
         self.start_notices = True
         self._start_notices: set[str] = set()  # modules said to start off their file
         self._shadow_notices: set[str] = set()  # modules said to take a taken name
+        #: Threads module code started: gated, watched each frame, stopped when they run
+        #: away or their version leaves (see engine.loader.threads). Noticed from load_all.
+        self.threads = UserThreads(self.frame_gate, self._is_user_file)
 
     # -- finding sources ----------------------------------------------------------------
     def source_path(self, name: str) -> Path | None:
@@ -670,6 +674,7 @@ class Loader:
             worker = self._worker
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout=1.0)
+        self.threads.uninstall()
         self.compiler.close()
 
     # -- swapping (main thread, between frames) ----------------------------------------------
@@ -744,6 +749,7 @@ class Loader:
             self.active[p.name] = new
         if old is not None:
             self.world.drop_handlers_of(old.module)  # no stale version hears events
+            self.threads.stop_module(old.module.__dict__)  # nor runs a thread
         sys.modules[f"{PACKAGE}.{p.name}"] = new.module
         self.scheduler.set_module_systems(p.name, p.version, new.systems, frame)
         if p.version is not None:
@@ -768,6 +774,7 @@ class Loader:
             with self._lock:
                 del self.active[p.name]
             self.world.drop_handlers_of(old.module)
+            self.threads.stop_module(old.module.__dict__)
             sys.modules.pop(f"{PACKAGE}.{p.name}", None)
             self.scheduler.remove_module(p.name)
             self.probation.pop(p.name, None)
@@ -906,8 +913,11 @@ class Loader:
 
     # -- probation, rollback, undo/redo (main thread) -----------------------------------------
     def tick(self, frame: int) -> None:
-        """Promote versions whose probation passed without a fault."""
+        """Promote versions whose probation passed without a fault; stop user threads
+        that ran away (see :meth:`watch_threads`)."""
         self.frame = frame
+        if self.threads.threads:
+            self.watch_threads()
         if not self.probation:
             return
         for name, until in list(self.probation.items()):
@@ -919,6 +929,30 @@ class Loader:
                         unit = self.unit(name)
                         if unit.get(loaded.version).status is VersionStatus.PROBATION:
                             unit.mark(loaded.version, VersionStatus.GOOD)
+
+    def watch_threads(self, now_ns: int | None = None) -> list[Fault]:
+        """Report every user thread that ran away to the failure policy and stop it
+        (main thread). Returns the faults."""
+        faults = []
+        for runaway in self.threads.watch(now_ns):
+            entry = runaway.thread
+            loaded = self.active.get(entry.module)
+            same = loaded is not None and loaded.module.__dict__ is entry.namespace
+            file = runaway.file or entry.code.co_filename
+            fault = Fault(
+                FaultKind.RUNAWAY_THREAD,
+                runaway.detail(),
+                module=entry.module,
+                version=loaded.version if same and loaded is not None else None,
+                phase="thread",
+                location=self._where(file, runaway.line),
+            )
+            decision = self.failure_policy.decide(fault, self.clock_ns())
+            if decision.action is Action.STOP_THREAD:
+                self.threads.stop(entry)
+            self.report(f"engine: {decision.message}")
+            faults.append(fault)
+        return faults
 
     def on_probation(self, name: str) -> bool:
         """Whether ``name``'s active version is new (or is being rolled back right now)."""
@@ -981,6 +1015,7 @@ class Loader:
         the supervisor blamed for a crash or hang is bad and not loaded (see
         :func:`leave_out`).
         """
+        self.threads.install()
         sources: dict[str, str | None] = {}
         versions: dict[str, int] = {}
         for name in self.project_modules():

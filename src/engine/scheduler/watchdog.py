@@ -49,6 +49,7 @@ half-updated. It is not re-entered: a signal that comes while it runs makes it l
 from __future__ import annotations
 
 import ctypes
+import dis
 import os
 import signal
 import sys
@@ -58,7 +59,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 import esper
@@ -247,6 +248,46 @@ def where(frame: FrameType | None, stop: FrameType | None, library: tuple[str, .
             return f"{path}:{f.f_lineno}"
         f = f.f_back
     return f"{first.f_code.co_filename}:{first.f_lineno}" if first is not None else None
+
+
+def loop_line(code: CodeType, line: int, offset: int = -1) -> int | None:
+    """The header line (``while``, ``for``) of the innermost loop of ``code`` around
+    ``line`` (or the instruction at ``offset``: a traced frame's offset may still be the
+    previous instruction's); None outside loops. Where runaway code is best named: a
+    sample may catch any line of the loop. A loop is a backward jump: its header is the
+    smaller of the jump's line (a ``while``) and its target's (a ``for``)."""
+    instructions = list(dis.get_instructions(code))
+    line_at = {ins.offset: ins.positions.lineno if ins.positions else None for ins in instructions}
+    best: tuple[int, int] | None = None
+    for jump in instructions:
+        target = jump.argval
+        if not jump.opname.startswith("JUMP_BACKWARD") or not isinstance(target, int):
+            continue
+        body = {line_at[o] for o in line_at if target <= o <= jump.offset}
+        if not (target <= offset <= jump.offset or line in body):
+            continue
+        header = min((n for n in (line_at[jump.offset], line_at.get(target)) if n), default=None)
+        if header is not None and (best is None or jump.offset - target < best[0]):
+            best = (jump.offset - target, header)
+    return best[1] if best else None
+
+
+def loop_line_in_file(path: str, line: int) -> int | None:
+    """:func:`loop_line` for ``line`` of the Python file at ``path`` (its innermost
+    function holding that line); None outside loops, or if the file cannot be read or
+    compiled (it may have changed since)."""
+    try:
+        with open(path, "rb") as f:
+            code = compile(f.read(), path, "exec", dont_inherit=True)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    inner, todo = code, [code]
+    while todo:  # the deepest code object whose lines include `line`
+        c = todo.pop()
+        if any(n == line for _, _, n in c.co_lines()):
+            inner = c if inner is code or c.co_firstlineno >= inner.co_firstlineno else inner
+        todo.extend(k for k in c.co_consts if isinstance(k, CodeType))
+    return loop_line(inner, line)
 
 
 class _Timespec(ctypes.Structure):
