@@ -1047,7 +1047,8 @@ class Supervisor:
         if preview.process.exitcode is not None:
             kind, cause = FaultKind.PROCESS_DIED, describe_exit(preview.process.exitcode)
         else:
-            cause = preview.watch.observe(beat, now, preview.heartbeat.running_main_id())
+            running_id = preview.heartbeat.running_main_id()
+            cause = preview.watch.observe(beat, now, running_id, preview.heartbeat.describe)
             kind = FaultKind.HUNG if cause and cause.startswith("hung") else None
             if cause and kind is None:
                 kind = FaultKind.NOT_PUBLISHING
