@@ -917,8 +917,6 @@ KNOWN_HOLES: dict[str, str] = {
     "c-stack-overflow": "hole 12: at times the crash is placed at the system's definition, not "
     "the line",
     "huge-component": "hole 9: the compositor misses frames while a 200 MB world is checkpointed",
-    "shader-infinite-loop": "hole 2: the hang is blamed on render.render, not on the shader; the "
-    "restarted game draws it again",
     "shader-link-error": "hole 12: a link error names no line",
 }
 

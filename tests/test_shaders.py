@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -281,3 +282,134 @@ def test_error_lines_count_the_blank_lines_before_version(project, world):
     library = ShaderLibrary(project)
     (swap,) = edit(library, frag, "\n\n" + BROKEN)  # pyglet strips these before compiling
     assert not swap.ok and swap.error.line == 6
+
+
+# -- a shader that hangs the GPU: named while drawing, blamed, left out -------------------
+
+# A loop the GPU finishes at once (so the test never hangs), on line 5: where a hang is placed.
+LOOPING = """#version 330 core
+out vec4 frag_color;
+void main() {
+    float g = 0.0;
+    for (int i = 0; i < 4; i++) {  // line 5: the first loop
+        g += 0.25;
+    }
+    frag_color = vec4(0.0, g, 0.0, 1.0);
+}
+"""
+
+
+class FakeOverrun(BaseException):
+    """Stands in for the watchdog's interrupt of the render system (also a BaseException)."""
+
+
+@pytest.fixture
+def heartbeat():
+    from engine.contracts.handoff import HeartbeatReader, HeartbeatWriter, create_heartbeat_fd
+
+    fd = create_heartbeat_fd("test-shaders")
+    writer, reader = HeartbeatWriter(fd), HeartbeatReader(fd)
+    yield writer, reader
+    writer.close()
+    reader.close()
+    os.close(fd)
+
+
+def test_while_drawing_the_running_now_words_name_the_newest_shader_version(
+    project, world, heartbeat
+):
+    from engine.contracts.handoff import Phase
+
+    writer, reader = heartbeat
+    frag = project / "shaders" / "basic.frag"
+    frag.write_text(solid("1.0, 0.0, 0.0"))
+    library = ShaderLibrary(project)
+    library.running = writer.running
+    assert dominant(centre(library, world)) == "r"
+    (swap,) = edit(library, frag, LOOPING)
+    assert swap.ok
+    writer.running.phase(Phase.RENDER)
+    with library.drawing():
+        assert dominant(centre(library, world)) == "g"
+        named = reader.running().main
+    assert named is not None and named.phase == "shader" and named.user
+    assert (named.module, named.version, named.line) == ("basic.frag", 2, 5)
+    assert named.file == str(frag)
+    assert reader.running().main == reader.describe(Phase.RENDER)  # given back after drawing
+    centre(library, world)  # outside drawing(): nothing is named
+    assert reader.running().main == reader.describe(Phase.RENDER)
+
+
+def test_a_shader_blamed_for_a_hang_is_not_drawn_by_the_next_game(project, world, heartbeat):
+    from engine.launcher.supervisor import blame, blamed_unit
+    from engine.loader.loader import leave_out
+    from engine.policy import FaultKind
+
+    writer, reader = heartbeat
+    frag = project / "shaders" / "basic.frag"
+    frag.write_text(solid("1.0, 0.0, 0.0"))
+    library = ShaderLibrary(project)
+    library.running = writer.running
+    assert dominant(centre(library, world)) == "r"
+    edit(library, frag, LOOPING)
+    with library.drawing():
+        library.program("basic")
+        report = reader.running()  # what the supervisor reads when the game stops beating
+    fault = blame(project, FaultKind.HUNG, "hung: no heartbeat", report, "", None)
+    assert (fault.module, fault.version, fault.phase) == ("basic.frag", 2, "shader")
+    assert fault.location == "shaders/basic.frag:5"
+    leave_out(blamed_unit(project, fault), fault.version, "hung")
+    # The next game: the file on disk is unchanged, and still not drawn.
+    assert dominant(centre(ShaderLibrary(project), world)) == "r"
+    assert statuses(project, "basic.frag") == ["good", "bad"]
+
+
+def test_a_shader_loaded_at_start_up_and_blamed_gives_way_to_the_built_in(project, world):
+    frag = project / "shaders" / "basic.frag"
+    frag.write_text(LOOPING)
+    assert dominant(centre(ShaderLibrary(project), world)) == "g"
+    from engine.loader.loader import leave_out
+
+    leave_out(ProjectHistory(project).unit("shaders", "basic.frag", suffix=".frag"), 1, "hung")
+    assert dominant(centre(ShaderLibrary(project), world)) == "r"  # the built-in lit shader
+    (swap,) = edit(ShaderLibrary(project), frag, solid("0.0, 0.0, 1.0"))  # an edit runs at once
+    assert swap.ok
+
+
+def test_an_interrupted_slow_drawing_leaves_a_new_shader_out_in_process(project, world):
+    now = [0]
+    frag = project / "shaders" / "basic.frag"
+    frag.write_text(solid("1.0, 0.0, 0.0"))
+    library = ShaderLibrary(project, clock=lambda: now[0], report=lambda message: None)
+    assert dominant(centre(library, world)) == "r"
+    edit(library, frag, LOOPING)
+    with pytest.raises(FakeOverrun), library.drawing():
+        library.program("basic")
+        now[0] += library.draw_limit_ns + 1
+        raise FakeOverrun
+    (swap,) = library.apply_pending()
+    assert swap.ok and swap.versions == {"basic.frag": 1}
+    assert dominant(centre(library, world)) == "r"
+    assert statuses(project, "basic.frag") == ["good", "bad"]
+
+
+def test_a_quick_interrupt_or_a_proven_shader_is_not_left_out(project, world):
+    from engine.render.shaders import WATCHED_DRAWS
+
+    now = [0]
+    frag = project / "shaders" / "basic.frag"
+    frag.write_text(solid("1.0, 0.0, 0.0"))
+    library = ShaderLibrary(project, clock=lambda: now[0], report=lambda message: None)
+    edit(library, frag, LOOPING)
+    with pytest.raises(FakeOverrun), library.drawing():  # an exception, but a quick drawing
+        library.program("basic")
+        raise FakeOverrun
+    for _ in range(WATCHED_DRAWS):
+        with library.drawing():
+            library.program("basic")
+    with pytest.raises(FakeOverrun), library.drawing():  # slow, but proven by many draws
+        library.program("basic")
+        now[0] += library.draw_limit_ns + 1
+        raise FakeOverrun
+    assert library.apply_pending() == []
+    assert statuses(project, "basic.frag") == ["good"]

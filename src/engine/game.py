@@ -288,7 +288,12 @@ class Engine:
         from engine.render.stage import RenderStage
 
         stage = RenderStage(
-            settings, self.project_dir, self.history_store, layer_fd, report=self.report
+            settings,
+            self.project_dir,
+            self.history_store,
+            layer_fd,
+            report=self.report,
+            running=self.running,  # a shader that hangs the GPU is named, not render.render
         )
         self.render_stage = stage
         self.world.resources[RenderStage] = stage

@@ -43,6 +43,7 @@ import numpy as np
 
 from engine.compositor.sinks import save_png, side_by_side
 from engine.contracts.gpu_layer import GpuImagesOffer
+from engine.contracts.handoff import RunningNow
 from engine.contracts.layer import (
     ImageSlot,
     ImageStorage,
@@ -114,6 +115,9 @@ class RenderStage:
         report: where messages go (a lost context and its recovery).
         reset_status: the context's reset status (default: ``glGetGraphicsResetStatus``; a
             test injects one, as a real reset cannot be provoked on demand).
+        running: the game's running-now words: while the GPU draws, they name the shader
+            version drawing (see :meth:`engine.render.shaders.ShaderLibrary.drawing`), so
+            a shader that hangs the driver is blamed, not the render system.
     """
 
     def __init__(
@@ -124,6 +128,7 @@ class RenderStage:
         layer_fd: int | None = None,
         report: Callable[[str], None] = lambda message: None,
         reset_status: Callable[[], int] | None = None,
+        running: RunningNow | None = None,
     ) -> None:
         # Not at the top: importing this module (for RenderSettings) must not load GL.
         from engine.render.context import reset_status as context_reset_status
@@ -132,6 +137,7 @@ class RenderStage:
 
         self.settings = settings
         self.shaders = ShaderLibrary(project_dir, history, report=report)
+        self.shaders.running = running
         self.renderer = Renderer(
             settings.width,
             settings.height,
@@ -160,13 +166,14 @@ class RenderStage:
     def warm_up(self, world: object) -> None:
         """Draw once without publishing: context, programs and meshes are made now, not
         inside the first frame (where their one-time cost would trip the watchdog)."""
-        if self.gpu_targets is not None:
-            # Into the image the first frame draws into again (acquired, so never shown).
-            targets = self.gpu_targets.framebuffers(self.writer.acquire().index)
-            self.renderer.render_to_framebuffers(world, self.eyes_for(None), targets)
-            return
-        scratch = [np.empty(self.spec.shape[1:], np.uint8) for _ in range(self.spec.eyes)]
-        self.renderer.render(world, self.eyes_for(None), scratch)
+        with self.shaders.drawing():
+            if self.gpu_targets is not None:
+                # Into the image the first frame draws into again (acquired, so never shown).
+                targets = self.gpu_targets.framebuffers(self.writer.acquire().index)
+                self.renderer.render_to_framebuffers(world, self.eyes_for(None), targets)
+                return
+            scratch = [np.empty(self.spec.shape[1:], np.uint8) for _ in range(self.spec.eyes)]
+            self.renderer.render(world, self.eyes_for(None), scratch)
 
     def eyes_for(self, pose_eyes: tuple[EyeView, ...] | None) -> tuple[EyeView, ...]:
         if pose_eyes:
@@ -183,7 +190,10 @@ class RenderStage:
         """
         if self.context_lost is not None:
             return
-        views = self.eyes_for(eyes)
+        with self.shaders.drawing():  # a hang from here on is blamed on the shader drawing
+            self._draw(world, frame, self.eyes_for(eyes))
+
+    def _draw(self, world: object, frame: int, views: tuple[EyeView, ...]) -> None:
         drawn = self.renderer.draw(world, views)
         slot = self.writer.acquire()
         if self.gpu_targets is not None:
