@@ -917,7 +917,6 @@ KNOWN_HOLES: dict[str, str] = {
     "c-stack-overflow": "hole 12: at times the crash is placed at the system's definition, not "
     "the line",
     "huge-component": "hole 9: the compositor misses frames while a 200 MB world is checkpointed",
-    "shader-link-error": "hole 12: a link error names no line",
 }
 
 

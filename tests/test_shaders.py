@@ -15,7 +15,13 @@ from engine.pose.base import Pose
 from engine.render.camera import eyes_from_head
 from engine.render.components import Material, Mesh, Transform
 from engine.render.renderer import Renderer
-from engine.render.shaders import BUILTIN_DIR, ShaderLibrary, parse_info_log
+from engine.render.shaders import (
+    BUILTIN_DIR,
+    ShaderLibrary,
+    first_use_line,
+    names_in_link_log,
+    parse_info_log,
+)
 
 W, H = 64, 48
 RED = (1.0, 0.0, 0.0, 1.0)
@@ -236,10 +242,58 @@ def test_a_link_error_keeps_the_running_program(project, world):
         "#version 330 core\nuniform vec4 u_model;\nout vec4 c;\nvoid main() { c = u_model; }\n"
     )
     (swap,) = edit(library, frag, mismatched)
-    assert not swap.ok and swap.error.line is None and "u_model" in swap.error.log
-    assert swap.error.path == frag
+    assert not swap.ok and "u_model" in swap.error.log
+    # Placed at the new file's declaration; the other stage's is named too.
+    assert (swap.error.path, swap.error.line) == (frag, 2)
+    vert_line = first_use_line((BUILTIN_DIR / "basic.vert").read_text(), "u_model")
+    assert f"basic.vert:{vert_line}" in swap.error.message
     assert dominant(centre(library, world)) == "r"
     assert statuses(project, "basic.frag") == ["error"]
+
+
+# Compiles alone; links nowhere: shade() is declared (line 3) and called, never defined.
+UNDEFINED_FUNCTION = """#version 330 core
+out vec4 frag_color;
+vec3 shade(vec3 color);  // declared, never defined
+void main() {
+    frag_color = vec4(shade(vec3(1.0)), 1.0);
+}
+"""
+
+
+def test_a_link_error_names_the_file_and_line_of_what_does_not_link(project, world, capsys):
+    frag = project / "shaders" / "basic.frag"
+    frag.write_text(solid("1.0, 0.0, 0.0"))
+    library = ShaderLibrary(project)
+    assert dominant(centre(library, world)) == "r"
+    (swap,) = edit(library, frag, UNDEFINED_FUNCTION)
+    assert not swap.ok and (swap.error.path, swap.error.line) == (frag, 3)
+    assert f"{frag}:3: " in capsys.readouterr().err  # the message a user reads
+    assert dominant(centre(library, world)) == "r"
+
+
+def test_link_logs_of_common_drivers_name_what_did_not_link():
+    from engine.render.shaders import _link_error_lines, _Stage
+
+    # Mesa
+    assert names_in_link_log("error: uniform `u_model' declared as type `vec4' and type `mat4'")
+    assert names_in_link_log("error: unresolved reference to function `shade'") == ["shade"]
+    # NVIDIA
+    assert names_in_link_log(
+        "error: Type mismatch between shaders for uniform (named u_model)"
+    ) == ["u_model"]
+    nvidia = (
+        "Fragment info\n-------------\n"
+        '0(5) : error C3002: call to undefined function "vec3 shade(vec3);"\n'
+    )
+    assert names_in_link_log(nvidia) == ["shade"]
+    # NVIDIA gives the line under a stage heading: taken at its word, for that stage's file.
+    stages = [
+        _Stage("vertex", Path("a.vert"), "#version 330 core\nvoid main() {}\n"),
+        _Stage("fragment", Path("a.frag"), UNDEFINED_FUNCTION),
+    ]
+    assert [(s.file_name, n) for s, n in _link_error_lines(nvidia, stages)] == [("a.frag", 5)]
+    assert first_use_line("// shade\n/* shade\n*/ vec3 shade(vec3 c);\n", "shade") == 3
 
 
 def test_changes_may_be_queued_from_another_thread(project, world):

@@ -67,6 +67,13 @@ DRAW_LIMIT_NS = 50_000_000
 # Info-log line formats: Mesa "0:12(3): error: ...", NVIDIA "0(12) : error C0000: ...",
 # AMD/Intel "ERROR: 0:12: ...".
 _LOG_LINE = re.compile(r"^\s*(?:ERROR:\s*)?\d+[:(](\d+)\)?(?:\(\d+\))?\s*:\s*(.*)$")
+# Names a link error quotes: Mesa `u_model', NVIDIA (named u_model) or "vec3 shade(vec3);",
+# others 'u_model' or "u_model".
+_QUOTED_NAME = re.compile(
+    r"`(\w+)'|\(named (\w+)\)|\"[\w\s]*?\b(\w+)\s*\([^\"]*\)\s*;?\"|'(\w+)'|\"(\w+)\""
+)
+# NVIDIA heads each stage's part of a link log with "Vertex info" / "Fragment info".
+_STAGE_HEADING = re.compile(r"^\s*(vertex|fragment)\s+info\b", re.IGNORECASE)
 # GLSL comments (kept as newlines, so line numbers hold) and the loop keywords.
 _COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.DOTALL)
 _LOOP = re.compile(r"\b(?:for|while|do)\b")
@@ -198,6 +205,63 @@ def parse_info_log(log: str) -> tuple[int | None, str]:
     return None, first
 
 
+def names_in_link_log(log: str) -> list[str]:
+    """The names a link error log quotes (uniforms, varyings, functions), in order.
+
+    Understands Mesa's ``uniform `u_model' declared as type ...``, NVIDIA's ``... for
+    uniform (named u_model)`` and ``call to undefined function "vec3 shade(vec3);"``,
+    and plain quotes. GLSL keywords and type names are left out.
+    """
+    found = []
+    for match in _QUOTED_NAME.finditer(log):
+        name = next(g for g in match.groups() if g)
+        if name not in _GLSL_WORDS and name not in found:
+            found.append(name)
+    return found
+
+
+#: Quoted words in link logs that name no declaration of the user's.
+_GLSL_WORDS = frozenset(
+    "float int uint bool vec2 vec3 vec4 ivec2 ivec3 ivec4 uvec2 uvec3 uvec4 bvec2 bvec3 bvec4 "
+    "mat2 mat3 mat4 sampler2D samplerCube main in out uniform".split()
+)
+
+
+def first_use_line(source: str, name: str) -> int:
+    """The 1-based line where ``name`` first appears as a whole word outside comments;
+    0 if it does not."""
+    code = _COMMENT.sub(lambda m: "\n" * m.group().count("\n"), source)
+    found = re.search(rf"(?<![\w.]){re.escape(name)}\b", code)
+    return code.count("\n", 0, found.start()) + 1 if found else 0
+
+
+def _link_error_lines(log: str, stages: list[_Stage]) -> list[tuple[_Stage, int]]:
+    """Where a link error points, most likely first: ``(stage, file line)`` pairs.
+
+    A line the driver gives under a stage heading (NVIDIA) is taken at its word; else each
+    name the log quotes is looked up in each stage, in the order given (new stages first).
+    """
+    by_stage = {s.stage: s for s in stages}
+    heading: _Stage | None = None
+    for raw in log.splitlines():
+        m = _STAGE_HEADING.match(raw)
+        if m:
+            heading = by_stage.get(m.group(1).lower())
+            continue
+        m = _LOG_LINE.match(raw)
+        if heading is not None and m and "error" in m.group(2).lower():
+            return [(heading, heading.text()[1](int(m.group(1))))]
+    found = []
+    for name in names_in_link_log(log):
+        for stage in stages:
+            line = first_use_line(stage.source, name)
+            if line:
+                found.append((stage, line))
+        if found:
+            return found
+    return found
+
+
 def _driver_log(exc: BaseException) -> str:
     """The driver's info log inside one of pyglet's ShaderException messages."""
     text = str(exc)
@@ -231,6 +295,21 @@ def _compile(stages: dict[str, _Stage]) -> ShaderProgram:
     finally:
         for shader in shaders:
             shader.delete()  # a linked program keeps its own copy
+
+
+def _placed_link_error(error: ShaderError, new: list[_Stage], stages: list[_Stage]) -> ShaderError:
+    """A link error with the file and line it points at, preferring the new stages; where
+    it points into the other stage too (a mismatch between two), the message says so."""
+    order = new + [s for s in stages if s not in new]
+    places = _link_error_lines(error.log, order)
+    if not places:
+        return replace(error, path=new[0].path)  # no line: name the new file
+    (stage, line), others = places[0], places[1:]
+    message = error.message
+    also = [f"{s.file_name}:{n}" for s, n in others if s.path != stage.path or n != line]
+    if also:
+        message += f" (also {', '.join(also)})"
+    return replace(error, path=stage.path, line=line, message=message)
 
 
 class ShaderLibrary:
@@ -633,7 +712,7 @@ class ShaderLibrary:
             at_fault = [failed.stage] if failed.stage is not None else new
             error = failed.error
             if failed.stage is None and new:
-                error = replace(error, path=new[0].path)  # a link error: name the new file
+                error = _placed_link_error(error, new, list(stages.values()))
             for stage in at_fault:
                 unit = self._unit(stage.path)
                 if unit is not None and stage.version is not None:
