@@ -18,6 +18,15 @@ took longer than a frame to pickle, and the compositor missed frames. So the
   One child at a time: a checkpoint due while the last one is still being written waits
   for it.
 
+What the child costs the others: it runs at nice 10, so on a busy machine the game's
+frames come first, and the compositor (real-time) preempts it anyway, but only where the
+kernel lets it: on a kernel built without preemption (``PREEMPT_NONE``, as here) a thread
+inside a system call keeps its CPU until the call returns, and one ``write`` of a 200 MB
+array copies all of it into the page cache in one call (hundreds of milliseconds on a
+busy machine). So the child writes through :class:`ChunkedFile`: no ``write`` of more
+than :data:`WRITE_CHUNK` bytes, so a real-time thread waits a fraction of a millisecond
+at most for the CPU the child holds.
+
 What copy-on-write costs the parent instead: the first write to each page the child still
 shares copies that page, so a frame that rewrites a large array right after a fork pays for
 copying it once (``bench/checkpoint_frames.py`` measures both cases).
@@ -35,6 +44,10 @@ and pickling Python objects holds the GIL, taking it from the frame. Where ``for
 missing (not Linux), the checkpoint is serialized on the frame thread and written by a
 thread, as before (``fork=False``).
 
+When the game stops, its final checkpoint supersedes one still being written: that child
+is killed, not waited for (at nice 10 on a busy machine it may take seconds), and the
+final world is streamed to its file like a child's, never held as one big ``bytes``.
+
 Every checkpoint written joins a :class:`~engine.world.ring.CheckpointRing` (the last
 minute, for ``engine rewind``); the newest is also at ``path`` (a hard link), where a
 restarted game finds it.
@@ -45,6 +58,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import gc
+import io
 import os
 import shutil
 import signal
@@ -62,6 +76,60 @@ from engine.world.ring import CheckpointRing
 FORK_AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "fork")
 
 _ERROR_MAX_BYTES = 4096
+#: The most one ``write`` call of a checkpoint writer copies (see the module doc).
+WRITE_CHUNK = 1 << 20
+
+
+class ChunkedFile(io.RawIOBase):
+    """A file open for writing whose every ``write(2)`` is at most ``chunk`` bytes.
+
+    Wrap it in :class:`io.BufferedWriter` (:func:`open_chunked` does), which writes the
+    rest of a short write: a large buffer goes to the file in pieces, each call short
+    enough that the kernel gives the CPU back soon after. Raises ``OSError`` as
+    ``os.write`` does.
+    """
+
+    def __init__(self, fd: int, chunk: int = WRITE_CHUNK) -> None:
+        super().__init__()
+        self.fd = fd
+        self.chunk = chunk
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        return os.write(self.fd, view[: self.chunk])
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return os.lseek(self.fd, offset, whence)
+
+    def tell(self) -> int:
+        return os.lseek(self.fd, 0, os.SEEK_CUR)
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.tell() if size is None else size
+        os.ftruncate(self.fd, size)
+        return size
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                os.close(self.fd)
+            finally:
+                super().close()
+
+
+def open_chunked(path: Path, chunk: int = WRITE_CHUNK) -> io.BufferedWriter:
+    """``path`` created (or emptied) for writing through a :class:`ChunkedFile`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    return io.BufferedWriter(ChunkedFile(fd, chunk), buffer_size=chunk)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -92,7 +160,7 @@ def _write_world(world: Any, slot: Path, latest: Path, skipped: list[str]) -> in
     (they cannot be pickled) are described in ``skipped``."""
     tmp = slot.with_name(slot.name + ".tmp")
     cpu0 = time.thread_time_ns()
-    with open(tmp, "wb") as f:
+    with open_chunked(tmp) as f:
         world.checkpoint_to(f, skipped)
     cpu_ns = time.thread_time_ns() - cpu0
     os.replace(tmp, slot)
@@ -302,7 +370,9 @@ class Checkpointer:
                 self._said_left_out.add(line)
                 self.report(f"game: {line}")
 
-    def _finish(self, job: _Job, error: str | None) -> None:
+    def _finish(self, job: _Job, error: str | None, quiet: bool = False) -> None:
+        """Record ``job`` as written (``error`` None) or failed; ``quiet``: not a failure
+        to count or say (a checkpoint abandoned on purpose)."""
         self._job = None
         if job.error_fd >= 0:
             os.close(job.error_fd)
@@ -316,9 +386,11 @@ class Checkpointer:
                 self.last_bytes, self.last_frame = entry.size, entry.frame
                 self.last_error = None
                 return
-        self.failed += 1
         job.slot.with_name(job.slot.name + ".tmp").unlink(missing_ok=True)
         job.slot.unlink(missing_ok=True)
+        if quiet:
+            return
+        self.failed += 1
         if error != self.last_error:  # once per reason, not once a second
             self.report(
                 f"game: checkpoint of frame {job.frame} failed (the previous one is kept): {error}"
@@ -326,20 +398,37 @@ class Checkpointer:
         self.last_error = error
 
     # -- the end -------------------------------------------------------------------------------
-    def close(self, final: bytes | None = None, frame: int = 0) -> None:
-        """Wait for the checkpoint being written, then write ``final`` (if given) as the newest.
+    def close(self, final: bytes | None = None, frame: int = 0, *, world: Any = None) -> None:
+        """Finish, writing a final checkpoint as the newest if one is given.
 
         ``final`` is the world's bytes at the last frame boundary (the game stopping
-        cleanly), ``frame`` its frame. A writer still running after ``timeout_s`` is killed.
+        cleanly), or ``world`` the world itself (streamed to the file, as a child writes
+        it; components that cannot be pickled are left out and said); ``frame`` its
+        frame. A forked writer still running is killed when a final checkpoint follows
+        (its world is older), else waited for; one running after ``timeout_s`` is killed.
+        Raises ``OSError`` if the final checkpoint cannot be written.
         """
+        job = self._job
+        if job is not None and job.pid and (final is not None or world is not None):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(job.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(job.pid, 0)
+            self._finish(job, "superseded by the final checkpoint", quiet=True)
         while not self.poll():
             time.sleep(0.005)
         if self._writer is not None:
             self._writer.shutdown(wait=True)
             self._writer = None
-        if final is not None:
+        if final is not None or world is not None:
             slot = self.ring.slot(self.ring.clock(), frame)
-            self._write_bytes(final, slot)
+            if world is not None:
+                skipped: list[str] = []
+                _write_world(world, slot, self.path, skipped)
+                self._left_out(skipped)
+            else:
+                assert final is not None
+                self._write_bytes(final, slot)
             entry = self.ring.add(slot)
             self.taken += 1
             self.last_bytes, self.last_frame = entry.size, entry.frame
