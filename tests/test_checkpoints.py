@@ -235,38 +235,6 @@ def test_a_final_checkpoint_replaces_a_writer_still_busy_instead_of_waiting(tmp_
     world.delete()
 
 
-def test_a_checkpoint_writer_hands_the_kernel_no_write_larger_than_a_chunk(
-    tmp_path, monkeypatch
-) -> None:
-    """On a kernel without preemption, a real-time thread (the compositor) waits for a CPU
-    until the system call holding it returns: a 8 MB array goes out in 1 MB writes."""
-    import numpy as np
-
-    from engine.world import checkpointer
-
-    sizes: list[int] = []
-    real_write = os.write
-
-    def counting_write(fd: int, data) -> int:  # noqa: ANN001
-        sizes.append(len(memoryview(data).cast("B")))
-        return real_write(fd, data)
-
-    world = World()
-    array = np.arange(1_000_000, dtype=np.float64)  # 8 MB
-    world.create_entity(Holder(array))
-    cp = Checkpointer(tmp_path / "checkpoint.bin", 0, ring=CheckpointRing(tmp_path / "ring"))
-    monkeypatch.setattr(checkpointer.os, "write", counting_write)
-    cp.close(world=world, frame=1)
-    monkeypatch.undo()
-    assert sizes and max(sizes) <= checkpointer.WRITE_CHUNK
-    assert sum(sizes) == (tmp_path / "checkpoint.bin").stat().st_size
-    restored = World.restore((tmp_path / "checkpoint.bin").read_bytes())
-    ((_, holder),) = restored.get_component(Holder)
-    assert np.array_equal(holder.value, array)
-    restored.delete()
-    world.delete()
-
-
 GAME_THAT_DIES = """
 import sys, time
 from pathlib import Path

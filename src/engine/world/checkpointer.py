@@ -18,15 +18,6 @@ took longer than a frame to pickle, and the compositor missed frames. So the
   One child at a time: a checkpoint due while the last one is still being written waits
   for it.
 
-What the child costs the others: it runs at nice 10, so on a busy machine the game's
-frames come first, and the compositor (real-time) preempts it anyway, but only where the
-kernel lets it: on a kernel built without preemption (``PREEMPT_NONE``, as here) a thread
-inside a system call keeps its CPU until the call returns, and one ``write`` of a 200 MB
-array copies all of it into the page cache in one call (hundreds of milliseconds on a
-busy machine). So the child writes through :class:`ChunkedFile`: no ``write`` of more
-than :data:`WRITE_CHUNK` bytes, so a real-time thread waits a fraction of a millisecond
-at most for the CPU the child holds.
-
 What copy-on-write costs the parent instead: the first write to each page the child still
 shares copies that page, so a frame that rewrites a large array right after a fork pays for
 copying it once (``bench/checkpoint_frames.py`` measures both cases).
@@ -58,7 +49,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import gc
-import io
 import os
 import shutil
 import signal
@@ -76,60 +66,6 @@ from engine.world.ring import CheckpointRing
 FORK_AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "fork")
 
 _ERROR_MAX_BYTES = 4096
-#: The most one ``write`` call of a checkpoint writer copies (see the module doc).
-WRITE_CHUNK = 1 << 20
-
-
-class ChunkedFile(io.RawIOBase):
-    """A file open for writing whose every ``write(2)`` is at most ``chunk`` bytes.
-
-    Wrap it in :class:`io.BufferedWriter` (:func:`open_chunked` does), which writes the
-    rest of a short write: a large buffer goes to the file in pieces, each call short
-    enough that the kernel gives the CPU back soon after. Raises ``OSError`` as
-    ``os.write`` does.
-    """
-
-    def __init__(self, fd: int, chunk: int = WRITE_CHUNK) -> None:
-        super().__init__()
-        self.fd = fd
-        self.chunk = chunk
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        return os.write(self.fd, view[: self.chunk])
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        return os.lseek(self.fd, offset, whence)
-
-    def tell(self) -> int:
-        return os.lseek(self.fd, 0, os.SEEK_CUR)
-
-    def truncate(self, size: int | None = None) -> int:
-        size = self.tell() if size is None else size
-        os.ftruncate(self.fd, size)
-        return size
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                os.close(self.fd)
-            finally:
-                super().close()
-
-
-def open_chunked(path: Path, chunk: int = WRITE_CHUNK) -> io.BufferedWriter:
-    """``path`` created (or emptied) for writing through a :class:`ChunkedFile`."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    return io.BufferedWriter(ChunkedFile(fd, chunk), buffer_size=chunk)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -160,7 +96,7 @@ def _write_world(world: Any, slot: Path, latest: Path, skipped: list[str]) -> in
     (they cannot be pickled) are described in ``skipped``."""
     tmp = slot.with_name(slot.name + ".tmp")
     cpu0 = time.thread_time_ns()
-    with open_chunked(tmp) as f:
+    with open(tmp, "wb") as f:
         world.checkpoint_to(f, skipped)
     cpu_ns = time.thread_time_ns() - cpu0
     os.replace(tmp, slot)
@@ -409,7 +345,8 @@ class Checkpointer:
         Raises ``OSError`` if the final checkpoint cannot be written.
         """
         job = self._job
-        if job is not None and job.pid and (final is not None or world is not None):
+        superseded = final is not None or world is not None
+        if superseded and not self.poll() and job is not None and job.pid:  # still writing
             with contextlib.suppress(ProcessLookupError):
                 os.kill(job.pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
