@@ -25,9 +25,10 @@ handed out, the stage whose version was recorded last, with the line of its firs
 hang then is blamed on that version; the supervisor marks it bad, and the restarted game
 draws with the version before it (or the built-in), as for a system module. A drawing
 interrupted (the watchdog stopping the render system) after more than ``draw_limit_ns``
-while a version in its first :data:`WATCHED_DRAWS` draws was named leaves that version
-out in this process too: the next :meth:`ShaderLibrary.apply_pending` marks it bad and
-swaps the version before it in.
+while a version swapped in live (an edit, not a start-up load: on a busy machine a proven
+shader's frame can be slow too) was named in its first :data:`WATCHED_DRAWS` draws leaves
+that version out in this process too: the next :meth:`ShaderLibrary.apply_pending` marks
+it bad and swaps the version before it in.
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ class _Suspect:
     recorded: float  # when its version was recorded: the newest change is the likeliest fault
     line: int  # its first loop (0: none)
     running_id: int = 0  # its name-table entry (0: not registered yet)
+    live: bool = False  # swapped in while the game ran (an edit, undo, redo), not loaded
     draws: int = 0  # drawings finished while it was named
     overran_ns: int = 0  # how long the drawing that left it out took
 
@@ -397,8 +399,9 @@ class ShaderLibrary:
 
         An exception leaving the drawing (the watchdog's interrupt of a render system whose
         GPU wait ran over its hard limit) after more than :attr:`draw_limit_ns`, while the
-        stage named is in its first :data:`WATCHED_DRAWS` draws, marks that stage for
-        leaving out: :meth:`apply_pending` does it. The exception goes on unchanged.
+        stage named was swapped in live and is in its first :data:`WATCHED_DRAWS` draws,
+        marks that stage for leaving out: :meth:`apply_pending` does it. The exception
+        goes on unchanged.
         """
         if self._drawing:
             yield
@@ -423,7 +426,9 @@ class ShaderLibrary:
     def _note_overrun(self, elapsed_ns: int) -> None:
         # Runs as an interrupt unwinds the render system: only note it, GL work comes later.
         named = self._named
-        if named is None or elapsed_ns <= self.draw_limit_ns or named.draws >= WATCHED_DRAWS:
+        if named is None or not named.live or elapsed_ns <= self.draw_limit_ns:
+            return
+        if named.draws >= WATCHED_DRAWS:
             return
         if named.overran_ns == 0:
             named.overran_ns = elapsed_ns
@@ -724,7 +729,10 @@ class ShaderLibrary:
                 unit.mark(stage.version, VersionStatus.GOOD)
                 unit.activate(stage.version)
         old = self._running.get(name)
-        self._running[name] = _Running(program, dict(stages), self._suspect_of(name, stages))
+        suspect = self._suspect_of(name, stages)
+        if suspect is not None and old is not None:
+            suspect.live = old.stages.get(suspect.stage.stage) != suspect.stage
+        self._running[name] = _Running(program, dict(stages), suspect)
         if old is not None:
             old.program.delete()
         return ShaderSwap(name, True, versions, None, event_time_ns, self._clock())
