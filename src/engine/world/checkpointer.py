@@ -107,34 +107,29 @@ def collapse_huge_pages(min_bytes: int = 4 * 1024 * 1024) -> int:
     return asked
 
 
-_SMAPS_HEAD = re.compile(r"^([0-9a-f]+)-([0-9a-f]+)\s+(\S+)\s+\S+\s+\S+\s+\S+\s*(.*)$")
+_SMAPS_BLOCK = re.compile(r"\n(?=[0-9a-f]+-[0-9a-f]+ )")
+_SMAPS_HEAD = re.compile(r"^([0-9a-f]+)-([0-9a-f]+)\s+(\S+)\s+\S+\s+\S+\s+\S+[ \t]*(.*)$", re.M)
+_SMAPS_FIELD = re.compile(r"^(Anonymous|AnonHugePages):\s+(\d+) kB$", re.M)
+_SMAPS_HG = re.compile(r"^VmFlags:.*\bhg\b", re.M)
 
 
 def _split_huge_ranges(smaps: str, min_bytes: int) -> list[tuple[int, int]]:
     """The whole 2 MiB pieces ``(start, end)`` of the mappings :func:`collapse_huge_pages`
-    asks about (missing at least one huge page inside)."""
+    asks about (missing at least one huge page inside). Only the few blocks marked ``hg``
+    are parsed (the rest is skipped at C speed: this runs beside the frame, under the GIL)."""
     found = []
-    head: re.Match[str] | None = None
-    fields: dict[str, int] = {}
-    for line in smaps.splitlines():
-        match = _SMAPS_HEAD.match(line)
-        if match:
-            head, fields = match, {}
+    for block in _SMAPS_BLOCK.split(smaps):
+        if " hg" not in block or not _SMAPS_HG.search(block):
             continue
-        key, _, rest = line.partition(":")
-        if key != "VmFlags":
-            value = rest.split()
-            if len(value) == 2 and value[1] == "kB":
-                fields[key] = int(value[0]) * 1024
-            continue
+        head = _SMAPS_HEAD.match(block)
         if head is None or head.group(4) or not head.group(3).startswith("rw"):
             continue  # a file's mapping, or not writable
         lo, hi = int(head.group(1), 16), int(head.group(2), 16)
+        fields = {k: int(v) * 1024 for k, v in _SMAPS_FIELD.findall(block)}
         first = -(-lo // _HUGE_PAGE) * _HUGE_PAGE
         last = hi // _HUGE_PAGE * _HUGE_PAGE
         if (
-            "hg" in rest.split()
-            and hi - lo >= min_bytes
+            hi - lo >= min_bytes
             and fields.get("Anonymous", 0) >= (hi - lo) * 9 // 10
             and fields.get("AnonHugePages", 0) < last - first - _HUGE_PAGE // 2
         ):
