@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -191,6 +192,102 @@ def test_a_writer_that_hangs_is_killed_and_reaped(tmp_path) -> None:
     with pytest.raises(ChildProcessError):
         os.waitpid(child, os.WNOHANG)
     assert not (tmp_path / "checkpoint.bin").exists() and not list((tmp_path / "ring").iterdir())
+    world.delete()
+
+
+class HangInChild:
+    """Pickles at once in the process that made it; forever in a forked child (a writer
+    still busy when the game stops)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+
+    def __reduce__(self):  # noqa: ANN204
+        if os.getpid() != self.pid:
+            time.sleep(3600)
+        return (HangInChild, ())
+
+
+@needs_fork
+def test_a_final_checkpoint_replaces_a_writer_still_busy_instead_of_waiting(tmp_path) -> None:
+    world = World()
+    world.create_entity(Holder(HangInChild()))
+
+    class Game:
+        frame = 7
+
+    Game.world = world
+    messages: list[str] = []
+    # Were close() to wait for the busy writer, it would be killed at timeout_s: a failure.
+    cp = Checkpointer(
+        tmp_path / "checkpoint.bin",
+        0,
+        ring=CheckpointRing(tmp_path / "ring"),
+        timeout_s=5.0,
+        report=messages.append,
+    )
+    cp.maybe_take(Game, time.monotonic_ns())
+    child = cp._job.pid
+    cp.close(world=world, frame=9)
+    assert cp.failed == 0 and cp.taken == 1 and cp.last_frame == 9, messages
+    with pytest.raises(ChildProcessError):
+        os.waitpid(child, os.WNOHANG)  # killed and reaped
+    (entry,) = cp.ring.entries
+    assert entry.frame == 9 and os.path.samefile(entry.path, tmp_path / "checkpoint.bin")
+    world.delete()
+
+
+class SlowInChild:
+    """Pickles at once in the process that made it; in a forked child after half a second
+    (the child shares the game's memory that long)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+
+    def __reduce__(self):  # noqa: ANN204
+        if os.getpid() != self.pid:
+            time.sleep(0.5)
+        return (SlowInChild, ())
+
+
+def split_huge_pages_in(array) -> bool:  # noqa: ANN001
+    """Whether ``array``'s memory has 4 KiB pages where it asked for huge ones."""
+    from engine.world.checkpointer import _split_huge_ranges
+
+    lo, hi = array.ctypes.data, array.ctypes.data + array.nbytes
+    ranges = _split_huge_ranges(Path("/proc/self/smaps").read_text(), 4 * 1024 * 1024)
+    return any(start < hi and lo < end for start, end in ranges)
+
+
+@needs_fork
+def test_huge_pages_split_by_copy_on_write_are_put_back_once_the_writer_is_gone(tmp_path):
+    """A game that rewrites a large array while a checkpoint child shares it splits its
+    huge pages, which makes every later fork dearer; once the child is gone they are put
+    back (on a thread)."""
+    import numpy as np
+
+    release = tuple(int(n) for n in re.findall(r"\d+", os.uname().release)[:2])
+    if release < (6, 1):
+        pytest.skip("MADV_COLLAPSE is Linux 6.1+")
+    array = np.ones(8 * 1024 * 1024)  # 64 MB: numpy asks for huge pages
+    world = World()
+    world.create_entity(Holder(array), Holder(SlowInChild()))
+
+    class Game:
+        frame = 1
+
+    Game.world = world
+    cp = Checkpointer(tmp_path / "checkpoint.bin", 0, ring=CheckpointRing(tmp_path / "ring"))
+    assert cp.maybe_take(Game, time.monotonic_ns())
+    array += 1.0  # while the child shares every page: copy-on-write
+    if not split_huge_pages_in(array):
+        cp.close()
+        world.delete()
+        pytest.skip("no huge pages here (THP off), so none to split")
+    wait_written(cp)  # the child reaped, then the pages put back
+    assert cp.collapsed_bytes > 0 and not split_huge_pages_in(array)
+    assert cp.taken == 1 and cp.failed == 0
+    cp.close()
     world.delete()
 
 

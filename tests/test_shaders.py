@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -14,7 +15,13 @@ from engine.pose.base import Pose
 from engine.render.camera import eyes_from_head
 from engine.render.components import Material, Mesh, Transform
 from engine.render.renderer import Renderer
-from engine.render.shaders import BUILTIN_DIR, ShaderLibrary, parse_info_log
+from engine.render.shaders import (
+    BUILTIN_DIR,
+    ShaderLibrary,
+    first_use_line,
+    names_in_link_log,
+    parse_info_log,
+)
 
 W, H = 64, 48
 RED = (1.0, 0.0, 0.0, 1.0)
@@ -235,10 +242,58 @@ def test_a_link_error_keeps_the_running_program(project, world):
         "#version 330 core\nuniform vec4 u_model;\nout vec4 c;\nvoid main() { c = u_model; }\n"
     )
     (swap,) = edit(library, frag, mismatched)
-    assert not swap.ok and swap.error.line is None and "u_model" in swap.error.log
-    assert swap.error.path == frag
+    assert not swap.ok and "u_model" in swap.error.log
+    # Placed at the new file's declaration; the other stage's is named too.
+    assert (swap.error.path, swap.error.line) == (frag, 2)
+    vert_line = first_use_line((BUILTIN_DIR / "basic.vert").read_text(), "u_model")
+    assert f"basic.vert:{vert_line}" in swap.error.message
     assert dominant(centre(library, world)) == "r"
     assert statuses(project, "basic.frag") == ["error"]
+
+
+# Compiles alone; links nowhere: shade() is declared (line 3) and called, never defined.
+UNDEFINED_FUNCTION = """#version 330 core
+out vec4 frag_color;
+vec3 shade(vec3 color);  // declared, never defined
+void main() {
+    frag_color = vec4(shade(vec3(1.0)), 1.0);
+}
+"""
+
+
+def test_a_link_error_names_the_file_and_line_of_what_does_not_link(project, world, capsys):
+    frag = project / "shaders" / "basic.frag"
+    frag.write_text(solid("1.0, 0.0, 0.0"))
+    library = ShaderLibrary(project)
+    assert dominant(centre(library, world)) == "r"
+    (swap,) = edit(library, frag, UNDEFINED_FUNCTION)
+    assert not swap.ok and (swap.error.path, swap.error.line) == (frag, 3)
+    assert f"{frag}:3: " in capsys.readouterr().err  # the message a user reads
+    assert dominant(centre(library, world)) == "r"
+
+
+def test_link_logs_of_common_drivers_name_what_did_not_link():
+    from engine.render.shaders import _link_error_lines, _Stage
+
+    # Mesa
+    assert names_in_link_log("error: uniform `u_model' declared as type `vec4' and type `mat4'")
+    assert names_in_link_log("error: unresolved reference to function `shade'") == ["shade"]
+    # NVIDIA
+    assert names_in_link_log(
+        "error: Type mismatch between shaders for uniform (named u_model)"
+    ) == ["u_model"]
+    nvidia = (
+        "Fragment info\n-------------\n"
+        '0(5) : error C3002: call to undefined function "vec3 shade(vec3);"\n'
+    )
+    assert names_in_link_log(nvidia) == ["shade"]
+    # NVIDIA gives the line under a stage heading: taken at its word, for that stage's file.
+    stages = [
+        _Stage("vertex", Path("a.vert"), "#version 330 core\nvoid main() {}\n"),
+        _Stage("fragment", Path("a.frag"), UNDEFINED_FUNCTION),
+    ]
+    assert [(s.file_name, n) for s, n in _link_error_lines(nvidia, stages)] == [("a.frag", 5)]
+    assert first_use_line("// shade\n/* shade\n*/ vec3 shade(vec3 c);\n", "shade") == 3
 
 
 def test_changes_may_be_queued_from_another_thread(project, world):
@@ -281,3 +336,139 @@ def test_error_lines_count_the_blank_lines_before_version(project, world):
     library = ShaderLibrary(project)
     (swap,) = edit(library, frag, "\n\n" + BROKEN)  # pyglet strips these before compiling
     assert not swap.ok and swap.error.line == 6
+
+
+# -- a shader that hangs the GPU: named while drawing, blamed, left out -------------------
+
+# A loop the GPU finishes at once (so the test never hangs), on line 5: where a hang is placed.
+LOOPING = """#version 330 core
+out vec4 frag_color;
+void main() {
+    float g = 0.0;
+    for (int i = 0; i < 4; i++) {  // line 5: the first loop
+        g += 0.25;
+    }
+    frag_color = vec4(0.0, g, 0.0, 1.0);
+}
+"""
+
+
+class FakeOverrun(BaseException):
+    """Stands in for the watchdog's interrupt of the render system (also a BaseException)."""
+
+
+@pytest.fixture
+def heartbeat():
+    from engine.contracts.handoff import HeartbeatReader, HeartbeatWriter, create_heartbeat_fd
+
+    fd = create_heartbeat_fd("test-shaders")
+    writer, reader = HeartbeatWriter(fd), HeartbeatReader(fd)
+    yield writer, reader
+    writer.close()
+    reader.close()
+    os.close(fd)
+
+
+def test_while_drawing_the_running_now_words_name_the_newest_shader_version(
+    project, world, heartbeat
+):
+    from engine.contracts.handoff import Phase
+
+    writer, reader = heartbeat
+    frag = project / "shaders" / "basic.frag"
+    frag.write_text(solid("1.0, 0.0, 0.0"))
+    library = ShaderLibrary(project)
+    library.running = writer.running
+    assert dominant(centre(library, world)) == "r"
+    (swap,) = edit(library, frag, LOOPING)
+    assert swap.ok
+    writer.running.phase(Phase.RENDER)
+    with library.drawing():
+        assert dominant(centre(library, world)) == "g"
+        named = reader.running().main
+    assert named is not None and named.phase == "shader" and named.user
+    assert (named.module, named.version, named.line) == ("basic.frag", 2, 5)
+    assert named.file == str(frag)
+    assert reader.running().main == reader.describe(Phase.RENDER)  # given back after drawing
+    centre(library, world)  # outside drawing(): nothing is named
+    assert reader.running().main == reader.describe(Phase.RENDER)
+
+
+def test_a_shader_blamed_for_a_hang_is_not_drawn_by_the_next_game(project, world, heartbeat):
+    from engine.launcher.supervisor import blame, blamed_unit
+    from engine.loader.loader import leave_out
+    from engine.policy import FaultKind
+
+    writer, reader = heartbeat
+    frag = project / "shaders" / "basic.frag"
+    frag.write_text(solid("1.0, 0.0, 0.0"))
+    library = ShaderLibrary(project)
+    library.running = writer.running
+    assert dominant(centre(library, world)) == "r"
+    edit(library, frag, LOOPING)
+    with library.drawing():
+        library.program("basic")
+        report = reader.running()  # what the supervisor reads when the game stops beating
+    fault = blame(project, FaultKind.HUNG, "hung: no heartbeat", report, "", None)
+    assert (fault.module, fault.version, fault.phase) == ("basic.frag", 2, "shader")
+    assert fault.location == "shaders/basic.frag:5"
+    leave_out(blamed_unit(project, fault), fault.version, "hung")
+    # The next game: the file on disk is unchanged, and still not drawn.
+    assert dominant(centre(ShaderLibrary(project), world)) == "r"
+    assert statuses(project, "basic.frag") == ["good", "bad"]
+
+
+def test_a_shader_loaded_at_start_up_and_blamed_gives_way_to_the_built_in(project, world):
+    frag = project / "shaders" / "basic.frag"
+    frag.write_text(LOOPING)
+    assert dominant(centre(ShaderLibrary(project), world)) == "g"
+    from engine.loader.loader import leave_out
+
+    leave_out(ProjectHistory(project).unit("shaders", "basic.frag", suffix=".frag"), 1, "hung")
+    assert dominant(centre(ShaderLibrary(project), world)) == "r"  # the built-in lit shader
+    (swap,) = edit(ShaderLibrary(project), frag, solid("0.0, 0.0, 1.0"))  # an edit runs at once
+    assert swap.ok
+
+
+def test_an_interrupted_slow_drawing_leaves_a_new_shader_out_in_process(project, world):
+    now = [0]
+    frag = project / "shaders" / "basic.frag"
+    frag.write_text(solid("1.0, 0.0, 0.0"))
+    library = ShaderLibrary(project, clock=lambda: now[0], report=lambda message: None)
+    assert dominant(centre(library, world)) == "r"
+    edit(library, frag, LOOPING)
+    with pytest.raises(FakeOverrun), library.drawing():
+        library.program("basic")
+        now[0] += library.draw_limit_ns + 1
+        raise FakeOverrun
+    (swap,) = library.apply_pending()
+    assert swap.ok and swap.versions == {"basic.frag": 1}
+    assert dominant(centre(library, world)) == "r"
+    assert statuses(project, "basic.frag") == ["good", "bad"]
+
+
+def test_a_quick_interrupt_or_a_proven_shader_is_not_left_out(project, world):
+    from engine.render.shaders import WATCHED_DRAWS
+
+    now = [0]
+    frag = project / "shaders" / "basic.frag"
+    frag.write_text(LOOPING)
+    library = ShaderLibrary(project, clock=lambda: now[0], report=lambda message: None)
+    with pytest.raises(FakeOverrun), library.drawing():  # slow, but loaded at start-up
+        library.program("basic")
+        now[0] += library.draw_limit_ns + 1
+        raise FakeOverrun
+    assert library.apply_pending() == []
+    edit(library, frag, solid("1.0, 0.0, 0.0"))
+    with pytest.raises(FakeOverrun), library.drawing():  # an exception, but a quick drawing
+        library.program("basic")
+        raise FakeOverrun
+    for _ in range(WATCHED_DRAWS):
+        with library.drawing():
+            library.program("basic")
+    with pytest.raises(FakeOverrun), library.drawing():  # slow, but proven by many draws
+        library.program("basic")
+        now[0] += library.draw_limit_ns + 1
+        raise FakeOverrun
+    assert library.apply_pending() == []
+    assert statuses(project, "basic.frag") == ["good", "good"]

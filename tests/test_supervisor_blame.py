@@ -304,3 +304,55 @@ def test_a_restarted_game_restores_its_world_first_and_skips_setup(tmp_path):
     assert seen[0] == "[]"
     assert len(seen) == 2 and seen[1] != "[]" and int(seen[1].strip("[]")) > 0
     assert (project / "setup.log").read_text() == "setup\n"
+
+
+# A fragment shader that never ends on a GPU. llvmpipe stops a loop after 65535 turns,
+# so the work in each turn makes one draw take seconds: the game hangs inside the driver,
+# where no watchdog reaches.
+ENDLESS_FRAG = """#version 330 core
+out vec4 frag_color;
+uniform float u_ambient;
+void main() {
+    float spin = gl_FragCoord.x;
+    while (u_ambient < 2.0) {  // line 6
+        spin = sin(spin) + cos(spin * 1.3) + sin(spin * 0.7) + cos(spin * 2.1);
+        spin = sin(spin) + cos(spin * 1.3) + sin(spin * 0.7) + cos(spin * 2.1);
+        spin = sin(spin) + cos(spin * 1.3) + sin(spin * 0.7) + cos(spin * 2.1);
+        spin = sin(spin) + cos(spin * 1.3) + sin(spin * 0.7) + cos(spin * 2.1);
+        if (spin > 1e30) break;
+    }
+    frag_color = vec4(1.0, 0.0, step(1e30, spin), 1.0);
+}
+"""
+
+CUBE_GAME = """
+from engine.render.components import Material, Mesh, Transform
+from systems.count import Counter
+
+def setup(world):
+    world.create_entity(Counter())
+    world.create_entity(Transform(position=(0.0, 1.6, -2.0)), Mesh("cube"), Material())
+"""
+
+
+def test_a_shader_that_hangs_the_gpu_is_blamed_and_the_next_game_draws_without_it(tmp_path):
+    from engine.launcher.game_process import RENDER_SYSTEM
+    from engine.render.context import gl_description
+
+    if "llvmpipe" not in gl_description():
+        pytest.skip("a shader that never ends may wedge a real GPU (no display watchdog)")
+    project = make_project(tmp_path / "game")
+    (project / "game.py").write_text(CUBE_GAME)
+    (project / "shaders").mkdir()
+    (project / "shaders" / "basic.frag").write_text(ENDLESS_FRAG)
+    messages: list[str] = []
+    with make_supervisor(project, messages, render=RENDER_SYSTEM, code_timeout_s=2.0) as sup:
+        sup.start()
+        assert sup.run_until(lambda: runs_in_a_new_game(sup, project), TIMEOUT_S), messages
+        stats = sup.stop()
+    (restart,) = stats["restarts"]  # once: the next game draws with the built-in
+    assert restart["kind"] == "hung" and restart["blamed"] == "basic.frag v1", restart
+    assert restart["location"] == "shaders/basic.frag:6", restart
+    assert "basic.frag v1 was running when the game hung" in restart["message"]
+    unit = ProjectHistory(project).unit("shaders", "basic.frag", suffix=".frag")
+    assert unit.get(1).status is VersionStatus.BAD and unit.active_number is None

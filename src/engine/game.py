@@ -314,12 +314,17 @@ class Engine:
         from engine.render.stage import RenderStage
 
         if prepared is not None:
-            prepared.attach(self.history_store, self.report)
+            prepared.attach(self.history_store, self.report, running=self.running)
             stage, settings = prepared, prepared.settings
         else:
             assert settings is not None
             stage = RenderStage(
-                settings, self.project_dir, self.history_store, layer_fd, report=self.report
+                settings,
+                self.project_dir,
+                self.history_store,
+                layer_fd,
+                report=self.report,
+                running=self.running,  # a shader that hangs the GPU is named, not render.render
             )
         self.render_stage = stage
         self.world.resources[RenderStage] = stage

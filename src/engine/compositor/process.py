@@ -802,6 +802,81 @@ class GLComposer:
 # --- the process ----------------------------------------------------------------------
 
 
+class RecoveringComposer:
+    """A :class:`GLComposer` that makes itself again when its GL context is lost.
+
+    A GPU reset (a game's shader hanging the GPU, a driver recovering) loses every robust
+    context on the device, the compositor's too (``EGL_EXT_create_context_robustness``:
+    ``glGetGraphicsResetStatus`` then says so). Before each frame this asks; once lost,
+    it makes a new context (:func:`engine.render.context.recreate_context`) and a new
+    composer in it (``make``), imports the layers' GPU images again, warms it up, and
+    composes the frame there. The layers' images are uploaded again from their blocks as
+    the frame reads them, so a dead game's last frame still shows. Everything else is the
+    current composer's (attributes are looked up there). The mirror window's own context
+    is not remade: after a loss it may show nothing until the compositor restarts (the
+    headless sink and the captures go on).
+
+    Args:
+        make: builds a composer in the current context.
+        reset_status: the current context's reset status (default
+            ``glGetGraphicsResetStatus``; a test injects one: a real reset cannot be
+            provoked on demand).
+        report: where a loss and the recovery are said.
+
+    A context that cannot be made again raises ``pyglet.gl.ContextException`` from
+    :meth:`compose` (the loop counts a failed frame and tries again next frame).
+    """
+
+    def __init__(
+        self,
+        make: Callable[[], GLComposer],
+        reset_status: Callable[[], int] | None = None,
+        report: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        from engine.render.context import reset_status as context_reset_status
+
+        self._make = make
+        self._reset_status = reset_status or context_reset_status
+        self.report = report
+        self.current = make()
+        self.context_resets = 0
+        self._offers: dict[int, GpuImagesOffer] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.current, name)
+
+    def attach_gpu_images(self, layer_index: int, offer: GpuImagesOffer) -> str | None:
+        """As :meth:`GLComposer.attach_gpu_images`; kept to import again after a loss."""
+        self._offers[layer_index] = offer
+        return self.current.attach_gpu_images(layer_index, offer)
+
+    def compose(
+        self, draws: Sequence[LayerDraw], eyes: tuple[EyeView, EyeView], fallback: bool
+    ) -> None:
+        status = self._reset_status()
+        if status:
+            self._recover(status, eyes)
+        self.current.compose(draws, eyes, fallback)
+
+    def _recover(self, status: int, eyes: tuple[EyeView, EyeView]) -> None:
+        from engine.render.context import RESET_STATUS_NAMES, recreate_context
+
+        why = RESET_STATUS_NAMES.get(status, f"reset status {status:#x}")
+        self.report(f"compositor: GL context lost ({why}); making a new one")
+        recreate_context()
+        composer = self._make()
+        for index, offer in self._offers.items():
+            problem = composer.attach_gpu_images(index, offer)
+            if problem and offer.offered:
+                self.report(f"compositor: layer {index} back in shared memory: {problem}")
+        composer.warm_up(eyes)
+        self.current = composer  # the old one's GL objects went with the old context
+        self.context_resets += 1
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.current.stats(), "context_resets": self.context_resets}
+
+
 def make_pose_source(spec: str, fov: Fov | None = None) -> Any:
     """``"simulated"`` or ``"trace:PATH"`` as a pose source. Raises ``ValueError`` otherwise.
 
@@ -858,13 +933,16 @@ def compositor_main(
     specs = config.layer_specs(preferred.layer_format)
     from engine.compositor.sinks import HeadlessSink, MirrorWindowSink
 
-    composer = GLComposer(
-        config.eye_width,
-        config.eye_height,
-        specs,
-        filter=config.filter,
-        warp=config.warp,
-        preview_layer=config.preview_index,
+    composer = RecoveringComposer(
+        lambda: GLComposer(
+            config.eye_width,
+            config.eye_height,
+            specs,
+            filter=config.filter,
+            warp=config.warp,
+            preview_layer=config.preview_index,
+        ),
+        report=_stderr_report,
     )
     readers, allocator = _share_layers(config, specs, composer, control)
     sink = (
@@ -981,7 +1059,7 @@ def compositor_main(
 def _share_layers(
     config: CompositorConfig,
     specs: list[LayerSpec],
-    composer: GLComposer,
+    composer: RecoveringComposer,
     control: socket.socket,
 ) -> tuple[list[LayerReader], Any]:
     """Create each layer's block and, where possible, its GPU images; send both to the

@@ -261,6 +261,7 @@ class CodeKind(IntEnum):
     SYSTEM = 1  # a system call (name: the system's)
     HOOK = 2  # a module hook (name: "on_load" / "on_unload")
     MODULE = 3  # a module's own code, run while it is imported (name: None)
+    SHADER = 4  # a shader stage the GPU runs (module: its file name, e.g. "basic.frag")
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +284,9 @@ class Running:
 
     Attributes:
         phase: ``"system"``, a hook's name (``"on_load"``), ``"load"`` (a module's own
-            code at import), or an engine :class:`Phase`'s text (``"frame idle"``).
+            code at import), ``"shader"`` (a shader stage the GPU runs; ``module`` is its
+            file name, ``line`` its first loop), or an engine :class:`Phase`'s text
+            (``"frame idle"``).
         module / version / name: the code (``None`` for a phase).
         file / line: where that code is defined (``None`` / 0 when unknown).
         user: the code comes from the project's ``systems/`` (not the engine's own).
@@ -391,13 +394,16 @@ class RunningNow:
         name: str | None,
         file: str | os.PathLike | None,
         line: int = 0,
+        user: bool | None = None,
     ) -> int:
         """Describe some code in the name table; returns its id (0 if the buffer has no
-        table). Never raises for odd text: names and paths are cut to fit."""
+        table). ``user``: whether the code is the user's (default: whether ``file`` is
+        under :attr:`user_dir`). Never raises for odd text: names and paths are cut to fit."""
         if not self.capacity:
             return 0
         path = os.fspath(file) if file else ""
-        user = bool(self.user_dir and path.startswith(self.user_dir + os.sep))
+        if user is None:
+            user = bool(self.user_dir and path.startswith(self.user_dir + os.sep))
         with self._lock:
             running_id = self._next_id
             self._next_id += 1
@@ -416,6 +422,12 @@ class RunningNow:
         )
         _ID.pack_into(self._view, offset, running_id)  # last: the entry is whole
         return running_id
+
+    def is_fresh(self, running_id: int) -> bool:
+        """Whether ``running_id`` is recent enough to keep naming its code: an older one's
+        entry is rewritten soon (half the table has been registered since), so whoever
+        holds it registers its code again."""
+        return running_id >= self._next_id - self.capacity // 2
 
     def name_handles(self, scheduler: Any) -> None:
         """Give every system handle of ``scheduler`` a ``running_id`` naming its version.
@@ -572,7 +584,11 @@ class HeartbeatReader:
         if entry_id != running_id:
             return Running("unknown")
         name_text = _decode(name) or None
-        phase = {CodeKind.SYSTEM: "system", CodeKind.MODULE: "load"}.get(kind, name_text)
+        phase = {
+            CodeKind.SYSTEM: "system",
+            CodeKind.MODULE: "load",
+            CodeKind.SHADER: "shader",
+        }.get(kind, name_text)
         return Running(
             phase=phase or "unknown",
             module=_decode(module) or None,

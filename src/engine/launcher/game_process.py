@@ -359,7 +359,7 @@ def game_main(
             # the running-now word still names it; keep that as what ended the game.
             running.note_exit(0)
         running.phase(Phase.STOP)
-        checkpointer.close(final=engine.checkpoint(), frame=engine.frame)
+        checkpointer.close(world=engine.world, frame=engine.frame)  # streamed, not bytes
         if config.stats_path:
             write_atomically(Path(config.stats_path), json.dumps(engine.stats()).encode())
         keep_frame_times(engine)

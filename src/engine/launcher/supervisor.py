@@ -82,7 +82,7 @@ from engine.launcher.game_process import (
     game_main,
 )
 from engine.launcher.vetting import DEFAULT_VET_FRAMES, Candidate, decide
-from engine.loader.history import ProjectHistory
+from engine.loader.history import ProjectHistory, VersionHistory
 from engine.loader.loader import KIND, leave_out
 from engine.loader.watcher import SHADER_SUFFIXES
 from engine.policy import Action, Decision, FailurePolicy, Fault, FaultKind
@@ -233,7 +233,9 @@ def blame(
     * Another SIGKILL came from outside (``kill -9``): nothing is blamed.
     * A crash is blamed on the thread that crashed (faulthandler names it): the main
       thread's word, or the loader thread's.
-    * A hang is blamed on the main thread's word.
+    * A hang is blamed on the main thread's word. A shader stage the GPU was running
+      (a hang inside the driver) is placed at its file and first loop, not at the engine
+      line that waited for the GPU.
     """
     threads = parse_dump(dump)
     signum = -exitcode if exitcode is not None and exitcode < 0 else 0
@@ -258,6 +260,10 @@ def blame(
     location = _location(project_dir, stack, kind is FaultKind.HUNG) or _defined_at(
         project_dir, running
     )
+    if running.phase == "shader":
+        location = _defined_at(project_dir, running) or location
+        if running.line:
+            detail += ", the GPU drawing with this shader (the line is its first loop)"
     if from_outside:
         detail += ", sent from outside the game: not blamed"
     user = running.user and not from_outside
@@ -272,6 +278,16 @@ def blame(
         phase=phase,
         location=location,
     )
+
+
+def blamed_unit(project_dir: Path, fault: Fault) -> VersionHistory:
+    """The history unit of the code ``fault`` names (``fault.module`` set): a shader
+    file's for a shader, else a system module's."""
+    history = ProjectHistory(project_dir)
+    assert fault.module is not None
+    if fault.phase == "shader":
+        return history.unit("shaders", fault.module, suffix=Path(fault.module).suffix)
+    return history.unit(KIND, fault.module)
 
 
 def _relative(project_dir: Path, file: str) -> str:
@@ -902,7 +918,7 @@ class Supervisor:
         assert fault.module is not None
         if fault.version is None:
             return None
-        unit = ProjectHistory(self.project_dir).unit(KIND, fault.module)
+        unit = blamed_unit(self.project_dir, fault)
         try:
             leave_out(unit, fault.version, decision.message)
         except KeyError:  # not in the history (a version number the game made up)

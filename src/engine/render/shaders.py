@@ -17,14 +17,27 @@ printed and returned with the file and line it points at.
 
 Every project shader file is a history unit (kind ``shaders``, name = file name);
 :meth:`ShaderLibrary.undo` / :meth:`ShaderLibrary.redo` move its active version and swap.
+
+A shader that never ends hangs inside the driver, where no watchdog reaches. While the
+GPU may be running the library's programs (:meth:`ShaderLibrary.drawing`), the game's
+running-now words name the project shader stage most likely at fault: of the programs
+handed out, the stage whose version was recorded last, with the line of its first loop. A
+hang then is blamed on that version; the supervisor marks it bad, and the restarted game
+draws with the version before it (or the built-in), as for a system module. A drawing
+interrupted (the watchdog stopping the render system) after more than ``draw_limit_ns``
+while a version swapped in live (an edit, not a start-up load: on a busy machine a proven
+shader's frame can be slow too) was named in its first :data:`WATCHED_DRAWS` draws leaves
+that version out in this process too: the next :meth:`ShaderLibrary.apply_pending` marks
+it bad and swaps the version before it in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,7 +47,9 @@ from engine.render.context import gl, offscreen_context
 # isort: split
 from pyglet.graphics.shader import Shader, ShaderException, ShaderProgram
 
+from engine.contracts.handoff import CodeKind, RunningNow
 from engine.loader.history import ProjectHistory, VersionHistory, VersionStatus, report_to_stderr
+from engine.loader.loader import leave_out
 
 BUILTIN_DIR = Path(__file__).with_name("shaders")
 #: File suffix -> the stages it provides.
@@ -43,10 +58,26 @@ STAGES = ("vertex", "fragment")
 _STAGE_SUFFIX = {"vertex": ".vert", "fragment": ".frag"}
 _STAGE_DEFINE = {"vertex": "VERTEX_SHADER", "fragment": "FRAGMENT_SHADER"}
 DEFAULT_PROGRAM = "basic"
+#: Draws a new shader version is watched for (a second at 90 Hz): a drawing interrupted
+#: over the limit in this time leaves it out; later, a slow frame is not its fault alone.
+WATCHED_DRAWS = 90
+#: The longest a drawing may take before an interrupted one blames the shader (the
+#: built-in render system's hard limit).
+DRAW_LIMIT_NS = 50_000_000
 
 # Info-log line formats: Mesa "0:12(3): error: ...", NVIDIA "0(12) : error C0000: ...",
 # AMD/Intel "ERROR: 0:12: ...".
 _LOG_LINE = re.compile(r"^\s*(?:ERROR:\s*)?\d+[:(](\d+)\)?(?:\(\d+\))?\s*:\s*(.*)$")
+# Names a link error quotes: Mesa `u_model', NVIDIA (named u_model) or "vec3 shade(vec3);",
+# others 'u_model' or "u_model".
+_QUOTED_NAME = re.compile(
+    r"`(\w+)'|\(named (\w+)\)|\"[\w\s]*?\b(\w+)\s*\([^\"]*\)\s*;?\"|'(\w+)'|\"(\w+)\""
+)
+# NVIDIA heads each stage's part of a link log with "Vertex info" / "Fragment info".
+_STAGE_HEADING = re.compile(r"^\s*(vertex|fragment)\s+info\b", re.IGNORECASE)
+# GLSL comments (kept as newlines, so line numbers hold) and the loop keywords.
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.DOTALL)
+_LOOP = re.compile(r"\b(?:for|while|do)\b")
 
 
 @dataclass(frozen=True)
@@ -114,11 +145,38 @@ class _Stage:
 
 
 @dataclass
+class _Suspect:
+    """The project stage a hang while drawing with one program is blamed on."""
+
+    program: str
+    stage: _Stage
+    recorded: float  # when its version was recorded: the newest change is the likeliest fault
+    line: int  # its first loop (0: none)
+    running_id: int = 0  # its name-table entry (0: not registered yet)
+    live: bool = False  # swapped in while the game ran (an edit, undo, redo), not loaded
+    draws: int = 0  # drawings finished while it was named
+    overran_ns: int = 0  # how long the drawing that left it out took
+
+
+@dataclass
 class _Running:
-    """A program that is drawing now, and the stages it was built from."""
+    """A program that is drawing now, the stages it was built from, and which of them a
+    hang while it draws is blamed on (``None``: only built-in stages)."""
 
     program: ShaderProgram
     stages: dict[str, _Stage]
+    suspect: _Suspect | None = None
+
+
+def first_loop_line(source: str) -> int:
+    """The 1-based line of the first ``for``/``while``/``do`` outside comments; 0 if none.
+
+    Where a hang inside the driver is reported: the driver cannot say which line ran away,
+    and a shader without a loop does not run long enough to hang.
+    """
+    code = _COMMENT.sub(lambda m: "\n" * m.group().count("\n"), source)
+    found = _LOOP.search(code)
+    return code.count("\n", 0, found.start()) + 1 if found else 0
 
 
 class _BuildFailed(Exception):
@@ -147,6 +205,63 @@ def parse_info_log(log: str) -> tuple[int | None, str]:
         return found[0]
     first = next((s.strip() for s in log.splitlines() if s.strip()), "unknown shader error")
     return None, first
+
+
+def names_in_link_log(log: str) -> list[str]:
+    """The names a link error log quotes (uniforms, varyings, functions), in order.
+
+    Understands Mesa's ``uniform `u_model' declared as type ...``, NVIDIA's ``... for
+    uniform (named u_model)`` and ``call to undefined function "vec3 shade(vec3);"``,
+    and plain quotes. GLSL keywords and type names are left out.
+    """
+    found = []
+    for match in _QUOTED_NAME.finditer(log):
+        name = next(g for g in match.groups() if g)
+        if name not in _GLSL_WORDS and name not in found:
+            found.append(name)
+    return found
+
+
+#: Quoted words in link logs that name no declaration of the user's.
+_GLSL_WORDS = frozenset(
+    "float int uint bool vec2 vec3 vec4 ivec2 ivec3 ivec4 uvec2 uvec3 uvec4 bvec2 bvec3 bvec4 "
+    "mat2 mat3 mat4 sampler2D samplerCube main in out uniform".split()
+)
+
+
+def first_use_line(source: str, name: str) -> int:
+    """The 1-based line where ``name`` first appears as a whole word outside comments;
+    0 if it does not."""
+    code = _COMMENT.sub(lambda m: "\n" * m.group().count("\n"), source)
+    found = re.search(rf"(?<![\w.]){re.escape(name)}\b", code)
+    return code.count("\n", 0, found.start()) + 1 if found else 0
+
+
+def _link_error_lines(log: str, stages: list[_Stage]) -> list[tuple[_Stage, int]]:
+    """Where a link error points, most likely first: ``(stage, file line)`` pairs.
+
+    A line the driver gives under a stage heading (NVIDIA) is taken at its word; else each
+    name the log quotes is looked up in each stage, in the order given (new stages first).
+    """
+    by_stage = {s.stage: s for s in stages}
+    heading: _Stage | None = None
+    for raw in log.splitlines():
+        m = _STAGE_HEADING.match(raw)
+        if m:
+            heading = by_stage.get(m.group(1).lower())
+            continue
+        m = _LOG_LINE.match(raw)
+        if heading is not None and m and "error" in m.group(2).lower():
+            return [(heading, heading.text()[1](int(m.group(1))))]
+    found = []
+    for name in names_in_link_log(log):
+        for stage in stages:
+            line = first_use_line(stage.source, name)
+            if line:
+                found.append((stage, line))
+        if found:
+            return found
+    return found
 
 
 def _driver_log(exc: BaseException) -> str:
@@ -190,6 +305,21 @@ def _compile(stages: dict[str, _Stage]) -> ShaderProgram:
             shader.delete()  # a linked program keeps its own copy
 
 
+def _placed_link_error(error: ShaderError, new: list[_Stage], stages: list[_Stage]) -> ShaderError:
+    """A link error with the file and line it points at, preferring the new stages; where
+    it points into the other stage too (a mismatch between two), the message says so."""
+    order = new + [s for s in stages if s not in new]
+    places = _link_error_lines(error.log, order)
+    if not places:
+        return replace(error, path=new[0].path)  # no line: name the new file
+    (stage, line), others = places[0], places[1:]
+    message = error.message
+    also = [f"{s.file_name}:{n}" for s, n in others if s.path != stage.path or n != line]
+    if also:
+        message += f" (also {', '.join(also)})"
+    return replace(error, path=stage.path, line=line, message=message)
+
+
 class ShaderLibrary:
     """The shader programs of one project (or the built-ins alone), live-editable.
 
@@ -211,9 +341,11 @@ class ShaderLibrary:
         *,
         clock: Callable[[], int] = time.monotonic_ns,
         report: Callable[[str], None] = report_to_stderr,
+        draw_limit_ns: int = DRAW_LIMIT_NS,
     ) -> None:
         """``history`` defaults to the project's own; without a project only built-ins exist.
-        ``report`` takes each message (a failed compile, a missing program, a deleted file)."""
+        ``report`` takes each message (a failed compile, a missing program, a deleted file).
+        ``draw_limit_ns``: see :meth:`drawing`."""
         self.project_dir = Path(project_dir) if project_dir is not None else None
         self.shader_dir = self.project_dir / "shaders" if self.project_dir is not None else None
         if history is None and self.project_dir is not None:
@@ -226,6 +358,12 @@ class ShaderLibrary:
         self._errors: dict[str, ShaderError] = {}
         self._lock = threading.Lock()
         self._pending: dict[Path, int] = {}
+        #: The game's running-now words (see :meth:`drawing`); ``None``: nobody watches.
+        self.running: RunningNow | None = None
+        self.draw_limit_ns = draw_limit_ns
+        self._drawing = False
+        self._named: _Suspect | None = None  # what the running-now word names while drawing
+        self._overran: list[_Suspect] = []  # to leave out at the next apply_pending
 
     # -- lookups ----------------------------------------------------------------------
     def program(self, name: str) -> ShaderProgram:
@@ -237,11 +375,15 @@ class ShaderLibrary:
         """
         running = self._running.get(name)
         if running is not None:
+            if self._drawing:
+                self._suspect(running)
             return running.program
         if name not in self._unknown:
             self._update(name, changed=set(), event_time_ns=None)
             running = self._running.get(name)
             if running is not None:
+                if self._drawing:
+                    self._suspect(running)
                 return running.program
             self._unknown.add(name)
             self.report(
@@ -250,6 +392,88 @@ class ShaderLibrary:
         if name == DEFAULT_PROGRAM:
             raise RuntimeError(f"the built-in {DEFAULT_PROGRAM!r} shader program does not build")
         return self.program(DEFAULT_PROGRAM)
+
+    @contextlib.contextmanager
+    def drawing(self) -> Iterator[None]:
+        """Draw inside this: from the first draw call until the pixels have arrived.
+
+        While inside, each program :meth:`program` hands out is *in use*, and the calling
+        thread's running-now word (:attr:`running`, if set) names the project shader stage
+        most likely at fault should the GPU never finish: among the programs in use, the
+        stage whose version was recorded last. Built-in stages are never named. On leaving,
+        the word goes back to what it held before. Nested use is part of the outer one.
+
+        An exception leaving the drawing (the watchdog's interrupt of a render system whose
+        GPU wait ran over its hard limit) after more than :attr:`draw_limit_ns`, while the
+        stage named was swapped in live and is in its first :data:`WATCHED_DRAWS` draws,
+        marks that stage for leaving out: :meth:`apply_pending` does it. The exception
+        goes on unchanged.
+        """
+        if self._drawing:
+            yield
+            return
+        running = self.running
+        before = running.now() if running is not None else 0
+        self._drawing, self._named = True, None
+        t0 = self._clock()
+        try:
+            yield
+        except BaseException:
+            self._note_overrun(self._clock() - t0)
+            raise
+        else:
+            if self._named is not None:
+                self._named.draws += 1
+        finally:
+            self._drawing, self._named = False, None
+            if running is not None:
+                running.leave(before)
+
+    def _note_overrun(self, elapsed_ns: int) -> None:
+        # Runs as an interrupt unwinds the render system: only note it, GL work comes later.
+        named = self._named
+        if named is None or not named.live or elapsed_ns <= self.draw_limit_ns:
+            return
+        if named.draws >= WATCHED_DRAWS:
+            return
+        if named.overran_ns == 0:
+            named.overran_ns = elapsed_ns
+            self._overran.append(named)
+
+    def _suspect(self, program: _Running) -> None:
+        """``program`` is in use: name its suspect if it is newer than the one named."""
+        suspect = program.suspect
+        if suspect is None:
+            return
+        if self._named is not None and self._named.recorded >= suspect.recorded:
+            return
+        self._named = suspect
+        running = self.running
+        if running is None:
+            return
+        if not suspect.running_id or not running.is_fresh(suspect.running_id):
+            stage = suspect.stage
+            suspect.running_id = running.register(
+                CodeKind.SHADER,
+                stage.file_name,
+                stage.version,
+                None,
+                stage.path,
+                suspect.line,
+                user=True,
+            )
+        running.enter(suspect.running_id)
+
+    def _suspect_of(self, name: str, stages: dict[str, _Stage]) -> _Suspect | None:
+        """The project stage of ``stages`` recorded last (``None``: all built-in)."""
+        found = []
+        for stage in stages.values():
+            unit = self._unit(stage.path)
+            if unit is None or stage.version is None:
+                continue
+            recorded = unit.get(stage.version).time
+            found.append(_Suspect(name, stage, recorded, first_loop_line(stage.source)))
+        return max(found, key=lambda s: (s.recorded, s.stage.version or 0), default=None)
 
     def rebuild(self) -> None:
         """Build every running program again, from the stages it runs, in the current context.
@@ -260,7 +484,8 @@ class ShaderLibrary:
         """
         for name, running in list(self._running.items()):
             try:
-                self._running[name] = _Running(_compile(running.stages), running.stages)
+                program = _compile(running.stages)
+                self._running[name] = _Running(program, running.stages, running.suspect)
             except _BuildFailed:
                 del self._running[name]
 
@@ -307,6 +532,7 @@ class ShaderLibrary:
         Returns one :class:`ShaderSwap` per rebuilt program (failures included, after
         printing them). A deleted file changes nothing: its program keeps drawing as it was.
         """
+        swaps = [swap for suspect in self._take_overran() if (swap := self._leave_out(suspect))]
         with self._lock:
             pending, self._pending = self._pending, {}
         by_program: dict[str, dict[str, int]] = {}
@@ -320,13 +546,47 @@ class ShaderLibrary:
             for name, running in self._running.items():
                 if any(_same_path(st.path, path) for st in running.stages.values()):
                     by_program.setdefault(name, {})[path.name] = t
-        swaps = []
         for name, files in sorted(by_program.items()):
             self._unknown.discard(name)
             swap = self._update(name, changed=set(files), event_time_ns=min(files.values()))
             if swap is not None:
                 swaps.append(swap)
         return swaps
+
+    def _take_overran(self) -> list[_Suspect]:
+        overran, self._overran = self._overran, []
+        return overran
+
+    def _leave_out(self, suspect: _Suspect) -> ShaderSwap | None:
+        """Mark ``suspect`` bad and draw its program with the version before it (or the
+        built-in stage); ``None`` if its program no longer runs that version."""
+        stage = suspect.stage
+        running = self._running.get(suspect.program)
+        unit = self._unit(stage.path)
+        if unit is None or stage.version is None or running is None:
+            return None
+        if running.stages.get(stage.stage) != stage:
+            return None
+        why = (
+            f"a drawing with it took {suspect.overran_ns / 1e6:.0f} ms (over "
+            f"{self.draw_limit_ns / 1e6:.0f} ms) and was interrupted"
+        )
+        before = leave_out(unit, stage.version, why)
+        stages = dict(running.stages)
+        for key, old in running.stages.items():
+            if old == stage:
+                stages[key] = (
+                    _Stage(key, stage.path, unit.source(before.number), before.number)
+                    if before is not None
+                    else self._last_good(stage.path, key)
+                )
+        where = f"{stage.path}:{suspect.line}" if suspect.line else f"{stage.path}"
+        instead = f"v{before.number}" if before is not None else "the built-in stage"
+        self.report(
+            f"engine: {where}: {stage.file_name} v{stage.version} {why}; left out, "
+            f"{instead} draws instead"
+        )
+        return self._report(self._try(suspect.program, stages, None))
 
     def undo(self, file_name: str) -> ShaderSwap | None:
         """Run the previous runnable version of project shader ``file_name`` (``basic.frag``).
@@ -367,7 +627,9 @@ class ShaderLibrary:
         """The stage as the file on disk has it, recorded in the history if it is the project's.
 
         On first load an unchanged file resumes its active version, so an undo survives a
-        restart. Raises ``OSError``/``UnicodeDecodeError`` if the file cannot be read.
+        restart, and one left out as ``bad`` (it hung the game) is not drawn again: with no
+        active version, the built-in stage stands in until the file is edited. Raises
+        ``OSError``/``UnicodeDecodeError`` if the file cannot be read.
         """
         source = path.read_text(encoding="utf-8")
         unit = self._unit(path)
@@ -378,6 +640,8 @@ class ShaderLibrary:
         if first_load and version is previous and unit.active is not None:
             version = unit.active
             source = unit.source(version.number)
+        elif first_load and version is previous and version.status is VersionStatus.BAD:
+            return self._last_good(path, stage)
         return _Stage(stage, path, source, version.number)
 
     def _untried(self, stage: _Stage) -> _Stage:
@@ -459,7 +723,7 @@ class ShaderLibrary:
             at_fault = [failed.stage] if failed.stage is not None else new
             error = failed.error
             if failed.stage is None and new:
-                error = replace(error, path=new[0].path)  # a link error: name the new file
+                error = _placed_link_error(error, new, list(stages.values()))
             for stage in at_fault:
                 unit = self._unit(stage.path)
                 if unit is not None and stage.version is not None:
@@ -471,7 +735,10 @@ class ShaderLibrary:
                 unit.mark(stage.version, VersionStatus.GOOD)
                 unit.activate(stage.version)
         old = self._running.get(name)
-        self._running[name] = _Running(program, dict(stages))
+        suspect = self._suspect_of(name, stages)
+        if suspect is not None and old is not None:
+            suspect.live = old.stages.get(suspect.stage.stage) != suspect.stage
+        self._running[name] = _Running(program, dict(stages), suspect)
         if old is not None:
             old.program.delete()
         return ShaderSwap(name, True, versions, None, event_time_ns, self._clock())

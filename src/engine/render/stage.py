@@ -43,6 +43,7 @@ import numpy as np
 
 from engine.compositor.sinks import save_png, side_by_side
 from engine.contracts.gpu_layer import GpuImagesOffer
+from engine.contracts.handoff import RunningNow
 from engine.contracts.layer import (
     ImageSlot,
     ImageStorage,
@@ -118,6 +119,9 @@ class RenderStage:
             context, framebuffers, GPU image imports and the layer's mapping are made,
             but the layer is not touched (another game publishes into it) until
             :meth:`attach`; see :meth:`warm_up_standby`.
+        running: the game's running-now words: while the GPU draws, they name the shader
+            version drawing (see :meth:`engine.render.shaders.ShaderLibrary.drawing`), so
+            a shader that hangs the driver is blamed, not the render system.
     """
 
     def __init__(
@@ -129,6 +133,7 @@ class RenderStage:
         report: Callable[[str], None] = lambda message: None,
         reset_status: Callable[[], int] | None = None,
         attach: bool = True,
+        running: RunningNow | None = None,
     ) -> None:
         # Not at the top: importing this module (for RenderSettings) must not load GL.
         from engine.render.context import reset_status as context_reset_status
@@ -137,6 +142,7 @@ class RenderStage:
 
         self.settings = settings
         self.shaders = ShaderLibrary(project_dir, history, report=report)
+        self.shaders.running = running
         self.renderer = Renderer(
             settings.width,
             settings.height,
@@ -176,7 +182,10 @@ class RenderStage:
         return prebuild(self.shaders.project_dir, self.shaders.history)
 
     def attach(
-        self, history: ProjectHistory | None, report: Callable[[str], None] | None = None
+        self,
+        history: ProjectHistory | None,
+        report: Callable[[str], None] | None = None,
+        running: RunningNow | None = None,
     ) -> None:
         """Take over: a warm standby's stage becomes this game's. Its shader library starts
         afresh on ``history`` (the programs built ahead are taken where the texts match),
@@ -188,19 +197,21 @@ class RenderStage:
             self.report = report
             self.renderer.report = report
         self.shaders = ShaderLibrary(self.shaders.project_dir, history, report=self.report)
+        self.shaders.running = running  # the game's words: a hanging shader is named
         self.renderer.shaders = self.shaders
         self.writer.attach()
 
     def warm_up(self, world: object) -> None:
         """Draw once without publishing: context, programs and meshes are made now, not
         inside the first frame (where their one-time cost would trip the watchdog)."""
-        if self.gpu_targets is not None:
-            # Into the image the first frame draws into again (acquired, so never shown).
-            targets = self.gpu_targets.framebuffers(self.writer.acquire().index)
-            self.renderer.render_to_framebuffers(world, self.eyes_for(None), targets)
-            return
-        scratch = [np.empty(self.spec.shape[1:], np.uint8) for _ in range(self.spec.eyes)]
-        self.renderer.render(world, self.eyes_for(None), scratch)
+        with self.shaders.drawing():
+            if self.gpu_targets is not None:
+                # Into the image the first frame draws into again (acquired, so never shown).
+                targets = self.gpu_targets.framebuffers(self.writer.acquire().index)
+                self.renderer.render_to_framebuffers(world, self.eyes_for(None), targets)
+                return
+            scratch = [np.empty(self.spec.shape[1:], np.uint8) for _ in range(self.spec.eyes)]
+            self.renderer.render(world, self.eyes_for(None), scratch)
 
     def eyes_for(self, pose_eyes: tuple[EyeView, ...] | None) -> tuple[EyeView, ...]:
         if pose_eyes:
@@ -217,7 +228,10 @@ class RenderStage:
         """
         if self.context_lost is not None:
             return
-        views = self.eyes_for(eyes)
+        with self.shaders.drawing():  # a hang from here on is blamed on the shader drawing
+            self._draw(world, frame, self.eyes_for(eyes))
+
+    def _draw(self, world: object, frame: int, views: tuple[EyeView, ...]) -> None:
         drawn = self.renderer.draw(world, views)
         slot = self.writer.acquire()
         if self.gpu_targets is not None:
