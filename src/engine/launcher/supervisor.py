@@ -280,10 +280,11 @@ def blame(
     )
 
 
-def blamed_unit(project_dir: Path, fault: Fault) -> VersionHistory:
+def blamed_unit(project_dir: Path, fault: Fault, root: Path | None = None) -> VersionHistory:
     """The history unit of the code ``fault`` names (``fault.module`` set): a shader
-    file's for a shader, else a system module's."""
-    history = ProjectHistory(project_dir)
+    file's for a shader, else a system module's; in the history at ``root`` (default
+    the project's; a preview's is a copy of its own)."""
+    history = ProjectHistory(project_dir, root=root)
     assert fault.module is not None
     if fault.phase == "shader":
         return history.unit("shaders", fault.module, suffix=Path(fault.module).suffix)
@@ -1105,9 +1106,7 @@ class Supervisor:
              "location": fault.location, "message": message}
         )  # fmt: skip
         if fault.module is not None and fault.version is not None:
-            unit = ProjectHistory(self.project_dir, root=self.preview_dir / "history").unit(
-                KIND, fault.module
-            )
+            unit = blamed_unit(self.project_dir, fault, root=self.preview_dir / "history")
             try:
                 leave_out(unit, fault.version, message)
                 sha = unit.get(fault.version).sha256
