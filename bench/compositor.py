@@ -36,9 +36,11 @@ Runs, one after another, each in its own process at the priority the compositor 
    the compose with the game layer alone, with the preview's panel too, with the live
    eye's copy for the mirror too; and the mirror view (window size) without and with text.
 3. **game / crashes** — the supervisor running a game (fill renderer, 2 x 640 x 360: see
-   ``GAME_EYE``), left alone, then killed with SIGKILL again and again: the compositor's
-   misses over each run, and how long each restart took, from detection to the new
-   game's first frame.
+   ``GAME_EYE``), left alone, then killed with SIGKILL again and again, each time once
+   the new game ran 20 frames and the next warm standby is ready: the compositor's misses
+   over each run, and how long each restart took, from detection to the new game's first
+   frame. (Kills faster than a standby warms up, about a second, meet a standby still
+   warming or none: ``bench/restart.py`` compares restarts with and without one.)
 
 Prints one table; the ratio and difference columns compare each run with the floor.
 """
@@ -463,9 +465,11 @@ def run_game(seconds: float, lead_ns: int, crash: bool) -> dict:
     kills = 0
     while time.monotonic() < end:
         pid = sup.game_pid
-        # Let the new game run 20 frames past its first, then kill it.
+        # Let the new game run 20 frames past its first and the next warm standby get
+        # ready (a restart takes it: see bench/restart.py for both ways), then kill it.
         frames = sup.game_frames
         sup.run_until(lambda f=frames: sup.game_frames >= f + 20, 30)
+        sup.run_until(lambda: sup.standby is not None and sup.standby.ready_ns is not None, 30)
         if crash and pid is not None and time.monotonic() < end:
             os.kill(pid, signal.SIGKILL)
             kills += 1
