@@ -645,7 +645,12 @@ def openxr_checks(result: ProbeResult) -> list[Check]:
             runtime = Check("openxr runtime", WARN, f"{manifest} unreadable: {exc}", runtime_fix)
     if result.error or not result.last:
         why = result.error or "no answer"
-        pyopenxr = Check("pyopenxr", WARN, f"does not import: {why}", "pip install pyopenxr")
+        pyopenxr = Check(
+            "pyopenxr",
+            WARN,
+            f"does not import: {why}",
+            "pip install 'all-source-engine[openxr]' (or pip install pyopenxr)",
+        )
     else:
         pyopenxr = Check("pyopenxr", OK, f"imports (pyopenxr {result.last['pyopenxr']})")
     return [runtime, pyopenxr]
