@@ -336,11 +336,11 @@ def test_the_compositor_takes_the_games_state_and_goes_on(tmp_path):
         live.wait_for(5)
         handle.tell_game_state("restarting")
         handle.tell_game_state("no such state")  # ignored
-        live.wait_for(10)  # it goes on presenting
+        live.wait_for(10)  # it goes on presenting (the producer is paced by its frames)
         return [live]
 
     stats, _ = run(tmp_path, steps)
-    assert stats["frames"] > 15 and stats["failed_frames"] == 0
+    assert stats["frames"] >= 15 and stats["failed_frames"] == 0  # 5 + 10 poses taken
 
 
 @pytest.mark.usefixtures("virtual_display")

@@ -835,6 +835,7 @@ class RecoveringComposer:
     ) -> None:
         from engine.render.context import reset_status as context_reset_status
 
+        self._set: dict[str, Any] = {}
         self._make = make
         self._reset_status = reset_status or context_reset_status
         self.report = report
@@ -842,8 +843,21 @@ class RecoveringComposer:
         self.context_resets = 0
         self._offers: dict[int, GpuImagesOffer] = {}
 
+    #: Its own attributes; any other that is set (``mirror_text``) is the composer's, set
+    #: on the current one and again on each one made after a loss.
+    _OWN = frozenset(
+        {"_make", "_reset_status", "report", "current", "context_resets", "_offers", "_set"}
+    )
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.current, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in RecoveringComposer._OWN:
+            object.__setattr__(self, name, value)
+            return
+        self._set[name] = value
+        setattr(self.current, name, value)
 
     def attach_gpu_images(self, layer_index: int, offer: GpuImagesOffer) -> str | None:
         """As :meth:`GLComposer.attach_gpu_images`; kept to import again after a loss."""
@@ -865,6 +879,8 @@ class RecoveringComposer:
         self.report(f"compositor: GL context lost ({why}); making a new one")
         recreate_context()
         composer = self._make()
+        for name, value in self._set.items():
+            setattr(composer, name, value)
         for index, offer in self._offers.items():
             problem = composer.attach_gpu_images(index, offer)
             if problem and offer.offered:
