@@ -54,10 +54,14 @@ def test_auto_vetting_promotes_a_clean_candidate_after_its_frames_on_the_copy(tm
         assert sup.run_until(lambda: live_ready(sup, project), TIMEOUT_S), messages
         live = sup.game_pid
         save_candidate(project)
+        saved_at = max(v for p, v in counter_log(project) if p == live)
         assert sup.run_until(lambda: sup.preview is not None, TIMEOUT_S), messages
         preview = sup.preview.process.pid
         assert sup.run_until(lambda: ran_v2(project, preview), TIMEOUT_S), messages
         assert not ran_v2(project, live)  # on the copy only, until it is vetted
+        # A fresh copy: taken after the save was seen, not the last periodic checkpoint.
+        first_in_preview = min(v for p, v in counter_log(project) if p == preview)
+        assert first_in_preview > saved_at, (first_in_preview, saved_at)
         assert sup.run_until(lambda: "fault" in sup.preview_stats["promoted"], TIMEOUT_S), messages
         assert sup.run_until(lambda: ran_v2(project, live), TIMEOUT_S), messages
         assert sup.game_pid == live  # swapped in, not restarted

@@ -512,7 +512,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
         print(f"engine: preview failed: {reply.get('error')}", file=sys.stderr)
         return 1
     print(
-        f"engine: preview running (pid {reply['pid']}) beside the live game; "
+        f"engine: preview starting beside the live game, on a fresh copy of its world; "
         f"`engine promote {args.project}` or `engine discard {args.project}`"
     )
     return 0

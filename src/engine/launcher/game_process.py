@@ -331,6 +331,16 @@ def game_main(
     )
     checkpointer.last_ns = time.monotonic_ns()  # the restored state is already on disk
     engine.checkpoint_ring = ring
+
+    def checkpoint_now(args: dict[str, Any]) -> dict[str, Any]:
+        # For a preview: a fresh copy of the world, written at the next frame boundary by a
+        # forked child like any checkpoint. The caller waits for the count to pass "taken".
+        checkpointer.last_ns = None
+        return {"ok": True, "taken": checkpointer.taken}
+
+    from engine.game import Command
+
+    engine.commands["checkpoint_now"] = Command(checkpoint_now)
     render = None if use_render_system else layer.factory(engine, spec)
     engine.after_frame.append(LayerPublisher(writer, render, heartbeat, checkpointer))
     if input_fd is not None:

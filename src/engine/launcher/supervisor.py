@@ -89,6 +89,8 @@ from engine.policy import Action, Decision, FailurePolicy, Fault, FaultKind
 from engine.scheduler.watchdog import loop_line_in_file
 
 S = 1_000_000_000  # nanoseconds per second
+#: How long a preview waits for the live game's fresh checkpoint before it takes the newest.
+PREVIEW_SNAPSHOT_WAIT_S = 2.0
 #: How long a hung game is given to write its stacks (DUMP_SIGNAL) before SIGKILL.
 DUMP_WAIT_S = 0.25
 
@@ -498,6 +500,9 @@ class Supervisor:
         }
         self._requests: ThreadPoolExecutor | None = None  # control requests, off the loop
         self._vet_future: Future | None = None
+        # A preview asked for, waiting for the live game's fresh checkpoint:
+        # (modules, when asked, the request's future).
+        self._preview_wanted: tuple[list[str] | None, int, Future] | None = None
         self._vet_asked_ns = 0
         self._preview_diffed = False
         self._decided: set[tuple[str, str]] = set()  # (module, sha256) judged already
@@ -984,21 +989,44 @@ class Supervisor:
         game.crash_fd = game.heartbeat_fd = -1
 
     # -- the preview: vetting candidates on a copy of the world ----------------------------
-    def start_preview(self, modules: list[str] | None = None) -> int:
-        """Start a preview game on a copy of the live world and of the history; its pid.
+    def start_preview(self, modules: list[str] | None = None) -> None:
+        """Start a preview game on a fresh copy of the live world and of the history.
 
-        The copy is the live game's newest checkpoint (at most ``checkpoint_interval_s``
-        old, taken at a frame boundary by a forked child: it cost the live game no
-        frame). The preview runs what is on disk now (with ``modules``, only those; the
-        rest at their live versions), follows later saves, draws into the preview layer
-        and runs at a lower priority. A running preview is replaced. Raises
-        ``RuntimeError`` before the compositor runs or before the first checkpoint.
+        The live game is asked for a checkpoint at its next frame boundary (a forked child
+        writes it: it costs the live game no frame); the preview starts from it as soon as
+        it is written (:attr:`preview` is set then), or from the newest checkpoint there is
+        after ``PREVIEW_SNAPSHOT_WAIT_S``. The preview runs what is on disk now (with
+        ``modules``, only those; the rest at their live versions), follows later saves,
+        draws into the preview layer and runs at a lower priority. A running preview is
+        replaced. Raises ``RuntimeError`` before the compositor runs or before the first
+        checkpoint.
         """
         if self.compositor is None or self._stopping:
             raise RuntimeError("the engine is not running")
         if not self.checkpoint_path.is_file():
             raise RuntimeError("the live game has no checkpoint yet; try again in a second")
         self.end_preview("replaced by a new one")
+        ask = self._request(self.state_dir / "control.sock", {"op": "checkpoint_now"}, 2.0)
+        self._preview_wanted = (modules, self.clock(), ask)
+
+    def _start_preview_when_fresh(self, now: int) -> None:
+        """Start the preview asked for once the live game's fresh checkpoint is written."""
+        assert self._preview_wanted is not None
+        modules, asked_ns, ask = self._preview_wanted
+        fresh = False
+        if ask.done():
+            reply = ask.result()
+            beat = self.game.heartbeat.read() if self.game is not None else None
+            taken = reply.get("taken") if reply.get("ok") else None
+            fresh = beat is not None and isinstance(taken, int) and beat.checkpoints > taken
+            if not reply.get("ok"):
+                fresh = True  # the live game cannot say: the newest checkpoint it is
+        if not fresh and now - asked_ns < PREVIEW_SNAPSHOT_WAIT_S * S:
+            return
+        self._preview_wanted = None
+        self._spawn_preview(modules)
+
+    def _spawn_preview(self, modules: list[str] | None) -> int:
         shutil.rmtree(self.preview_dir, ignore_errors=True)
         self.preview_dir.mkdir(parents=True)
         checkpoint = self.preview_dir / "checkpoint.bin"
@@ -1034,7 +1062,9 @@ class Supervisor:
         return self.preview.process.pid
 
     def end_preview(self, why: str = "") -> None:
-        """Stop the preview game, if one runs (the live game is not touched)."""
+        """Stop the preview game, if one runs or is waiting to (the live game is not
+        touched)."""
+        self._preview_wanted = None
         preview, self.preview = self.preview, None
         if preview is None:
             return
@@ -1051,7 +1081,10 @@ class Supervisor:
             self.report(f"supervisor: preview ended ({why})")
 
     def _watch_preview(self, now: int) -> None:
-        if self._candidates_saved and self.preview is None and self.vet:
+        if self._preview_wanted is not None:
+            self._start_preview_when_fresh(now)
+        waiting = self._preview_wanted is not None
+        if self._candidates_saved and self.preview is None and self.vet and not waiting:
             if self.checkpoint_path.is_file() and self.game is not None:
                 self._candidates_saved = False
                 self.start_preview()
@@ -1231,7 +1264,7 @@ class Supervisor:
     def discard(self) -> None:
         """Drop the candidates: end the preview; the live game keeps its versions (the
         files keep their text, and a later save starts a new preview under ``vet``)."""
-        if self.preview is None:
+        if self.preview is None and self._preview_wanted is None:
             raise LookupError("no preview is running")
         self.end_preview("discarded")
 
@@ -1264,8 +1297,8 @@ class Supervisor:
                     isinstance(modules, list) and all(isinstance(m, str) for m in modules)
                 ):
                     return {"ok": False, "error": "preview needs 'modules' (a list of names)"}
-                pid = self._on_loop(lambda: self.start_preview(modules))
-                return {"ok": True, "pid": pid}
+                self._on_loop(lambda: self.start_preview(modules))
+                return {"ok": True}
             if op == "discard":
                 self._on_loop(self.discard)
                 return {"ok": True}
