@@ -14,6 +14,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from conftest import LOGGED_COUNTER as COUNT
 from engine.loader.history import ProjectHistory, VersionStatus
 from test_supervisor_faults import TIMEOUT_S, counter_log, make_project, make_supervisor
 
@@ -206,21 +207,7 @@ def test_promote_with_no_engine_running_says_so_in_one_line(tmp_path):
     assert time.monotonic() - started < TIMEOUT_S
 
 
-FAST_COUNT = """
-import os
-import engine
-
-@engine.component
-class Counter:
-    value: int = 0
-
-@engine.system(order=0)
-def count(world, dt):
-    for _, c in world.get_component(Counter):
-        c.value += 1000
-        with open({log!r}, "a") as f:
-            f.write(f"{{os.getpid()}} {{c.value}}\\n")
-"""
+FAST_COUNT = COUNT.replace("c.value += 1\n", "c.value += 1000\n")  # the candidate
 
 
 def test_the_world_diff_names_the_field_a_candidate_changes(tmp_path):

@@ -821,13 +821,7 @@ class Supervisor:
         if standby.go_fd is not None:
             os.close(standby.go_fd)
             standby.go_fd = None
-        if standby.process.exitcode is None:
-            standby.process.join(0.5)
-        if standby.process.exitcode is None:
-            standby.process.kill()
-            standby.process.join(2.0)
-        self._kill_leftovers(standby.process.pid)
-        self._close_blocks(standby)
+        self._stop(standby, wait_s=0.5, terminate=False)
 
     def poll(self) -> None:
         """One supervision step: check the compositor and the game, restart if due."""
@@ -851,15 +845,7 @@ class Supervisor:
             self.game_checkpoints = self._checkpoints_before + beat.checkpoints
         else:
             beat = None
-        if game.process.exitcode is not None:
-            kind, cause = FaultKind.PROCESS_DIED, describe_exit(game.process.exitcode)
-        else:
-            cause = game.watch.observe(
-                beat, now, game.heartbeat.running_main_id(), game.heartbeat.describe
-            )
-            kind = FaultKind.HUNG if cause and cause.startswith("hung") else None
-            if cause and kind is None:
-                kind = FaultKind.NOT_PUBLISHING
+        kind, cause = self._observe(game, beat, now)
         record = self.restarts[-1] if self.restarts else None
         if record and record.first_frame_ms is None and game.watch.first_frame_ns is not None:
             record.first_frame_ms = (game.watch.first_frame_ns - self._detected_ns) / 1e6
@@ -948,20 +934,35 @@ class Supervisor:
             time.sleep(0.005)
 
     def _end_game(self, game: _Game, kill: bool, keep_blocks: bool = False) -> None:
-        """Stop ``game`` (SIGKILL, or SIGTERM then SIGKILL) and everything it started."""
-        if game.process.exitcode is None:
-            if kill:
-                game.process.kill()
-            else:
-                game.process.terminate()
-            game.process.join(5.0 if not kill else 2.0)
-            if game.process.exitcode is None:
-                game.process.kill()
-                game.process.join(2.0)
-        self._kill_leftovers(game.process.pid)
-        if not keep_blocks:
-            self._close_blocks(game)
+        """Stop the live ``game`` (SIGKILL, or SIGTERM then SIGKILL) and what it started."""
+        self._stop(game, wait_s=0.0 if kill else 5.0, terminate=not kill, close=not keep_blocks)
         self.game = None
+
+    def _stop(self, game: _Game, wait_s: float, terminate: bool, close: bool = True) -> None:
+        """End any game process: SIGTERM first if ``terminate``, ``wait_s`` for it to end by
+        itself, then SIGKILL; then what it started, and (``close``) its blocks."""
+        process = game.process
+        if process.exitcode is None:
+            if terminate:
+                process.terminate()
+            if wait_s:
+                process.join(wait_s)
+            if process.exitcode is None:
+                process.kill()
+                process.join(2.0)
+        self._kill_leftovers(process.pid)
+        if close:
+            self._close_blocks(game)
+
+    def _observe(self, game: _Game, beat: Heartbeat | None, now: int) -> tuple[Any, str | None]:
+        """Whether ``game`` failed: ``(FaultKind, cause)``, or ``(None, None)``."""
+        if game.process.exitcode is not None:
+            return FaultKind.PROCESS_DIED, describe_exit(game.process.exitcode)
+        running_id = game.heartbeat.running_main_id()
+        cause = game.watch.observe(beat, now, running_id, game.heartbeat.describe)
+        if cause is None:
+            return None, None
+        return (FaultKind.HUNG if cause.startswith("hung") else FaultKind.NOT_PUBLISHING), cause
 
     def _kill_leftovers(self, session: int) -> None:
         """Kill what a game started: its session, and orphans re-parented to us."""
@@ -1068,14 +1069,7 @@ class Supervisor:
         preview, self.preview = self.preview, None
         if preview is None:
             return
-        if preview.process.exitcode is None:
-            preview.process.terminate()
-            preview.process.join(2.0)
-            if preview.process.exitcode is None:
-                preview.process.kill()
-                preview.process.join(2.0)
-        self._kill_leftovers(preview.process.pid)
-        self._close_blocks(preview)
+        self._stop(preview, wait_s=2.0, terminate=True)
         self._vet_future = None
         if why:
             self.report(f"supervisor: preview ended ({why})")
@@ -1094,14 +1088,7 @@ class Supervisor:
         beat = preview.heartbeat.read()
         if beat is not None and beat.pid != preview.process.pid:
             beat = None
-        if preview.process.exitcode is not None:
-            kind, cause = FaultKind.PROCESS_DIED, describe_exit(preview.process.exitcode)
-        else:
-            running_id = preview.heartbeat.running_main_id()
-            cause = preview.watch.observe(beat, now, running_id, preview.heartbeat.describe)
-            kind = FaultKind.HUNG if cause and cause.startswith("hung") else None
-            if cause and kind is None:
-                kind = FaultKind.NOT_PUBLISHING
+        kind, cause = self._observe(preview, beat, now)
         if kind is not None and cause is not None:
             self._on_preview_failure(preview, kind, cause)
             return
@@ -1122,10 +1109,7 @@ class Supervisor:
         if preview.process.exitcode is None and kind is not FaultKind.PROCESS_DIED:
             self._dump_stacks(preview)
         self.preview = None
-        if preview.process.exitcode is None:
-            preview.process.kill()
-            preview.process.join(2.0)
-        self._kill_leftovers(preview.process.pid)
+        self._stop(preview, wait_s=0.0, terminate=False, close=False)  # blocks: read below
         if kind is FaultKind.PROCESS_DIED:
             running = preview.heartbeat.running()
         dump = _read_all(preview.crash_fd)
