@@ -1016,3 +1016,28 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_runaway_loop_at_import_is_named_at_its_loop_line_wherever_it_was_stopped(tmp_path):
+    import sys
+
+    from engine.loader.modules import LoadTimeout, error_from_exception
+
+    path = tmp_path / "spin.py"
+    path.write_text("import math\nwhile True:\n    x = math.pi\n    y = x * 2\n")
+    code = compile(path.read_text(), str(path), "exec")
+
+    def stop_in_the_body(frame, event, arg):  # noqa: ANN001, ANN202
+        if frame.f_code.co_filename == str(path) and event == "line" and frame.f_lineno == 4:
+            raise LoadTimeout("stopped")
+        return stop_in_the_body
+
+    sys.settrace(stop_in_the_body)
+    try:
+        exec(code, {})
+    except LoadTimeout as exc:
+        caught = exc
+    finally:
+        sys.settrace(None)
+    error = error_from_exception("spin", path, caught)
+    assert error.line == 2 and error.timeout  # the `while`, not line 4 where it stopped

@@ -225,3 +225,37 @@ def test_the_world_diff_names_the_field_a_candidate_changes(tmp_path):
     value = next(f for f in counter["fields"] if f["field"] == "value")
     assert value["differing"] == 1 and value["max_abs"] > 1000, value
     assert any("Counter.value" in m for m in messages), messages
+
+
+def test_engine_run_vet_auto_from_the_command_line_promotes_a_saved_candidate(tmp_path):
+    import os
+    import signal
+
+    project = make_project(tmp_path / "game")
+    stats_path = tmp_path / "stats.json"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "engine.launcher.cli", "run", str(project), "--vet", "auto",
+         "--vet-frames", "30", "--no-render", "--quiet", "--stats-json", str(stats_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYGLET_HEADLESS": "1"},
+    )  # fmt: skip
+    try:
+        give_up = time.monotonic() + TIMEOUT_S
+        while not ((project / ".engine" / "checkpoint.bin").exists() and counter_log(project)):
+            assert time.monotonic() < give_up and run.poll() is None
+            time.sleep(0.05)
+        live = counter_log(project)[0][0]
+        save_candidate(project)
+        while not ran_v2(project, live):  # promoted into the live game by itself
+            assert time.monotonic() < give_up and run.poll() is None
+            time.sleep(0.05)
+        run.send_signal(signal.SIGTERM)
+        out, _ = run.communicate(timeout=TIMEOUT_S)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0, out
+    assert "promoted into the live game: fault v2" in out, out
+    stats = __import__("json").loads(stats_path.read_text())
+    assert stats["vet"] == "auto" and stats["preview"]["promoted"] == {"fault": 2}

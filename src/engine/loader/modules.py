@@ -18,7 +18,6 @@ import builtins
 import importlib.machinery
 import inspect
 import marshal
-import traceback
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ import esper
 
 from engine.loader.compiler import Chunk, CompileFailed, CompileTimeout
 from engine.scheduler.spec import SystemSpec
-from engine.scheduler.watchdog import LoadTimeout
+from engine.scheduler.watchdog import LoadTimeout, loop_line
 from engine.world.components import component_key, is_component
 
 PACKAGE = "systems"
@@ -142,11 +141,16 @@ def error_from_exception(name: str, path: Path, exc: BaseException) -> LoadError
         return LoadError(name, str(path), exc.lineno, msg)
     if isinstance(exc, CompileTimeout | CompileFailed):
         return LoadError(name, str(path), None, str(exc), timeout=isinstance(exc, CompileTimeout))
-    line = None
-    for fs in traceback.extract_tb(exc.__traceback__):
-        if fs.filename == str(path):
-            line = fs.lineno
+    line, code = None, None
+    tb = exc.__traceback__
+    while tb is not None:  # the innermost frame in the module's own file
+        if tb.tb_frame.f_code.co_filename == str(path):
+            line, code = tb.tb_lineno, tb.tb_frame.f_code
+        tb = tb.tb_next
     if isinstance(exc, LoadTimeout):
+        # The interrupt lands on any line of a runaway loop: name the loop's header.
+        if code is not None and line is not None:
+            line = loop_line(code, line) or line
         msg = "LoadTimeout: module code ran past the load limit (infinite loop at import?)"
         return LoadError(name, str(path), line, msg, timeout=True)
     return LoadError(name, str(path), line, f"{type(exc).__name__}: {exc}")
