@@ -237,6 +237,36 @@ def test_a_final_checkpoint_replaces_a_writer_still_busy_instead_of_waiting(tmp_
     world.delete()
 
 
+@needs_fork
+def test_a_final_checkpoint_after_a_finished_writer_while_huge_pages_go_back(
+    tmp_path, monkeypatch
+) -> None:
+    """The writer has exited but the game has not reaped it yet; when it is reaped, putting
+    huge pages back starts (0.3 s here) and is still going as the game stops: the final
+    checkpoint is written, and the finished writer is finished once (closing its pipe
+    twice raised EBADF, and the game then stopped without its stats)."""
+    import engine.world.checkpointer as checkpointer
+
+    monkeypatch.setattr(checkpointer, "collapse_huge_pages", lambda: time.sleep(0.3) or 0)
+    world = World()
+    world.create_entity(Holder(1))
+
+    class Game:
+        frame = 3
+
+    Game.world = world
+    cp = Checkpointer(tmp_path / "checkpoint.bin", 0, ring=CheckpointRing(tmp_path / "ring"))
+    cp.maybe_take(Game, time.monotonic_ns())
+    child = cp._job.pid
+    give_up = time.monotonic() + 30
+    while Path(f"/proc/{child}/stat").read_text().split()[2] != "Z":  # exited, not reaped
+        assert time.monotonic() < give_up
+        time.sleep(0.01)
+    cp.close(world=world, frame=4)
+    assert cp.failed == 0 and cp.taken == 2 and cp.last_frame == 4
+    world.delete()
+
+
 class SlowInChild:
     """Pickles at once in the process that made it; in a forked child after half a second
     (the child shares the game's memory that long)."""

@@ -412,6 +412,7 @@ class Checkpointer:
         self._job = None
         if job.error_fd >= 0:
             os.close(job.error_fd)
+            job.error_fd = -1  # finished once: never closed again
         if error is None:
             try:
                 entry = self.ring.add(job.slot)
@@ -444,9 +445,12 @@ class Checkpointer:
         (its world is older), else waited for; one running after ``timeout_s`` is killed.
         Raises ``OSError`` if the final checkpoint cannot be written.
         """
-        job = self._job
         superseded = final is not None or world is not None
-        if superseded and not self.poll() and job is not None and job.pid:  # still writing
+        # poll() may reap the writer and still say "busy" (huge pages being put back):
+        # only a writer that is still the current job is killed.
+        busy = not self.poll()
+        job = self._job
+        if superseded and busy and job is not None and job.pid:  # still writing
             with contextlib.suppress(ProcessLookupError):
                 os.kill(job.pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
