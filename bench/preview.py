@@ -21,11 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from restart import copy_project  # run as a script, bench/ is on the path
 
 from engine.compositor.process import CompositorConfig
 from engine.launcher.game_process import RENDER_SYSTEM
@@ -47,14 +47,8 @@ def spin_cpu(world, dt):
 """
 
 
-def project_copy() -> Path:
-    root = Path(tempfile.mkdtemp(prefix="bench-preview-")) / DEMO.name
-    shutil.copytree(DEMO, root, ignore=shutil.ignore_patterns(".engine", "__pycache__"))
-    return root
-
-
 def run(seconds: float, preview: bool) -> dict:
-    project = project_copy()
+    project = copy_project(DEMO)
     sup = Supervisor(
         project,
         render=RENDER_SYSTEM,

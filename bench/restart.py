@@ -28,6 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# The compositor bench's crash project (a counter): run as a script, bench/ is on the path.
+from compositor import CRASH_PROJECT_GAME, CRASH_PROJECT_SYSTEM
+
 from engine.compositor.process import CompositorConfig
 from engine.launcher.game_process import RENDER_SYSTEM
 from engine.launcher.supervisor import Supervisor
@@ -37,31 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "spinning_cubes"
 EYE = (640, 360)
 
-MINIMAL_SYSTEM = """
-import engine
-
-@engine.component
-class Counter:
-    value: int = 0
-
-@engine.system
-def count(world, dt):
-    for _, c in world.get_component(Counter):
-        c.value += 1
-"""
-MINIMAL_GAME = """
-from systems.count import Counter
-
-def setup(world):
-    world.create_entity(Counter())
-"""
-
 
 def minimal_project() -> Path:
     root = Path(tempfile.mkdtemp(prefix="bench-restart-"))
     (root / "systems").mkdir()
-    (root / "systems" / "count.py").write_text(MINIMAL_SYSTEM)
-    (root / "game.py").write_text(MINIMAL_GAME)
+    (root / "systems" / "count.py").write_text(CRASH_PROJECT_SYSTEM)
+    (root / "game.py").write_text(CRASH_PROJECT_GAME)
     return root
 
 

@@ -629,7 +629,7 @@ class Supervisor:
         self._dismiss_standby()  # its blocks are the old compositor's
         self.end_preview("the compositor restarted")
         if self.game is not None:
-            self._end_game(self.game, kill=False)
+            self._end_game(self.game)
         self._close_compositor()
         fault = Fault(FaultKind.COMPOSITOR_DIED, cause.removeprefix("compositor died "))
         decision = self._compositor_policy.decide(fault, now)
@@ -725,12 +725,9 @@ class Supervisor:
         if role != "preview":
             fd, spec = self.compositor.layers[0]
             return fd, spec, self.compositor.gpu_images_for_child(0)
-        preview = getattr(self.compositor, "preview_layer", None)
-        if preview is not None:
-            fd, spec = preview
-            index = getattr(self.compositor, "preview_index", None)
-            images = self.compositor.gpu_images_for_child(index) if index is not None else None
-            return fd, spec, images
+        if self.compositor.preview_layer is not None:
+            fd, spec = self.compositor.preview_layer
+            return fd, spec, self.compositor.gpu_images_for_child(self.compositor.preview_index)
         spec = self.compositor.layers[0][1]
         fd = create_layer_fd(spec, "preview")
         self._private_layers.append(fd)
@@ -862,16 +859,8 @@ class Supervisor:
         game = self.game
         assert game is not None
         pid = game.process.pid
-        running = game.heartbeat.running()  # before the dump signal: it may interrupt a call
-        if game.process.exitcode is None and kind is not FaultKind.PROCESS_DIED:
-            self._dump_stacks(game)
-        self._end_game(game, kill=True, keep_blocks=True)
-        if kind is FaultKind.PROCESS_DIED:
-            running = game.heartbeat.running()  # it is dead: this is the last word
-        exitcode = game.process.exitcode
-        dump = _read_all(game.crash_fd)
-        fault = blame(self.project_dir, kind, cause, running, dump, exitcode)
-        self._close_blocks(game)
+        fault, dump = self._post_mortem(game, kind, cause)
+        self.game = None
         if dump:
             try:
                 self.crash_path.write_text(dump)
@@ -905,6 +894,20 @@ class Supervisor:
         else:
             self._start_game(restarted=True)
 
+    def _post_mortem(self, game: _Game, kind: FaultKind, cause: str) -> tuple[Fault, str]:
+        """Kill a failed game process (a hung one first writes its stacks) and describe
+        the failure: the :class:`Fault` blamed, and the crash block's text."""
+        running = game.heartbeat.running()  # before the dump signal: it may interrupt a call
+        if game.process.exitcode is None and kind is not FaultKind.PROCESS_DIED:
+            self._dump_stacks(game)
+        self._stop(game, wait_s=0.0, terminate=False, close=False)  # blocks: read below
+        if kind is FaultKind.PROCESS_DIED:
+            running = game.heartbeat.running()  # it is dead: this is the last word
+        dump = _read_all(game.crash_fd)
+        fault = blame(self.project_dir, kind, cause, running, dump, game.process.exitcode)
+        self._close_blocks(game)
+        return fault, dump
+
     def _leave_out(self, fault: Fault, decision: Decision) -> str | None:
         """Mark the version ``fault`` names bad, so the next game runs without it."""
         assert fault.module is not None
@@ -933,9 +936,10 @@ class Supervisor:
                     return
             time.sleep(0.005)
 
-    def _end_game(self, game: _Game, kill: bool, keep_blocks: bool = False) -> None:
-        """Stop the live ``game`` (SIGKILL, or SIGTERM then SIGKILL) and what it started."""
-        self._stop(game, wait_s=0.0 if kill else 5.0, terminate=not kill, close=not keep_blocks)
+    def _end_game(self, game: _Game) -> None:
+        """Stop the live ``game`` (SIGTERM: it writes its final checkpoint and stats; then
+        SIGKILL after 5 s) and what it started."""
+        self._stop(game, wait_s=5.0, terminate=True)
         self.game = None
 
     def _stop(self, game: _Game, wait_s: float, terminate: bool, close: bool = True) -> None:
@@ -1105,16 +1109,8 @@ class Supervisor:
     def _on_preview_failure(self, preview: _Game, kind: FaultKind, cause: str) -> None:
         """A preview that dies or hangs is killed and reported; the candidate it ran is
         rejected (the live game never ran it) and marked bad in the preview's history."""
-        running = preview.heartbeat.running()
-        if preview.process.exitcode is None and kind is not FaultKind.PROCESS_DIED:
-            self._dump_stacks(preview)
         self.preview = None
-        self._stop(preview, wait_s=0.0, terminate=False, close=False)  # blocks: read below
-        if kind is FaultKind.PROCESS_DIED:
-            running = preview.heartbeat.running()
-        dump = _read_all(preview.crash_fd)
-        fault = blame(self.project_dir, kind, cause, running, dump, preview.process.exitcode)
-        self._close_blocks(preview)
+        fault, _ = self._post_mortem(preview, kind, cause)
         where = f" at {fault.location}" if fault.location else ""
         culprit = f"{fault.module} v{fault.version}" if fault.module else fault.phase
         message = f"preview {cause} in {culprit}{where}; the live game is untouched"
@@ -1426,7 +1422,7 @@ class Supervisor:
         if self.game is not None:
             self.poll()
             if self.game is not None:
-                self._end_game(self.game, kill=False)
+                self._end_game(self.game)
         try:  # written by a game that stopped cleanly (SIGTERM): its systems table etc.
             self.game_engine_stats = json.loads(self.game_stats_path.read_text())
         except (OSError, ValueError):

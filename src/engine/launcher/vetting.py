@@ -119,7 +119,8 @@ class _Tracked:
 
 
 class PreviewCandidates:
-    """The preview game's candidates: counted every frame, reported by the ``vet`` command.
+    """The preview game's candidates: counted every frame, measured when the ``vet``
+    command (between frames) asks for them.
 
     ``baseline`` maps each module to the newest version number its history had when the
     preview started (absent: a module that had none).
@@ -132,29 +133,43 @@ class PreviewCandidates:
         self._shader_seen: dict[tuple[str, int], int] = {}  # (file, version): first frame
 
     def after_frame(self, engine: Engine) -> None:
-        loader, scheduler = engine.loader, engine.scheduler
-        for name, loaded in list(loader.active.items()):
+        """Per frame, only what cannot wait for a report: frames counted, and a system of
+        a candidate that was disabled (it may come back before the next ``vet``)."""
+        for name, loaded in list(engine.loader.active.items()):
             version = loaded.version
             if version is None or version <= self.baseline.get(name, 0):
                 continue  # a live version (a candidate rolled back keeps its record)
             tracked = self._tracked.get(name)
-            handles = [h for h in scheduler.order if h.key.startswith(f"{name}.")]
+            handles = self._handles(name, loaded)
             if tracked is None or tracked.version != version:
                 tracked = self._tracked[name] = _Tracked(
                     version, overruns_at_start={h.key: h.stats.overruns for h in handles}
                 )
             tracked.frames += 1
-            late, worst, budget = 0, 0.0, 0.0
-            for h in handles:
-                stats = h.stats.snapshot()
-                late += h.stats.overruns - tracked.overruns_at_start.get(h.key, 0)
-                if float(stats["p99_ms"]) >= worst:
-                    worst, budget = float(stats["p99_ms"]), h.budget_ns / 1e6
-            tracked.worst_ms, tracked.budget_ms = worst, round(budget, 4)
-            for h in handles:
-                if str(h.state) == "disabled" and tracked.fault is None:
-                    tracked.fault = _handle_fault(h)
-            tracked.late = late
+            if tracked.fault is None:
+                disabled = next((h for h in handles if str(h.state) == "disabled"), None)
+                if disabled is not None:
+                    tracked.fault = _handle_fault(disabled)
+
+    def _handles(self, name: str, loaded: Any) -> list[Any]:
+        """The scheduler's handles of module ``name``'s systems."""
+        handles = self.engine.scheduler.handles
+        keys = (f"{name}.{spec.name}" for spec, _ in loaded.systems)
+        return [handles[key] for key in keys if key in handles]
+
+    def _measure(self, name: str, tracked: _Tracked) -> None:
+        """Its systems' times now: the slowest p99 (last 90 calls) and its budget, and the
+        calls over budget since it went live (kept once it is no longer running)."""
+        loaded = self.engine.loader.active.get(name)
+        if loaded is None or loaded.version != tracked.version:
+            return
+        late, worst, budget = 0, 0.0, 0.0
+        for h in self._handles(name, loaded):
+            p99 = float(h.stats.snapshot()["p99_ms"])
+            late += h.stats.overruns - tracked.overruns_at_start.get(h.key, 0)
+            if p99 >= worst:
+                worst, budget = p99, h.budget_ns / 1e6
+        tracked.late, tracked.worst_ms, tracked.budget_ms = late, worst, round(budget, 4)
 
     def report(self) -> list[Candidate]:
         """Every module with a version newer than the baseline: its newest such version."""
@@ -167,6 +182,8 @@ class PreviewCandidates:
                 continue
             tracked = self._tracked.get(name)
             running = tracked is not None and tracked.version == newest.number
+            if running:
+                self._measure(name, tracked)
             fault = tracked.fault if running else None
             if newest.status in (VersionStatus.ERROR, VersionStatus.BAD):
                 fault = fault or newest.why or str(newest.status)
