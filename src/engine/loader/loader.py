@@ -70,6 +70,7 @@ from engine.loader.modules import (
 )
 from engine.loader.threads import UserThreads
 from engine.policy import Action, FailurePolicy, Fault, FaultKind
+from engine.scheduler.pacing import run_on_surplus
 from engine.scheduler.scheduler import Scheduler
 from engine.scheduler.watchdog import Overrun
 from engine.world.checkpoint import PendingComponent, default_resolver
@@ -599,7 +600,7 @@ class Loader:
 
     def _work(self) -> None:
         me = threading.current_thread()
-        _run_on_surplus()
+        run_on_surplus(LOADER_NICENESS)
         while True:
             job = self._jobs.get()
             if job is None:
@@ -1160,17 +1161,6 @@ def _shown_path(path: Path) -> str:
     except ValueError:
         return str(path)
     return shown if shown != "." else "."
-
-
-def _run_on_surplus(niceness: int = LOADER_NICENESS) -> None:
-    """Lower the calling thread's CPU priority (Linux: a thread is a task with its own nice
-    value), so that on a busy machine the frame loop gets a core before a load does."""
-    try:
-        tid = threading.get_native_id()
-        now = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, now + niceness))
-    except (OSError, AttributeError):
-        pass
 
 
 def _import_line(importer: str) -> int | None:

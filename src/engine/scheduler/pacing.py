@@ -2,11 +2,14 @@
 
 The engine never calls ``time.sleep`` directly; it asks a :class:`Clock`. Tests use
 :class:`ManualClock`, whose ``sleep_until`` just moves time forward, so pacing logic is
-tested without sleeping and without depending on this machine's speed.
+tested without sleeping and without depending on this machine's speed. Work beside the
+frame loop (loading, checkpoint clean-up) yields it the CPU with :func:`run_on_surplus`.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from typing import Protocol
 
@@ -95,3 +98,15 @@ class FixedRatePacer:
                 self.skipped += 1
         self.clock.sleep_until(self.next_ns)
         return self.next_ns
+
+
+def run_on_surplus(niceness: int = 10) -> None:
+    """Lower the calling thread's CPU priority by ``niceness`` (Linux: a thread is a task
+    with its own nice value), so that on a busy machine the frame loop gets a core first.
+    Never raises (elsewhere it does nothing)."""
+    try:
+        tid = threading.get_native_id()
+        now = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, now + niceness))
+    except (OSError, AttributeError):
+        pass

@@ -65,7 +65,6 @@ import re
 import shutil
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.launcher.containment import die_with_parent
+from engine.scheduler.pacing import run_on_surplus
 from engine.world.ring import CheckpointRing
 
 #: Fork a child per checkpoint where that is safe (Linux); elsewhere serialize in-process.
@@ -383,7 +383,7 @@ class Checkpointer:
         memory is the game's alone again)."""
         if self._collapser is None:
             self._collapser = concurrent.futures.ThreadPoolExecutor(
-                1, "checkpoint-collapse", initializer=_lower_thread_priority
+                1, "checkpoint-collapse", initializer=run_on_surplus
             )
         self._collapsing = self._collapser.submit(collapse_huge_pages)
 
@@ -478,14 +478,6 @@ class Checkpointer:
             self.taken += 1
             self.last_bytes, self.last_frame = entry.size, entry.frame
         self.ring.close()
-
-
-def _lower_thread_priority(niceness: int = 10) -> None:
-    """Make the calling thread yield to the frame (Linux: a thread has its own nice value)."""
-    with contextlib.suppress(OSError, AttributeError):
-        tid = threading.get_native_id()
-        now = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, now + niceness))
 
 
 def _read_all(fd: int) -> bytes:
