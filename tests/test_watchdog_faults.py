@@ -10,7 +10,6 @@ hard limit is 20 ms so a 1000x1000 matmul (~0.3 s here) is a long C call.
 from __future__ import annotations
 
 import re
-
 import signal
 import sys
 
