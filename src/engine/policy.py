@@ -1,10 +1,13 @@
 """The failure policy: every decision about what a fault costs, in one table.
 
-The boxes that *see* faults — the loader, the scheduler and its watchdog, the shader
-library, the supervisor — describe each one as a :class:`Fault` (what happened, where:
-module, version, system or engine phase, file and line) and ask :meth:`FailurePolicy.decide`
-what follows. None of them decides on its own, and none of them writes another box's state:
-the answer is a :class:`Decision` whose :class:`Action` the asking box carries out.
+The boxes that *see* faults — the loader, the scheduler and its watchdog, the supervisor —
+describe each one as a :class:`Fault` (what happened, where: module, version, system or
+engine phase, file and line) and ask :meth:`FailurePolicy.decide` what follows. None of
+them decides on its own, and none of them writes another box's state: the answer is a
+:class:`Decision` whose :class:`Action` the asking box carries out. Three rows are not
+asked at run time: the shader library (``shader-error``), ``game.py``'s setup
+(``setup-error``) and the checkpointer (``checkpoint-error``) act on their own faults as
+their rows say.
 
 The rules are data (:data:`RULES`), first match wins, and read as a table
 (:func:`rules_table`, printed in ``docs/failure-policy.md``)::
@@ -126,9 +129,11 @@ class Settings:
         strikes: frames in a row a system may raise before it is disabled (past probation).
         retry_ns: first cool-down of a system disabled for time; doubles per repeat.
         max_retry_ns: longest cool-down.
-        loop_faults / loop_window_ns: this many process faults of one kind within the
-            window is a crash loop.
-        backoff_ns / max_backoff_ns: first and longest wait before a restart in a loop.
+        loop_faults / loop_window_ns: this many process faults (of any kinds in
+            :data:`PROCESS_FAULTS`) within the window, counted from each fault's time, is
+            a crash loop.
+        backoff_ns / max_backoff_ns: first and longest wait before a restart in a loop;
+            the wait doubles with each fault while the loop lasts.
     """
 
     strikes: int = 3
@@ -203,16 +208,17 @@ RULES: tuple[Rule, ...] = (
     Rule(FaultKind.SHADER_ERROR, "always", Action.KEEP_OLD,
          "the last program that linked keeps drawing"),
     Rule(FaultKind.CHECKPOINT_ERROR, "always", Action.STRIKE,
-         "the previous checkpoint stays; the game goes on and says which component"),
+         "the previous checkpoint stays and the game goes on; a component that cannot be "
+         "pickled is left out of the checkpoint and named"),
     Rule(FaultKind.RUNAWAY_THREAD, "always", Action.STOP_THREAD,
          "a thread that never lets go of a CPU starves the frame loop and the compositor; "
          "the module version that started it is named; a new version starts afresh"),
-    Rule(FaultKind.PROCESS_DIED, "the heartbeat named a module version", Action.RESTART_WITHOUT,
+    Rule(FaultKind.PROCESS_DIED, "the heartbeat named project code", Action.RESTART_WITHOUT,
          "the code running when the process died is blamed, also before the first frame",
          _names_code),
     Rule(FaultKind.PROCESS_DIED, "otherwise (an engine phase)", Action.RESTART,
          "nothing of the user's was running; the crash loop rule still applies"),
-    Rule(FaultKind.HUNG, "the heartbeat named a module version", Action.RESTART_WITHOUT,
+    Rule(FaultKind.HUNG, "the heartbeat named project code", Action.RESTART_WITHOUT,
          "code that swallows interrupts or blocks in C is stopped from outside",
          _names_code),
     Rule(FaultKind.HUNG, "otherwise", Action.RESTART,
