@@ -788,6 +788,22 @@ def kinds(bomb_gb: float | None = None) -> list[Kind]:
             rule="untouched",
         ),
         Kind(
+            "kill-supervisor-raw",
+            "the kill system call through ctypes, and a `kill` command, to the supervisor",
+            {
+                F: module(
+                    once("subprocess.run(['kill', '-KILL', str(os.getppid())])\n")
+                    + "libc = ctypes.CDLL(None, use_errno=True)\n"
+                    "if libc.syscall(SYS_KILL, os.getppid(), signal.SIGKILL):\n"
+                    "    raise OSError(ctypes.get_errno(), 'kill')  # FAULT\n",
+                    imports="import subprocess\n\nimport pyseccomp\n\n"
+                    "SYS_KILL = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, 'kill')",
+                    head=DONE,
+                )
+            },
+            rule="untouched",
+        ),
+        Kind(
             "killpg-sigterm",
             "os.killpg(0, SIGTERM)",
             {F: module("os.killpg(0, signal.SIGTERM)  # FAULT")},

@@ -64,13 +64,14 @@ def test_doctor_reports_every_machine_check_in_one_line_each(tmp_path):
     lines = by_name(r.stdout)
     expected = {
         "python", "packages", "gl", *EGL_EXTENSIONS, *GL_EXTENSIONS, "display",
-        "cpu priority", "vulkan", "openxr runtime", "pyopenxr",
+        "cpu priority", "vulkan", "openxr runtime", "pyopenxr", "signal fence",
     }  # fmt: skip
     assert expected <= set(lines), r.stdout
     assert lines["python"][0] == OK and sys.version.split()[0] in lines["python"][1]
     assert lines["gl"][0] == OK and "OpenGL" in lines["gl"][1] and "pyglet" in lines["gl"][1]
     assert lines["openxr runtime"] == (OK, "Fake XR (XR_RUNTIME_JSON)")
     assert lines["display"][0] == WARN and "no DISPLAY set" in lines["display"][1]
+    assert lines["signal fence"][0] == OK, lines["signal fence"]  # tried: SIGCONT refused
     for name, (status, rest) in lines.items():
         assert status in (OK, WARN), (name, rest)  # this machine runs the engine
         if status == WARN:

@@ -24,10 +24,14 @@ kills the game's session (:func:`kill_session`) and any such orphan
 (:func:`kill_orphans`). A :class:`Warden` — a tiny process outside the game's session —
 does the same if the supervisor itself is killed (SIGKILL leaves it no chance).
 
-What the audit hook does *not* stop: code that calls the C library directly through a
-function pointer obtained before the hook, raw system calls (ctypes ``syscall``), or an
-external program (``subprocess.run(["kill", ...])``). A PID namespace or another uid
-would (``docs/process-model.md``, "not done yet").
+What the audit hook cannot stop — code that calls the C library through a function
+pointer obtained before the hook, raw system calls (ctypes ``syscall``), an external
+program (``subprocess.run(["kill", ...])``) — the kernel does: :func:`fence_signals`
+installs a seccomp filter (through libseccomp) that refuses, with ``EPERM``, any signal,
+``ptrace`` or ``pidfd`` from the game or anything it starts to the engine's processes
+(supervisor, compositor, warden; for a preview, the live game too), to their process
+groups and sessions, and to every process at once (``kill(-1)``). Where seccomp is not
+available the audit hook is the only fence, and the game says so once.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NoReturn
 
@@ -127,21 +131,102 @@ def _wait_for_parent(sentinel: int, identity: tuple[int, int], group: bool) -> N
 
 
 def contain_game(
-    memory_limit: int | None, on_self_signal: Callable[[int, str, int], None] | None
-) -> None:
+    memory_limit: int | None,
+    on_self_signal: Callable[[int, str, int], None] | None,
+    protect: Iterable[int] = (),
+) -> str:
     """Fence the game in (call after :func:`die_with_parent`): its own session, signals
     only within it, and ``memory_limit`` bytes of private memory (``None``: no limit).
 
     ``on_self_signal(signum, file, line)`` is called before user code sends this game (or
     its group) a signal that may end it, with where it did so, so the supervisor can blame
     what sent it; and with signal 0 before ``os._exit`` ends it (see :func:`note_exits`).
+    ``protect``: the engine's other processes, fenced off by the kernel too (the parent,
+    the supervisor, always is); see :func:`fence_signals`. Returns what the kernel fence
+    is (its description from :func:`fence_signals`).
     """
+    parent = os.getppid()
     os.setsid()
     if memory_limit:
         limit_memory(memory_limit)
+    fence = fence_signals([parent, *protect])
     refuse_signals_outside_session(on_self_signal)
     if on_self_signal is not None:
         note_exits(on_self_signal)
+    return fence
+
+
+#: What a fenced process may not do to a protected pid: ``(system call, index of the pid
+#: argument, index of the signal argument or None)``. A signal of 0 (a liveness probe) is
+#: let through; the rest is refused whatever the request.
+_FENCED_CALLS: tuple[tuple[str, int, int | None], ...] = (
+    ("kill", 0, 1),
+    ("tgkill", 0, 2),
+    ("rt_sigqueueinfo", 0, 1),
+    ("rt_tgsigqueueinfo", 0, 2),
+    ("pidfd_open", 0, None),  # no pidfd to signal it with (pidfd_send_signal is refused)
+    ("ptrace", 1, None),
+    ("process_vm_writev", 0, None),
+    ("process_vm_readv", 0, None),
+    ("prlimit64", 0, None),
+)
+_PID_MASK = 0xFFFF_FFFF  # a pid_t is 32 bits; what the register holds above is not looked at
+
+
+def fence_signals(protect: Iterable[int]) -> str:
+    """Have the kernel refuse (``EPERM``) this process — and everything it starts, for
+    the filter is inherited across ``fork`` and ``exec`` and cannot be removed — any
+    signal to the processes in ``protect``, to their process groups and sessions, and to
+    every process at once (``kill(-1)``); likewise ``ptrace``, ``pidfd_open``,
+    ``process_vm_*`` and ``prlimit`` on them. ``tkill`` and ``pidfd_send_signal``, whose
+    target a filter cannot see, are refused outright (the C library uses ``tgkill``).
+
+    A seccomp filter, built with libseccomp (``pyseccomp``): this is what stops the ways
+    around the audit hook (raw system calls, a function pointer taken before the hook, a
+    ``kill`` command run as a child). It sets ``no_new_privs``: nothing the game starts
+    gains privileges through a set-uid program. Call it after ``setsid`` (this process's
+    own group and session are never refused) and before any user code runs.
+
+    Returns a description: ``"seccomp: N processes, M groups fenced"``, or why there is no
+    kernel fence (no libseccomp, a kernel without seccomp); never raises.
+    """
+    own = {os.getpid(), os.getpgid(0), os.getsid(0)}
+    pids = sorted({p for p in protect if p > 1 and p not in own})
+    groups: set[int] = set()
+    for pid in pids:
+        for get in (os.getpgid, os.getsid):
+            try:
+                group = get(pid)
+            except OSError:
+                continue
+            if group > 1 and group not in own:
+                groups.add(group)
+    try:
+        import pyseccomp as seccomp
+    except (ImportError, RuntimeError, OSError) as exc:  # RuntimeError: no libseccomp
+        return f"no seccomp ({exc}): signals fenced by the audit hook only"
+    try:
+        refuse = seccomp.ERRNO(errno.EPERM)
+        rules = seccomp.SyscallFilter(seccomp.ALLOW)
+
+        def arg(index: int, value: int) -> seccomp.Arg:
+            return seccomp.Arg(index, seccomp.MASKED_EQ, _PID_MASK, value & _PID_MASK)
+
+        def not_zero(index: int) -> seccomp.Arg:
+            return seccomp.Arg(index, seccomp.NE, 0)
+
+        for call, at, signum in _FENCED_CALLS:
+            for pid in pids:
+                extra = () if signum is None else (not_zero(signum),)
+                rules.add_rule(refuse, call, arg(at, pid), *extra)
+        for group in [*groups, 1]:  # kill(-1): every process this one may signal
+            rules.add_rule(refuse, "kill", arg(0, -group), not_zero(1))
+        rules.add_rule(refuse, "tkill", not_zero(1))
+        rules.add_rule(refuse, "pidfd_send_signal", not_zero(1))
+        rules.load()
+    except (OSError, ValueError, RuntimeError) as exc:
+        return f"no seccomp ({exc}): signals fenced by the audit hook only"
+    return f"seccomp: {len(pids)} processes, {len(groups)} groups fenced"
 
 
 def note_exits(on_exit: Callable[[int, str, int], None]) -> Callable[[int], NoReturn]:

@@ -57,7 +57,7 @@ MIN_PYTHON = (3, 11)
 #: GL the engine's shaders need (``#version 330 core``).
 MIN_GL = (3, 3)
 #: Packages the engine imports, as named on PyPI.
-REQUIRED_PACKAGES = ("esper", "pyglet", "numpy", "watchfiles", "rich")
+REQUIRED_PACKAGES = ("esper", "pyglet", "numpy", "watchfiles", "rich", "pyseccomp")
 
 GPU_DRIVER_FIX = (
     "a GPU driver offers it, a CPU renderer does not (AMD/Intel: apt-get install "
@@ -79,7 +79,14 @@ OPENXR_ACTIVE = "openxr/1/active_runtime.json"
 FIX_MODULE = "fix the file; a running game keeps its last good version"
 FIX_SHADER = "fix the file; a running game keeps its last good program"
 
-PROBE_TIMEOUT_S = {"gl": 60.0, "display": 15.0, "priority": 15.0, "vulkan": 30.0, "openxr": 30.0}
+PROBE_TIMEOUT_S = {
+    "gl": 60.0,
+    "display": 15.0,
+    "priority": 15.0,
+    "vulkan": 30.0,
+    "openxr": 30.0,
+    "fence": 15.0,
+}
 
 
 @dataclass(frozen=True)
@@ -226,6 +233,22 @@ def _probe_priority(emit: Callable[[dict[str, Any]], None]) -> None:
     emit({"cpu": raise_cpu_priority(True)})
 
 
+def _probe_fence(emit: Callable[[dict[str, Any]], None]) -> None:
+    """The game's kernel fence, tried for real: fence off the doctor (this probe's parent)
+    and send it a harmless SIGCONT, which the fence must refuse."""
+    import signal
+
+    from engine.launcher.containment import fence_signals
+
+    fence = fence_signals([os.getppid()])
+    try:
+        os.kill(os.getppid(), signal.SIGCONT)
+        refused = False
+    except PermissionError:
+        refused = True
+    emit({"fence": fence, "refused": refused})
+
+
 def _probe_vulkan(emit: Callable[[dict[str, Any]], None]) -> None:
     emit({"devices": vulkan_devices()})
 
@@ -284,6 +307,7 @@ PROBES: dict[str, Callable[..., None]] = {
     "display": _probe_display,
     "priority": _probe_priority,
     "vulkan": _probe_vulkan,
+    "fence": _probe_fence,
     "openxr": _probe_openxr,
     "modules": _probe_modules,
     "shaders": _probe_shaders,
@@ -566,6 +590,27 @@ def priority_check(result: ProbeResult) -> Check:
     )
 
 
+def fence_check(result: ProbeResult) -> Check:
+    """Whether the kernel keeps a game's code from signalling the engine's processes
+    (from the ``fence`` probe, which tries it)."""
+    fix = "apt-get install libseccomp2; pip install pyseccomp"
+    if result.error or not result.last:
+        return Check("signal fence", WARN, f"unknown ({result.error or 'no answer'})", fix)
+    fence, refused = str(result.last.get("fence", "")), bool(result.last.get("refused"))
+    if fence.startswith("seccomp") and refused:
+        return Check(
+            "signal fence", OK, "seccomp: the kernel refuses a game's signals to the engine"
+        )
+    if fence.startswith("seccomp"):
+        return Check("signal fence", WARN, f"{fence}, but a signal got through", fix)
+    return Check(
+        "signal fence",
+        WARN,
+        f"{fence}: a game's raw system calls or child programs can signal the engine",
+        fix,
+    )
+
+
 def _user() -> str:
     try:
         import pwd
@@ -660,7 +705,7 @@ def start_machine_probes() -> dict[str, Probe]:
     """The machine's probes, started side by side (each with its own time limit)."""
     probes = {
         name: Probe(name, timeout_s=PROBE_TIMEOUT_S[name])
-        for name in ("gl", "priority", "vulkan", "openxr")
+        for name in ("gl", "priority", "vulkan", "openxr", "fence")
     }
     if os.environ.get("DISPLAY"):
         probes["display"] = Probe(
@@ -677,6 +722,7 @@ def machine_checks(probes: dict[str, Probe] | None = None) -> list[Check]:
     checks.append(display_check(probes["display"].result() if "display" in probes else None))
     checks.append(priority_check(probes["priority"].result()))
     checks.append(vulkan_check(probes["vulkan"].result()))
+    checks.append(fence_check(probes["fence"].result()))
     checks += openxr_checks(probes["openxr"].result())
     return checks
 

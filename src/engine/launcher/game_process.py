@@ -116,6 +116,10 @@ class GameConfig:
     vet: bool = False
     #: Preview of only these modules (the others run their live versions); None: all.
     preview_modules: tuple[str, ...] | None = None
+    #: The engine's other processes (compositor, warden; for a preview, the live game) the
+    #: kernel keeps this game from signalling, besides its parent, the supervisor (see
+    #: :func:`engine.launcher.containment.fence_signals`).
+    protect: tuple[int, ...] = ()
 
 
 def load_render_factory(path: str) -> RenderFactory:
@@ -236,7 +240,7 @@ def game_main(
     heartbeat = HeartbeatWriter(heartbeat_fd)
     running = heartbeat.running
     running.user_dir = str(Path(config.project_dir).resolve() / "systems")
-    contain_game(config.memory_limit, running.note_exit)
+    fence = contain_game(config.memory_limit, running.note_exit, config.protect)
     # A segfault or abort leaves every thread's Python stack in the crash block, and so
     # does DUMP_SIGNAL (the supervisor's, before it kills a hung game): file and line.
     crash = keep_fd(crash_fd)  # out of the way of user code closing fds
@@ -247,6 +251,8 @@ def game_main(
     # longer reaches it (its own session) and is ignored anyway.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     report = ReportChannel()
+    if not fence.startswith("seccomp"):
+        report(f"game: {fence}")
     os.environ.setdefault("PYGLET_HEADLESS", "1")
     if os.environ.get("PYTHONSAFEPATH") == "engine":  # set by the `engine` command only
         del os.environ["PYTHONSAFEPATH"]  # for the engine's own processes, not the user's

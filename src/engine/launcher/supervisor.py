@@ -55,7 +55,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -666,6 +666,7 @@ class Supervisor:
         up and waits for its go (see :meth:`_take_standby`)."""
         assert self.compositor is not None and self._pose_fd is not None
         assert self._input_fd is not None
+        config = replace(config, protect=self._protected(role))
         heartbeat_fd = create_heartbeat_fd()
         crash_fd = os.memfd_create("crash", os.MFD_CLOEXEC)  # faulthandler appends here
         game_pose_fd = read_only_fd(self._pose_fd)  # a game can never write the poses
@@ -713,6 +714,16 @@ class Supervisor:
             go_fd=go_write,
             spawned_ns=now,
         )
+
+    def _protected(self, role: str) -> tuple[int, ...]:
+        """The processes a game of ``role`` must not reach (besides this one, its parent):
+        the compositor and the warden; for a preview, the live game as well."""
+        pids = [self.compositor.process.pid] if self.compositor is not None else []
+        if self._warden is not None:
+            pids.append(self._warden.pid)
+        if role == "preview" and self.game is not None:
+            pids.append(self.game.process.pid)
+        return tuple(p for p in pids if p is not None)
 
     def _layer_for(self, role: str) -> tuple[int, Any, Any]:
         """The layer a game of ``role`` publishes into: ``(fd, spec, GPU images offer)``.
