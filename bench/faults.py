@@ -250,6 +250,29 @@ class Signal:
 
 
 @dataclass(frozen=True)
+class SignalChild:
+    """Send ``signum`` to the processes of the run named ``name`` (``/proc/PID/comm``: the
+    engine names its compositor ``compositor`` and its live game ``game``)."""
+
+    name: str
+    signum: int
+
+    def apply(self, run: Run) -> None:
+        found = [p.pid for p in descendants(run.process.pid) if process_name(p.pid) == self.name]
+        if not found:
+            raise RuntimeError(f"no process named {self.name!r} under engine run")
+        for pid in found:
+            os.kill(pid, self.signum)
+
+
+def process_name(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
 class EngineCommand:
     """Run ``engine ARGS`` (``{project}`` is replaced) while the game runs."""
 
@@ -802,6 +825,15 @@ def kinds(bomb_gb: float | None = None) -> list[Kind]:
                 )
             },
             rule="untouched",
+        ),
+        Kind(
+            "compositor-hangs",
+            "the compositor stops presenting (SIGSTOP: as a driver call that never returns)",
+            {F: HEALTHY},
+            (Step("ready", 0.5, SignalChild("compositor", signal.SIGSTOP)),),
+            rule="compositor-restarted",
+            hold_s=6.0,
+            max_hold_s=12.0,
         ),
         Kind(
             "killpg-sigterm",
@@ -1536,6 +1568,8 @@ def judge_compositor(kind: Kind, rec: RunRecord, floor_per_frame: float | None) 
     missed = comp.get("missed", 0)
     restarts = (rec.stats or {}).get("compositor_restarts") or []
     note = f"{missed} of {frames} missed"
+    if kind.rule == "compositor-restarted":  # the fault is the compositor's own
+        return Cell(None, f"{note} by the new compositor")
     if restarts:
         return Cell(False, f"{note}; restarted: {restarts[0].get('cause')}")
     if floor_per_frame is None:
@@ -1814,6 +1848,18 @@ def rule_untouched(kind: Kind, rec: RunRecord) -> Cell:
     return Cell(True, "; ".join(engine_actions(kind, rec)) or "engine unharmed")
 
 
+def rule_compositor_restarted(kind: Kind, rec: RunRecord) -> Cell:
+    stats = rec.stats or {}
+    if rec.early_exit or not stats:
+        return Cell(False, f"engine run ended ({describe_rc(rec.rc)})")
+    restarts = stats.get("compositor_restarts") or []
+    if not restarts:
+        return Cell(False, "the compositor was not restarted")
+    if stats.get("compositor_failure"):
+        return Cell(False, stats["compositor_failure"])
+    return Cell(True, f"restarted: {restarts[0].get('cause')}")
+
+
 def rule_watching(kind: Kind, rec: RunRecord) -> Cell:
     if "probe.ran" not in rec.markers:
         return Cell(False, "a module saved after the fault never ran (edits ignored)")
@@ -1885,6 +1931,10 @@ RULES: dict[str, tuple[str, Callable[[Kind, RunRecord], Cell]]] = {
     "rewound": ("`engine rewind` brought the world back", rule_rewound),
     "checkpoints": ("checkpoints go on (without what cannot be saved)", rule_checkpoints),
     "untouched": ("supervisor and compositor unharmed", rule_untouched),
+    "compositor-restarted": (
+        "the compositor is restarted, the game with it from its checkpoint",
+        rule_compositor_restarted,
+    ),
     "watching": ("hot reload still works after the fault", rule_watching),
     "removed": ("the module is unloaded; hot reload still works", rule_removed),
     "no-orphans": ("a child the game started does not outlive the engine", rule_no_orphans),

@@ -328,3 +328,30 @@ def test_a_compositor_that_dies_is_restarted_with_the_game_from_its_checkpoint(t
     # The old game wrote a final checkpoint as it was stopped; the new one continues it.
     assert first_new == last_old + 1
     assert fault_history(project).get(1).status is not VersionStatus.BAD
+
+
+def test_a_compositor_that_hangs_is_killed_and_restarted_with_the_game(tmp_path):
+    """Alive but presenting nothing (stopped here with SIGSTOP, as a driver that never
+    returns would leave it) counts as dead: killed, and the tree comes back."""
+    project = make_project(tmp_path / "game")
+    messages: list[str] = []
+    with make_supervisor(project, messages, compositor_hang_s=1.0) as sup:
+        sup.start()
+        assert sup.run_until(lambda: len(counter_log(project)) > 30, TIMEOUT_S), messages
+        hung = sup.compositor.process
+        os.kill(hung.pid, signal.SIGSTOP)
+        assert sup.run_until(lambda: bool(sup.compositor_restarts), TIMEOUT_S), messages
+        assert not hung.is_alive()  # killed, not left stopped
+        before, rows = sup.compositor_frame, len(counter_log(project))
+        assert sup.run_until(lambda: sup.compositor_frame > before + 60, TIMEOUT_S), messages
+        assert sup.run_until(lambda: len(counter_log(project)) > rows + 30, TIMEOUT_S)
+        assert sup.compositor_failure is None and sup.restarts == []
+        stats = sup.stop()
+    cause = stats["compositor_restarts"][0]["cause"]
+    assert cause.startswith("compositor hung (no frame presented for "), cause
+    assert any(m.startswith("supervisor: compositor hung") for m in messages), messages
+    log = counter_log(project)
+    first_pid = log[0][0]
+    last_old = max(value for pid, value in log if pid == first_pid)
+    first_new = next(value for pid, value in log if pid != first_pid)
+    assert first_new == last_old + 1  # the game stopped cleanly; the new one continues

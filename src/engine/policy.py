@@ -54,6 +54,7 @@ class FaultKind(StrEnum):
     HUNG = "hung"  # no heartbeat, no first frame, or interrupts swallowed
     NOT_PUBLISHING = "not-publishing"  # beating, but no layer image for too long
     COMPOSITOR_DIED = "compositor-died"  # must never happen; contained anyway
+    COMPOSITOR_HUNG = "compositor-hung"  # alive, but no frame presented for too long
 
 
 class Action(StrEnum):
@@ -227,11 +228,20 @@ RULES: tuple[Rule, ...] = (
          "a game that beats but shows nothing is as good as hung"),
     Rule(FaultKind.COMPOSITOR_DIED, "always", Action.RESTART,
          "the game stops cleanly (it did nothing wrong) and both start again"),
+    Rule(FaultKind.COMPOSITOR_HUNG, "always", Action.RESTART,
+         "a compositor that presents nothing is as good as dead: it is killed, and the "
+         "game stops cleanly and both start again"),
 )  # fmt: skip
 
 #: Process faults that count towards a crash loop (and are then held back).
 PROCESS_FAULTS = frozenset(
-    {FaultKind.PROCESS_DIED, FaultKind.HUNG, FaultKind.NOT_PUBLISHING, FaultKind.COMPOSITOR_DIED}
+    {
+        FaultKind.PROCESS_DIED,
+        FaultKind.HUNG,
+        FaultKind.NOT_PUBLISHING,
+        FaultKind.COMPOSITOR_DIED,
+        FaultKind.COMPOSITOR_HUNG,
+    }
 )
 
 
@@ -346,6 +356,7 @@ _VERBS = {
     FaultKind.HUNG: "was running when the game hung ({})",
     FaultKind.NOT_PUBLISHING: "was running when the game stopped publishing ({})",
     FaultKind.COMPOSITOR_DIED: "was running when the compositor died ({})",
+    FaultKind.COMPOSITOR_HUNG: "was running when the compositor hung ({})",
 }
 
 

@@ -931,9 +931,10 @@ def compositor_main(
     """
     parent = multiprocessing.parent_process()
     if parent is not None:  # first: a compositor never outlives its supervisor
-        from engine.launcher.containment import die_with_parent
+        from engine.launcher.containment import die_with_parent, set_process_name
 
         die_with_parent(parent.pid, parent.sentinel)
+        set_process_name("compositor")  # what ps and top show
     # Ctrl-C in a terminal reaches the whole process group; the parent decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cpu = raise_cpu_priority(config.realtime)

@@ -63,6 +63,17 @@ _kill = _libc.kill
 _kill.argtypes = [ctypes.c_int, ctypes.c_int]
 
 
+PR_SET_NAME = 15
+
+
+def set_process_name(name: str) -> None:
+    """Name this process (its main thread) ``name`` for ``ps``, ``top`` and
+    ``/proc/PID/comm`` (at most 15 bytes are kept); threads started afterwards inherit it.
+    Never raises: a name is a convenience."""
+    buffer = ctypes.create_string_buffer(name.encode()[:15])
+    _prctl(PR_SET_NAME, ctypes.addressof(buffer), 0, 0, 0)
+
+
 def prctl(option: int, value: int) -> None:
     """``prctl(option, value)``; raises ``OSError`` if the kernel refuses."""
     if _prctl(option, value, 0, 0, 0) != 0:

@@ -51,7 +51,13 @@ from engine.contracts.gpu_layer import GpuImagesOffer
 from engine.contracts.handoff import HeartbeatWriter, Phase, PoseHandoffReader, RunningNow
 from engine.contracts.layer import ImageSlot, LayerSpec, LayerWriter
 from engine.game import Engine, FrameInfo, install_stop_signals
-from engine.launcher.containment import ReportChannel, contain_game, die_with_parent, keep_fd
+from engine.launcher.containment import (
+    ReportChannel,
+    contain_game,
+    die_with_parent,
+    keep_fd,
+    set_process_name,
+)
 from engine.pose.base import EyeView
 from engine.pose.handoff import HandoffPacer, HandoffPoseSource
 from engine.scheduler.scheduler import SchedulePolicy
@@ -120,6 +126,11 @@ class GameConfig:
     #: kernel keeps this game from signalling, besides its parent, the supervisor (see
     #: :func:`engine.launcher.containment.fence_signals`).
     protect: tuple[int, ...] = ()
+
+
+def _process_name(role: str) -> str:
+    """What ``ps`` and ``top`` show for a game of ``role``: ``game``, ``game-preview``."""
+    return "game" if role == "live" else f"game-{role}"
 
 
 def load_render_factory(path: str) -> RenderFactory:
@@ -241,6 +252,7 @@ def game_main(
     running = heartbeat.running
     running.user_dir = str(Path(config.project_dir).resolve() / "systems")
     fence = contain_game(config.memory_limit, running.note_exit, config.protect)
+    set_process_name("game-standby" if go_fd is not None else _process_name(config.role))
     # A segfault or abort leaves every thread's Python stack in the crash block, and so
     # does DUMP_SIGNAL (the supervisor's, before it kills a hung game): file and line.
     crash = keep_fd(crash_fd)  # out of the way of user code closing fds
@@ -267,6 +279,7 @@ def game_main(
             layer.close()
             return
         config = replace(config, **changes)
+        set_process_name(_process_name(config.role))
         running.phase(Phase.START)
     went_ns = time.monotonic_ns()
     policy = SchedulePolicy()

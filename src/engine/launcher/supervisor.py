@@ -389,6 +389,9 @@ class Supervisor:
         compositor: display rate, sizes, deadline, grace, capture, window, priority.
         heartbeat_timeout_s / start_timeout_s / publish_timeout_s / code_timeout_s: when a
             game is failed (see :class:`GameWatch`).
+        compositor_hang_s: a compositor alive but presenting no frame this long is hung:
+            it is killed and restarted like one that died (the policy's
+            ``compositor-hung``).
         checkpoint_interval_s: how often the game checkpoints (at least).
         probation_frames: the scheduler's probation length in the game (``None``: default).
         memory_limit: the most private memory the game may commit, in bytes; ``None``:
@@ -424,6 +427,7 @@ class Supervisor:
         start_timeout_s: float = 30.0,
         publish_timeout_s: float = 0.5,
         code_timeout_s: float = 10.0,
+        compositor_hang_s: float = 3.0,
         checkpoint_interval_s: float = 1.0,
         probation_frames: int | None = None,
         memory_limit: int | None = None,
@@ -470,6 +474,8 @@ class Supervisor:
         self.start_timeout_ns = round(start_timeout_s * S)
         self.publish_timeout_ns = round(publish_timeout_s * S)
         self.code_timeout_ns = round(code_timeout_s * S)
+        self.compositor_hang_ns = round(compositor_hang_s * S)
+        self._compositor_seen = (-1, 0)  # (frame, when it was first seen)
         self.policy = policy or FailurePolicy()
         self.report = report
         self.clock = clock
@@ -571,6 +577,7 @@ class Supervisor:
             self._watcher.start()
 
     def _start_compositor(self) -> None:
+        self._compositor_seen = (-1, 0)  # its frames are watched from its first poll
         self._pose_fd = create_block_fd("pose-handoff")
         self._pose_reader = PoseHandoffReader(self._pose_fd)
         self._input_fd = create_block_fd("input")
@@ -613,16 +620,35 @@ class Supervisor:
             os.close(self._status_fd)
             self._status_fd = None
 
-    def _on_compositor_death(self, now: int) -> None:
+    def _compositor_hung(self, now: int) -> str | None:
+        """Why the compositor counts as hung (alive, but no new frame for
+        ``compositor_hang_s``), or None. Frames are read from its pose block, so a
+        supervisor that was itself held up sees the frames it missed, not a hang."""
+        frame = self.compositor_frame
+        seen, since = self._compositor_seen
+        if frame != seen:
+            self._compositor_seen = (frame, now)
+            return None
+        if now - since < self.compositor_hang_ns:
+            return None
+        return f"no frame presented for {(now - since) / S:.1f} s, at frame {frame}"
+
+    def _on_compositor_death(self, now: int, hung: str | None = None) -> None:
         """The compositor must never die; if it does anyway, bring the tree back.
 
         The game is stopped cleanly (it writes a final checkpoint: it did nothing wrong, so
         nothing is blamed), a new compositor starts with new layer and pose blocks, and the
         game starts again from that checkpoint. A compositor that keeps dying (the policy's
-        crash-loop rule) is given up on: ``compositor_failure`` says why.
+        crash-loop rule) is given up on: ``compositor_failure`` says why. ``hung``: it is
+        alive but presents nothing (why); it is killed first.
         """
-        code = self.compositor.process.exitcode if self.compositor else None
-        cause = f"compositor died ({describe_exit(code) if code is not None else 'unknown'})"
+        if hung is not None:
+            if self.compositor is not None:
+                self.compositor.kill()
+            cause = f"compositor hung ({hung})"
+        else:
+            code = self.compositor.process.exitcode if self.compositor else None
+            cause = f"compositor died ({describe_exit(code) if code is not None else 'unknown'})"
         self.compositor_restarts.append({"cause": cause, "at_s": (now - self._started_ns) / S})
         self._compositor_frames_before = self.compositor_frame
         self._compositor_frame_now = 0
@@ -631,7 +657,8 @@ class Supervisor:
         if self.game is not None:
             self._end_game(self.game)
         self._close_compositor()
-        fault = Fault(FaultKind.COMPOSITOR_DIED, cause.removeprefix("compositor died "))
+        kind = FaultKind.COMPOSITOR_HUNG if hung is not None else FaultKind.COMPOSITOR_DIED
+        fault = Fault(kind, hung or cause.removeprefix("compositor died "))
         decision = self._compositor_policy.decide(fault, now)
         if decision.action is Action.BACK_OFF:
             self.compositor_failure = f"{cause}; it keeps dying, giving up ({decision.message})"
@@ -836,6 +863,10 @@ class Supervisor:
         now = self.clock()
         if self.compositor is not None and not self.compositor.alive():
             self._on_compositor_death(now)
+            return
+        hung = self._compositor_hung(now) if self.compositor is not None else None
+        if hung is not None:
+            self._on_compositor_death(now, hung)
             return
         self._keep_standby(now)
         self._serve_calls()

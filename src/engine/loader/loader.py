@@ -73,7 +73,7 @@ from engine.policy import Action, FailurePolicy, Fault, FaultKind
 from engine.scheduler.pacing import run_on_surplus
 from engine.scheduler.scheduler import Scheduler
 from engine.scheduler.watchdog import Overrun
-from engine.world.checkpoint import PendingComponent, default_resolver
+from engine.world.checkpoint import PendingComponent, Snapshot, default_resolver
 from engine.world.components import component_key
 from engine.world.migration import MigrationError, build_instance, migrate_instance
 
@@ -802,27 +802,30 @@ class Loader:
         self.report(f"engine: {self.failure_policy.decide(fault, self.clock_ns()).message}")
         return SwapRecord(p.name, None, False, detail, self._latency(p), p.kind, frame)
 
-    def _leave(self, old: LoadedModule, snapshot: tuple[bytes, dict] | None) -> None:
+    def _leave(self, old: LoadedModule, snapshot: tuple[Snapshot, dict] | None) -> None:
         """Run the leaving version's ``on_unload``; undo what it did if it raises."""
         if self._run_hook(old, "on_unload", True) is not None:
             self._restore(snapshot)
 
-    def _snapshot(self) -> tuple[bytes, dict] | None:
-        """The world and its resources mapping, to put back if a swap fails half-way."""
+    def _snapshot(self) -> tuple[Snapshot, dict] | None:
+        """The world and its resources mapping, to put back if a swap fails half-way.
+
+        Components that cannot be pickled are held by reference in the snapshot, so an
+        undone swap puts them back, the same objects (see :meth:`World.snapshot`)."""
         try:
-            return self.world.checkpoint(), dict(self.world.resources)
-        except Exception as exc:  # an unpicklable component: swap without a safety net
+            return self.world.snapshot(), dict(self.world.resources)
+        except Exception as exc:  # pickling failed for another reason: no safety net
             self.report(
                 f"engine: the world cannot be snapshot for the swap ({exc}); a hook "
                 "that fails now cannot be undone"
             )
             return None
 
-    def _restore(self, snapshot: tuple[bytes, dict] | None) -> None:
+    def _restore(self, snapshot: tuple[Snapshot, dict] | None) -> None:
         if snapshot is None:
             return
-        data, resources = snapshot
-        self.world.restore_into(data, self.resolve_component)
+        entities, resources = snapshot
+        self.world.restore_into(entities, self.resolve_component)
         self.world.resources.clear()
         self.world.resources.update(resources)
 

@@ -13,6 +13,13 @@ soon as the module defining it is loaded. Nothing is dropped.
 Field values are pickled. Classes defined in system modules are pickled by key (a call of
 :func:`_system_type` with the key, resolved when loading), so values may hold them even
 across reloads. Files written before used ``persistent_id`` for the same; they still load.
+
+A component that cannot be pickled (it holds a lock, a lambda, an open file) is left out of
+a checkpoint, and named. A :class:`Snapshot` (:func:`take_snapshot`, the loader's undo of a
+swap) never leaves the process, so it keeps such a component by reference instead: its
+bytes are the checkpoint's, and restoring it puts the very same object back on its entity,
+at its place among the entity's components, under the class it had, with the attributes it
+had. Everything else in a snapshot is restored from the bytes, as a checkpoint is.
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ import importlib
 import io
 import itertools
 import pickle
-from collections.abc import Callable
-from typing import IO, Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import IO, Any, NamedTuple
 
 import esper
 
@@ -52,6 +60,31 @@ class PendingComponent:
 
 
 _pending_types: dict[str, type[PendingComponent]] = {}
+
+
+class KeptComponent(NamedTuple):
+    """A component a :class:`Snapshot` holds by reference, because pickle refuses it."""
+
+    entity: int
+    #: Its place among its entity's components (their order is put back too).
+    index: int
+    #: The class it is stored under (the class of that moment, which an undo wants back).
+    ctype: type
+    instance: Any
+    #: A shallow copy of its ``__dict__`` (None for an object without one): the undo puts
+    #: back what its attributes referred to, not what happened inside those objects.
+    attrs: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A world held in memory to be put back (:meth:`engine.World.restore_into`).
+
+    ``data`` is what :func:`dump_world` writes (a checkpoint); ``kept`` the components
+    it left out because they cannot be pickled, by reference. Never written to disk."""
+
+    data: bytes
+    kept: tuple[KeptComponent, ...] = ()
 
 
 def pending_type(key: str) -> type[PendingComponent]:
@@ -133,7 +166,10 @@ def peek_next_entity() -> int:
 
 
 def dump_world(
-    world: Any, file: IO[bytes] | None = None, skipped: list[str] | None = None
+    world: Any,
+    file: IO[bytes] | None = None,
+    skipped: list[str] | None = None,
+    kept: list[KeptComponent] | None = None,
 ) -> bytes:
     """Serialize every live entity of ``world`` (an :class:`engine.World`).
 
@@ -142,15 +178,17 @@ def dump_world(
     returns ``b""``. A component that cannot be pickled (it holds a lambda, a lock, an
     open file...) is left out of the checkpoint, not the whole world: its entity keeps
     every other component, and ``skipped`` (if given) gets one line per component left
-    out, naming its class, where the class is defined, and why. Raises what pickling
+    out, naming its class, where the class is defined, and why; ``kept`` (if given) gets
+    each such component itself (see :func:`take_snapshot`). Raises what pickling
     raises only when the world fails for another reason.
     """
     world.activate()
     entities = []
+    db = esper._entities  # this world's, whatever a component's pickling switches to
     dead = esper._dead_entities
     # Per class, once per checkpoint (never kept: a cache here would keep old classes).
     keys: dict[type, tuple[str, frozenset[str] | None]] = {}
-    for entity, comps in esper._entities.items():
+    for entity, comps in db.items():
         if entity in dead:
             continue
         items = []
@@ -163,7 +201,7 @@ def dump_world(
                 known = keys[ctype] = (component_key(ctype), field_names(type(instance)))
             items.append((known[0], component_state(instance, known[1])))
         entities.append((entity, items))
-    max_id = max(esper._entities, default=0)
+    max_id = max(db, default=0)
     next_id = peek_next_entity()
     payload = {
         "format": FORMAT,
@@ -174,15 +212,30 @@ def dump_world(
     try:
         return _dump(payload, file)
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
-        left_out = _leave_out_unpicklable(entities, {k: t for t, (k, _) in keys.items()})
-        if not left_out:
+        refused = _leave_out_unpicklable(entities)
+        if not refused:
             raise exc from None
+    if kept is not None:
+        for entity, index, _, _ in refused:
+            ctype, instance = list(db[entity].items())[index]
+            attrs = getattr(instance, "__dict__", None)
+            attrs = dict(attrs) if isinstance(attrs, dict) else None
+            kept.append(KeptComponent(entity, index, ctype, instance, attrs))
     if skipped is not None:
-        skipped.extend(left_out)
+        skipped.extend(_left_out_lines(refused, {k: t for t, (k, _) in keys.items()}))
     if file is not None:  # start the file again: the failed dump wrote part of it
         file.seek(0)
         file.truncate()
     return _dump(payload, file)
+
+
+def take_snapshot(world: Any) -> Snapshot:
+    """``world`` as a :class:`Snapshot`: a checkpoint's bytes, plus the components those
+    leave out (they cannot be pickled) held as they are, so that putting the snapshot
+    back loses nothing. Costs what a checkpoint costs."""
+    kept: list[KeptComponent] = []
+    data = dump_world(world, kept=kept)
+    return Snapshot(data, tuple(kept))
 
 
 def _dump(payload: dict[str, Any], file: IO[bytes] | None) -> bytes:
@@ -195,22 +248,32 @@ def _dump(payload: dict[str, Any], file: IO[bytes] | None) -> bytes:
 
 
 def _leave_out_unpicklable(
-    entities: list[tuple[int, list[tuple[str, Any]]]], classes: dict[str, type]
-) -> list[str]:
-    """Remove, in place, every component whose state cannot be pickled; one line for each
-    class left out (``file:line: key: why (N entities)``)."""
-    why: dict[str, tuple[str, int]] = {}
-    for _, items in entities:
+    entities: list[tuple[int, list[tuple[str, Any]]]],
+) -> list[tuple[int, int, str, str]]:
+    """Remove, in place, every component whose state cannot be pickled; for each, its
+    ``(entity, place among the entity's components, key, why)``."""
+    refused = []
+    for entity, items in entities:
         keep = []
-        for key, state in items:
+        for index, (key, state) in enumerate(items):
             try:
                 _Pickler(io.BytesIO(), protocol=pickle.HIGHEST_PROTOCOL).dump(state)
             except Exception as exc:  # noqa: BLE001 - whatever pickle raises, it is left out
-                reason, count = why.get(key, (f"{type(exc).__name__}: {exc}", 0))
-                why[key] = (reason, count + 1)
+                refused.append((entity, index, key, f"{type(exc).__name__}: {exc}"))
                 continue
             keep.append((key, state))
         items[:] = keep
+    return refused
+
+
+def _left_out_lines(
+    refused: Iterable[tuple[int, int, str, str]], classes: dict[str, type]
+) -> list[str]:
+    """One line for each class left out (``file:line: key: why (N entities)``)."""
+    why: dict[str, tuple[str, int]] = {}
+    for _, _, key, reason in refused:
+        first, count = why.get(key, (reason, 0))
+        why[key] = (first, count + 1)
     lines = []
     for key, (reason, count) in why.items():
         where = _defined_at(classes.get(key))
@@ -236,9 +299,13 @@ def _defined_at(cls: type | None) -> str:
         return ""
 
 
-def load_into(world: Any, data: bytes, resolve: Resolver = default_resolver) -> None:
+def load_into(
+    world: Any, data: bytes, resolve: Resolver = default_resolver, kept: Iterable[KeptComponent] = ()
+) -> None:
     """Replace ``world``'s entities with the checkpoint's (ids kept).
 
+    ``kept``: the components a :class:`Snapshot` held by reference; each goes back on its
+    entity as it is, at its place, under its class, with its attributes put back.
     Raises :class:`CheckpointError` if ``data`` is not a readable checkpoint; the world is
     left untouched in that case.
     """
@@ -250,20 +317,30 @@ def load_into(world: Any, data: bytes, resolve: Resolver = default_resolver) -> 
         raise CheckpointError("not an engine checkpoint (bad format tag)")
     if payload.get("version") != VERSION:
         raise CheckpointError(f"checkpoint version {payload.get('version')} is not {VERSION}")
-    built: list[tuple[int, list[Any]]] = []
+    kept = tuple(kept)
+    held: dict[int, list[KeptComponent]] = {}
+    for k in kept:
+        held.setdefault(k.entity, []).append(k)
+    built: list[tuple[int, list[tuple[Any, type | None]]]] = []
     for entity, items in payload["entities"]:
-        comps = []
+        comps: list[tuple[Any, type | None]] = []
         for key, fields in items:
             cls = resolve(key)
-            comps.append(
-                build_instance(cls, fields) if cls is not None else pending_type(key)(fields)
-            )
+            instance = build_instance(cls, fields) if cls is not None else pending_type(key)(fields)
+            comps.append((instance, None))
+        for k in held.get(int(entity), ()):  # in order of place: each lands where it was
+            comps.insert(k.index, (k.instance, k.ctype))
         built.append((int(entity), comps))
     world.clear_database()
     world.activate()
     for entity, comps in built:
         esper._entities[entity] = {}
-        for c in comps:
-            esper.add_component(entity, c)
+        for c, ctype in comps:
+            esper.add_component(entity, c, ctype)
     esper._entity_count = itertools.count(int(payload["next_entity"]))  # type: ignore[assignment]
     esper.clear_cache()
+    for k in kept:
+        if k.attrs is not None:
+            attrs = k.instance.__dict__
+            attrs.clear()
+            attrs.update(k.attrs)

@@ -27,11 +27,14 @@ import itertools
 import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import esper
 
 from engine.input.state import Input
+
+if TYPE_CHECKING:
+    from engine.world.checkpoint import Snapshot
 
 C = TypeVar("C")
 P = TypeVar("P", bound=esper.Processor)
@@ -325,11 +328,26 @@ class World:
             raise
         return world
 
-    def restore_into(self, data: bytes, resolve: Any = None) -> None:
-        """Replace this world's entities by a checkpoint's (resources are kept)."""
-        from engine.world.checkpoint import default_resolver, load_into
+    def snapshot(self) -> Snapshot:
+        """Every live entity and component, to put back later in this process.
 
-        load_into(self, data, resolve or default_resolver)
+        A :class:`~engine.world.checkpoint.Snapshot`: :meth:`checkpoint`'s bytes, plus the
+        components those leave out (they cannot be pickled) held by reference, so that
+        :meth:`restore_into` puts them back, the very same objects. The loader takes one
+        before a swap's hooks run, to undo the swap."""
+        from engine.world.checkpoint import take_snapshot
+
+        return take_snapshot(self)
+
+    def restore_into(self, data: bytes | Snapshot, resolve: Any = None) -> None:
+        """Replace this world's entities by a checkpoint's or a :meth:`snapshot`'s
+        (resources are kept)."""
+        from engine.world.checkpoint import Snapshot, default_resolver, load_into
+
+        if isinstance(data, Snapshot):
+            load_into(self, data.data, resolve or default_resolver, data.kept)
+        else:
+            load_into(self, data, resolve or default_resolver)
 
     def copy(self, resolve: Any = None) -> World:
         """An independent copy of every entity (for running candidate code on it)."""
