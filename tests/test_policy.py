@@ -57,6 +57,22 @@ def test_the_same_game_fault_three_times_in_ten_seconds_is_a_crash_loop_with_bac
     assert "crash loop" in decisions[2].message
 
 
+def test_a_crash_loop_waits_longer_each_time_until_the_game_runs_a_whole_window():
+    """Each restart dies a second after its wait: 2, 4, 8, 16 s, then capped at 30 s; a
+    game that then runs past the window is out of the loop."""
+    policy = FailurePolicy()
+    died = Fault(FaultKind.PROCESS_DIED, "exit 1", phase="setup")
+    now, waits = 0, []
+    for _ in range(8):
+        decision = policy.decide(died, now)
+        wait = (decision.retry_at_ns - now) if decision.retry_at_ns else 0
+        waits.append(wait // S)
+        now += wait + 1 * S  # restarted after the wait, died a second later
+    assert waits == [0, 0, 2, 4, 8, 16, 30, 30]
+    quiet = now + 12 * S  # ran 12 s (past the 10 s window) before dying again
+    assert policy.decide(died, quiet).action is Action.RESTART
+
+
 def test_messages_name_the_place_the_culprit_and_what_was_done():
     fault = Fault(
         FaultKind.HARD_LIMIT,

@@ -285,6 +285,7 @@ class FailurePolicy:
         self._retries: dict[str, _Backoff] = {}
         self._process = _Backoff()
         self._streak = 0
+        self._wait_ns = 0  # the last crash-loop wait
 
     def rule_for(self, fault: Fault) -> Rule:
         """The first rule of ``fault.kind`` that applies. Raises ``LookupError`` if none."""
@@ -326,16 +327,30 @@ class FailurePolicy:
         self._retries.pop(key, None)
 
     def _process_fault(self, now_ns: int) -> int:
-        """Record a process fault; the wait before the next start (0: at once)."""
+        """Record a process fault; the wait before the next start (0: at once).
+
+        A loop starts at ``loop_faults`` faults within ``loop_window_ns``. Once in one, a
+        fault that comes within the window *after the last wait* is the loop going on,
+        however long the waits have grown, so the wait keeps doubling up to
+        ``max_backoff_ns``; a game that then runs a whole window without a fault is out
+        of the loop.
+        """
         s = self.settings
         times = self._process.times
+        last = times[-1] if times else None
         times.append(now_ns)
+        looping = (
+            self._streak > 0
+            and last is not None
+            and now_ns - last <= self._wait_ns + s.loop_window_ns
+        )
         recent = sum(1 for t in times if now_ns - t <= s.loop_window_ns)
-        if recent < s.loop_faults:
-            self._streak = 0
+        if not looping and recent < s.loop_faults:
+            self._streak = self._wait_ns = 0
             return 0
         self._streak += 1
-        return min(s.max_backoff_ns, s.backoff_ns << (self._streak - 1))
+        self._wait_ns = min(s.max_backoff_ns, s.backoff_ns << (self._streak - 1))
+        return self._wait_ns
 
 
 #: What happened, after the culprit's name; ``{}`` is the fault's detail.

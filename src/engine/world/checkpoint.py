@@ -300,7 +300,10 @@ def _defined_at(cls: type | None) -> str:
 
 
 def load_into(
-    world: Any, data: bytes, resolve: Resolver = default_resolver, kept: Iterable[KeptComponent] = ()
+    world: Any,
+    data: bytes,
+    resolve: Resolver = default_resolver,
+    kept: Iterable[KeptComponent] = (),
 ) -> None:
     """Replace ``world``'s entities with the checkpoint's (ids kept).
 
