@@ -122,6 +122,33 @@ def test_raise_during_probation_rolls_back_to_last_good(project, make_engine) ->
     assert counter_value(eng) == value + 1
 
 
+def test_a_version_being_rolled_back_is_not_called_while_the_good_one_loads(
+    project, make_engine
+) -> None:
+    """The good version takes a while to load again (a slow import); the failing one must
+    not run, and fail, every frame meanwhile."""
+    slow_good = "import time\ntime.sleep(0.3)  # a slow import\n" + COUNTER.format(step=1)
+    write(project / "systems" / "counter.py", slow_good)
+    write(project / "game.py", GAME)
+    eng = make_engine(project, policy=SchedulePolicy(probation_frames=3))
+    eng.start_watching()
+    for _ in range(5):
+        eng.step()
+    assert eng.history("counter").get(1).status is VersionStatus.GOOD
+    calls = project / "calls.txt"
+    bad = COUNTER.format(step=1).replace(
+        "c.value += 1",
+        f"c.value += 1\n    with open({str(calls)!r}, 'a') as f:\n        f.write('x')\n    1 / 0",
+    )
+    write(project / "systems" / "counter.py", bad)
+    frames = run_until(eng, lambda: swapped(eng, "counter", 2))  # the edit, then the rollback
+    assert eng.swaps[-1].kind == "rollback" and eng.swaps[-1].version == 1
+    assert frames > 10  # the good version's load spanned frames
+    assert calls.read_text() == "x"  # called once: the call that failed
+    h = eng.scheduler.handles["counter.count"]
+    assert h.state is SystemState.PROBATION  # back, with the good version
+
+
 def test_first_version_raising_with_nothing_to_fall_back_to_is_disabled(
     project, make_engine
 ) -> None:

@@ -86,7 +86,7 @@ LAMPS = {
     "engine": ("·", "dim"),
 }
 #: Disable reasons that mean the code failed (an error), not that it was too slow.
-_ERROR_LIMITS = ("exception", "rolled-back")
+_ERROR_LIMITS = ("exception", "rolled-back", "rolling-back")
 
 
 def _ms(value: Any) -> str:

@@ -92,7 +92,9 @@ class DisableReason:
 
     ``limit`` is the fault kind (``hard-limit``, ``c-call``, ``budget``, ``exception``,
     ``memory``), or ``rolled-back``: its version failed on probation and there was no good
-    version to fall back to (``fault`` then says how it failed). ``location`` is the
+    version to fall back to (``fault`` then says how it failed), or ``rolling-back``: its
+    version failed on probation and the last good one is being loaded to replace it (the
+    swap brings the module's systems back, on probation). ``location`` is the
     ``file:line`` of the fault, ``message`` the failure policy's line. ``retry_at_ns`` (on
     the scheduler's clock) is when it comes back by itself, or None (it stays off until a
     new version or ``engine enable``).
@@ -643,18 +645,22 @@ class Scheduler:
                 )
             elif d.action is Action.ROLL_BACK and h.module not in rolled:
                 rolled.add(h.module)
-                if not self.versions.roll_back(h.module, d.message):
-                    for other in self.order:
-                        if other.module == h.module:
-                            self.disable(
-                                other,
-                                "rolled-back",
-                                f.detail if other is h else f"{h.key}: {f.detail}",
-                                over_ms if other is h else 0.0,
-                                location=f.location,
-                                message=d.message,
-                                fault=str(f.kind),
-                            )
+                # With a good version to go back to, the module's systems pause until it
+                # is swapped in (the loader prepares it off the frame: a failing version
+                # must not run, and fail, meanwhile); without one they stay off until
+                # the module is edited.
+                limit = "rolling-back" if self.versions.roll_back(h.module, d.message) else None
+                for other in self.order:
+                    if other.module == h.module:
+                        self.disable(
+                            other,
+                            limit or "rolled-back",
+                            f.detail if other is h else f"{h.key}: {f.detail}",
+                            over_ms if other is h else 0.0,
+                            location=f.location,
+                            message=d.message,
+                            fault=str(f.kind),
+                        )
             self.report(f"engine: {d.message}")
 
     def _show(self, location: str | None) -> str | None:
