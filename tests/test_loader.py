@@ -146,7 +146,42 @@ def test_a_version_being_rolled_back_is_not_called_while_the_good_one_loads(
     assert frames > 10  # the good version's load spanned frames
     assert calls.read_text() == "x"  # called once: the call that failed
     h = eng.scheduler.handles["counter.count"]
-    assert h.state is SystemState.PROBATION  # back, with the good version
+    assert h.state is SystemState.ENABLED  # back: the good version has passed its probation
+
+
+def test_a_version_that_passed_its_probation_is_not_on_probation_again_at_the_next_start(
+    project, make_engine
+) -> None:
+    """A good version that raises once after a restart (a rare input) costs a strike, not
+    its good name: it is not rolled back, nor marked bad."""
+    flag = project / "raise-once"
+    write(
+        project / "systems" / "steady.py",
+        f"""
+        import os
+        import engine
+
+        @engine.system
+        def steady(world, dt):
+            if os.path.exists({str(flag)!r}):
+                os.remove({str(flag)!r})
+                raise RuntimeError("a rare input")
+        """,
+    )
+    eng = make_engine(project, policy=SchedulePolicy(probation_frames=3))
+    for _ in range(5):
+        eng.step()
+    assert eng.history("steady").get(1).status is VersionStatus.GOOD
+    eng.close()
+    flag.touch()
+    again = make_engine(project, policy=SchedulePolicy(probation_frames=3))
+    assert again.scheduler.handles["steady.steady"].state is SystemState.ENABLED
+    for _ in range(5):
+        again.step()
+    assert not flag.exists()  # it raised
+    assert again.history("steady").get(1).status is VersionStatus.GOOD
+    assert again.scheduler.handles["steady.steady"].state is SystemState.ENABLED
+    assert [s for s in again.swaps if s.kind == "rollback"] == []
 
 
 def test_first_version_raising_with_nothing_to_fall_back_to_is_disabled(

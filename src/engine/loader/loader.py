@@ -752,16 +752,21 @@ class Loader:
             self.world.drop_handlers_of(old.module)  # no stale version hears events
             self.threads.stop_module(old.module.__dict__)  # nor runs a thread
         sys.modules[f"{PACKAGE}.{p.name}"] = new.module
-        self.scheduler.set_module_systems(p.name, p.version, new.systems, frame)
+        proven = False  # a version that already passed its probation (once is enough)
         if p.version is not None:
             with self._history_lock:
                 unit = self.unit(p.name)
                 unit.activate(p.version)
                 status = unit.get(p.version).status
-                if status is not VersionStatus.GOOD:
+                proven = status is VersionStatus.GOOD
+                if not proven:
                     status = VersionStatus.PROBATION
                 unit.mark(p.version, status, went_live=p.kind)
-        self.probation[p.name] = frame + self.scheduler.policy.probation_frames
+        self.scheduler.set_module_systems(p.name, p.version, new.systems, frame, proven)
+        if proven:  # at start-up, after a restart, by undo/redo or a rollback
+            self.probation.pop(p.name, None)  # a fault strikes; it is not rolled back
+        else:
+            self.probation[p.name] = frame + self.scheduler.policy.probation_frames
         self.errors.pop(p.name, None)
         return SwapRecord(p.name, p.version, True, None, self._latency(p), p.kind, frame)
 

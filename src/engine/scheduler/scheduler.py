@@ -278,8 +278,10 @@ class Scheduler:
         version: int | None,
         systems: list[tuple[SystemSpec, Callable[[Any, float], None]]],
         frame: int,
+        proven: bool = False,
     ) -> None:
-        """Make ``systems`` the active systems of ``module`` (a new version goes on probation).
+        """Make ``systems`` the active systems of ``module`` (a new version goes on
+        probation; a ``proven`` one, which passed its probation before, is enabled).
 
         Handles of systems that keep their name are reused (statistics survive); a system
         that disappeared is removed. A system disabled for time is retried at once, and
@@ -293,6 +295,8 @@ class Scheduler:
                 h = SystemHandle(key, module, spec.name, fn, spec, version, SystemStats(key, 0))
             h.fn, h.spec, h.version, h.index = fn, spec, version, i
             self._on_probation(h, frame)
+            if proven:
+                h.state = SystemState.ENABLED
             h.last_error = ""
             self.failure_policy.forget(key)
             keep[key] = h
