@@ -300,7 +300,8 @@ Action = Write | Remove | ReplaceByFolder | Signal | EngineCommand
 
 @dataclass(frozen=True)
 class Step:
-    """Do ``action`` ``delay_s`` after ``after``: ``"ready"`` (the counter's first tick),
+    """Do ``action`` ``delay_s`` after ``after``: ``"start"`` (``engine run`` started),
+    ``"ready"`` (the counter's first tick),
     ``"probation"`` (the first version of ``unit``, by default the file the action
     touches, is marked good) or ``"step"`` (the previous step)."""
 
@@ -827,6 +828,20 @@ def kinds(bomb_gb: float | None = None) -> list[Kind]:
             rule="untouched",
         ),
         Kind(
+            "setup-hangs",
+            "game.py's setup() loops forever in a new world; game.py is fixed 4 s later",
+            {
+                "game.py": GAME.replace(
+                    "def setup(world):\n",
+                    "def setup(world):\n    while True:  # FAULT\n        pass\n",
+                )
+            },
+            (Step("start", 4.0, Write("game.py", GAME)),),
+            rule="waited-for-edit",
+            hold_s=3.0,
+            max_hold_s=20.0,
+        ),
+        Kind(
             "compositor-hangs",
             "the compositor stops presenting (SIGSTOP: as a driver call that never returns)",
             {F: HEALTHY},
@@ -1173,9 +1188,11 @@ class Run:
         try:
             self._materialize()
             self._start()
+            steps = self.kind.steps
+            self._do_steps([s for s in steps if s.after == "start"])  # before any tick
             if self._wait(self._ready, READY_TIMEOUT_S):
                 self.record.t_ready = time.monotonic_ns()
-                self._do_steps()
+                self._do_steps([s for s in steps if s.after != "start"])
                 self._hold()
             self._stop()
             self._sweep()
@@ -1277,9 +1294,9 @@ class Run:
         versions = read_history(self.project, kind, name).get("versions", [])
         return bool(versions) and versions[0]["status"] == "good"
 
-    def _do_steps(self) -> None:
+    def _do_steps(self, steps: list[Step]) -> None:
         previous = self.record.t_ready
-        for step in self.kind.steps:
+        for step in steps:
             if step.after == "probation":
                 target = step.unit or getattr(step.action, "path", F)
                 if not self._wait(lambda t=target: self._good(t), PROBATION_TIMEOUT_S):
@@ -1287,6 +1304,8 @@ class Run:
                 base = time.monotonic_ns()
             elif step.after == "ready":
                 base = self.record.t_ready
+            elif step.after == "start":
+                base = self.record.t_start
             else:
                 base = previous
             due = base + round(step.delay_s * S)
@@ -1848,6 +1867,20 @@ def rule_untouched(kind: Kind, rec: RunRecord) -> Cell:
     return Cell(True, "; ".join(engine_actions(kind, rec)) or "engine unharmed")
 
 
+def rule_waited_for_edit(kind: Kind, rec: RunRecord) -> Cell:
+    stats = rec.stats or {}
+    restarts = stats.get("restarts") or []
+    if not restarts:
+        return Cell(False, "no restart recorded")
+    if restarts[0].get("action") != "wait-for-edit":
+        return Cell(False, f"{restarts[0].get('action')}: {restarts[0].get('message')}")
+    if len(restarts) > 1 or stats.get("crash_loop"):
+        return Cell(False, f"{len(restarts)} restarts; crash loop: {stats.get('crash_loop')}")
+    if not rec.ticks:
+        return Cell(False, "no game ran after the edit")
+    return Cell(True, "waited for game.py; the fixed game runs")
+
+
 def rule_compositor_restarted(kind: Kind, rec: RunRecord) -> Cell:
     stats = rec.stats or {}
     if rec.early_exit or not stats:
@@ -1931,6 +1964,10 @@ RULES: dict[str, tuple[str, Callable[[Kind, RunRecord], Cell]]] = {
     "rewound": ("`engine rewind` brought the world back", rule_rewound),
     "checkpoints": ("checkpoints go on (without what cannot be saved)", rule_checkpoints),
     "untouched": ("supervisor and compositor unharmed", rule_untouched),
+    "waited-for-edit": (
+        "no game until game.py is saved (no crash loop); then it runs",
+        rule_waited_for_edit,
+    ),
     "compositor-restarted": (
         "the compositor is restarted, the game with it from its checkpoint",
         rule_compositor_restarted,

@@ -48,7 +48,7 @@ def test_a_system_disabled_for_time_is_retried_after_a_cool_down_that_doubles():
 
 def test_the_same_game_fault_three_times_in_ten_seconds_is_a_crash_loop_with_back_off():
     policy = FailurePolicy()
-    died = Fault(FaultKind.PROCESS_DIED, "exit 1", phase="setup")
+    died = Fault(FaultKind.PROCESS_DIED, "exit 1", phase="start")
     decisions = [policy.decide(died, t * S) for t in (0, 1, 2, 3, 30)]
     assert [d.action for d in decisions] == [Action.RESTART] * 2 + [Action.BACK_OFF] * 2 + [
         Action.RESTART
@@ -61,7 +61,7 @@ def test_a_crash_loop_waits_longer_each_time_until_the_game_runs_a_whole_window(
     """Each restart dies a second after its wait: 2, 4, 8, 16 s, then capped at 30 s; a
     game that then runs past the window is out of the loop."""
     policy = FailurePolicy()
-    died = Fault(FaultKind.PROCESS_DIED, "exit 1", phase="setup")
+    died = Fault(FaultKind.PROCESS_DIED, "exit 1", phase="start")
     now, waits = 0, []
     for _ in range(8):
         decision = policy.decide(died, now)
@@ -100,3 +100,14 @@ def test_the_policy_module_examples_run():
 def test_every_action_has_words_for_messages():
     assert set(engine.policy.ACTION_TEXT) == set(Action)
     assert all(re.match(r"^[a-z]", text) for text in engine.policy.ACTION_TEXT.values())
+
+
+def test_a_game_that_dies_or_hangs_in_setup_waits_for_an_edit_not_a_crash_loop():
+    policy = FailurePolicy()
+    for kind in (FaultKind.PROCESS_DIED, FaultKind.HUNG):
+        fault = Fault(kind, "exit 3", phase="setup", location="game.py:7")
+        decisions = [policy.decide(fault, t * S) for t in range(5)]
+        assert {d.action for d in decisions} == {Action.WAIT_FOR_EDIT}
+        assert all(d.retry_at_ns is None for d in decisions)
+        assert decisions[0].message.startswith("game.py:7: setup ")
+        assert decisions[0].message.endswith("the game starts again when game.py is saved")

@@ -363,3 +363,48 @@ def test_a_shader_that_hangs_the_gpu_is_blamed_and_the_next_game_draws_without_i
     assert "basic.frag v1 was running when the game hung" in restart["message"]
     unit = ProjectHistory(project).unit("shaders", "basic.frag", suffix=".frag")
     assert unit.get(1).status is VersionStatus.BAD and unit.active_number is None
+
+
+HANGING_SETUP = """
+from systems.count import Counter
+
+def setup(world):
+    world.create_entity(Counter())
+    while True:
+        pass
+"""
+
+CRASHING_SETUP = """
+import ctypes
+from systems.count import Counter
+
+def setup(world):
+    world.create_entity(Counter())
+    ctypes.string_at(0)  # a segfault
+"""
+
+
+@pytest.mark.parametrize("setup", ["hangs", "crashes"])
+def test_a_setup_that_hangs_or_crashes_waits_for_game_py_to_be_saved(tmp_path, setup):
+    """game.py has no versions to leave out and a new world runs setup again: instead of
+    a crash loop, the supervisor says where and starts a game when game.py is saved."""
+    project = make_project(tmp_path / "game")
+    bad = HANGING_SETUP if setup == "hangs" else CRASHING_SETUP
+    (project / "game.py").write_text(bad)
+    messages: list[str] = []
+    with make_supervisor(project, messages, code_timeout_s=1.0) as sup:
+        sup.start()
+        assert sup.run_until(lambda: bool(sup.restarts), TIMEOUT_S), messages
+        record = sup.restarts[0]
+        assert record.action == "wait-for-edit", record
+        line = 6 if setup == "hangs" else 7  # the loop's header; the call that crashed
+        assert record.location == f"game.py:{line}", record
+        assert "the game starts again when game.py is saved" in record.message
+        assert not sup.run_until(lambda: sup.game_pid is not None, 2.0)  # no new game
+        assert len(sup.restarts) == 1 and sup.game_pid is None and not sup.crash_loop
+        (project / "game.py").write_text(GAME.format(marks=str(project / "setup.log")))
+        assert sup.run_until(lambda: sup.game_frame >= 20, TIMEOUT_S), messages
+        assert len(sup.restarts) == 1
+        stats = sup.stop()
+    assert "supervisor: game.py saved; starting the game again" in messages
+    assert stats["restarts"][0]["action"] == "wait-for-edit"

@@ -69,6 +69,7 @@ class Action(StrEnum):
     RESTART_WITHOUT = "restart-without"  # restart without the version that was running
     BACK_OFF = "back-off"  # the same fault keeps coming back: wait, then restart
     STOP_THREAD = "stop-thread"  # stop the thread (an exception raised in it); the rest runs
+    WAIT_FOR_EDIT = "wait-for-edit"  # no restart until the file at fault is saved again
 
 
 #: The words a message uses for each action.
@@ -82,6 +83,7 @@ ACTION_TEXT = {
     Action.RESTART_WITHOUT: "restarting the game from its checkpoint without it",
     Action.BACK_OFF: "restart held back",
     Action.STOP_THREAD: "the thread is stopped; its module's systems run on",
+    Action.WAIT_FOR_EDIT: "the game starts again when game.py is saved",
 }
 
 
@@ -173,6 +175,10 @@ def _names_code(f: Fault, s: Settings) -> bool:
     return f.module is not None
 
 
+def _in_setup(f: Fault, s: Settings) -> bool:
+    return f.phase == "setup"
+
+
 #: The policy, first match per kind wins. ``docs/failure-policy.md`` prints this table.
 RULES: tuple[Rule, ...] = (
     Rule(FaultKind.LOAD_ERROR, "always", Action.KEEP_OLD,
@@ -217,11 +223,17 @@ RULES: tuple[Rule, ...] = (
     Rule(FaultKind.PROCESS_DIED, "the heartbeat named project code", Action.RESTART_WITHOUT,
          "the code running when the process died is blamed, also before the first frame",
          _names_code),
+    Rule(FaultKind.PROCESS_DIED, "in `setup` (game.py)", Action.WAIT_FOR_EDIT,
+         "game.py has no versions to leave out, and a new world runs `setup` again: it would "
+         "die the same way", _in_setup),
     Rule(FaultKind.PROCESS_DIED, "otherwise (an engine phase)", Action.RESTART,
          "nothing of the user's was running; the crash loop rule still applies"),
     Rule(FaultKind.HUNG, "the heartbeat named project code", Action.RESTART_WITHOUT,
          "code that swallows interrupts or blocks in C is stopped from outside",
          _names_code),
+    Rule(FaultKind.HUNG, "in `setup` (game.py)", Action.WAIT_FOR_EDIT,
+         "game.py has no versions to leave out, and a new world runs `setup` again: it would "
+         "hang the same way", _in_setup),
     Rule(FaultKind.HUNG, "otherwise", Action.RESTART,
          "the game stopped beating in engine code"),
     Rule(FaultKind.NOT_PUBLISHING, "always", Action.RESTART,
@@ -305,6 +317,8 @@ class FailurePolicy:
             backoff.count += 1
             retry_at = now_ns + wait
             text = f"disabled, retried in {wait / S:g} s"
+        elif action is Action.WAIT_FOR_EDIT:
+            pass  # no restart to hold back: the next game starts when the file is saved
         elif fault.kind in PROCESS_FAULTS:
             wait = self._process_fault(now_ns)
             if wait:

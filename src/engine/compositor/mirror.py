@@ -27,7 +27,7 @@ REFRESH_NS = 250_000_000
 MIN_TEXT_HEIGHT = 120
 
 #: What the supervisor may say the game is doing (``CompositorHandle.tell_game_state``).
-GAME_STATES = ("running", "restarting", "excluded", "starting", "stopped")
+GAME_STATES = ("running", "restarting", "excluded", "starting", "stopped", "waiting for an edit")
 
 
 def game_state(state: LayerState, told: str | None) -> str:

@@ -270,6 +270,8 @@ def blame(
         detail += ", sent from outside the game: not blamed"
     user = running.user and not from_outside
     phase = "system" if running.phase == "system" else running.phase
+    if from_outside and phase == Phase.SETUP.text:
+        phase = "process"  # setup did nothing wrong: it is not waited on (policy)
     system = running.system if running.phase != "load" else None
     return Fault(
         kind,
@@ -291,6 +293,15 @@ def blamed_unit(project_dir: Path, fault: Fault, root: Path | None = None) -> Ve
     if fault.phase == "shader":
         return history.unit("shaders", fault.module, suffix=Path(fault.module).suffix)
     return history.unit(KIND, fault.module)
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    """What tells a saved file from the one before: its modification time and size."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
 
 
 def _relative(project_dir: Path, file: str) -> str:
@@ -475,6 +486,11 @@ class Supervisor:
         self.publish_timeout_ns = round(publish_timeout_s * S)
         self.code_timeout_ns = round(code_timeout_s * S)
         self.compositor_hang_ns = round(compositor_hang_s * S)
+        self._game_file = self.project_dir / "game.py"
+        #: A file whose saving the next game waits for (the policy's wait-for-edit), with
+        #: its signature when the wait began.
+        self._waiting_for: tuple[Path, tuple[int, int] | None] | None = None
+        self._game_file_seen: tuple[int, int] | None = None  # as the live game started
         self._compositor_seen = (-1, 0)  # (frame, when it was first seen)
         self.policy = policy or FailurePolicy()
         self.report = report
@@ -677,6 +693,7 @@ class Supervisor:
         self._frames_before = self.game_frames
         self._checkpoints_before = self.game_checkpoints
         self.game_stats_path.unlink(missing_ok=True)  # what stop() reads is this game's
+        self._game_file_seen = _signature(self._game_file)
         game = self._take_standby(restarted)
         from_standby = game is not None
         if game is None:
@@ -873,7 +890,13 @@ class Supervisor:
         self._watch_preview(now)
         game = self.game
         if game is None:
-            if self._restart_at is not None and now >= self._restart_at:
+            if self._waiting_for is not None:
+                path, signature = self._waiting_for
+                if _signature(path) != signature:  # saved: try the new text
+                    self._waiting_for = None
+                    self.report(f"supervisor: {path.name} saved; starting the game again")
+                    self._start_game(restarted=True)
+            elif self._restart_at is not None and now >= self._restart_at:
                 self._start_game(restarted=True)
             return
         beat = game.heartbeat.read()
@@ -926,13 +949,18 @@ class Supervisor:
             record.blamed = self._leave_out(fault, decision)
         self.restarts.append(record)
         self.report(f"supervisor: {decision.message}")
-        if self.compositor is not None:
-            self.compositor.tell_game_state("restarting")  # the mirror's HUD says so
+        if self.compositor is not None:  # the mirror's HUD says so
+            waits = decision.action is Action.WAIT_FOR_EDIT
+            self.compositor.tell_game_state("waiting for an edit" if waits else "restarting")
         if decision.action is Action.BACK_OFF:
             assert decision.retry_at_ns is not None
             record.backoff_ms = (decision.retry_at_ns - now) / 1e6
             self.crash_loop = decision.message
             self._restart_at = decision.retry_at_ns
+        elif decision.action is Action.WAIT_FOR_EDIT:
+            # Against game.py as the failed game found it: a save made while it was
+            # failing (before the supervisor noticed) starts the next game at once.
+            self._waiting_for = (self._game_file, self._game_file_seen)
         else:
             self._start_game(restarted=True)
 
@@ -1397,7 +1425,8 @@ class Supervisor:
         ``stats_json``).
 
         A ``frames`` run also waits for the game's first frame (a loaded machine can take
-        longer than N frames to start a game), unless the game is crash-looping. The
+        longer than N frames to start a game), unless the game is crash-looping or waits
+        for an edit. The
         signal handlers are this method's only while it runs (main thread only).
         """
         previous = self._take_stop_signals()
@@ -1411,7 +1440,11 @@ class Supervisor:
                     return True
                 if frames is None or self.compositor_frame < frames:
                     return False
-                return self.game_frames > 0 or self.crash_loop is not None
+                return (
+                    self.game_frames > 0
+                    or self.crash_loop is not None
+                    or self._waiting_for is not None  # no game until an edit
+                )
 
             try:
                 self.run_until(done, float("inf") if seconds is None and frames is None else 1e9)
