@@ -205,13 +205,6 @@ def test_a_large_obj_is_parsed_off_the_frame_and_drawn_once_ready(tmp_path, worl
     assert centre(renderer, world) == (255, 255, 255)
 
 
-@pytest.mark.xfail(
-    reason="open: on a loaded CPU renderer the first frame drawing the new mesh can run over "
-    "the render system's 50 ms hard limit (a new vertex layout's shader variant is compiled "
-    "in-frame), and the render system, still on probation, is disabled by that one strike; "
-    "the limit stays short so a shader that hangs the driver is found within 150 ms",
-    strict=False,
-)
 def test_an_obj_loads_off_the_frame_and_edited_textures_reload_live(project, make_engine) -> None:
     """In a running engine: the render system stays enabled while an OBJ parses, the mesh
     appears, and a PNG saved while it runs shows in the next frames (through the watcher).
@@ -234,7 +227,11 @@ def test_an_obj_loads_off_the_frame_and_edited_textures_reload_live(project, mak
         return tuple(int(c) for c in image[settings.height // 2, settings.width // 2, :3])
 
     frames = run_until(eng, lambda: latest_centre()[1] > 50, timeout_s=120)
-    assert [m for m in messages if " ok in " not in m] == []  # swaps only: no strike
+    # Swaps only, and on a loaded CPU renderer perhaps a note that a draw was slow (a new
+    # vertex layout's shader variant is compiled in-frame): the render system stays on.
+    slow_draw = "render.render v1 "
+    said = [m for m in messages if " ok in " not in m]
+    assert [m for m in said if not (slow_draw in m and "it stays on" in m)] == [], said
     assert frames > 1  # drawn without it at first
     assert eng.scheduler.handles["render.render"].state is not SystemState.DISABLED
     r, g, b = latest_centre()

@@ -236,3 +236,44 @@ def test_a_system_back_from_its_cool_down_is_enabled_after_its_probation(machine
     assert h.state is SystemState.PROBATION
     run(sched, world, 3)
     assert h.state is SystemState.ENABLED and h.retries == 1
+
+
+def test_an_essential_system_is_never_disabled_for_time_and_says_so_only_now_and_then(
+    machine, world
+) -> None:
+    """The render system: a slow picture is better than none (which would restart the
+    game). Over its budget every frame, and with a C call past its hard limit now and then,
+    it stays on; the slowness is said at most every 5 s, with a count of what was not."""
+    messages: list[str] = []
+    sched = Scheduler(
+        SchedulePolicy(hard_limit_ns=50 * MS, over_budget_frames=3),
+        clock_ns=lambda: machine.wall_ns,
+        cpu_ns=lambda: machine.cpu_ns,
+        run_delay_ns=lambda: machine.waited_ns,
+        report=messages.append,
+    )
+    calls = {"n": 0}
+
+    def render(world, dt):
+        calls["n"] += 1
+        machine.work(80.0 if calls["n"] % 10 == 0 else 20.0)  # 80 ms: a driver call
+
+    def plain(world, dt):
+        machine.work(20.0)
+
+    spec = SystemSpec("render", budget_ms=8.0, hard_limit_ms=50.0, essential=True)
+    sched.set_module_systems("r", 1, [(spec, render)], 0)
+    sched.set_module_systems("p", 1, [(SystemSpec("plain", budget_ms=1.0), plain)], 0)
+    kinds: set[str] = set()
+    for frame in range(1, 401):  # 400 frames of 40+ ms: about 17 s of the machine's clock
+        kinds.update(str(f.kind) for f in sched.run_frame(world, 1 / 90, frame))
+        machine.sleep(0.0)
+    render_h, plain_h = sched.handles["r.render"], sched.handles["p.plain"]
+    assert kinds >= {"c-call", "budget"}  # both happened ...
+    assert render_h.enabled and calls["n"] == 400  # ... and it ran every frame
+    assert plain_h.state is SystemState.DISABLED  # an ordinary system is not so lucky
+    said = [m for m in messages if "r.render" in m]
+    seconds = machine.wall_ns / S
+    assert 1 <= len(said) <= seconds / 5 + 1, said
+    assert all("it stays on" in m for m in said)
+    assert any("more like it since the last note" in m for m in said[1:]), said

@@ -337,9 +337,10 @@ def setup(world):
 
 @pytest.mark.xfail(
     reason="open: llvmpipe ends any loop after 65535 turns, so this 'endless' shader makes a "
-    "draw of 0.3-0.6 s on an idle machine (render.render is then disabled for a C call on "
-    "probation and the game restarts for not publishing, unblamed) and a hang (blamed on the "
-    "shader) only under load; a version swapped in live is left out in-process either way",
+    "draw of 0.3-0.6 s: the render system (essential) stays on, and the heartbeat's 0.5 s "
+    "runs out during such a draw, but the main thread's word then names render.render, not "
+    "the shader stage, so the game restarts with the same shader (a crash loop); a version "
+    "swapped in live is left out in-process",
     strict=False,
 )
 def test_a_shader_that_hangs_the_gpu_is_blamed_and_the_next_game_draws_without_it(tmp_path):

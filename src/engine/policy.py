@@ -102,6 +102,8 @@ class Fault:
         on_probation: the module version is new and has not yet run its probation.
         strikes: for exceptions, how many frames in a row the system has now raised.
         has_good_version: the module has a last good version to fall back to.
+        essential: the system is one the game's picture depends on (the render system;
+            see :class:`~engine.scheduler.spec.SystemSpec`).
     """
 
     kind: FaultKind
@@ -114,6 +116,7 @@ class Fault:
     on_probation: bool = False
     strikes: int = 0
     has_good_version: bool = False
+    essential: bool = False
 
     @property
     def culprit(self) -> str:
@@ -179,6 +182,10 @@ def _in_setup(f: Fault, s: Settings) -> bool:
     return f.phase == "setup"
 
 
+def _essential(f: Fault, s: Settings) -> bool:
+    return f.essential
+
+
 #: The policy, first match per kind wins. ``docs/failure-policy.md`` prints this table.
 RULES: tuple[Rule, ...] = (
     Rule(FaultKind.LOAD_ERROR, "always", Action.KEEP_OLD,
@@ -206,11 +213,16 @@ RULES: tuple[Rule, ...] = (
          "a new version that runs away is presumed wrong", _new),
     Rule(FaultKind.HARD_LIMIT, "otherwise", Action.DISABLE,
          "runaway code does not fix itself; a new version retries at once"),
+    Rule(FaultKind.C_CALL, "an essential system (the picture depends on it)", Action.STRIKE,
+         "a late picture is shown reprojected; none at all would restart the game",
+         _essential),
     Rule(FaultKind.C_CALL, "the version is on probation", Action.ROLL_BACK,
          "a new version whose C call overruns the frame is presumed wrong", _new),
     Rule(FaultKind.C_CALL, "otherwise", Action.DISABLE_AND_RETRY,
          "the input may shrink; retried after a cool-down that doubles each time"),
-    Rule(FaultKind.BUDGET, "always", Action.DISABLE_AND_RETRY,
+    Rule(FaultKind.BUDGET, "an essential system (the picture depends on it)", Action.STRIKE,
+         "a slow picture is better than none, which would restart the game", _essential),
+    Rule(FaultKind.BUDGET, "otherwise", Action.DISABLE_AND_RETRY,
          "it made frames late; retried after a cool-down that doubles each time"),
     Rule(FaultKind.SHADER_ERROR, "always", Action.KEEP_OLD,
          "the last program that linked keeps drawing"),
@@ -330,6 +342,8 @@ class FailurePolicy:
                 )
         elif action is Action.ROLL_BACK and not fault.has_good_version:
             text = "no good version to fall back to: disabled until it is edited"
+        elif action is Action.STRIKE and fault.kind in (FaultKind.C_CALL, FaultKind.BUDGET):
+            text = "it stays on: the compositor shows its last picture reprojected meanwhile"
         elif action is Action.STRIKE and fault.kind is FaultKind.EXCEPTION:
             text = f"strike {fault.strikes} of {self.settings.strikes}; the frame goes on"
         where = f"{fault.location}: " if fault.location else ""

@@ -46,6 +46,8 @@ from engine.scheduler.watchdog import FrameWatchdog, Overrun
 
 CACHE_LINE = "esper cache"
 _NEVER = 1 << 62
+#: How often an essential system's slowness (kept on, not disabled) is said at most.
+SLOW_NOTE_EVERY_NS = 5_000_000_000
 
 
 @dataclass
@@ -155,6 +157,8 @@ class SystemHandle:
     retries: int = 0  # times it came back by itself after a cool-down
     after: tuple[str, ...] = field(default=())
     running_id: int = 0  # names this version in the heartbeat (RunningNow.name_handles)
+    slow_noted_ns: int = -(1 << 62)  # an essential system's slowness, last said then
+    slow_unsaid: int = 0  # ... and how often since without a word
 
     @property
     def enabled(self) -> bool:
@@ -628,10 +632,21 @@ class Scheduler:
                 on_probation=self.versions.on_probation(h.module),
                 strikes=h.strikes,
                 has_good_version=self.versions.has_good_version(h.module),
+                essential=h.spec.essential,
             )
             d = f.decision = self.failure_policy.decide(f.fault, now)
+            said = d.message
             over_ms = max(f.over_ns, 0) / 1e6
-            if d.action is Action.STRIKE:
+            if d.action is Action.STRIKE and f.kind in (FaultKind.C_CALL, FaultKind.BUDGET):
+                # An essential system, slow: it stays on. Said at most every few seconds.
+                h.late_streak = 0
+                if now - h.slow_noted_ns < SLOW_NOTE_EVERY_NS:
+                    h.slow_unsaid += 1
+                    continue
+                if h.slow_unsaid:
+                    said = f"{said} ({h.slow_unsaid} more like it since the last note)"
+                h.slow_noted_ns, h.slow_unsaid = now, 0
+            elif d.action is Action.STRIKE:
                 h.last_error = f.detail
             elif d.action is Action.DISABLE:
                 self.disable(
@@ -665,7 +680,7 @@ class Scheduler:
                             message=d.message,
                             fault=str(f.kind),
                         )
-            self.report(f"engine: {d.message}")
+            self.report(f"engine: {said}")
 
     def _show(self, location: str | None) -> str | None:
         """A location relative to the project, where it is inside it."""

@@ -24,6 +24,12 @@ class SystemSpec:
             frame now and then without being a runaway (the render system).
         over_budget_frames: frames in a row over budget that disable it; ``None`` means
             the policy's. For a system whose slowness is better than its absence.
+        essential: the game's picture depends on it (the render system): it is never
+            disabled for time — a C call over its hard limit, or frames over its budget —
+            since a late picture is shown reprojected by the compositor while none at all
+            would restart the game; such slowness is noted at most every few seconds. A
+            runaway in its Python code (the hard limit) or an exception still costs it
+            as any system.
     """
 
     name: str
@@ -32,6 +38,7 @@ class SystemSpec:
     budget_ms: float | None = None
     hard_limit_ms: float | None = None
     over_budget_frames: int | None = None
+    essential: bool = False
 
 
 @overload
@@ -45,6 +52,7 @@ def system(
     budget_ms: float | None = None,
     hard_limit_ms: float | None = None,
     over_budget_frames: int | None = None,
+    essential: bool = False,
     name: str | None = None,
 ) -> Callable[[F], F]: ...
 
@@ -57,6 +65,7 @@ def system(
     budget_ms: float | None = None,
     hard_limit_ms: float | None = None,
     over_budget_frames: int | None = None,
+    essential: bool = False,
     name: str | None = None,
 ) -> Any:
     """Mark a function ``(world, dt) -> None`` as a system of its module.
@@ -76,7 +85,13 @@ def system(
 
     def wrap(f: F) -> F:
         f.__engine_system__ = SystemSpec(  # type: ignore[attr-defined]
-            name or f.__name__, order, tuple(after), budget_ms, hard_limit_ms, over_budget_frames
+            name or f.__name__,
+            order,
+            tuple(after),
+            budget_ms,
+            hard_limit_ms,
+            over_budget_frames,
+            essential,
         )
         return f
 
