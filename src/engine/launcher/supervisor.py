@@ -16,8 +16,9 @@ A game is *failed* when
 * it is hung: no heartbeat for ``heartbeat_timeout_s`` (a C call that never returns, code
   that swallows the watchdog's interrupts) — in the first frame, one of the project's
   systems running that long —, no first frame within ``start_timeout_s``, or other user
-  code (a module's import, a hook, ``setup``) running ``code_timeout_s`` without a change
-  before the first frame;
+  code on the main thread (a hook, ``setup``) running ``code_timeout_s`` without a change
+  before the first frame (a module's import runs on the loader's thread, under the
+  loader's own limit);
 * it stopped publishing its layer for ``publish_timeout_s`` while still beating.
 
 **Blame.** The game writes into its heartbeat block, from its first line, which system
