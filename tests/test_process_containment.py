@@ -119,7 +119,8 @@ def tries(world, dt):
         results[f"kill command to the {{what}}"] = (
             "allowed" if command.returncode == 0 else command.stderr.decode()
         )
-    out.write_text(json.dumps(results))
+    out.with_suffix(".tmp").write_text(json.dumps(results))
+    out.with_suffix(".tmp").rename(out)  # whole, or not there yet
 """
 
 
