@@ -48,6 +48,9 @@ class InputFeed:
         window = getattr(sink, "window", None)
         if window is not None:
             bind_window(window, writer)
+        remade = getattr(sink, "window_listeners", None)
+        if remade is not None:  # a window made again (after a GPU reset) is bound too
+            remade.append(lambda new: bind_window(new, writer))
         writer.publish(0, 0, force=True)
 
     def present(self, frame: int, display_time_ns: int) -> None:

@@ -812,9 +812,9 @@ class RecoveringComposer:
     composer in it (``make``), imports the layers' GPU images again, warms it up, and
     composes the frame there. The layers' images are uploaded again from their blocks as
     the frame reads them, so a dead game's last frame still shows. Everything else is the
-    current composer's (attributes are looked up there). The mirror window's own context
-    is not remade: after a loss it may show nothing until the compositor restarts (the
-    headless sink and the captures go on).
+    current composer's (attributes are looked up there). The mirror window is made
+    again by its sink (:class:`~engine.compositor.sinks.MirrorWindowSink`), which sees
+    :attr:`context_resets` go up.
 
     Args:
         make: builds a composer in the current context.

@@ -151,6 +151,12 @@ class MirrorWindowSink(HeadlessSink):
     process sets that when asked for a window). Presents without vsync: the compositor's
     own clock paces it, the window only mirrors. Closing the window just stops mirroring.
     F1 toggles the HUD (``toggle_hud``, called with no argument).
+
+    After the compositor's context was made again (a GPU reset: the surface's
+    ``context_resets`` went up), the window is made again too, sharing with the new
+    context (the old window's context was lost with the rest, and shared nothing with the
+    new one); ``window_listeners`` are called with the new window (the input feed binds
+    its events there).
     """
 
     def __init__(
@@ -165,13 +171,23 @@ class MirrorWindowSink(HeadlessSink):
         w = max(1, int(surface.eye_width * scale))
         h = max(1, int(surface.eye_height * scale))
         self._offscreen_context = offscreen_context
+        self._mirror_window = mirror_window
         surface.mirror_wanted, surface.mirror_scale = True, scale
         self._view: Any = None  # the mirror view's drawing, in the window's context
-        self.window = mirror_window(2 * w, h, "All-Source Engine - compositor mirror")
-        self.window.set_vsync(False)
+        self._size = (2 * w, h)
+        self._resets = getattr(surface, "context_resets", 0)
+        self.window_listeners: list[Any] = []
+        self.windows_made = 1
         self.open = True
+        self.window = self._make_window()
+        offscreen_context()
 
-        @self.window.event
+    def _make_window(self) -> Any:
+        """The window, in a context sharing with the current offscreen one."""
+        self._offscreen_context()
+        window = self._mirror_window(*self._size, "All-Source Engine - compositor mirror")
+        window.set_vsync(False)
+
         def on_close() -> None:
             self.open = False
 
@@ -182,8 +198,20 @@ class MirrorWindowSink(HeadlessSink):
             if symbol == key.F1 and text is not None:
                 text.toggle_hud()
 
-        self.window.push_handlers(on_key_press=on_key_press)  # the input feed's stay too
-        offscreen_context()
+        window.push_handlers(on_close=on_close, on_key_press=on_key_press)
+        return window
+
+    def _remake_window(self) -> None:
+        """The compositor's context was made again: so is the window, sharing with it."""
+        try:
+            self.window.close()
+        except Exception:  # noqa: BLE001 - a window in a lost context may fail to close
+            pass
+        self._view = None  # its GL objects were the old window's
+        self.window = self._make_window()
+        self.windows_made += 1
+        for listener in self.window_listeners:
+            listener(self.window)
 
     def present(self, frame: int, display_time_ns: int) -> None:
         super().present(frame, display_time_ns)
@@ -191,6 +219,10 @@ class MirrorWindowSink(HeadlessSink):
             return
         from engine.compositor.mirror import MirrorView
 
+        resets = getattr(self.surface, "context_resets", 0)
+        if resets != self._resets:
+            self._resets = resets
+            self._remake_window()
         halves = self.surface.mirror_halves()
         self.window.switch_to()
         self.window.dispatch_events()
