@@ -33,13 +33,14 @@ it bad and swaps the version before it in.
 
 from __future__ import annotations
 
-import contextlib
 import re
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import FrameType
 
 # context first: it picks headless EGL before pyglet.gl is loaded by anyone.
 from engine.render.context import gl, offscreen_context
@@ -156,6 +157,7 @@ class _Suspect:
     live: bool = False  # swapped in while the game ran (an edit, undo, redo), not loaded
     draws: int = 0  # drawings finished while it was named
     overran_ns: int = 0  # how long the drawing that left it out took
+    end_seen: bool = True  # False: that drawing's way out was cut short (overran_ns: at most)
 
 
 @dataclass
@@ -166,6 +168,44 @@ class _Running:
     program: ShaderProgram
     stages: dict[str, _Stage]
     suspect: _Suspect | None = None
+
+
+class _Drawing:
+    """One use of :meth:`ShaderLibrary.drawing`: a context manager of its own, not a
+    generator's, so a way out cut short leaves nothing suspended to run later (a generator
+    closed whenever it is collected would put back a stale running-now word mid-frame)."""
+
+    __slots__ = ("library", "frame", "lasti", "before", "t0")
+
+    def __init__(self, library: ShaderLibrary) -> None:
+        self.library = library
+        self.frame: FrameType | None = None  # where the outermost drawing was entered
+        self.lasti = -1
+        self.before = 0  # the running-now word before
+        self.t0 = 0
+
+    def __enter__(self) -> None:
+        self.library._enter_drawing(self, sys._getframe(1))
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.library._leave_drawing(self, failed=kind is not None)
+
+    def encloses(self, frame: FrameType) -> bool:
+        """Whether code entering a drawing at ``frame`` runs inside this open one: the
+        frame that entered this one is ``frame`` or a caller of it, still running. The
+        same ``with`` entered again (a loop) is not inside itself; another ``with`` in the
+        function that entered this one is taken to be (it cannot be told from one after
+        a way out cut short there, which only a function that catches the interrupt and
+        goes on drawing would see)."""
+        mine = self.frame
+        if mine is frame:
+            return frame.f_lasti != self.lasti
+        f = frame.f_back
+        while f is not None:
+            if f is mine:
+                return True
+            f = f.f_back
+        return False
 
 
 def first_loop_line(source: str) -> int:
@@ -361,7 +401,7 @@ class ShaderLibrary:
         #: The game's running-now words (see :meth:`drawing`); ``None``: nobody watches.
         self.running: RunningNow | None = None
         self.draw_limit_ns = draw_limit_ns
-        self._drawing = False
+        self._open: _Drawing | None = None  # the outermost drawing, until it is left
         self._named: _Suspect | None = None  # what the running-now word names while drawing
         self._overran: list[_Suspect] = []  # to leave out at the next apply_pending
 
@@ -375,14 +415,14 @@ class ShaderLibrary:
         """
         running = self._running.get(name)
         if running is not None:
-            if self._drawing:
+            if self._open is not None:
                 self._suspect(running)
             return running.program
         if name not in self._unknown:
             self._update(name, changed=set(), event_time_ns=None)
             running = self._running.get(name)
             if running is not None:
-                if self._drawing:
+                if self._open is not None:
                     self._suspect(running)
                 return running.program
             self._unknown.add(name)
@@ -393,8 +433,7 @@ class ShaderLibrary:
             raise RuntimeError(f"the built-in {DEFAULT_PROGRAM!r} shader program does not build")
         return self.program(DEFAULT_PROGRAM)
 
-    @contextlib.contextmanager
-    def drawing(self) -> Iterator[None]:
+    def drawing(self) -> _Drawing:
         """Draw inside this: from the first draw call until the pixels have arrived.
 
         While inside, each program :meth:`program` hands out is *in use*, and the calling
@@ -408,28 +447,55 @@ class ShaderLibrary:
         stage named was swapped in live and is in its first :data:`WATCHED_DRAWS` draws,
         marks that stage for leaving out: :meth:`apply_pending` does it. The exception
         goes on unchanged.
+
+        Leaving may never run: a GPU wait over the render system's hard limit is a C call
+        that both the watchdog's timer and its backstop's kick interrupt, so a second
+        :class:`~engine.scheduler.watchdog.Overrun` lands at the first Python line of the
+        way out. The next :meth:`apply_pending` or drawing then finds this one still open,
+        though the code that entered it is no longer running, and finishes it as
+        interrupted (its end unseen: timed up to then); a drawing starts afresh, rather
+        than taking itself for part of a stale one and naming nothing.
         """
-        if self._drawing:
-            yield
-            return
+        return _Drawing(self)
+
+    def _enter_drawing(self, drawing: _Drawing, frame: FrameType) -> None:
+        open_ = self._open
+        if open_ is not None:
+            if open_.encloses(frame):
+                return  # nested: part of the outer drawing
+            self._cut_short(open_)
         running = self.running
-        before = running.now() if running is not None else 0
-        self._drawing, self._named = True, None
-        t0 = self._clock()
+        drawing.frame, drawing.lasti = frame, frame.f_lasti
+        drawing.before = running.now() if running is not None else 0
+        drawing.t0 = self._clock()
+        self._open, self._named = drawing, None
+
+    def _leave_drawing(self, drawing: _Drawing, failed: bool) -> None:
+        if self._open is not drawing:
+            return  # nested, or finished as cut short meanwhile
         try:
-            yield
-        except BaseException:
-            self._note_overrun(self._clock() - t0)
-            raise
-        else:
-            if self._named is not None:
+            if failed:
+                self._note_overrun(self._clock() - drawing.t0)
+            elif self._named is not None:
                 self._named.draws += 1
         finally:
-            self._drawing, self._named = False, None
-            if running is not None:
-                running.leave(before)
+            self._finish(drawing)
 
-    def _note_overrun(self, elapsed_ns: int) -> None:
+    def _cut_short(self, drawing: _Drawing) -> None:
+        """Finish ``drawing``, whose way out an exception cut short (see :meth:`drawing`)."""
+        try:
+            self._note_overrun(self._clock() - drawing.t0, end_seen=False)
+        finally:
+            # Not the word: what ran after the drawing has stored its own since.
+            self._finish(drawing, restore=False)
+
+    def _finish(self, drawing: _Drawing, restore: bool = True) -> None:
+        self._open, self._named = None, None
+        drawing.frame = None  # a cut-short one held its caller's frame until now
+        if restore and self.running is not None:
+            self.running.leave(drawing.before)
+
+    def _note_overrun(self, elapsed_ns: int, end_seen: bool = True) -> None:
         # Runs as an interrupt unwinds the render system: only note it, GL work comes later.
         named = self._named
         if named is None or not named.live or elapsed_ns <= self.draw_limit_ns:
@@ -438,6 +504,7 @@ class ShaderLibrary:
             return
         if named.overran_ns == 0:
             named.overran_ns = elapsed_ns
+            named.end_seen = end_seen
             self._overran.append(named)
 
     def _suspect(self, program: _Running) -> None:
@@ -531,7 +598,12 @@ class ShaderLibrary:
 
         Returns one :class:`ShaderSwap` per rebuilt program (failures included, after
         printing them). A deleted file changes nothing: its program keeps drawing as it was.
+        A drawing still open here, between frames, had its way out cut short (see
+        :meth:`drawing`): it is finished as interrupted first.
         """
+        open_ = self._open
+        if open_ is not None and not open_.encloses(sys._getframe(1)):
+            self._cut_short(open_)
         swaps = [swap for suspect in self._take_overran() if (swap := self._leave_out(suspect))]
         with self._lock:
             pending, self._pending = self._pending, {}
@@ -567,8 +639,9 @@ class ShaderLibrary:
             return None
         if running.stages.get(stage.stage) != stage:
             return None
+        took = "took" if suspect.end_seen else "took up to"
         why = (
-            f"a drawing with it took {suspect.overran_ns / 1e6:.0f} ms (over "
+            f"a drawing with it {took} {suspect.overran_ns / 1e6:.0f} ms (over "
             f"{self.draw_limit_ns / 1e6:.0f} ms) and was interrupted"
         )
         before = leave_out(unit, stage.version, why)
