@@ -23,7 +23,7 @@ from engine import World
 from engine.policy import Action
 from engine.scheduler.scheduler import CACHE_LINE, SchedulePolicy, Scheduler, SystemState
 from engine.scheduler.spec import SystemSpec, system
-from engine.scheduler.watchdog import FrameWatchdog, Overrun
+from engine.scheduler.watchdog import KICK_SIGNAL, FrameWatchdog, Overrun
 
 HARD_MS = 20  # a short hard limit keeps these tests quick; the default is the frame
 
@@ -395,6 +395,36 @@ def test_a_late_interrupt_is_blamed_on_a_c_call_only_for_time_it_was_not_starved
     assert caught.value.in_c_call is c_call
     assert caught.value.starved_ns == starved_ms * 1_000_000
     assert ("waited 5.0 ms for a CPU" in str(caught.value)) is (starved_ms == 5)
+
+
+def test_a_signal_pending_behind_a_c_call_is_the_same_stop_not_a_second_interrupt() -> None:
+    """After a long C call both the timer's signal and the backstop's kick wait for it to
+    return. The first raises (a C call); the second, handled a moment later in the code
+    unwinding from the first, must not raise again as a "runaway" (it made an essential
+    render system look like runaway Python and disabled it). A repeat comes retry_ns
+    after the last interrupt, for a call that swallowed it."""
+    now = {"ns": 0}
+    wd = FrameWatchdog(20_000_000, clock_ns=lambda: now["ns"], run_delay_ns=lambda: 0)
+    signal_setitimer = signal.setitimer
+    signal.setitimer = lambda *a: None
+    user = fake_frame("/game/x.py")
+    try:
+        wd._installed = True  # arm without the real timer
+        wd.enter("m.draw", 0)
+        wd._arm(20_000_000)
+        now["ns"] = 400_000_000  # the C call (a 0.4 s draw) returned: the timer's signal
+        with pytest.raises(Overrun) as first:
+            wd._on_alarm(signal.SIGALRM, user)
+        now["ns"] += 100_000  # the kick, pending too, is handled 0.1 ms later
+        wd._on_alarm(KICK_SIGNAL, user)  # no second Overrun
+        now["ns"] += wd.retry_ns  # still running after retry_ns: it swallowed the first
+        with pytest.raises(Overrun) as repeat:
+            wd._on_alarm(signal.SIGALRM, user)
+    finally:
+        wd._installed = False
+        signal.setitimer = signal_setitimer
+    assert first.value.interruption.in_c_call and first.value.interruption.attempt == 1
+    assert repeat.value.interruption.attempt == 2
 
 
 def test_the_run_queue_wait_reader_counts_up_or_says_zero() -> None:

@@ -434,6 +434,7 @@ class FrameWatchdog:
         self.call_cpu_ns = 0  # the main thread's CPU time when the call started
         self.call_limit_ns = hard_limit_ns  # the running call's own hard limit
         self.interrupts = 0
+        self._raised_ns = 0  # when the last Overrun of this call was raised
         self.hung = False
         self.fired = 0  # handler invocations, for tests and stats
         self.kicks = 0  # backstop kicks
@@ -688,6 +689,13 @@ class FrameWatchdog:
             self._base_call_ns = self.call_start_ns
             self._base_waited_ns = self._base_for_call(self._prev_sample_waited_ns)
         now = self.clock_ns()
+        if self.interrupts and now - self._raised_ns < self.retry_ns:
+            # A signal that was already pending when the last interrupt was raised (after a
+            # C call both the timer's and the backstop's kick wait for it to return): the
+            # same stop, not a repeat. Raised now, it would land in the code unwinding
+            # from the first (a ``finally``, a ``with``'s exit) and be taken for a runaway.
+            self._arm(max(self.retry_ns - (now - self._raised_ns), 50_000))
+            return
         elapsed = now - self.call_start_ns
         due = self.call_limit_ns + self.interrupts * self.retry_ns
         if elapsed < due:
@@ -728,6 +736,7 @@ class FrameWatchdog:
         self._note_hung(key)
         # Keep interrupting a call that swallows it; slower once it is declared hung.
         self._arm(self.retry_ns if not self.hung else 50 * self.retry_ns, waited)
+        self._raised_ns = self.clock_ns()
         raise Overrun(self.last)
 
     def _timer_trouble(self) -> str:
