@@ -155,3 +155,16 @@ from systems.count import Counter
 def setup(world):
     world.create_entity(Counter())
 """
+
+
+@pytest.fixture
+def heartbeat():  # noqa: ANN201
+    """A heartbeat block: ``(writer, reader)``; its ``writer.running`` is a game's words."""
+    from engine.contracts.handoff import HeartbeatReader, HeartbeatWriter, create_heartbeat_fd
+
+    fd = create_heartbeat_fd("test-heartbeat")
+    writer, reader = HeartbeatWriter(fd), HeartbeatReader(fd)
+    yield writer, reader
+    writer.close()
+    reader.close()
+    os.close(fd)

@@ -11,7 +11,6 @@ with the real watchdog, and look at the running-now words the supervisor reads.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -69,18 +68,6 @@ def drawer(world, dt):
         library.program("basic")
         gpu_wait()
 """
-
-
-@pytest.fixture
-def heartbeat():
-    from engine.contracts.handoff import HeartbeatReader, HeartbeatWriter, create_heartbeat_fd
-
-    fd = create_heartbeat_fd("test-drawing-cut-short")
-    writer, reader = HeartbeatWriter(fd), HeartbeatReader(fd)
-    yield writer, reader
-    writer.close()
-    reader.close()
-    os.close(fd)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -355,18 +354,6 @@ void main() {
 
 class FakeOverrun(BaseException):
     """Stands in for the watchdog's interrupt of the render system (also a BaseException)."""
-
-
-@pytest.fixture
-def heartbeat():
-    from engine.contracts.handoff import HeartbeatReader, HeartbeatWriter, create_heartbeat_fd
-
-    fd = create_heartbeat_fd("test-shaders")
-    writer, reader = HeartbeatWriter(fd), HeartbeatReader(fd)
-    yield writer, reader
-    writer.close()
-    reader.close()
-    os.close(fd)
 
 
 def test_while_drawing_the_running_now_words_name_the_newest_shader_version(
