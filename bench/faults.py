@@ -826,6 +826,7 @@ def kinds(bomb_gb: float | None = None) -> list[Kind]:
                 )
             },
             rule="untouched",
+            fast=True,
         ),
         Kind(
             "setup-hangs",
