@@ -127,7 +127,8 @@ def test_a_long_c_call_then_a_runaway_loop_are_both_stopped(project, make_engine
     run_frames(eng)
     heavy, spin = eng.scheduler.handles["heavy.heavy"], eng.scheduler.handles["spin.spin"]
     assert heavy.state is spin.state is SystemState.DISABLED
-    assert heavy.reason.fault == "c-call" and spin.reason.fault == "hard-limit"
+    assert heavy.reason.fault == "c-call", heavy.reason
+    assert is_runaway(spin.reason), spin.reason
     # Stopped at its limit: its own time, not the time other threads (BLAS) or processes
     # had the CPU (a loaded machine stretches the wall time, not the call's own).
     last = eng.scheduler.watchdog.last
@@ -144,7 +145,7 @@ def test_a_long_c_call_then_a_runaway_loop_are_both_stopped(project, make_engine
     spin_line = the_message(messages, "spin.spin")
     assert spin_line.startswith("engine: systems/spin.py:")
     assert int(spin_line.split(":")[2]) in (line_of(SPIN, "while"), line_of(SPIN, "pass"))
-    assert "ran away" in spin_line
+    assert "ran away" in spin_line or starved(spin.reason), spin_line
 
 
 def test_a_sleep_after_a_long_c_call_is_interrupted_as_a_runaway(project, make_engine) -> None:
