@@ -169,7 +169,7 @@ def test_killpg_zero_stops_only_the_game_and_is_blamed_on_the_system_that_sent_i
     )
     messages: list[str] = []
     # Not a test of hang detection: a starved machine must not make the game look hung.
-    with make_supervisor(project, messages, heartbeat_timeout_s=2.0) as sup:
+    with make_supervisor(project, messages, heartbeat_timeout_s=2.0, publish_timeout_s=2.0) as sup:
         sup.start()
         compositor = sup.compositor.process.pid
         assert sup.run_until(lambda: bool(sup.restarts), TIMEOUT_S), messages
