@@ -265,6 +265,31 @@ class SignalChild:
             os.kill(pid, self.signum)
 
 
+@dataclass(frozen=True)
+class GameCpu:
+    """Measure how much of a CPU the live game uses over ``seconds`` (``game_cpu`` in the
+    record): a runaway that escaped its interrupts keeps a CPU busy after it was refused."""
+
+    seconds: float = 1.0
+
+    def apply(self, run: Run) -> None:
+        pids = [p.pid for p in descendants(run.process.pid) if process_name(p.pid) == "game"]
+        before = {pid: cpu_ticks(pid) for pid in pids}
+        t0 = time.monotonic()
+        time.sleep(self.seconds)
+        used = sum(cpu_ticks(pid) - before[pid] for pid in pids if before[pid] is not None)
+        run.record.game_cpu = used / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0)
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
 def process_name(pid: int) -> str | None:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -387,6 +412,20 @@ def probe_after(seconds: float = 1.0) -> Step:
 
 
 SPIN = "while True:  # FAULT\n    pass\n"
+# Each interrupt it swallows once switched the loader's trace hook off for good, and the
+# call made the loop run on untraced, unstoppable, for the rest of the game.
+SWALLOW_CALLING = """\
+def tick():
+    pass
+
+
+while True:
+    try:
+        while True:  # FAULT
+            tick()
+    except BaseException:
+        pass
+"""
 RENDER = "systems/render.py"  # the engine's render system (its history is the project's)
 DONE = "DONE = []"
 F = "systems/fault.py"
@@ -583,8 +622,24 @@ def kinds(bomb_gb: float | None = None) -> list[Kind]:
             "loop-at-import",
             "a module saved while running that loops at import",
             {},
-            (Step("ready", 0.5, Write(F, "import engine\n\n" + SPIN)),),
+            (
+                Step("ready", 0.5, Write(F, "import engine\n\n" + SPIN)),
+                Step("step", 3.0, GameCpu()),
+            ),
             rule="refused",
+            max_hold_s=10.0,
+        ),
+        Kind(
+            "swallow-at-import",
+            "a module saved while running that loops at import, catching BaseException "
+            "and calling a function",
+            {},
+            (
+                Step("ready", 0.5, Write(F, "import engine\n\n" + SWALLOW_CALLING)),
+                Step("step", 3.0, GameCpu()),
+            ),
+            rule="refused",
+            fast=True,
             max_hold_s=10.0,
         ),
         Kind(
@@ -1147,6 +1202,7 @@ class RunRecord:
     leftovers: list[str] = field(default_factory=list)
     steps_done: int = 0
     seconds: float = 0.0
+    game_cpu: float | None = None  # share of a CPU the game used, where a GameCpu step ran
 
 
 class Run:
@@ -1712,6 +1768,11 @@ def rule_stopped(kind: Kind, rec: RunRecord) -> Cell:
     return Cell(True, "; ".join(actions))
 
 
+#: The share of a CPU the game may use once a runaway import was refused (the counter and
+#: the CPU test pattern take a few percent; a loop that escaped its interrupts takes ~100%).
+GAME_CPU_AFTER_REFUSAL = 0.5
+
+
 def rule_refused(kind: Kind, rec: RunRecord) -> Cell:
     actions = "; ".join(engine_actions(kind, rec)) or "left out (no version recorded)"
     if _restarts(rec):
@@ -1719,6 +1780,8 @@ def rule_refused(kind: Kind, rec: RunRecord) -> Cell:
     running = still_running(kind, rec)
     if running:
         return Cell(False, "running: " + ", ".join(running))
+    if rec.game_cpu is not None and rec.game_cpu > GAME_CPU_AFTER_REFUSAL:
+        return Cell(False, f"the game kept {rec.game_cpu:.0%} of a CPU busy after the refusal")
     for (unit_kind, name), numbers in faulty_numbers(kind, rec).items():
         hist = rec.history.get(f"{unit_kind}/{name}", {})
         ran = [v for v in hist.get("versions", []) if v["number"] in numbers]

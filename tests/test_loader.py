@@ -890,15 +890,8 @@ def test_module_code_that_blocks_for_ever_is_abandoned_and_loading_goes_on(
     assert counter_value(eng) == before + 5
 
 
-def test_module_code_that_swallows_every_interrupt_is_parked(project, make_engine) -> None:
-    eng = make_engine(counter_project(project), load_limit_s=0.1)
-    eng.start_watching()
-    eng.step()
-    write(
-        project / "systems" / "stubborn.py",
-        """
-        import engine
-
+STUBBORN = {
+    "a bare loop": """
         while True:
             try:
                 while True:
@@ -906,16 +899,60 @@ def test_module_code_that_swallows_every_interrupt_is_parked(project, make_engin
             except BaseException:
                 pass
     """,
-    )
+    # Each interrupt leaves the gate hook, which switches tracing off for the thread; a
+    # loop that calls a function once ran on untraced (and unstoppable) from then on.
+    "a loop that calls": """
+        def tick():
+            pass
+
+        while True:
+            try:
+                while True:
+                    tick()
+            except BaseException:
+                pass
+    """,
+    "a loop that keeps the interrupt": """
+        kept = []
+        while True:
+            try:
+                while True:
+                    pass
+            except BaseException as exc:
+                kept.append(exc)
+    """,
+}
+
+
+def stack_of(thread_id: int) -> list[tuple[str, str]]:
+    frame = sys._current_frames().get(thread_id)
+    stack = []
+    while frame is not None:
+        stack.append((frame.f_code.co_filename, frame.f_code.co_name))
+        frame = frame.f_back
+    return stack
+
+
+@pytest.mark.parametrize("shape", list(STUBBORN))
+def test_module_code_that_swallows_every_interrupt_is_parked(project, make_engine, shape) -> None:
+    eng = make_engine(counter_project(project), load_limit_s=0.1)
+    eng.start_watching()
+    eng.step()
+    path = write(project / "systems" / "stubborn.py", "        import engine" + STUBBORN[shape])
     run_until(eng, lambda: any(s.module == "stubborn" and not s.ok for s in eng.swaps))
-    assert "LoadTimeout" in next(s.error for s in eng.swaps if s.module == "stubborn")
-    parked = [t for t in threading.enumerate() if t.name == "engine-loader"]
+    error = next(s.error for s in eng.swaps if s.module == "stubborn")
+    loop = path.read_text().splitlines().index("        while True:") + 1  # the inner loop
+    assert error.startswith(f"{path}:{loop}: LoadTimeout: module code swallowed every interrupt")
     write(project / "systems" / "counter.py", COUNTER.format(step=4))
     run_until(eng, lambda: eng.history("counter").active_number == 2)
-    cpu = time.thread_time()
+    (stubborn,) = [
+        t for t in threading.enumerate() if any(f == str(path) for f, _ in stack_of(t.ident))
+    ]
     time.sleep(0.2)
-    assert parked  # the parked thread holds no GIL: this thread is not starved
-    assert time.thread_time() - cpu < 0.1
+    assert ("gate.py", "_park") in [(Path(f).name, n) for f, n in stack_of(stubborn.ident)]
+    cpu = time.clock_gettime(time.pthread_getcpuclockid(stubborn.ident))
+    time.sleep(0.2)
+    assert time.clock_gettime(time.pthread_getcpuclockid(stubborn.ident)) - cpu < 0.01
 
 
 def test_a_big_module_compiles_off_the_game_process_and_keeps_its_line_numbers(

@@ -155,3 +155,57 @@ def test_the_threads_of_a_version_that_leaves_are_stopped(project, make_engine):
     write(project / "systems" / "spinner.py", "import engine\n")
     run_until(eng, lambda: not entry.thread.is_alive())
     assert eng.loader.threads.stopped == 1
+
+
+SWALLOWER = """
+import threading
+
+COUNT = [0]
+QUIT = [False]
+
+
+def tick():
+    COUNT[0] += 1
+
+
+def spin():
+    while not QUIT[0]:
+        try:
+            while not QUIT[0]:
+                tick()
+        except BaseException:  # swallows every stop
+            pass
+
+
+threading.Thread(target=spin, name="swallower", daemon=True).start()
+"""
+
+
+def test_a_thread_that_swallows_its_stops_is_still_held_at_the_gate(tmp_path):
+    """A stop can land inside the gate hook itself (it runs at every call and line of the
+    thread); an exception leaving a trace hook switches tracing off for the thread, and the
+    thread would then run through frames. The hook must come back every time."""
+    path = write(tmp_path / "systems" / "swallower.py", SWALLOWER)
+    gate = FrameGate()
+    threads = UserThreads(gate, lambda f: f.startswith(str(tmp_path)))
+    threads.install()
+    namespace: dict = {}
+    try:
+        namespace = load_spinner(path)
+        wait_for(lambda: len(threads.threads) == 1)
+        (entry,) = threads.threads.values()
+        count = namespace["COUNT"]
+        for _ in range(20):
+            before = count[0]
+            threads.stop(entry)
+            wait_for(lambda before=before: count[0] > before + 1000)  # swallowed, runs on
+        gate.close()  # a frame runs
+        time.sleep(0.05)
+        held = count[0]
+        time.sleep(0.2)
+        assert count[0] == held, "the thread ran on through a frame: its hook is gone"
+    finally:
+        gate.open()
+        if namespace:
+            namespace["QUIT"][0] = True
+        threads.uninstall()

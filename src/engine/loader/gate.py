@@ -17,16 +17,19 @@ hook on its own thread, called at every Python call and at every line of project
   may hold a lock there, and a lock held at the gate would stall the frame);
 * raises :class:`~engine.scheduler.watchdog.LoadTimeout` in the thread once the code has
   run for longer than the limit, and again every ``RETRY_NS`` if it swallows the
-  interrupt; the file and line are where it was interrupted;
+  interrupt; the file and line are where it was interrupted. An exception leaving a trace
+  hook switches tracing off for the thread, so the interrupt puts the hook back when it
+  is released (the handler that swallowed it ended) or at the code's next call;
 * parks the thread for good (it blocks, holding no GIL and no lock) once the run has
   been *abandoned*: it ran ``MAX_INTERRUPTS`` interrupts past its limit, or the loader
   gave up waiting for it (a C call that never returns). The loader then carries on
   with a new thread.
 
-What the hook cannot do: preempt a long C call (a huge ``compile``, ``marshal.loads`` or
-numpy call holds the GIL until it returns). The loader keeps its own C calls short
-(compiling big modules in a helper process, see :mod:`engine.loader.compiler`) and waits
-for the gate before each of them.
+What the hook cannot do: come back for code that keeps the interrupt (``last = exc``)
+and then loops without a single call; preempt a long C call (a huge ``compile``,
+``marshal.loads`` or numpy call holds the GIL until it returns). The loader keeps its own
+C calls short (compiling big modules in a helper process, see
+:mod:`engine.loader.compiler`) and waits for the gate before each of them.
 """
 
 from __future__ import annotations
@@ -107,11 +110,59 @@ class FrameGate:
 
 
 def _raise_in(thread_id: int, exc: type[BaseException]) -> None:
-    """Raise ``exc`` in ``thread_id`` at its next call or loop jump.
+    """Raise ``exc`` in another thread, ``thread_id``, at its next call or loop jump.
 
-    Unlike raising from the trace hook itself, which would switch tracing off for the
-    thread, an asynchronous exception leaves the hook in place for the next interrupt."""
+    That may be inside the thread's trace hook (Python code too), and an exception leaving
+    a trace hook switches tracing off for the thread: raise a :func:`rearming` class."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc))
+
+
+_hooks = threading.local()
+
+
+def set_rearm(rearm: Callable[[], None] | None) -> None:
+    """What puts the calling thread's trace hook back (``None``: nothing to put back)."""
+    _hooks.rearm = rearm
+
+
+def rearming(base: type[BaseException]) -> type[BaseException]:
+    """A subclass of ``base``, under ``base``'s name, whose instances call the thread's
+    :func:`set_rearm` callback when they are released.
+
+    The exception is released where it was caught, when the handler ends (``except
+    BaseException: pass``), or where it stops propagating: after the trace hook it may
+    have escaped from was switched off, so the hook put back then stays. (It is made too
+    early for that: inside the hook, where it lands.) Pickles as ``base``.
+    """
+
+    def __del__(self: BaseException) -> None:
+        rearm = getattr(_hooks, "rearm", None)
+        if rearm is not None:
+            rearm()
+
+    def __reduce__(self: BaseException) -> tuple:
+        return base, self.args
+
+    namespace = {"__del__": __del__, "__reduce__": __reduce__, "__module__": base.__module__}
+    cls = type(base.__name__, (base,), namespace)
+    cls.__qualname__ = base.__qualname__
+    return cls
+
+
+def rearm_hook(hook: Callable[..., Any], is_user: Callable[[str], bool | None]) -> None:
+    """Install ``hook`` as the calling thread's trace function again and as the local
+    trace of every project frame on its stack that lost it (``is_user(filename)``)."""
+    if sys.gettrace() != hook:
+        sys.settrace(hook)
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_trace is None and is_user(frame.f_code.co_filename):
+            frame.f_trace = hook
+        frame = frame.f_back
+
+
+#: What the gate raises in a run past its limit: a ``LoadTimeout`` that puts the hook back.
+Interrupt = rearming(LoadTimeout)
 
 
 class GatedRun:
@@ -176,6 +227,7 @@ class GatedRun:
         self._previous_trace = sys.gettrace()
         self._saved_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(self._saved_interval, LOAD_SWITCH_INTERVAL_S))
+        set_rearm(self._rearm)
         sys.settrace(self._trace)
         return self
 
@@ -186,6 +238,9 @@ class GatedRun:
         # PyThreadState_SetAsyncExc(id, NULL) also stops sys.settrace from ever tracing
         # this thread again, on 3.11.)
         self.finished = True
+        set_rearm(None)
+        if sys.getprofile() == self._rearm_at_call:
+            sys.setprofile(None)
         try:
             sys.settrace(self._previous_trace)
         finally:
@@ -215,12 +270,33 @@ class GatedRun:
                 self._park()
             self.interrupts += 1
             self._next_interrupt_ns = now + RETRY_NS
-            _raise_in(self.thread_id, LoadTimeout)
+            # The exception leaves the hook, which switches tracing off for this thread
+            # and raises it in the project's frame. The hook comes back when the
+            # interrupt is released (the handler that swallowed it ended) or, if the
+            # code keeps it, at its next call, whichever comes first.
+            if sys.getprofile() is None:
+                sys.setprofile(self._rearm_at_call)
+            raise Interrupt
         return self._trace
+
+    def _rearm(self) -> None:
+        """Put the hook back after an interrupt switched it off (see :func:`rearming`)."""
+        if sys.getprofile() == self._rearm_at_call:
+            sys.setprofile(None)
+        if not self.finished and not self.abandoned:
+            rearm_hook(self._trace, self._files.get)
+
+    def _rearm_at_call(self, frame: FrameType, event: str, arg: Any) -> None:
+        """A profile hook, there only while an interrupt is out: any call puts the trace
+        hook back (a profile hook survives the trace hook being switched off)."""
+        self._rearm()
 
     def _park(self) -> None:
         """Stop this thread for good: it holds no GIL and no engine lock while it waits."""
+        set_rearm(None)
         sys.settrace(None)
+        if sys.getprofile() == self._rearm_at_call:
+            sys.setprofile(None)
         sys.setswitchinterval(self._saved_interval)
         if self.on_park is not None:
             self.on_park(self)

@@ -72,7 +72,7 @@ from engine.loader.threads import UserThreads
 from engine.policy import Action, FailurePolicy, Fault, FaultKind
 from engine.scheduler.pacing import run_on_surplus
 from engine.scheduler.scheduler import Scheduler
-from engine.scheduler.watchdog import Overrun
+from engine.scheduler.watchdog import Overrun, loop_line
 from engine.world.checkpoint import PendingComponent, Snapshot, default_resolver
 from engine.world.components import component_key
 from engine.world.migration import MigrationError, build_instance, migrate_instance
@@ -1183,13 +1183,20 @@ def _import_line(importer: str) -> int | None:
 
 
 def _current_line(thread_id: int, path: str) -> int | None:
-    """The line of ``path`` that thread ``thread_id`` is running (innermost), if any."""
+    """Where thread ``thread_id`` runs in ``path``: the header of the innermost loop
+    around a line of ``path`` it is in (a runaway is a loop: the loop is what to fix, not
+    the function it happened to be calling), else the innermost line; None if it is not
+    in ``path``."""
     frame = sys._current_frames().get(thread_id)
+    innermost = None
     while frame is not None:
         if frame.f_code.co_filename == path:
-            return frame.f_lineno
+            loop = loop_line(frame.f_code, frame.f_lineno, frame.f_lasti)
+            if loop is not None:
+                return loop
+            innermost = innermost or frame.f_lineno
         frame = frame.f_back
-    return None
+    return innermost
 
 
 def _fail_with_dependencies(batch: _Batch) -> None:

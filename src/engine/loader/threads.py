@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from types import CodeType, FrameType
 from typing import Any
 
-from engine.loader.gate import FrameGate, _raise_in
+from engine.loader.gate import FrameGate, _raise_in, rearm_hook, rearming, set_rearm
 from engine.scheduler.watchdog import loop_line
 
 #: How long a user thread is watched before its busy share is judged.
@@ -52,6 +52,11 @@ RUNAWAY_SHARE = 0.5
 
 class ThreadStopped(BaseException):  # noqa: N818 - a control-flow signal, like SystemExit
     """Raised inside a user thread the engine stops (it ran away, or its module left)."""
+
+
+#: What :meth:`UserThreads.stop` raises: a ``ThreadStopped`` that, if it landed in the
+#: gate hook (switching it off), puts the hook back when it is released.
+_Stop = rearming(ThreadStopped)
 
 
 def thread_busy_ns(native_id: int) -> int | None:
@@ -212,6 +217,7 @@ class UserThreads:
         entry = UserThread(thread, namespace, module, code, seen_ns=self.clock_ns())
         entry.busy_at_seen_ns = self.busy_ns(threading.get_native_id()) or 0
         self.threads[threading.get_ident()] = entry
+        set_rearm(functools.partial(rearm_hook, self._gated, self._files.get))
         sys.settrace(self._gated)
         return self._gated(frame, event, arg)
 
@@ -277,7 +283,7 @@ class UserThreads:
             return
         entry.stops += 1
         self.stopped += 1
-        _raise_in(ident, ThreadStopped)
+        _raise_in(ident, _Stop)
 
     def stop_module(self, namespace: dict[str, Any]) -> int:
         """Stop every live thread charged to the module version with globals
