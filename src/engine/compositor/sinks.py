@@ -166,12 +166,11 @@ class MirrorWindowSink(HeadlessSink):
         scale: float = MIRROR_SCALE,
     ) -> None:
         super().__init__(surface, capture_path)
-        from engine.render.context import mirror_window, offscreen_context
+        from engine.render.context import offscreen_context
 
         w = max(1, int(surface.eye_width * scale))
         h = max(1, int(surface.eye_height * scale))
         self._offscreen_context = offscreen_context
-        self._mirror_window = mirror_window
         surface.mirror_wanted, surface.mirror_scale = True, scale
         self._view: Any = None  # the mirror view's drawing, in the window's context
         self._size = (2 * w, h)
@@ -184,8 +183,9 @@ class MirrorWindowSink(HeadlessSink):
 
     def _make_window(self) -> Any:
         """The window, in a context sharing with the current offscreen one."""
-        self._offscreen_context()
-        window = self._mirror_window(*self._size, "All-Source Engine - compositor mirror")
+        from engine.render.context import mirror_window
+
+        window = mirror_window(*self._size, "All-Source Engine - compositor mirror")
         window.set_vsync(False)
 
         def on_close() -> None:

@@ -488,10 +488,10 @@ class Supervisor:
         self.code_timeout_ns = round(code_timeout_s * S)
         self.compositor_hang_ns = round(compositor_hang_s * S)
         self._game_file = self.project_dir / "game.py"
-        #: A file whose saving the next game waits for (the policy's wait-for-edit), with
-        #: its signature when the wait began.
-        self._waiting_for: tuple[Path, tuple[int, int] | None] | None = None
         self._game_file_seen: tuple[int, int] | None = None  # as the live game started
+        #: No game until game.py differs from what the failed one started with (the
+        #: policy's wait-for-edit).
+        self._waiting_for_edit = False
         self._compositor_seen = (-1, 0)  # (frame, when it was first seen)
         self.policy = policy or FailurePolicy()
         self.report = report
@@ -768,7 +768,7 @@ class Supervisor:
             pids.append(self._warden.pid)
         if role == "preview" and self.game is not None:
             pids.append(self.game.process.pid)
-        return tuple(p for p in pids if p is not None)
+        return tuple(pids)
 
     def _layer_for(self, role: str) -> tuple[int, Any, Any]:
         """The layer a game of ``role`` publishes into: ``(fd, spec, GPU images offer)``.
@@ -891,11 +891,10 @@ class Supervisor:
         self._watch_preview(now)
         game = self.game
         if game is None:
-            if self._waiting_for is not None:
-                path, signature = self._waiting_for
-                if _signature(path) != signature:  # saved: try the new text
-                    self._waiting_for = None
-                    self.report(f"supervisor: {path.name} saved; starting the game again")
+            if self._waiting_for_edit:
+                if _signature(self._game_file) != self._game_file_seen:  # saved
+                    self._waiting_for_edit = False
+                    self.report("supervisor: game.py saved; starting the game again")
                     self._start_game(restarted=True)
             elif self._restart_at is not None and now >= self._restart_at:
                 self._start_game(restarted=True)
@@ -961,7 +960,7 @@ class Supervisor:
         elif decision.action is Action.WAIT_FOR_EDIT:
             # Against game.py as the failed game found it: a save made while it was
             # failing (before the supervisor noticed) starts the next game at once.
-            self._waiting_for = (self._game_file, self._game_file_seen)
+            self._waiting_for_edit = True
         else:
             self._start_game(restarted=True)
 
@@ -1427,8 +1426,8 @@ class Supervisor:
 
         A ``frames`` run also waits for the game's first frame (a loaded machine can take
         longer than N frames to start a game), unless the game is crash-looping or waits
-        for an edit. The
-        signal handlers are this method's only while it runs (main thread only).
+        for an edit. The signal handlers are this method's only while it runs (main thread
+        only).
         """
         previous = self._take_stop_signals()
         try:
@@ -1444,7 +1443,7 @@ class Supervisor:
                 return (
                     self.game_frames > 0
                     or self.crash_loop is not None
-                    or self._waiting_for is not None  # no game until an edit
+                    or self._waiting_for_edit  # no game until an edit
                 )
 
             try:

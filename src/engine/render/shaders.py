@@ -448,13 +448,13 @@ class ShaderLibrary:
         marks that stage for leaving out: :meth:`apply_pending` does it. The exception
         goes on unchanged.
 
-        Leaving may never run: a GPU wait over the render system's hard limit is a C call
-        that both the watchdog's timer and its backstop's kick interrupt, so a second
-        :class:`~engine.scheduler.watchdog.Overrun` lands at the first Python line of the
-        way out. The next :meth:`apply_pending` or drawing then finds this one still open,
-        though the code that entered it is no longer running, and finishes it as
-        interrupted (its end unseen: timed up to then); a drawing starts afresh, rather
-        than taking itself for part of a stale one and naming nothing.
+        Leaving may never run: an exception can land at the first Python line of the way
+        out (a repeat :class:`~engine.scheduler.watchdog.Overrun` for code that swallowed
+        the first, a signal's handler raising). The next :meth:`apply_pending` or drawing
+        then finds this one still open, though the code that entered it is no longer
+        running, and finishes it as interrupted (its end unseen: timed up to then); a
+        drawing starts afresh, rather than taking itself for part of a stale one and
+        naming nothing.
         """
         return _Drawing(self)
 
