@@ -737,6 +737,22 @@ def kinds(bomb_gb: float | None = None) -> list[Kind]:
             rule="thread-stopped",
         ),
         Kind(
+            "thread-swallows-stops",
+            "a thread started at import that spins and swallows every stop",
+            {
+                F: "import os, threading\n\n\ndef spin():\n    n = 0\n    while True:\n"
+                "        try:\n            while True:  # FAULT\n                n += 1\n"
+                "                if n % 2_000_000 == 0:\n"
+                "                    os.utime('@ROOT@/thread.alive')\n"
+                "        except BaseException:\n            pass\n\n\n"
+                "open('@ROOT@/thread.alive', 'w').close()\n"
+                "threading.Thread(target=spin, daemon=True).start()\n"
+            },
+            rule="thread-stopped",
+            fast=True,
+            hold_s=3.0,  # stopped 3 times (0.25 s apart), then the game restarts without it
+        ),
+        Kind(
             "sigalrm-ignored",
             "signal(SIGALRM, SIG_IGN), then a loop",
             **after_probation(F, module("signal.signal(signal.SIGALRM, signal.SIG_IGN)\n" + SPIN)),

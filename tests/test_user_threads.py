@@ -209,3 +209,44 @@ def test_a_thread_that_swallows_its_stops_is_still_held_at_the_gate(tmp_path):
         if namespace:
             namespace["QUIT"][0] = True
         threads.uninstall()
+
+
+def test_a_thread_that_swallows_every_stop_is_unstoppable_after_three(project, make_engine):
+    """Three windows stopped and running away again: the policy restarts the game without
+    the version (the game process ends itself for that); without a game process to end,
+    the fault is said and the thread stopped again."""
+    from engine.loader.loader import UNSTOPPABLE_AFTER
+
+    path = write(project / "systems" / "swallower.py", SWALLOWER)
+    messages: list[str] = []
+    eng = make_engine(project, report=messages.append)
+    namespace = eng.loader.active["swallower"].module.__dict__
+    threads = eng.loader.threads
+    ended: list[tuple] = []
+    try:
+        wait_for(lambda: len(threads.threads) == 1)
+        (entry,) = threads.threads.values()
+        threads.busy_ns = lambda native_id: entry.busy_at_seen_ns + WINDOW_NS  # busy always
+        kinds = []
+        for _ in range(UNSTOPPABLE_AFTER):
+            (fault,) = eng.loader.watch_threads(now_ns=entry.seen_ns + WINDOW_NS)
+            kinds.append(fault.kind)
+            stops = entry.stops
+            wait_for(lambda stops=stops: namespace["COUNT"][0] > 0 and entry.stops == stops)
+        assert kinds == [FaultKind.RUNAWAY_THREAD] * UNSTOPPABLE_AFTER
+        assert entry.thread.is_alive()  # it swallowed them all
+        # No process to end (the engine as a library): said, and stopped once more.
+        (fault,) = eng.loader.watch_threads(now_ns=entry.seen_ns + WINDOW_NS)
+        assert fault.kind is FaultKind.UNSTOPPABLE and entry.stops == UNSTOPPABLE_AFTER + 1
+        assert "cannot be stopped" in messages[-1]
+        # Under a supervisor the game process ends itself, naming the code.
+        eng.loader.on_unstoppable = lambda *args: ended.append(args)
+        (fault,) = eng.loader.watch_threads(now_ns=entry.seen_ns + WINDOW_NS)
+        assert fault.kind is FaultKind.UNSTOPPABLE
+        assert (fault.module, fault.version) == ("swallower", 1)
+        loop = path.read_text().splitlines().index("            while not QUIT[0]:") + 1
+        assert ended == [(fault, str(path), loop)]
+        assert fault.location == f"systems/swallower.py:{loop}"
+        assert entry.thread.ident not in threads.threads  # said once
+    finally:
+        namespace["QUIT"][0] = True

@@ -50,6 +50,7 @@ class FaultKind(StrEnum):
     SHADER_ERROR = "shader-error"  # a shader failed to compile or link
     CHECKPOINT_ERROR = "checkpoint-error"  # the world could not be checkpointed
     RUNAWAY_THREAD = "runaway-thread"  # a thread user code started keeps a CPU busy
+    UNSTOPPABLE = "unstoppable"  # such a thread ran away again after every stop
     PROCESS_DIED = "process-died"  # the game process exited or was killed by a signal
     HUNG = "hung"  # no heartbeat, no first frame, or interrupts swallowed
     NOT_PUBLISHING = "not-publishing"  # beating, but no layer image for too long
@@ -232,6 +233,10 @@ RULES: tuple[Rule, ...] = (
     Rule(FaultKind.RUNAWAY_THREAD, "always", Action.STOP_THREAD,
          "a thread that never lets go of a CPU starves the frame loop and the compositor; "
          "the module version that started it is named; a new version starts afresh"),
+    Rule(FaultKind.UNSTOPPABLE, "always", Action.RESTART_WITHOUT,
+         "a thread that swallows every stop keeps a CPU for the rest of the game and takes "
+         "the GIL from frames; only a new process is rid of it: the game ends itself after "
+         "its final checkpoint, naming the version, and restarts without it"),
     Rule(FaultKind.PROCESS_DIED, "the heartbeat named project code", Action.RESTART_WITHOUT,
          "the code running when the process died is blamed, also before the first frame",
          _names_code),
@@ -395,6 +400,7 @@ _VERBS = {
     FaultKind.SHADER_ERROR: "failed to build: {}",
     FaultKind.CHECKPOINT_ERROR: "could not be checkpointed: {}",
     FaultKind.RUNAWAY_THREAD: "started a thread that ran away: {}",
+    FaultKind.UNSTOPPABLE: "started a thread that cannot be stopped: {}",
     FaultKind.PROCESS_DIED: "was running when the game died ({})",
     FaultKind.HUNG: "was running when the game hung ({})",
     FaultKind.NOT_PUBLISHING: "was running when the game stopped publishing ({})",

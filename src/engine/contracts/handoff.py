@@ -255,6 +255,11 @@ _PHASE_TEXT = {
 }
 
 
+#: The exit status of a game that ended itself because a thread of its user code would
+#: not stop (the policy's ``unstoppable``): its running-now words name that code.
+EXIT_UNSTOPPABLE = 75
+
+
 class CodeKind(IntEnum):
     """What a name-table entry names."""
 

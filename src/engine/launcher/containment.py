@@ -267,6 +267,7 @@ def note_exits(on_exit: Callable[[int, str, int], None]) -> Callable[[int], NoRe
 
     _exit.__name__ = _exit.__qualname__ = "_exit"
     _exit.__doc__ = real_exit.__doc__
+    _exit.unnoted = real_exit  # type: ignore[attr-defined]  # for an exit the engine names
     os._exit = posix._exit = _exit
     return real_exit
 

@@ -48,7 +48,14 @@ from typing import Any
 import numpy as np
 
 from engine.contracts.gpu_layer import GpuImagesOffer
-from engine.contracts.handoff import HeartbeatWriter, Phase, PoseHandoffReader, RunningNow
+from engine.contracts.handoff import (
+    EXIT_UNSTOPPABLE,
+    CodeKind,
+    HeartbeatWriter,
+    Phase,
+    PoseHandoffReader,
+    RunningNow,
+)
 from engine.contracts.layer import ImageSlot, LayerSpec, LayerWriter
 from engine.game import Engine, FrameInfo, install_stop_signals
 from engine.launcher.containment import (
@@ -58,6 +65,7 @@ from engine.launcher.containment import (
     keep_fd,
     set_process_name,
 )
+from engine.policy import Fault
 from engine.pose.base import EyeView
 from engine.pose.handoff import HandoffPacer, HandoffPoseSource
 from engine.scheduler.scheduler import SchedulePolicy
@@ -374,6 +382,15 @@ def game_main(
     from engine.launcher.console import attach_live_console
 
     live = attach_live_console(engine, enabled=config.console)
+    unstoppable: list[tuple[Fault, str, int]] = []
+
+    def end_for_unstoppable(fault: Fault, file: str, line: int) -> None:
+        # A thread that swallows every stop: the game stops after this frame, writes its
+        # final checkpoint, and ends itself naming the code (below).
+        unstoppable.append((fault, file, line))
+        engine.stop()
+
+    engine.loader.on_unstoppable = end_for_unstoppable
     # Every frame's per-system times: the last minute is kept for `engine stats --plot`,
     # ten for a --plot at exit.
     engine.recorder = FrameRecorder(90 * 600 if config.plot_path else KEEP_FRAMES)
@@ -397,6 +414,19 @@ def game_main(
 
             plot_frame_times(engine.recorder, Path(config.plot_path))
         engine.close()
+        if unstoppable:
+            end_unstoppable(running, *unstoppable[0])
+
+
+def end_unstoppable(running: RunningNow, fault: Fault, file: str, line: int) -> None:
+    """End the game at once for a thread it cannot stop (the policy's restart-without),
+    its last word naming the module version at ``file:line``: the supervisor restarts it
+    from the final checkpoint without that version. Never returns."""
+    code = running.register(CodeKind.MODULE, fault.module or "?", fault.version, None, file)
+    running.main[0] = code
+    running.note_exit(0, file, line)
+    # Not the noting os._exit (containment.note_exits): it would name this line instead.
+    getattr(os._exit, "unnoted", os._exit)(EXIT_UNSTOPPABLE)
 
 
 def keep_frame_times(engine: Engine) -> None:

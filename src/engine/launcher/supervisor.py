@@ -63,6 +63,7 @@ from typing import Any
 from engine.compositor.process import SPAWN, CompositorConfig, CompositorHandle
 from engine.contracts.control import ControlServer, ControlUnavailable, request
 from engine.contracts.handoff import (
+    EXIT_UNSTOPPABLE,
     FIRST_NAME_ID,
     Heartbeat,
     HeartbeatReader,
@@ -98,6 +99,8 @@ DUMP_WAIT_S = 0.25
 
 def describe_exit(exitcode: int) -> str:
     """``"exit 3"`` or ``"signal SIGSEGV"`` for a ``multiprocessing`` exit code."""
+    if exitcode == EXIT_UNSTOPPABLE:
+        return f"exit {exitcode}: it ended itself, a thread of its code would not stop"
     if exitcode < 0:
         try:
             return f"signal {signal.Signals(-exitcode).name}"

@@ -197,6 +197,7 @@ class GatedRun:
         self.on_park = on_park
         self.clock_ns = clock_ns
         self.thread_id = 0
+        self.thread: threading.Thread | None = None
         self.started_ns = 0
         self.held_ns = 0
         self.interrupts = 0
@@ -223,6 +224,7 @@ class GatedRun:
 
     def __enter__(self) -> GatedRun:
         self.thread_id = threading.get_ident()
+        self.thread = threading.current_thread()
         self.started_ns = self.clock_ns()
         self._previous_trace = sys.gettrace()
         self._saved_interval = sys.getswitchinterval()
@@ -280,10 +282,11 @@ class GatedRun:
         return self._trace
 
     def _rearm(self) -> None:
-        """Put the hook back after an interrupt switched it off (see :func:`rearming`)."""
+        """Put the hook back after an interrupt switched it off (see :func:`rearming`);
+        an abandoned run's hook parks the thread at its next line."""
         if sys.getprofile() == self._rearm_at_call:
             sys.setprofile(None)
-        if not self.finished and not self.abandoned:
+        if not self.finished:
             rearm_hook(self._trace, self._files.get)
 
     def _rearm_at_call(self, frame: FrameType, event: str, arg: Any) -> None:

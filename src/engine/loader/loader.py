@@ -81,6 +81,8 @@ KIND = "systems"
 #: How long past its load limit a load may go without returning to Python (a call that
 #: blocks) before it is abandoned and a new loader thread takes over.
 ABANDON_AFTER_S = 1.0
+#: Stops a runaway thread may swallow (one per watch window) before it is unstoppable.
+UNSTOPPABLE_AFTER = 3
 
 #: How much lower the loader thread's CPU priority is than the game's (nice levels).
 LOADER_NICENESS = 10
@@ -288,6 +290,9 @@ class Loader:
         #: Threads module code started: gated, watched each frame, stopped when they run
         #: away or their version leaves (see engine.loader.threads). Noticed from load_all.
         self.threads = UserThreads(self.frame_gate, self._is_user_file)
+        #: ``(fault, file, line)``: a thread that swallows every stop (see
+        #: :meth:`watch_threads`); the game process ends itself (``None``: it is only said).
+        self.on_unstoppable: Callable[[Fault, str, int], None] | None = None
 
     # -- finding sources ----------------------------------------------------------------
     def source_path(self, name: str) -> Path | None:
@@ -663,6 +668,12 @@ class Loader:
                 self._start_worker()
         run, name, version, path = runs[-1] if runs else (None, "?", None, Path("?"))
         line = run and _current_line(run.thread_id, str(path))
+        if run is not None and run.thread is not None and not run.finished:
+            # Parked at its next line of project code, it uses no CPU. If it keeps a CPU
+            # busy all the same (it got past its interrupts), the watch stops it from
+            # outside like a runaway thread of the module's, and escalates.
+            code = compile("", str(path), "exec", dont_inherit=True)
+            self.threads.adopt(run.thread, name, version, code)
         err = LoadError(name, str(path), line, f"LoadTimeout: module code {why}", timeout=True)
         self._load_failed(name, version, err, job.batch.kind if job.batch else "edit")
         _settle(job.future, err)
@@ -941,25 +952,36 @@ class Loader:
 
     def watch_threads(self, now_ns: int | None = None) -> list[Fault]:
         """Report every user thread that ran away to the failure policy and stop it
-        (main thread). Returns the faults."""
+        (main thread). One that ran away after ``UNSTOPPABLE_AFTER`` stops is
+        *unstoppable*: the policy's restart goes to :attr:`on_unstoppable` (the game
+        process ends itself for the supervisor to restart without the version; without
+        a supervisor, it is said and the thread is stopped again). Returns the faults."""
         faults = []
         for runaway in self.threads.watch(now_ns):
             entry = runaway.thread
-            loaded = self.active.get(entry.module)
-            same = loaded is not None and loaded.module.__dict__ is entry.namespace
+            version = entry.version
+            if version is None:
+                loaded = self.active.get(entry.module)
+                if loaded is not None and loaded.module.__dict__ is entry.namespace:
+                    version = loaded.version
             file = runaway.file or entry.code.co_filename
+            unstoppable = entry.stops >= UNSTOPPABLE_AFTER
             fault = Fault(
-                FaultKind.RUNAWAY_THREAD,
+                FaultKind.UNSTOPPABLE if unstoppable else FaultKind.RUNAWAY_THREAD,
                 runaway.detail(),
                 module=entry.module,
-                version=loaded.version if same and loaded is not None else None,
+                version=version,
                 phase="thread",
                 location=self._where(file, runaway.line),
             )
             decision = self.failure_policy.decide(fault, self.clock_ns())
-            if decision.action is Action.STOP_THREAD:
+            if decision.rule.action is Action.RESTART_WITHOUT and self.on_unstoppable is not None:
+                self.threads.threads.pop(entry.thread.ident or 0, None)  # said once
+                self.report(f"engine: {decision.message}")
+                self.on_unstoppable(fault, file, runaway.line or 0)
+            else:
                 self.threads.stop(entry)
-            self.report(f"engine: {decision.message}")
+                self.report(f"engine: {decision.message}")
             faults.append(fault)
         return faults
 

@@ -88,6 +88,8 @@ class UserThread:
     seen_ns: int = 0  # when the current window started
     busy_at_seen_ns: int = 0  # its busy time then
     stops: int = 0  # ThreadStopped raised in it so far
+    #: For an adopted thread (see :meth:`UserThreads.adopt`): the version it runs code of.
+    version: int | None = None
 
     @property
     def name(self) -> str:
@@ -232,6 +234,20 @@ class UserThreads:
             self.gate.wait_open()
         return self._gated
 
+    def adopt(
+        self, thread: threading.Thread, module: str, version: int | None, code: CodeType
+    ) -> UserThread | None:
+        """Watch ``thread`` (not started by user code) as a user thread of ``module``
+        ``version`` from now on: the loader's thread whose module code it gave up on and
+        that may still be running it. None if the thread is gone."""
+        ident = thread.ident
+        if ident is None or not thread.is_alive():
+            return None
+        entry = UserThread(thread, {}, module, code, seen_ns=self.clock_ns(), version=version)
+        entry.busy_at_seen_ns = self.busy_ns(thread.native_id or 0) or 0
+        self.threads[ident] = entry
+        return entry
+
     # -- watching ----------------------------------------------------------------------------
     def watch(self, now_ns: int | None = None) -> list[Runaway]:
         """Look at every live user thread; return those that ran away in the window that
@@ -259,17 +275,21 @@ class UserThreads:
         return found
 
     def where(self, ident: int) -> tuple[str | None, int | None]:
-        """Where thread ``ident`` runs in project code: the innermost project frame's
-        line, or the header of the innermost loop that line is in (a runaway thread is a
-        loop; the loop is what to fix). Else its innermost line; ``(None, None)`` if it
-        is gone."""
+        """Where thread ``ident`` runs in project code: the header of the innermost loop
+        around a project line it is in (a runaway thread is a loop; the loop is what to
+        fix, not the function it happened to be calling), else the innermost project
+        line. Else its innermost line; ``(None, None)`` if it is gone."""
         frame = sys._current_frames().get(ident)
-        first = frame
+        first, innermost = frame, None
         while frame is not None:
             if self._is_user(frame.f_code.co_filename):
-                line = loop_line(frame.f_code, frame.f_lineno, frame.f_lasti) or frame.f_lineno
-                return frame.f_code.co_filename, line
+                loop = loop_line(frame.f_code, frame.f_lineno, frame.f_lasti)
+                if loop is not None:
+                    return frame.f_code.co_filename, loop
+                innermost = innermost or (frame.f_code.co_filename, frame.f_lineno)
             frame = frame.f_back
+        if innermost is not None:
+            return innermost
         if first is None:
             return None, None
         return first.f_code.co_filename, first.f_lineno

@@ -261,7 +261,9 @@ def loop_line(code: CodeType, line: int, offset: int = -1) -> int | None:
     best: tuple[int, int] | None = None
     for jump in instructions:
         target = jump.argval
-        if not jump.opname.startswith("JUMP_BACKWARD") or not isinstance(target, int):
+        # JUMP_BACKWARD (a `while True`, a `for`), and 3.11's POP_JUMP_BACKWARD_IF_*
+        # (the test at the bottom of a `while condition`).
+        if "JUMP_BACKWARD" not in jump.opname or not isinstance(target, int):
             continue
         body = {line_at[o] for o in line_at if target <= o <= jump.offset}
         if not (target <= offset <= jump.offset or line in body):
