@@ -25,8 +25,10 @@ hook on its own thread, called at every Python call and at every line of project
   gave up waiting for it (a C call that never returns). The loader then carries on
   with a new thread.
 
-What the hook cannot do: come back for code that keeps the interrupt (``last = exc``)
-and then loops without a single call; preempt a long C call (a huge ``compile``,
+What the hook cannot do: come back by itself for code that keeps the interrupt
+(``last = exc``) and then loops without a single call (the loader abandons such a run and
+its thread is stopped from outside, see :meth:`UserThreads.adopt
+<engine.loader.threads.UserThreads.adopt>`); preempt a long C call (a huge ``compile``,
 ``marshal.loads`` or numpy call holds the GIL until it returns). The loader keeps its own
 C calls short (compiling big modules in a helper process, see
 :mod:`engine.loader.compiler`) and waits for the gate before each of them.
