@@ -672,8 +672,7 @@ class Loader:
             # Parked at its next line of project code, it uses no CPU. If it keeps a CPU
             # busy all the same (it got past its interrupts), the watch stops it from
             # outside like a runaway thread of the module's, and escalates.
-            code = compile("", str(path), "exec", dont_inherit=True)
-            self.threads.adopt(run.thread, name, version, code)
+            self.threads.adopt(run.thread, name, version, str(path))
         err = LoadError(name, str(path), line, f"LoadTimeout: module code {why}", timeout=True)
         self._load_failed(name, version, err, job.batch.kind if job.batch else "edit")
         _settle(job.future, err)
@@ -964,7 +963,7 @@ class Loader:
                 loaded = self.active.get(entry.module)
                 if loaded is not None and loaded.module.__dict__ is entry.namespace:
                     version = loaded.version
-            file = runaway.file or entry.code.co_filename
+            file = runaway.file or entry.file
             unstoppable = entry.stops >= UNSTOPPABLE_AFTER
             fault = Fault(
                 FaultKind.UNSTOPPABLE if unstoppable else FaultKind.RUNAWAY_THREAD,

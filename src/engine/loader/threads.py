@@ -78,17 +78,18 @@ class UserThread:
         thread: the ``threading.Thread``.
         namespace: the globals of the code it runs (its module version's namespace).
         module: that module's name (``fault`` for ``systems.fault``).
-        code: the code it was started with (its target or ``run``).
+        file: the file of the code it was started with (its target or ``run``).
+        version: for an adopted thread (see :meth:`UserThreads.adopt`), the module
+            version whose code it runs; else ``None`` (the version of ``namespace``).
     """
 
     thread: threading.Thread
     namespace: dict[str, Any]
     module: str
-    code: CodeType
+    file: str
     seen_ns: int = 0  # when the current window started
     busy_at_seen_ns: int = 0  # its busy time then
     stops: int = 0  # ThreadStopped raised in it so far
-    #: For an adopted thread (see :meth:`UserThreads.adopt`): the version it runs code of.
     version: int | None = None
 
     @property
@@ -216,7 +217,7 @@ class UserThreads:
             return previous(frame, event, arg) if previous is not None else None
         code, namespace = found
         module = str(namespace.get("__name__", "?")).rpartition(".")[2]
-        entry = UserThread(thread, namespace, module, code, seen_ns=self.clock_ns())
+        entry = UserThread(thread, namespace, module, code.co_filename, seen_ns=self.clock_ns())
         entry.busy_at_seen_ns = self.busy_ns(threading.get_native_id()) or 0
         self.threads[threading.get_ident()] = entry
         set_rearm(functools.partial(rearm_hook, self._gated, self._files.get))
@@ -235,15 +236,15 @@ class UserThreads:
         return self._gated
 
     def adopt(
-        self, thread: threading.Thread, module: str, version: int | None, code: CodeType
+        self, thread: threading.Thread, module: str, version: int | None, file: str
     ) -> UserThread | None:
         """Watch ``thread`` (not started by user code) as a user thread of ``module``
-        ``version`` from now on: the loader's thread whose module code it gave up on and
-        that may still be running it. None if the thread is gone."""
+        ``version`` (defined in ``file``) from now on: the loader's thread whose module
+        code it gave up on and that may still be running it. None if the thread is gone."""
         ident = thread.ident
         if ident is None or not thread.is_alive():
             return None
-        entry = UserThread(thread, {}, module, code, seen_ns=self.clock_ns(), version=version)
+        entry = UserThread(thread, {}, module, file, seen_ns=self.clock_ns(), version=version)
         entry.busy_at_seen_ns = self.busy_ns(thread.native_id or 0) or 0
         self.threads[ident] = entry
         return entry
