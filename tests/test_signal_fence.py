@@ -133,3 +133,23 @@ def test_its_own_pid_group_and_session_are_never_fenced() -> None:
     seen = in_fenced_child([], body)
     assert seen["again"] == "seccomp: 0 processes, 0 groups fenced", seen
     assert seen["self"] == seen["group"] == "allowed", seen
+
+
+def test_each_game_role_is_fenced_off_the_processes_it_could_take_down() -> None:
+    """The compositor and the warden for every game; the live game for a standby; the live
+    game and the standby (the next live game) for a preview."""
+    from types import SimpleNamespace
+
+    from engine.launcher.supervisor import Supervisor
+
+    def proc(pid: int) -> SimpleNamespace:
+        return SimpleNamespace(process=SimpleNamespace(pid=pid))
+
+    sup = SimpleNamespace(
+        compositor=proc(10), _warden=SimpleNamespace(pid=11), game=proc(12), standby=proc(13)
+    )
+    assert Supervisor._protected(sup, "live") == (10, 11)
+    assert Supervisor._protected(sup, "standby") == (10, 11, 12)
+    assert Supervisor._protected(sup, "preview") == (10, 11, 12, 13)
+    sup.game = sup.standby = None
+    assert Supervisor._protected(sup, "preview") == (10, 11)

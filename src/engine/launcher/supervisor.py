@@ -765,12 +765,17 @@ class Supervisor:
 
     def _protected(self, role: str) -> tuple[int, ...]:
         """The processes a game of ``role`` must not reach (besides this one, its parent):
-        the compositor and the warden; for a preview, the live game as well."""
+        the compositor and the warden; for a standby, the live game it stands by for; for
+        a preview, the live game and the standby (which becomes the live game if the live
+        one fails while the preview runs). A process started later is not in the list:
+        the fence is fixed when the game starts."""
         pids = [self.compositor.process.pid] if self.compositor is not None else []
         if self._warden is not None:
             pids.append(self._warden.pid)
-        if role == "preview" and self.game is not None:
+        if role in ("preview", "standby") and self.game is not None:
             pids.append(self.game.process.pid)
+        if role == "preview" and self.standby is not None:
+            pids.append(self.standby.process.pid)
         return tuple(pids)
 
     def _layer_for(self, role: str) -> tuple[int, Any, Any]:
