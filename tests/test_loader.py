@@ -1170,3 +1170,15 @@ def test_a_loop_is_named_at_its_header_line(source, line, header) -> None:
     from engine.scheduler.watchdog import loop_line
 
     assert loop_line(compile(source, "t.py", "exec"), line) == header
+
+
+def test_the_gate_interrupt_is_a_load_timeout_by_name_and_pickles_as_one() -> None:
+    import pickle
+
+    from engine.loader.gate import Interrupt
+    from engine.scheduler.watchdog import LoadTimeout
+
+    exc = Interrupt("module code ran past the limit")
+    assert isinstance(exc, LoadTimeout) and type(exc).__name__ == "LoadTimeout"
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is LoadTimeout and back.args == exc.args
