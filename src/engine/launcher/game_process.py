@@ -422,9 +422,10 @@ def end_unstoppable(running: RunningNow, fault: Fault, file: str, line: int) -> 
     """End the game at once for a thread it cannot stop (the policy's restart-without),
     its last word naming the module version at ``file:line``: the supervisor restarts it
     from the final checkpoint without that version. Never returns."""
-    code = running.register(CodeKind.MODULE, fault.module or "?", fault.version, None, file)
-    running.main[0] = code
-    running.note_exit(0, file, line)
+    running.main[0] = running.register(
+        CodeKind.MODULE, fault.module or "?", fault.version, None, file, line
+    )
+    running.note_exit(0)  # what ran is what asked
     # Not the noting os._exit (containment.note_exits): it would name this line instead.
     getattr(os._exit, "unnoted", os._exit)(EXIT_UNSTOPPABLE)
 

@@ -243,8 +243,7 @@ class GatedRun:
         # this thread again, on 3.11.)
         self.finished = True
         set_rearm(None)
-        if sys.getprofile() == self._rearm_at_call:
-            sys.setprofile(None)
+        self._drop_profile()
         try:
             sys.settrace(self._previous_trace)
         finally:
@@ -286,10 +285,13 @@ class GatedRun:
     def _rearm(self) -> None:
         """Put the hook back after an interrupt switched it off (see :func:`rearming`);
         an abandoned run's hook parks the thread at its next line."""
-        if sys.getprofile() == self._rearm_at_call:
-            sys.setprofile(None)
+        self._drop_profile()
         if not self.finished:
             rearm_hook(self._trace, self._files.get)
+
+    def _drop_profile(self) -> None:
+        if sys.getprofile() == self._rearm_at_call:
+            sys.setprofile(None)
 
     def _rearm_at_call(self, frame: FrameType, event: str, arg: Any) -> None:
         """A profile hook, there only while an interrupt is out: any call puts the trace
@@ -300,8 +302,7 @@ class GatedRun:
         """Stop this thread for good: it holds no GIL and no engine lock while it waits."""
         set_rearm(None)
         sys.settrace(None)
-        if sys.getprofile() == self._rearm_at_call:
-            sys.setprofile(None)
+        self._drop_profile()
         sys.setswitchinterval(self._saved_interval)
         if self.on_park is not None:
             self.on_park(self)

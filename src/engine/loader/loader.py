@@ -72,7 +72,7 @@ from engine.loader.threads import UserThreads
 from engine.policy import Action, FailurePolicy, Fault, FaultKind
 from engine.scheduler.pacing import run_on_surplus
 from engine.scheduler.scheduler import Scheduler
-from engine.scheduler.watchdog import Overrun, loop_line
+from engine.scheduler.watchdog import Overrun, innermost_loop
 from engine.world.checkpoint import PendingComponent, Snapshot, default_resolver
 from engine.world.components import component_key
 from engine.world.migration import MigrationError, build_instance, migrate_instance
@@ -974,13 +974,12 @@ class Loader:
                 location=self._where(file, runaway.line),
             )
             decision = self.failure_policy.decide(fault, self.clock_ns())
+            self.report(f"engine: {decision.message}")
             if decision.rule.action is Action.RESTART_WITHOUT and self.on_unstoppable is not None:
                 self.threads.threads.pop(entry.thread.ident or 0, None)  # said once
-                self.report(f"engine: {decision.message}")
                 self.on_unstoppable(fault, file, runaway.line or 0)
             else:
                 self.threads.stop(entry)
-                self.report(f"engine: {decision.message}")
             faults.append(fault)
         return faults
 
@@ -1204,20 +1203,10 @@ def _import_line(importer: str) -> int | None:
 
 
 def _current_line(thread_id: int, path: str) -> int | None:
-    """Where thread ``thread_id`` runs in ``path``: the header of the innermost loop
-    around a line of ``path`` it is in (a runaway is a loop: the loop is what to fix, not
-    the function it happened to be calling), else the innermost line; None if it is not
-    in ``path``."""
-    frame = sys._current_frames().get(thread_id)
-    innermost = None
-    while frame is not None:
-        if frame.f_code.co_filename == path:
-            loop = loop_line(frame.f_code, frame.f_lineno, frame.f_lasti)
-            if loop is not None:
-                return loop
-            innermost = innermost or frame.f_lineno
-        frame = frame.f_back
-    return innermost
+    """Where thread ``thread_id`` runs in ``path`` (see
+    :func:`~engine.scheduler.watchdog.innermost_loop`); None if it is not in ``path``."""
+    found = innermost_loop(sys._current_frames().get(thread_id), lambda name: name == path)
+    return found[1] if found is not None else None
 
 
 def _fail_with_dependencies(batch: _Batch) -> None:

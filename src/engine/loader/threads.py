@@ -42,7 +42,7 @@ from types import CodeType, FrameType
 from typing import Any
 
 from engine.loader.gate import FrameGate, _raise_in, rearm_hook, rearming, set_rearm
-from engine.scheduler.watchdog import loop_line
+from engine.scheduler.watchdog import innermost_loop
 
 #: How long a user thread is watched before its busy share is judged.
 WINDOW_NS = 250_000_000
@@ -276,24 +276,16 @@ class UserThreads:
         return found
 
     def where(self, ident: int) -> tuple[str | None, int | None]:
-        """Where thread ``ident`` runs in project code: the header of the innermost loop
-        around a project line it is in (a runaway thread is a loop; the loop is what to
-        fix, not the function it happened to be calling), else the innermost project
-        line. Else its innermost line; ``(None, None)`` if it is gone."""
+        """Where thread ``ident`` runs in project code (see
+        :func:`~engine.scheduler.watchdog.innermost_loop`). Else its innermost line;
+        ``(None, None)`` if it is gone."""
         frame = sys._current_frames().get(ident)
-        first, innermost = frame, None
-        while frame is not None:
-            if self._is_user(frame.f_code.co_filename):
-                loop = loop_line(frame.f_code, frame.f_lineno, frame.f_lasti)
-                if loop is not None:
-                    return frame.f_code.co_filename, loop
-                innermost = innermost or (frame.f_code.co_filename, frame.f_lineno)
-            frame = frame.f_back
-        if innermost is not None:
-            return innermost
-        if first is None:
+        found = innermost_loop(frame, self._is_user)
+        if found is not None:
+            return found
+        if frame is None:
             return None, None
-        return first.f_code.co_filename, first.f_lineno
+        return frame.f_code.co_filename, frame.f_lineno
 
     # -- stopping ------------------------------------------------------------------------------
     def stop(self, entry: UserThread) -> None:

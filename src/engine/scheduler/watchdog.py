@@ -274,6 +274,24 @@ def loop_line(code: CodeType, line: int, offset: int = -1) -> int | None:
     return best[1] if best else None
 
 
+def innermost_loop(
+    frame: FrameType | None, is_user: Callable[[str], bool | None]
+) -> tuple[str, int] | None:
+    """Where the stack from ``frame`` outwards runs in user code (``is_user(filename)``):
+    the header of the innermost loop around a user frame's line (runaway code is a loop;
+    the loop is what to fix, not the function it happened to be calling), else the
+    innermost user frame's line; ``None`` if no frame is the user's."""
+    innermost = None
+    while frame is not None:
+        if is_user(frame.f_code.co_filename):
+            loop = loop_line(frame.f_code, frame.f_lineno, frame.f_lasti)
+            if loop is not None:
+                return frame.f_code.co_filename, loop
+            innermost = innermost or (frame.f_code.co_filename, frame.f_lineno)
+        frame = frame.f_back
+    return innermost
+
+
 def loop_line_in_file(path: str, line: int) -> int | None:
     """:func:`loop_line` for ``line`` of the Python file at ``path`` (its innermost
     function holding that line); None outside loops, or if the file cannot be read or
