@@ -75,7 +75,12 @@ from engine.scheduler.scheduler import Scheduler
 from engine.scheduler.watchdog import Overrun, innermost_loop
 from engine.world.checkpoint import PendingComponent, Snapshot, default_resolver
 from engine.world.components import component_key
-from engine.world.migration import MigrationError, build_instance, migrate_instance
+from engine.world.migration import (
+    MigrationError,
+    build_instance,
+    migrate_instance,
+    shells_in_address_order,
+)
 
 KIND = "systems"
 #: How long past its load limit a load may go without returning to Python (a call that
@@ -907,12 +912,17 @@ class Loader:
             if new_cls is None or new_cls is old_cls:
                 continue
             converted = []
-            for entity in self.world.entities_with(old_cls):
+            entities = self.world.entities_with(old_cls)
+            # Filled in the order queries visit them: see shells_in_address_order.
+            shells = None
+            if not callable(getattr(new_cls, "migrate", None)):  # a hook builds its own
+                shells = shells_in_address_order(new_cls, len(entities))
+            for entity, shell in zip(entities, shells or itertools.repeat(None), strict=False):
                 instance = self.world.component_for_entity(entity, old_cls)
                 if isinstance(instance, PendingComponent):
-                    converted.append((entity, build_instance(new_cls, instance.fields)))
+                    converted.append((entity, build_instance(new_cls, instance.fields, shell)))
                 else:
-                    converted.append((entity, migrate_instance(instance, new_cls)))
+                    converted.append((entity, migrate_instance(instance, new_cls, shell)))
             plans.append((old_cls, new_cls, converted))
         return plans
 

@@ -28,14 +28,20 @@ import importlib
 import io
 import itertools
 import pickle
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, NamedTuple
 
 import esper
 
 from engine.world.components import REGISTRY, component_key
-from engine.world.migration import build_instance, component_state, field_names
+from engine.world.migration import (
+    build_instance,
+    component_state,
+    field_names,
+    shells_in_address_order,
+)
 
 FORMAT = "engine-checkpoint"
 VERSION = 1
@@ -325,11 +331,25 @@ def load_into(
     for k in kept:
         held.setdefault(k.entity, []).append(k)
     built: list[tuple[int, list[tuple[Any, type | None]]]] = []
+    classes: dict[str, type | None] = {}
+    counts: Counter[str] = Counter()
+    for _, items in payload["entities"]:
+        counts.update(key for key, _ in items)
+    # Each class's instances in the order the entities come (see shells_in_address_order).
+    shells: dict[str, Iterator[Any]] = {}
     for entity, items in payload["entities"]:
         comps: list[tuple[Any, type | None]] = []
         for key, fields in items:
-            cls = resolve(key)
-            instance = build_instance(cls, fields) if cls is not None else pending_type(key)(fields)
+            if key not in classes:
+                cls = classes[key] = resolve(key)
+                if cls is not None:
+                    order = shells_in_address_order(cls, counts[key])
+                    shells[key] = order or itertools.repeat(None)
+            cls = classes[key]
+            if cls is None:
+                instance = pending_type(key)(fields)
+            else:
+                instance = build_instance(cls, fields, next(shells[key]))
             comps.append((instance, None))
         for k in held.get(int(entity), ()):  # in order of place: each lands where it was
             comps.insert(k.index, (k.instance, k.ctype))
