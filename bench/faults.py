@@ -1044,18 +1044,7 @@ def kinds(bomb_gb: float | None = None) -> list[Kind]:
 
 #: Kinds the engine fails today, with the hole of issue 9 each shows. The one list: the
 #: bench prints it under the table and tests/test_faults.py marks these xfail.
-KNOWN_HOLES: dict[str, str] = {
-    "huge-component": "hole 9: the compositor misses a few frames more than the bare loop "
-    "allows while a 200 MB world is checkpointed every second on this 2-core VM with a CPU "
-    "renderer: 7 of 10 runs passed (the others 3-4 of ~400 missed against 2). Its "
-    "recent_misses show it woke on time and its compose ran over the lead by 0.3-0.5 ms: "
-    "the child copying 200 MB shares the memory bus and caches with llvmpipe (whose "
-    "threads are SCHED_FIFO: not the CPU). Writing the array in paced 4 MB pieces "
-    "(400 MB/s) made it worse (0 of 4 passed, 4-19 missed: more frames overlap the copy); "
-    "the child at nice 0 "
-    "changed nothing (4 of 6). The fix is not to rewrite an unchanged array every second "
-    "(incremental checkpoints), not built",
-}
+KNOWN_HOLES: dict[str, str] = {}
 
 
 # -- the processes of a run -------------------------------------------------------------

@@ -321,6 +321,46 @@ def test_huge_pages_split_by_copy_on_write_are_put_back_once_the_writer_is_gone(
     world.delete()
 
 
+@needs_fork
+def test_the_writer_writes_a_large_array_between_the_compositors_composes(tmp_path) -> None:
+    """With the compositor's timing (from the pose block), the child writes large buffers
+    in pieces between composes (``YieldingWriter``, tested on a manual clock in
+    test_pacing.py); the checkpoint is the same."""
+    import numpy as np
+
+    from engine.scheduler.pacing import ComposeTimes
+
+    asked = tmp_path / "asked"
+
+    def compose_times() -> ComposeTimes:  # called in the child: it leaves a mark
+        asked.touch()
+        return ComposeTimes(time.monotonic_ns(), 11_111_111, 5_000_000)
+
+    array = np.arange(4 * 1024 * 1024, dtype=np.float64)  # 32 MB: 32 pieces
+    world = World()
+    world.create_entity(Holder(array))
+
+    class Game:
+        frame = 1
+
+    Game.world = world
+    cp = Checkpointer(
+        tmp_path / "checkpoint.bin",
+        0,
+        ring=CheckpointRing(tmp_path / "ring"),
+        compose_times=compose_times,
+    )
+    assert cp.maybe_take(Game, time.monotonic_ns())
+    wait_written(cp)
+    assert cp.taken == 1 and cp.failed == 0 and asked.exists()
+    restored = World.restore((tmp_path / "checkpoint.bin").read_bytes())
+    ((_, holder),) = restored.get_component(Holder)
+    assert np.array_equal(holder.value, array)
+    cp.close()
+    for w in (world, restored):
+        w.delete()
+
+
 GAME_THAT_DIES = """
 import sys, time
 from pathlib import Path

@@ -68,6 +68,7 @@ from engine.launcher.containment import (
 from engine.policy import Fault
 from engine.pose.base import EyeView
 from engine.pose.handoff import HandoffPacer, HandoffPoseSource
+from engine.scheduler.pacing import ComposeTimes, compose_times
 from engine.scheduler.scheduler import SchedulePolicy
 from engine.scheduler.stats import KEEP_FRAMES, LAST_RUN_FRAMES, FrameRecorder, save_frame_times
 from engine.world.checkpoint import CheckpointError
@@ -350,11 +351,19 @@ def game_main(
         fresh=fresh,
         remove_in_background=True,
     )
+
+    def compose_now() -> ComposeTimes | None:  # read by the checkpoint's forked child
+        pose = reader.read()
+        if pose is None:
+            return None
+        return compose_times(pose.display_time_ns, pose.period_ns, pose.published_ns)
+
     checkpointer = Checkpointer(
         checkpoint_path,
         round(config.checkpoint_interval_s * 1e9),
         ring=ring,
         report=engine.report,
+        compose_times=compose_now,
     )
     checkpointer.last_ns = time.monotonic_ns()  # the restored state is already on disk
     engine.checkpoint_ring = ring

@@ -32,6 +32,16 @@ What copy-on-write costs the parent instead: the first write to each page the ch
 shares copies that page, so a frame that rewrites a large array right after a fork pays for
 copying it once (``bench/checkpoint_frames.py`` measures both cases).
 
+What the child's copy costs the compositor: writing 200 MB to its file streams it through
+the memory bus and the caches the compositor shares, and on this 2-core VM with a CPU
+renderer a compose that overlapped it ran over its lead by 0.3-0.5 ms (3 frames missed in
+~380 where a bare pacing loop missed 2, in 5 of 8 runs of ``bench/faults.py --kinds
+huge-component``). So the child writes large buffers in 1 MiB pieces, each started only
+if it ends before the compositor's next compose, which it reads from the pose block the
+game already maps (:class:`~engine.scheduler.pacing.YieldingWriter`): 15 of 15 runs
+within the bare loop's misses (0-2). Pacing the pieces at a fixed rate instead made it
+worse (more composes overlap a slower copy).
+
 A fork is not free either: copying the page tables of a game with a GL context costs 1-3 ms
 here, while a small world serializes in well under a millisecond. So the checkpointer
 measures what serializing costs (the child reports its own CPU time) and serializes in the
@@ -72,7 +82,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.launcher.containment import die_with_parent
-from engine.scheduler.pacing import run_on_surplus
+from engine.scheduler.pacing import ComposeTimes, YieldingWriter, run_on_surplus
 from engine.world.ring import CheckpointRing
 
 #: Fork a child per checkpoint where that is safe (Linux); elsewhere serialize in-process.
@@ -160,20 +170,35 @@ def link_atomically(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def _write_world(world: Any, slot: Path, latest: Path, skipped: list[str]) -> int:
+def _write_world(
+    world: Any,
+    slot: Path,
+    latest: Path,
+    skipped: list[str],
+    compose_times: Callable[[], ComposeTimes | None] | None = None,
+) -> int:
     """Write the world's checkpoint; returns the CPU time it took (ns). Components left out
-    (they cannot be pickled) are described in ``skipped``."""
+    (they cannot be pickled) are described in ``skipped``. With ``compose_times``, large
+    buffers go out in pieces between the compositor's composes (:class:`YieldingWriter`)."""
     tmp = slot.with_name(slot.name + ".tmp")
     cpu0 = time.thread_time_ns()
     with open(tmp, "wb") as f:
-        world.checkpoint_to(f, skipped)
+        out = f if compose_times is None else YieldingWriter(f, compose_times)
+        world.checkpoint_to(out, skipped)
     cpu_ns = time.thread_time_ns() - cpu0
     os.replace(tmp, slot)
     link_atomically(slot, latest)
     return cpu_ns
 
 
-def _child_main(world: Any, slot: Path, latest: Path, error_fd: int, parent_pid: int) -> None:
+def _child_main(
+    world: Any,
+    slot: Path,
+    latest: Path,
+    error_fd: int,
+    parent_pid: int,
+    compose_times: Callable[[], ComposeTimes | None] | None = None,
+) -> None:
     """The forked child: write the world it was born with, then ``os._exit``. Never returns."""
     code = 1
     try:
@@ -187,7 +212,7 @@ def _child_main(world: Any, slot: Path, latest: Path, error_fd: int, parent_pid:
             os.nice(10)
         gc.disable()  # a collection would touch (and copy) every page of the parent's heap
         skipped: list[str] = []
-        cpu_ns = _write_world(world, slot, latest, skipped)
+        cpu_ns = _write_world(world, slot, latest, skipped, compose_times)
         # What serializing costs (for the next choice), then what was left out, a line each.
         said = "\n".join([f"ok {cpu_ns}", *skipped]).encode("utf-8", "replace")
         os.write(error_fd, said[:_ERROR_MAX_BYTES])
@@ -234,6 +259,9 @@ class Checkpointer:
         report: where failures are said (once per distinct reason).
         collapse: after each forked writer, put memory that copy-on-write split back
             into huge pages on a background thread (see the module doc).
+        compose_times: when the compositor composes (read from the pose block), for a
+            forked writer to write large buffers between its composes (see the module
+            doc); None: at once.
     """
 
     def __init__(
@@ -247,9 +275,11 @@ class Checkpointer:
         timeout_s: float = 60.0,
         collapse: bool = True,
         report: Callable[[str], None] = lambda message: None,
+        compose_times: Callable[[], ComposeTimes | None] | None = None,
     ) -> None:
         self.path = Path(path)
         self.interval_ns = interval_ns
+        self.compose_times = compose_times
         self.ring = ring if ring is not None else CheckpointRing(self.path.parent / "checkpoints")
         self.fork = FORK_AVAILABLE if fork is None else fork
         self.inline_below_ns = inline_below_ns
@@ -331,7 +361,7 @@ class Checkpointer:
             raise
         if pid == 0:
             os.close(read_fd)
-            _child_main(world, slot, self.path, write_fd, parent)
+            _child_main(world, slot, self.path, write_fd, parent, self.compose_times)
         os.close(write_fd)
         return _Job(slot, frame, time.monotonic(), pid=pid, error_fd=read_fd)
 
