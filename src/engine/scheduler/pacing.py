@@ -167,7 +167,7 @@ class YieldingWriter:
     frames were missed). Through this writer, no piece starts unless it ends before the
     compositor's next compose begins (``times()``: the latest :class:`ComposeTimes`, or
     None where there is no compositor: then it writes at once). The time a piece takes is
-    measured as it goes.
+    measured as it goes. Everything else (``seek``, ``truncate``...) is the file's.
     """
 
     PIECE = 1 << 20
@@ -184,6 +184,9 @@ class YieldingWriter:
         self.piece_ns = 500_000  # a first guess: 1 MiB at 2 GB/s
         self.waited_ns = 0
         self.pieces = 0
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the file's API: seek, truncate...
+        return getattr(self.file, name)
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
