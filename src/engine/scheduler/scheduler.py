@@ -22,8 +22,10 @@ loader's job, asked through :class:`Versions` (the engine wires it up). Each dec
 one-line message goes to ``report``.
 
 esper rebuilds its query caches lazily, inside whichever query runs first after a
-structural change. The scheduler rebuilds them itself, between systems, and charges that
-time to its own line (``esper cache``) instead of to the next system.
+structural change. The scheduler brings them up to date itself, between systems (the
+world catches them up with its own changes, :meth:`~engine.world.world.World.update_queries`;
+after a change made around it, they are rebuilt), and charges that time to its own line
+(``esper cache``) instead of to the next system.
 """
 
 from __future__ import annotations
@@ -468,7 +470,7 @@ class Scheduler:
             if h.state is SystemState.DISABLED:
                 continue
             if esper._cache_dirty:
-                self._rebuild_query_cache()
+                self._rebuild_query_cache(world)
                 cpu_mark = cpu()
             if wd.interrupts:
                 wd.interrupts = 0
@@ -502,7 +504,7 @@ class Scheduler:
         self.running_now[0] = Phase.FRAME
         world.clear_dead_entities()
         if esper._cache_dirty:
-            self._rebuild_query_cache()
+            self._rebuild_query_cache(world)
         frame_ns = clock() - frame_start
         if self.frame_stats.record(frame_ns) and over:
             faults.extend(self._late_frame(frame_ns, over))
@@ -689,9 +691,13 @@ class Scheduler:
         root = os.path.join(self.root, "")
         return location[len(root) :] if location.startswith(root) else location
 
-    def _rebuild_query_cache(self) -> None:
-        """Warm esper's query caches after a structural change, timed on its own line."""
+    def _rebuild_query_cache(self, world: Any) -> None:
+        """Bring esper's query caches up to date after a structural change (caught up with
+        the world's own changes, else rebuilt and warmed), timed on its own line."""
         t0 = self.clock_ns()
+        if world.update_queries():
+            self.cache_stats.record(self.clock_ns() - t0)
+            return
         # Only queries on types some entity still has: a query on a type that is gone (an
         # old version of a reloaded component) is empty and cheap, and re-warming it would
         # keep that old class, and its module version, alive for ever.
