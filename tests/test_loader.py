@@ -322,7 +322,7 @@ def save_truncate_then_write(path: Path, text: str) -> None:  # VS Code
     with open(path, "w") as f:  # truncates
         f.flush()
         os.fsync(f.fileno())
-        time.sleep(0.02)  # the watcher may well see the empty file first
+        time.sleep(0.1)  # the watcher sees the empty file first (VS Code on a busy machine)
         f.write(text)
 
 

@@ -37,8 +37,12 @@ PROBE = Path(".engine") / "watch-probe"  # + "-PID-N": one file per watcher
 #: Folders whose (re)creation makes the watcher take every file in them as changed.
 WATCHED_DIRS = ("systems", "shaders")
 
-#: An empty read right after an event may be a truncate-then-write caught in the middle.
-EMPTY_RECHECK_S = 0.03
+#: An empty or missing file right after an event may be a save caught in the middle (a
+#: truncate-then-write, a rename-away-then-write): it is read again every
+#: ``EMPTY_RECHECK_S`` until it has text or ``EMPTY_SETTLE_S`` has passed. A single
+#: recheck after 30 ms lost a truncate-then-write on a busy machine (the write came later).
+EMPTY_RECHECK_S = 0.01
+EMPTY_SETTLE_S = 0.3
 #: How often the watch loop wakes when nothing happens (to probe, and to stop).
 TICK_MS = 100
 
@@ -317,16 +321,23 @@ def event_time_ns(path: Path, received_ns: int) -> int:
     return received_ns
 
 
+def _unsettled(source: str | None | LoadError) -> bool:
+    """Gone or empty: maybe a save half-way."""
+    return source is None or isinstance(source, LoadError) and source.message == EMPTY_FILE
+
+
 def read_settled(path: Path, received_ns: int) -> tuple[str | None | LoadError, int]:
     """The module file's final text (``None`` if gone, a :class:`LoadError` if it cannot
     be a module) and the time it was written.
 
-    An empty or missing file right after an event is read again a little later: a
-    truncate-then-write save can be caught between its two steps, and a file replaced
-    (by a new file or a folder) between its removal and its return.
+    An empty or missing file right after an event is read again until it has text, for
+    up to ``EMPTY_SETTLE_S``: a truncate-then-write save can be caught between its two
+    steps, and a file replaced (by a new file or a folder) between its removal and its
+    return. A file that stays empty or gone is reported as such, that much later.
     """
     source = read_source(path.stem, path)
-    if source is None or isinstance(source, LoadError) and source.message == EMPTY_FILE:
+    deadline = time.monotonic() + EMPTY_SETTLE_S
+    while _unsettled(source) and time.monotonic() < deadline:
         time.sleep(EMPTY_RECHECK_S)
         source = read_source(path.stem, path)
     if source is None:
