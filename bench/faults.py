@@ -181,6 +181,38 @@ def builtin_shader(name: str) -> str:
     return (Path(engine.render.__file__).with_name("shaders") / name).read_text()
 
 
+#: An essential system (``essential=True``, as the built-in render system) whose C call
+#: runs past its hard limit every frame: a GPU wait, which holds the watchdog's signals
+#: back until it returns as a driver call does. Each call counts the frames it finished.
+ESSENTIAL_WAIT = """import ctypes, os, signal
+
+import engine
+
+libc = ctypes.CDLL(None)
+HELD = ctypes.create_string_buffer(128)  # a sigset_t
+libc.sigemptyset(HELD)
+libc.sigaddset(HELD, int(signal.SIGALRM))
+libc.sigaddset(HELD, int(signal.SIGURG))
+FINISHED = os.open("@ROOT@/finished", os.O_WRONLY | os.O_CREAT, 0o644)
+done = [0]
+
+
+def held():
+    libc.pthread_sigmask(signal.SIG_BLOCK, HELD, None)
+
+
+def let_go():
+    libc.pthread_sigmask(signal.SIG_UNBLOCK, HELD, None)
+
+
+@engine.system(order=1, hard_limit_ms=8.0, budget_ms=2.0, essential=True)
+def fault(world, dt):
+    held(); libc.usleep(16_000); let_go()  # FAULT
+    done[0] += 1  # the frame's picture, published
+    os.pwrite(FINISHED, b"%12d" % done[0], 0)
+"""
+
+
 def five_megabyte_module() -> str:
     rows = "".join(f"    {i},\n" for i in range(600_000))  # about 5 MB of source
     return (
@@ -714,6 +746,15 @@ def kinds(bomb_gb: float | None = None) -> list[Kind]:
             },
         ),
         Kind(
+            "essential-c-call",
+            "an essential system (as the render system) whose C call, a GPU wait, runs past "
+            "its hard limit every frame: kept on, every frame's work finished",
+            {F: ESSENTIAL_WAIT},
+            rule="finished",
+            runs=("fault",),
+            fast=True,
+        ),
+        Kind(
             "c-call-then-loop",
             "a long C call, then a runaway loop in the next system",
             {
@@ -1204,6 +1245,7 @@ class RunRecord:
     history: dict[str, dict[str, Any]] = field(default_factory=dict)
     commands: list[tuple[list[str], int | None, str, int]] = field(default_factory=list)
     markers: dict[str, int] = field(default_factory=dict)  # file name -> mtime_ns
+    finished: int = 0  # the count an essential-c-call system wrote (its finished calls)
     children_alive: list[int] = field(default_factory=list)  # user-spawned, at the scan
     children: list[int] = field(default_factory=list)
     alive_after_1s: list[str] = field(default_factory=list)  # rule children-follow only
@@ -1465,6 +1507,8 @@ class Run:
         for name in ("probe.ran", "thread.alive", "v2.ran", "big.ran", "ping.ran", "pong.ran"):
             with contextlib.suppress(OSError):
                 rec.markers[name] = (self.root / name).stat().st_mtime_ns
+        with contextlib.suppress(OSError, ValueError):
+            rec.finished = int((self.root / "finished").read_text().strip())
         # mtimes are wall-clock: keep them relative to the stop, on the monotonic clock
         offset = time.time_ns() - time.monotonic_ns()
         rec.markers = {k: v - offset for k, v in rec.markers.items()}
@@ -1852,6 +1896,18 @@ def rule_runs(kind: Kind, rec: RunRecord) -> Cell:
     return Cell(True, note)
 
 
+def rule_finished(kind: Kind, rec: RunRecord) -> Cell:
+    """Runs (nothing disabled or restarted), and every call of ``fault`` finished its work:
+    none was interrupted after its C call (the count it wrote against its calls)."""
+    cell = rule_runs(kind, rec)
+    if not cell.ok:
+        return cell
+    calls = sum(r.get("calls", 0) for r in (systems_of(rec, "fault") or {}).values())
+    finished = rec.finished
+    note = f"{finished} of {calls} calls finished their work"
+    return Cell(calls > 0 and finished >= calls - 1, note)
+
+
 def rule_light_checkpoints(kind: Kind, rec: RunRecord) -> Cell:
     cell = rule_runs(kind, rec)
     spent = ((rec.stats or {}).get("game") or {}).get("checkpoint_ms_max") or 0.0
@@ -2027,6 +2083,10 @@ RULES: dict[str, tuple[str, Callable[[Kind, RunRecord], Cell]]] = {
     "rolled-back": ("the faulty version was stopped and the good one runs", rule_rolled_back),
     "runs": ("valid code: it loads and runs; nothing disabled or restarted", rule_runs),
     "harmless": ("nothing disabled or restarted", rule_harmless),
+    "finished": (
+        "kept on, and every call finished its work after its C call",
+        rule_finished,
+    ),
     "light-checkpoints": (
         "runs, and no checkpoint takes a frame's time on the frame thread",
         rule_light_checkpoints,

@@ -42,7 +42,9 @@ void main() {
 # A system drawing with the library, its GPU wait a C call (through ctypes, as GL's are)
 # over its hard limit that neither of the watchdog's signals can end: both wait, blocked,
 # until it returns. (Python's signal.pthread_sigmask would run the handlers itself, and
-# the second only with the timer's next signal.)
+# the second only with the timer's next signal.) 200 ms is over four of its hard limits,
+# so the watchdog interrupts it as it returns, essential as it is (a shorter wait would be
+# let finish its frame: watchdog.ESSENTIAL_SPARE_FACTOR).
 DRAWER = """
 import ctypes
 import signal

@@ -434,6 +434,43 @@ def test_an_interrupted_slow_drawing_leaves_a_new_shader_out_in_process(project,
     assert statuses(project, "basic.frag") == ["good", "bad"]
 
 
+def test_a_slow_drawing_that_finished_leaves_a_new_shader_out_too(project, world):
+    """The watchdog lets the essential render system's GPU wait return and show its frame
+    (no interrupt), so a new version whose drawing took over the limit is left out as it
+    finishes, and the message does not claim an interrupt; a drawing within the limit and
+    a version proven by many draws are kept."""
+    from engine.render.shaders import WATCHED_DRAWS
+
+    now = [0]
+    messages: list[str] = []
+    frag = project / "shaders" / "basic.frag"
+    frag.write_text(solid("1.0, 0.0, 0.0"))
+    library = ShaderLibrary(project, clock=lambda: now[0], report=messages.append)
+    assert dominant(centre(library, world)) == "r"
+    edit(library, frag, solid("0.0, 0.0, 1.0"))
+    with library.drawing():  # within the limit
+        library.program("basic")
+        now[0] += library.draw_limit_ns
+    assert library.apply_pending() == []
+    for _ in range(WATCHED_DRAWS):
+        with library.drawing():
+            library.program("basic")
+    with library.drawing():  # slow, but proven by many draws
+        library.program("basic")
+        now[0] += 3 * library.draw_limit_ns
+    assert library.apply_pending() == []
+    edit(library, frag, LOOPING)
+    with library.drawing():
+        library.program("basic")
+        now[0] += 80_000_000
+    (swap,) = library.apply_pending()
+    assert swap.ok and swap.versions == {"basic.frag": 2}
+    assert dominant(centre(library, world)) == "b"
+    assert statuses(project, "basic.frag") == ["good", "good", "bad"]
+    (left_out,) = [m for m in messages if "left out" in m]
+    assert "basic.frag v3 a drawing with it took 80 ms (over 50 ms); left out, v2 draws" in left_out
+
+
 def test_a_quick_interrupt_or_a_proven_shader_is_not_left_out(project, world):
     from engine.render.shaders import WATCHED_DRAWS
 

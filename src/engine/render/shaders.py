@@ -59,11 +59,12 @@ STAGES = ("vertex", "fragment")
 _STAGE_SUFFIX = {"vertex": ".vert", "fragment": ".frag"}
 _STAGE_DEFINE = {"vertex": "VERTEX_SHADER", "fragment": "FRAGMENT_SHADER"}
 DEFAULT_PROGRAM = "basic"
-#: Draws a new shader version is watched for (a second at 90 Hz): a drawing interrupted
-#: over the limit in this time leaves it out; later, a slow frame is not its fault alone.
+#: Draws a new shader version is watched for (a second at 90 Hz): a drawing over the limit
+#: in this time (finished or interrupted) leaves it out; later, a slow frame is not its
+#: fault alone.
 WATCHED_DRAWS = 90
-#: The longest a drawing may take before an interrupted one blames the shader (the
-#: built-in render system's hard limit).
+#: The longest a drawing may take before it blames the shader (the built-in render
+#: system's hard limit).
 DRAW_LIMIT_NS = 50_000_000
 
 # Info-log line formats: Mesa "0:12(3): error: ...", NVIDIA "0(12) : error C0000: ...",
@@ -158,6 +159,7 @@ class _Suspect:
     draws: int = 0  # drawings finished while it was named
     overran_ns: int = 0  # how long the drawing that left it out took
     end_seen: bool = True  # False: that drawing's way out was cut short (overran_ns: at most)
+    interrupted: bool = True  # False: that drawing finished, only too slowly
 
 
 @dataclass
@@ -442,11 +444,13 @@ class ShaderLibrary:
         stage whose version was recorded last. Built-in stages are never named. On leaving,
         the word goes back to what it held before. Nested use is part of the outer one.
 
-        An exception leaving the drawing (the watchdog's interrupt of a render system whose
-        GPU wait ran over its hard limit) after more than :attr:`draw_limit_ns`, while the
-        stage named was swapped in live and is in its first :data:`WATCHED_DRAWS` draws,
-        marks that stage for leaving out: :meth:`apply_pending` does it. The exception
-        goes on unchanged.
+        A drawing that took more than :attr:`draw_limit_ns`, while the stage named was
+        swapped in live and is in its first :data:`WATCHED_DRAWS` draws, marks that stage
+        for leaving out: :meth:`apply_pending` does it. That holds for a drawing that
+        finished (the watchdog lets an essential render system's GPU wait return and the
+        frame be shown) and for one an exception left (the watchdog's interrupt of a
+        render system that is not essential, or of a runaway after the wait); the
+        exception goes on unchanged.
 
         Leaving may never run: an exception can land at the first Python line of the way
         out (a repeat :class:`~engine.scheduler.watchdog.Overrun` for code that swallowed
@@ -474,9 +478,10 @@ class ShaderLibrary:
         if self._open is not drawing:
             return  # nested, or finished as cut short meanwhile
         try:
-            if failed:
-                self._note_overrun(self._clock() - drawing.t0)
-            elif self._named is not None:
+            elapsed = self._clock() - drawing.t0
+            if failed or elapsed > self.draw_limit_ns:
+                self._note_overrun(elapsed, interrupted=failed)
+            if not failed and self._named is not None:
                 self._named.draws += 1
         finally:
             self._finish(drawing)
@@ -495,8 +500,10 @@ class ShaderLibrary:
         if restore and self.running is not None:
             self.running.leave(drawing.before)
 
-    def _note_overrun(self, elapsed_ns: int, end_seen: bool = True) -> None:
-        # Runs as an interrupt unwinds the render system: only note it, GL work comes later.
+    def _note_overrun(
+        self, elapsed_ns: int, end_seen: bool = True, interrupted: bool = True
+    ) -> None:
+        # May run as an interrupt unwinds the render system: only note it, GL work later.
         named = self._named
         if named is None or not named.live or elapsed_ns <= self.draw_limit_ns:
             return
@@ -505,6 +512,7 @@ class ShaderLibrary:
         if named.overran_ns == 0:
             named.overran_ns = elapsed_ns
             named.end_seen = end_seen
+            named.interrupted = interrupted
             self._overran.append(named)
 
     def _suspect(self, program: _Running) -> None:
@@ -642,7 +650,8 @@ class ShaderLibrary:
         took = "took" if suspect.end_seen else "took up to"
         why = (
             f"a drawing with it {took} {suspect.overran_ns / 1e6:.0f} ms (over "
-            f"{self.draw_limit_ns / 1e6:.0f} ms) and was interrupted"
+            f"{self.draw_limit_ns / 1e6:.0f} ms)"
+            + (" and was interrupted" if suspect.interrupted else "")
         )
         before = leave_out(unit, stage.version, why)
         stages = dict(running.stages)

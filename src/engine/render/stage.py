@@ -19,11 +19,6 @@ frames, sees it (``glGetGraphicsResetStatus``), makes a new context and every GL
 again (framebuffers, buffers, meshes, the running shader programs), and the game goes on
 from the next frame instead of dying with its context.
 
-Each frame both eyes are drawn with the frame's pose and read back straight into a free
-image of the layer (no intermediate copy), which is then published with that pose.
-Standalone, the stage creates its own layer; under the compositor, the compositor creates
-it and hands over its file descriptor.
-
 Where the compositor offers the layer's images in GPU memory
 (``RenderSettings.layer_images``) and this GL context can import them, each eye is drawn
 straight into the acquired GPU image instead: nothing is read back or uploaded; the stage

@@ -478,6 +478,7 @@ class Scheduler:
             wd.call_start_ns = t0
             wd.call_cpu_ns = cpu_mark
             wd.call_limit_ns = h.hard_ns
+            wd.call_essential = h.spec.essential
             wd.key = h.key
             self.running_now[0] = h.running_id
             try:

@@ -68,6 +68,13 @@ import esper
 #: the thread spent that time waiting for a CPU (a loaded machine), which does not count.
 C_CALL_LATE_NS = 2_000_000
 
+#: An essential call (``SystemSpec.essential``: the picture depends on it) found past its
+#: hard limit just after a C call returned is not interrupted (the C call's time is spent;
+#: abandoning the call would throw its frame away too) but given a fresh hard limit, as
+#: long as its own time stays under this many of its hard limits (a loop of C calls is
+#: still stopped).
+ESSENTIAL_SPARE_FACTOR = 4
+
 #: The backstop thread's kick: ignored by default, so a kick that arrives where the
 #: watchdog's handler is not installed does nothing.
 KICK_SIGNAL = signal.SIGURG
@@ -453,7 +460,12 @@ class FrameWatchdog:
         self.call_start_ns = 0
         self.call_cpu_ns = 0  # the main thread's CPU time when the call started
         self.call_limit_ns = hard_limit_ns  # the running call's own hard limit
+        #: The running call is essential (set with the rest, per call): a C call that
+        #: overran is let finish (see :data:`ESSENTIAL_SPARE_FACTOR`).
+        self.call_essential = False
         self.interrupts = 0
+        self._spared: tuple[int, int] = (-1, 0)  # (call start, ns its limit was moved on)
+        self.spared = 0  # essential calls let finish after a C call, for tests and stats
         self._raised_ns = 0  # when the last Overrun of this call was raised
         self.hung = False
         self.fired = 0  # handler invocations, for tests and stats
@@ -591,12 +603,23 @@ class FrameWatchdog:
             if self.async_pending:
                 self.clear_async()
 
-    def enter(self, key: str, start_ns: int, limit_ns: int | None = None) -> None:
+    def enter(
+        self, key: str, start_ns: int, limit_ns: int | None = None, essential: bool = False
+    ) -> None:
         self.interrupts = 0
         self.call_start_ns = start_ns
         self.call_cpu_ns = self.cpu_ns()
         self.call_limit_ns = limit_ns or self.hard_limit_ns
+        self.call_essential = essential
         self.key = key
+
+    def due_ns(self) -> int:
+        """When the running call is next interrupted, in its own time: its hard limit,
+        a retry interval more per interrupt it swallowed, and what an essential call was
+        spared."""
+        start, spared = self._spared
+        due = self.call_limit_ns + self.interrupts * self.retry_ns
+        return due + spared if start == self.call_start_ns else due
 
     def leave(self) -> None:
         self.key = None
@@ -717,7 +740,7 @@ class FrameWatchdog:
             self._arm(max(self.retry_ns - (now - self._raised_ns), 50_000))
             return
         elapsed = now - self.call_start_ns
-        due = self.call_limit_ns + self.interrupts * self.retry_ns
+        due = self.due_ns()
         if elapsed < due:
             self._arm(max(min(due - elapsed, self.min_limit_ns), 50_000))
             return
@@ -741,6 +764,19 @@ class FrameWatchdog:
         stuck = self.stuck_at
         if late >= C_CALL_LATE_NS and stuck is not None and stuck[0] == self.call_start_ns:
             location = stuck[1] or location  # the line of the C call, sampled while it ran
+        if (
+            late >= C_CALL_LATE_NS
+            and self.call_essential
+            and own < ESSENTIAL_SPARE_FACTOR * self.call_limit_ns
+        ):
+            # The C call has returned and its time is spent: let the call finish its frame
+            # (the scheduler reports it as a C call when it returns), with a fresh hard
+            # limit for any runaway after it.
+            self.stuck_at = (self.call_start_ns, location)
+            self._spared = (self.call_start_ns, own - self.interrupts * self.retry_ns)
+            self.spared += 1
+            self._arm(max(min(self.call_limit_ns, self.min_limit_ns), 50_000), waited)
+            return
         self.interrupts += 1
         self.last = Interruption(
             key,
@@ -853,7 +889,7 @@ class _Backstop:
         cpu, waited = self._main_stat.cpu_and_wait()
         if wd.key != key or wd.call_start_ns != start:
             return idle  # the call ended while we read
-        due = wd.call_limit_ns + wd.interrupts * wd.retry_ns
+        due = wd.due_ns()
         own = wd.own_ns(wd.clock_ns(), cpu, waited)
         if own < due:
             return max(due - own, 100_000)
