@@ -96,6 +96,27 @@ def _own(change: Callable[..., Any], *args: Any) -> Any:
         _inside[0] = 0
 
 
+def _caught_up(
+    cached: list[tuple[int, Any]],
+    before: dict[int, frozenset[type] | None],
+    entities: dict[int, dict[type, Any]],
+    cts: tuple[type, ...],
+    row: Callable[[dict[type, Any]], Any],
+) -> list[tuple[int, Any]]:
+    """The cached query on ``cts`` brought up to date with the changed entities (``before``:
+    what each had): a new list, or ``cached`` itself if none of them is in it or joins it.
+    ``row`` makes an entity's entry from its components."""
+    gone = {e for e, had in before.items() if had is not None and had.issuperset(cts)}
+    new = [
+        (e, row(comps))
+        for e in before
+        if (comps := entities.get(e)) is not None and all(ct in comps for ct in cts)
+    ]
+    if gone:
+        return [pair for pair in cached if pair[0] not in gone] + new
+    return cached + new if new else cached
+
+
 class World:
     """One esper world, owned by one engine.
 
@@ -257,28 +278,12 @@ class World:
             return False
         singles = esper._get_component_cache
         for ct, cached in singles.items():
-            gone = {e for e, had in before.items() if had is not None and ct in had}
-            new = [
-                (e, comps[ct])
-                for e in before
-                if (comps := entities.get(e)) is not None and ct in comps
-            ]
-            if gone:
-                singles[ct] = [pair for pair in cached if pair[0] not in gone] + new
-            elif new:
-                singles[ct] = cached + new
+            singles[ct] = _caught_up(cached, before, entities, (ct,), lambda c, ct=ct: c[ct])
         multis = esper._get_components_cache
         for cts, cached in multis.items():
-            gone = {e for e, had in before.items() if had is not None and had.issuperset(cts)}
-            new = [
-                (e, tuple(comps[ct] for ct in cts))
-                for e in before
-                if (comps := entities.get(e)) is not None and all(ct in comps for ct in cts)
-            ]
-            if gone:
-                multis[cts] = [pair for pair in cached if pair[0] not in gone] + new
-            elif new:
-                multis[cts] = cached + new
+            multis[cts] = _caught_up(
+                cached, before, entities, cts, lambda c, cts=cts: tuple(c[ct] for ct in cts)
+            )
         esper._cache_dirty = False
         changes.reset()
         return True
