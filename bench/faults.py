@@ -1592,6 +1592,8 @@ class Row:
     leftovers: Cell
     seconds: float
     missed: tuple[int, int] | None = None  # compositor (missed, frames), for a re-judge
+    #: The compositor's last misses, each saying where its time went (``recent_misses``).
+    misses: list[dict[str, Any]] = field(default_factory=list)
 
     COLUMNS = ("survived", "healthy", "contained", "compositor", "message", "leftovers")
 
@@ -1617,7 +1619,8 @@ def judge(kind: Kind, rec: RunRecord, options: Options) -> Row:
             cells[name] = Cell(False, f"{missed}; {cells[name].note}")
     comp = (rec.stats or {}).get("compositor") or {}
     missed = (comp.get("missed", 0), comp["frames"]) if comp.get("frames") else None
-    return Row(kind.name, seconds=rec.seconds, missed=missed, **cells)
+    misses = list(comp.get("recent_misses") or [])
+    return Row(kind.name, seconds=rec.seconds, missed=missed, misses=misses, **cells)
 
 
 def judge_survived(kind: Kind, rec: RunRecord) -> Cell:

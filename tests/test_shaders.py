@@ -436,9 +436,10 @@ def test_an_interrupted_slow_drawing_leaves_a_new_shader_out_in_process(project,
 
 def test_a_slow_drawing_that_finished_leaves_a_new_shader_out_too(project, world):
     """The watchdog lets the essential render system's GPU wait return and show its frame
-    (no interrupt), so a new version whose drawing took over the limit is left out as it
-    finishes, and the message does not claim an interrupt; a drawing within the limit and
-    a version proven by many draws are kept."""
+    (no interrupt), so a new version whose drawings took over the limit is left out as the
+    second finishes (one slow drawing is also a busy machine or a first-use compile), and
+    the message does not claim an interrupt; a drawing within the limit and a version
+    proven by many draws are kept."""
     from engine.render.shaders import WATCHED_DRAWS
 
     now = [0]
@@ -460,7 +461,11 @@ def test_a_slow_drawing_that_finished_leaves_a_new_shader_out_too(project, world
         now[0] += 3 * library.draw_limit_ns
     assert library.apply_pending() == []
     edit(library, frag, LOOPING)
-    with library.drawing():
+    with library.drawing():  # one slow drawing: its first use, or a busy machine
+        library.program("basic")
+        now[0] += 3 * library.draw_limit_ns
+    assert library.apply_pending() == []
+    with library.drawing():  # a second: the shader is too heavy
         library.program("basic")
         now[0] += 80_000_000
     (swap,) = library.apply_pending()
@@ -468,7 +473,10 @@ def test_a_slow_drawing_that_finished_leaves_a_new_shader_out_too(project, world
     assert dominant(centre(library, world)) == "b"
     assert statuses(project, "basic.frag") == ["good", "good", "bad"]
     (left_out,) = [m for m in messages if "left out" in m]
-    assert "basic.frag v3 a drawing with it took 80 ms (over 50 ms); left out, v2 draws" in left_out
+    assert (
+        "basic.frag v3 2 drawings with it took over 50 ms (the last 80 ms); left out, v2 draws"
+        in left_out
+    )
 
 
 def test_a_quick_interrupt_or_a_proven_shader_is_not_left_out(project, world):

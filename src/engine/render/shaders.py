@@ -28,7 +28,8 @@ interrupted (the watchdog stopping the render system) after more than ``draw_lim
 while a version swapped in live (an edit, not a start-up load: on a busy machine a proven
 shader's frame can be slow too) was named in its first :data:`WATCHED_DRAWS` draws leaves
 that version out in this process too: the next :meth:`ShaderLibrary.apply_pending` marks
-it bad and swaps the version before it in.
+it bad and swaps the version before it in. Drawings that finished over the limit do the
+same once there are :data:`SLOW_DRAWS_TO_BLAME` of them.
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ WATCHED_DRAWS = 90
 #: The longest a drawing may take before it blames the shader (the built-in render
 #: system's hard limit).
 DRAW_LIMIT_NS = 50_000_000
+#: Drawings that *finished* over the limit it takes to blame a new version: a shader too
+#: heavy for the frame is slow every draw, while one slow draw is also what a busy machine
+#: or the driver compiling the program at its first use looks like. One interrupted
+#: drawing is enough.
+SLOW_DRAWS_TO_BLAME = 2
 
 # Info-log line formats: Mesa "0:12(3): error: ...", NVIDIA "0(12) : error C0000: ...",
 # AMD/Intel "ERROR: 0:12: ...".
@@ -158,6 +164,7 @@ class _Suspect:
     live: bool = False  # swapped in while the game ran (an edit, undo, redo), not loaded
     draws: int = 0  # drawings finished while it was named
     overran_ns: int = 0  # how long the drawing that left it out took
+    slow: int = 0  # drawings that finished over the limit
     end_seen: bool = True  # False: that drawing's way out was cut short (overran_ns: at most)
     interrupted: bool = True  # False: that drawing finished, only too slowly
 
@@ -509,6 +516,10 @@ class ShaderLibrary:
             return
         if named.draws >= WATCHED_DRAWS:
             return
+        if not interrupted and end_seen:
+            named.slow += 1
+            if named.slow < SLOW_DRAWS_TO_BLAME:
+                return
         if named.overran_ns == 0:
             named.overran_ns = elapsed_ns
             named.end_seen = end_seen
@@ -648,11 +659,16 @@ class ShaderLibrary:
         if running.stages.get(stage.stage) != stage:
             return None
         took = "took" if suspect.end_seen else "took up to"
-        why = (
-            f"a drawing with it {took} {suspect.overran_ns / 1e6:.0f} ms (over "
-            f"{self.draw_limit_ns / 1e6:.0f} ms)"
-            + (" and was interrupted" if suspect.interrupted else "")
-        )
+        limit_ms, took_ms = self.draw_limit_ns / 1e6, suspect.overran_ns / 1e6
+        if suspect.slow >= SLOW_DRAWS_TO_BLAME and not suspect.interrupted:
+            why = (
+                f"{suspect.slow} drawings with it took over {limit_ms:.0f} ms "
+                f"(the last {took_ms:.0f} ms)"
+            )
+        else:
+            why = f"a drawing with it {took} {took_ms:.0f} ms (over {limit_ms:.0f} ms)" + (
+                " and was interrupted" if suspect.interrupted else ""
+            )
         before = leave_out(unit, stage.version, why)
         stages = dict(running.stages)
         for key, old in running.stages.items():
