@@ -1594,6 +1594,8 @@ class Row:
     missed: tuple[int, int] | None = None  # compositor (missed, frames), for a re-judge
     #: The compositor's last misses, each saying where its time went (``recent_misses``).
     misses: list[dict[str, Any]] = field(default_factory=list)
+    #: The compositor's compose time (ms: p50, p99, max) and its lead at the end.
+    compose_ms: tuple[float, float, float, float] | None = None
 
     COLUMNS = ("survived", "healthy", "contained", "compositor", "message", "leftovers")
 
@@ -1620,7 +1622,13 @@ def judge(kind: Kind, rec: RunRecord, options: Options) -> Row:
     comp = (rec.stats or {}).get("compositor") or {}
     missed = (comp.get("missed", 0), comp["frames"]) if comp.get("frames") else None
     misses = list(comp.get("recent_misses") or [])
-    return Row(kind.name, seconds=rec.seconds, missed=missed, misses=misses, **cells)
+    compose = None
+    if comp.get("frames"):
+        keys = ("compose_ms_p50", "compose_ms_p99", "compose_ms_max", "compose_lead_ms")
+        compose = tuple(comp.get(k) for k in keys)
+    return Row(
+        kind.name, seconds=rec.seconds, missed=missed, misses=misses, compose_ms=compose, **cells
+    )
 
 
 def judge_survived(kind: Kind, rec: RunRecord) -> Cell:

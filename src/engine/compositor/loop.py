@@ -295,12 +295,13 @@ class CompositorLoop:
         deadline_ns: a layer image older than this is stale (default 2 periods).
         grace_ns: how long a stale layer is reprojected before it is excluded.
         adapt_lead: every ``ADAPT_EVERY`` frames, set the compose lead to what the last
-            ``ADAPT_WINDOW`` frames that drew every layer needed (99th percentile of
-            deadline-to-present, plus ``lead_margin_ns``), from 1 ms: a slow renderer then
-            starts earlier and samples a slightly older pose instead of missing refreshes;
-            a fast one samples later (the lead grows at once but shrinks by at most
-            ``LEAD_SHRINK_STEP_NS`` a time). Up to one period less 1 ms while the median
-            frame fits in that (the slowest then miss); past it, up to two periods less
+            ``TAIL_WINDOW`` frames that drew every layer needed (deadline-to-present: the
+            slowest but for one in ``TAIL_IGNORED``, plus ``lead_margin_ns``), from 1 ms:
+            a slow renderer then starts earlier and samples a slightly older pose instead
+            of missing refreshes; a fast one samples later (the lead grows at once but
+            shrinks by at most ``LEAD_SHRINK_STEP_NS`` a time). Up to one period less
+            1 ms while the median of the last ``ADAPT_WINDOW`` fits in that (frames
+            slower than that miss and do not count); past it, up to two periods less
             1 ms: every second refresh, each frame on time (half rate). Until every layer
             has been drawn in ``ADAPT_EVERY`` frames the lead stays as started.
         latch_at_vsync: present a frame composed in time at its slot's display time, as a
@@ -315,7 +316,9 @@ class CompositorLoop:
 
     ADAPT_EVERY = 30
     LEAD_SHRINK_STEP_NS = 500_000  # the most one adaptation takes off the lead
-    ADAPT_WINDOW = 270  # 3 s at 90 Hz: its p99 ignores the two or three worst stalls
+    ADAPT_WINDOW = 270  # 3 s at 90 Hz: whether most frames fit a period (half rate)
+    TAIL_WINDOW = 900  # 10 s: the tail the lead covers at full rate...
+    TAIL_IGNORED = 450  # ...but for its one worst frame in this many
 
     def __init__(
         self,
@@ -358,7 +361,7 @@ class CompositorLoop:
         self.adapt_lead = adapt_lead
         self.lead_margin_ns = lead_margin_ns
         self.latch_at_vsync = latch_at_vsync
-        self._needed = RollingWindow(self.ADAPT_WINDOW)  # deadline -> present, per frame
+        self._needed = RollingWindow(self.TAIL_WINDOW)  # deadline -> present, per frame
         self._last_present_ns: int | None = None
         self.report = report
         self._attempted_slot: int | None = None
@@ -489,26 +492,30 @@ class CompositorLoop:
         # what the next frame costs.
         if self._needed.count < self.ADAPT_EVERY:
             return
-        needed = sorted(self._needed.samples())
+        recent = sorted(self._needed.samples(self.ADAPT_WINDOW))
 
         def percentile(p: int) -> int:
-            return needed[min(len(needed) - 1, (p * len(needed) + 99) // 100 - 1)]
+            return recent[min(len(recent) - 1, (p * len(recent) + 99) // 100 - 1)]
 
         period, current = self.schedule.period_ns, self.schedule.compose_lead_ns
+        margin = self.lead_margin_ns
         full_rate_most = period - 1_000_000
         half_rate = self.schedule.slots_per_frame > 1
-        lead = max(percentile(99) + self.lead_margin_ns, 1_000_000)
-        if lead > full_rate_most:
-            # Most frames fit a period (entering half rate), or nine in ten (leaving it):
-            # full rate, and the slowest frames miss.
-            typical = percentile(90 if half_rate else 50)
-            if typical + self.lead_margin_ns <= full_rate_most:
-                lead = full_rate_most
-            else:
-                # They do not: every second refresh, each frame on time for the refresh
-                # it was predicted for (half rate, as a VR runtime throttles an
-                # application), instead of every frame late.
-                lead = min(lead, 2 * period - 1_000_000)
+        # Most frames fit a period (entering half rate), or nine in ten (leaving it)?
+        typical = percentile(90 if half_rate else 50)
+        if typical + margin > full_rate_most:
+            # They do not: every second refresh, each frame on time for the refresh it
+            # was predicted for (half rate, as a VR runtime throttles an application),
+            # instead of every frame late.
+            lead = min(percentile(99) + margin, 2 * period - 1_000_000)
+        else:
+            # Full rate: cover the tail of the last TAIL_WINDOW frames but for one in
+            # TAIL_IGNORED (a p99 leaves 1 % of refreshes to miss, several times what the
+            # OS costs a bare pacing loop). Stalls no full-rate lead can absorb miss
+            # whatever the lead, so they do not pull it up to a period.
+            fits = [x for x in sorted(self._needed.samples()) if x + margin <= full_rate_most]
+            tail = fits[-1 - len(fits) // self.TAIL_IGNORED] if fits else 0
+            lead = max(tail + margin, 1_000_000)
         if half_rate and lead < period:
             lead = max(lead, full_rate_most)  # back to full rate, from its safest lead
         else:
@@ -580,6 +587,7 @@ class CompositorLoop:
             "interval_error_ms_p99": interval_error.p99_ms,
             "compose_ms_p50": compose.p50_ms,
             "compose_ms_p99": compose.p99_ms,
+            "compose_ms_max": compose.max_ms,
             "pose_age_ms_p50": pose_age.p50_ms,
             "pose_age_ms_p99": pose_age.p99_ms,
             "layers": {w.name: w.stats(now) for w in self.watches},
