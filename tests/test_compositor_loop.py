@@ -519,3 +519,13 @@ def test_a_layers_frame_rate_is_what_it_published_over_the_last_second():
         game.publish()
         loop.step()
     assert preview_watch.published_fps(clock.now_ns()) == 0
+
+
+def test_the_start_lead_is_twice_the_timed_frame_within_full_rate_or_half_rate():
+    from engine.compositor.process import start_lead_ns
+
+    ms = 1_000_000
+    assert start_lead_ns(2 * ms, PERIOD, 4 * ms) == 5 * ms  # 2 x 2 ms + 1 ms
+    assert start_lead_ns(1 * ms, PERIOD, 4 * ms) == 4 * ms  # never below the configured
+    assert start_lead_ns(6 * ms, PERIOD, 4 * ms) == PERIOD - ms  # fits: full rate, capped
+    assert start_lead_ns(PERIOD, PERIOD, 4 * ms) == 2 * PERIOD - ms  # does not: half rate
