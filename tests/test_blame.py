@@ -249,6 +249,43 @@ def test_a_hang_in_a_loop_is_placed_at_the_loop_whichever_line_the_dump_caught(t
         assert fault.location == f"systems/fault.py:{caught}"
 
 
+SETUP_LOOP = """def setup(world):
+    while True:  # the loop that never ends
+        pass
+"""
+
+
+def hang_dump(path: Path, line: int, function: str) -> str:
+    return (
+        "Current thread 0x0000000000000100 (most recent call first):\n"
+        f'  File "{path}", line {line} in {function}\n'
+        '  File "/engine/game.py", line 360 in _run_setup\n'
+    )
+
+
+def test_a_hang_is_placed_at_the_loop_that_ran_though_the_fix_was_saved_since(tmp_path):
+    """The dump may catch the loop's `pass`; the loop's header is then read from the text
+    that ran, not the file now: the user may have saved the fix before the hang was
+    declared (a game.py whose setup never returned, a system module's version)."""
+    game = tmp_path / "game.py"
+    game.write_text("def setup(world):\n    pass\n")  # the fix, saved meanwhile
+    setup = Running("setup", file=str(game), line=1)
+    dump = hang_dump(game, 3, "setup")  # the `pass` inside the loop
+    fault = blame(tmp_path, FaultKind.HUNG, "hung", report(setup), dump, None, SETUP_LOOP)
+    assert fault.location == "game.py:2"
+    fault = blame(tmp_path, FaultKind.HUNG, "hung", report(setup), dump, None)
+    assert fault.location == "game.py:3"  # without the text that ran: the dump's line
+
+    path = tmp_path / "systems" / "fault.py"
+    path.parent.mkdir()
+    source = "def fault(world):\n" + SETUP_LOOP.split("\n", 1)[1]
+    version = ProjectHistory(tmp_path).unit("systems", "fault").record(source)
+    path.write_text("def fault(world):\n    return\n")  # v2 not loaded yet
+    main = Running("system", "fault", version.number, "fault", str(path), 1, True)
+    fault = blame(tmp_path, FaultKind.HUNG, "hung", report(main), hang_dump(path, 3, "fault"), None)
+    assert fault.location == "systems/fault.py:2"
+
+
 def test_a_crash_in_the_loader_thread_is_blamed_on_the_module_it_was_loading():
     dump = SEGFAULT_DUMP.replace("Current thread 0x0000000000000100", "Thread 0x0000000000000100")
     dump = dump.replace("Thread 0x0000000000000200", "Current thread 0x0000000000000200")

@@ -229,10 +229,11 @@ def blame(
     report: RunningReport,
     dump: str,
     exitcode: int | None,
+    game_source: str | None = None,
 ) -> Fault:
     """Describe a failed game as a :class:`Fault`: what ran (from the heartbeat block's
     running-now words) and where (file and line from faulthandler's ``dump``, else where
-    that code is defined).
+    that code is defined). ``game_source``: ``game.py``'s text as the game started.
 
     * A death by a signal the game sent itself, or an end it asked for (a self-sent
       SIGTERM, an exception escaping the frame loop), is blamed on what ran *then*.
@@ -263,9 +264,9 @@ def blame(
         if crashed and crashed == report.other_thread and report.other is not None:
             running = report.other
     running = running or Running(Phase.IMPORT.text)
-    location = _location(project_dir, stack, kind is FaultKind.HUNG) or _defined_at(
-        project_dir, running
-    )
+    hung = kind is FaultKind.HUNG
+    ran = _sources_that_ran(project_dir, running, game_source)
+    location = _location(project_dir, stack, hung, ran) or _defined_at(project_dir, running)
     if running.phase == "shader":
         location = _defined_at(project_dir, running) or location
         if running.line:
@@ -315,19 +316,45 @@ def _relative(project_dir: Path, file: str) -> str:
         return file
 
 
-def _location(project_dir: Path, stack: list[tuple[str, int]], hung: bool = False) -> str | None:
+def _location(
+    project_dir: Path,
+    stack: list[tuple[str, int]],
+    hung: bool = False,
+    sources: dict[str, str] | None = None,
+) -> str | None:
     """The innermost frame in the project's files, else the innermost frame.
 
     For a hang whose innermost frame is the project's own code, in a loop: the loop's
     header (:func:`~engine.scheduler.watchdog.loop_line_in_file`). The dump catches
-    whichever line of the loop ran at that instant; the loop is what never ended."""
+    whichever line of the loop ran at that instant; the loop is what never ended. The
+    header is read from the text that ran where ``sources`` (path -> text) has it: the
+    user may have saved the fix by the time the hang is declared."""
     if not stack:
         return None
     root = str(project_dir) + os.sep
     file, line = next(((f, n) for f, n in stack if f.startswith(root)), stack[0])
     if hung and (file, line) == stack[0] and file.startswith(root):
-        line = loop_line_in_file(file, line) or line
+        line = loop_line_in_file(file, line, (sources or {}).get(file)) or line
     return f"{_relative(project_dir, file)}:{line}"
+
+
+def _sources_that_ran(
+    project_dir: Path, running: Running | None, game_source: str | None
+) -> dict[str, str]:
+    """The texts that ran, by path, as far as they are known: ``game.py`` as the game
+    started, and the version of the system module the running-now word names (from the
+    history: every version's text is kept)."""
+    sources = {}
+    if game_source is not None:
+        sources[str(project_dir / "game.py")] = game_source
+    if running is not None and running.user and running.module and running.file:
+        if running.version is not None and running.phase != "shader":
+            try:
+                unit = ProjectHistory(project_dir).unit(KIND, running.module)
+                sources[running.file] = unit.source(running.version)
+            except (LookupError, OSError, ValueError):
+                pass  # not in the history: the file as it is now
+    return sources
 
 
 def _defined_at(project_dir: Path, running: Running) -> str | None:
@@ -492,6 +519,7 @@ class Supervisor:
         self.compositor_hang_ns = round(compositor_hang_s * S)
         self._game_file = self.project_dir / "game.py"
         self._game_file_seen: tuple[int, int] | None = None  # as the live game started
+        self._game_source: str | None = None  # game.py's text then (see blame)
         #: No game until game.py differs from what the failed one started with (the
         #: policy's wait-for-edit).
         self._waiting_for_edit = False
@@ -698,6 +726,10 @@ class Supervisor:
         self._checkpoints_before = self.game_checkpoints
         self.game_stats_path.unlink(missing_ok=True)  # what stop() reads is this game's
         self._game_file_seen = _signature(self._game_file)
+        try:  # what a hang's location is read from (it may be saved again meanwhile)
+            self._game_source = self._game_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            self._game_source = None
         game = self._take_standby(restarted)
         from_standby = game is not None
         if game is None:
@@ -982,7 +1014,15 @@ class Supervisor:
         if kind is FaultKind.PROCESS_DIED:
             running = game.heartbeat.running()  # it is dead: this is the last word
         dump = _read_all(game.crash_fd)
-        fault = blame(self.project_dir, kind, cause, running, dump, game.process.exitcode)
+        fault = blame(
+            self.project_dir,
+            kind,
+            cause,
+            running,
+            dump,
+            game.process.exitcode,
+            self._game_source,
+        )
         self._close_blocks(game)
         return fault, dump
 

@@ -299,13 +299,17 @@ def innermost_loop(
     return innermost
 
 
-def loop_line_in_file(path: str, line: int) -> int | None:
+def loop_line_in_file(path: str, line: int, source: str | None = None) -> int | None:
     """:func:`loop_line` for ``line`` of the Python file at ``path`` (its innermost
     function holding that line); None outside loops, or if the file cannot be read or
-    compiled (it may have changed since)."""
+    compiled. ``source``: the text that ran, where the caller kept it (the file may have
+    been saved since: the fix for the very loop being named), instead of the file now."""
     try:
-        with open(path, "rb") as f:
-            code = compile(f.read(), path, "exec", dont_inherit=True)
+        if source is None:
+            with open(path, "rb") as f:
+                code = compile(f.read(), path, "exec", dont_inherit=True)
+        else:
+            code = compile(source, path, "exec", dont_inherit=True)
     except (OSError, SyntaxError, ValueError):
         return None
     inner, todo = code, [code]
