@@ -29,6 +29,7 @@ reports it (the first, then the 10th, 100th, ...) and goes on with the next slot
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import enum
@@ -513,8 +514,9 @@ class CompositorLoop:
             # TAIL_IGNORED (a p99 leaves 1 % of refreshes to miss, several times what the
             # OS costs a bare pacing loop). Stalls no full-rate lead can absorb miss
             # whatever the lead, so they do not pull it up to a period.
-            fits = [x for x in sorted(self._needed.samples()) if x + margin <= full_rate_most]
-            tail = fits[-1 - len(fits) // self.TAIL_IGNORED] if fits else 0
+            needed = sorted(self._needed.samples())
+            fits = bisect.bisect_right(needed, full_rate_most - margin)  # a sorted prefix
+            tail = needed[fits - 1 - fits // self.TAIL_IGNORED] if fits else 0
             lead = max(tail + margin, 1_000_000)
         if half_rate and lead < period:
             lead = max(lead, full_rate_most)  # back to full rate, from its safest lead

@@ -265,7 +265,7 @@ def blame(
             running = report.other
     running = running or Running(Phase.IMPORT.text)
     hung = kind is FaultKind.HUNG
-    ran = _sources_that_ran(project_dir, running, game_source)
+    ran = _sources_that_ran(project_dir, running, game_source) if hung else None
     location = _location(project_dir, stack, hung, ran) or _defined_at(project_dir, running)
     if running.phase == "shader":
         location = _defined_at(project_dir, running) or location
@@ -339,7 +339,7 @@ def _location(
 
 
 def _sources_that_ran(
-    project_dir: Path, running: Running | None, game_source: str | None
+    project_dir: Path, running: Running, game_source: str | None
 ) -> dict[str, str]:
     """The texts that ran, by path, as far as they are known: ``game.py`` as the game
     started, and the version of the system module the running-now word names (from the
@@ -347,13 +347,12 @@ def _sources_that_ran(
     sources = {}
     if game_source is not None:
         sources[str(project_dir / "game.py")] = game_source
-    if running is not None and running.user and running.module and running.file:
-        if running.version is not None and running.phase != "shader":
-            try:
-                unit = ProjectHistory(project_dir).unit(KIND, running.module)
-                sources[running.file] = unit.source(running.version)
-            except (LookupError, OSError, ValueError):
-                pass  # not in the history: the file as it is now
+    r = running
+    if r.user and r.module and r.file and r.version is not None and r.phase != "shader":
+        try:
+            sources[r.file] = ProjectHistory(project_dir).unit(KIND, r.module).source(r.version)
+        except (LookupError, OSError, ValueError):
+            pass  # not in the history: the file as it is now
     return sources
 
 

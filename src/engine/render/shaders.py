@@ -658,16 +658,17 @@ class ShaderLibrary:
             return None
         if running.stages.get(stage.stage) != stage:
             return None
-        took = "took" if suspect.end_seen else "took up to"
         limit_ms, took_ms = self.draw_limit_ns / 1e6, suspect.overran_ns / 1e6
-        if suspect.slow >= SLOW_DRAWS_TO_BLAME and not suspect.interrupted:
+        if not suspect.interrupted:  # only the SLOW_DRAWS_TO_BLAME-th finished drawing
             why = (
                 f"{suspect.slow} drawings with it took over {limit_ms:.0f} ms "
                 f"(the last {took_ms:.0f} ms)"
             )
         else:
-            why = f"a drawing with it {took} {took_ms:.0f} ms (over {limit_ms:.0f} ms)" + (
-                " and was interrupted" if suspect.interrupted else ""
+            took = "took" if suspect.end_seen else "took up to"
+            why = (
+                f"a drawing with it {took} {took_ms:.0f} ms (over {limit_ms:.0f} ms) "
+                "and was interrupted"
             )
         before = leave_out(unit, stage.version, why)
         stages = dict(running.stages)
