@@ -50,6 +50,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -411,8 +412,9 @@ class Day:
             threads=threading.active_count(),
         )
 
-    def run(self, counts: dict[str, int]) -> None:
-        """Every event of ``counts``, interleaved evenly, a frame between any two."""
+    def run(self, counts: dict[str, int], progress: Callable[[float], None] | None = None) -> None:
+        """Every event of ``counts``, interleaved evenly, a frame between any two;
+        ``progress`` is told the fraction done at each percent."""
         events = {
             "checkpoints": lambda i: self.checkpoint(),
             "reloads": self.reload,
@@ -420,12 +422,15 @@ class Day:
         }
         ticks = max(counts.values())
         done = dict.fromkeys(counts, 0)
+        step = max(1, ticks // 100)
         for tick in range(1, ticks + 1):
             for kind, total in counts.items():
                 while done[kind] < total * tick // ticks:
                     events[kind](done[kind])
                     done[kind] += 1
             self.frame()
+            if progress is not None and tick % step == 0:
+                progress(tick / ticks)
 
     def close(self) -> None:
         self.checkpointer.close()
@@ -445,11 +450,14 @@ def table(
     start: Snapshot,
     again: Snapshot,
     end: Snapshot,
+    end_again: Snapshot,
     day: Day,
     seconds: float,
 ) -> Table:
     """Start and end side by side; "again / start" is the same ratio between two
-    measurements with nothing between them: the noise band the drift is read against."""
+    measurements with nothing between them: the noise band the drift is read against.
+    The end is measured twice too ("end again / start"): a drift is growth only where
+    both end readings lie outside the band."""
     t = Table(
         title=(
             f"soak: {counts['checkpoints']:,} checkpoints, {counts['reloads']:,} reloads, "
@@ -458,7 +466,7 @@ def table(
             f"{day.revived}"
         )
     )
-    for column in ("measure", "start", "end", "end / start", "again / start"):
+    for column in ("measure", "start", "end", "end / start", "end again / start", "again / start"):
         t.add_column(column, justify="left" if column == "measure" else "right")
     rows = [
         ("frame CPU time p50 (ms), median layout", "cpu_p50_ms", "{:.3f}"),
@@ -498,7 +506,14 @@ def table(
 
     for label, attr, fmt in rows:
         a, b = getattr(start, attr), getattr(end, attr)
-        t.add_row(label, fmt.format(a), fmt.format(b), ratio(a, b), ratio(a, getattr(again, attr)))
+        t.add_row(
+            label,
+            fmt.format(a),
+            fmt.format(b),
+            ratio(a, b),
+            ratio(a, getattr(end_again, attr)),
+            ratio(a, getattr(again, attr)),
+        )
         if attr == "user_over_reference":
             for what, reference, name in (
                 ("cpu_p50_ms", "reference_p50_ms", "frame p50 (CPU time) / reference"),
@@ -506,7 +521,14 @@ def table(
                 ("cpu_p99_ms", "reference_p99_ms", "frame p99 (CPU time) / reference p99"),
                 ("step_p99_ms", "reference_p99_ms", "frame p99 (wall) / reference p99"),
             ):
-                t.add_row(name, "", "", drift(what, reference, end), drift(what, reference, again))
+                t.add_row(
+                    name,
+                    "",
+                    "",
+                    drift(what, reference, end),
+                    drift(what, reference, end_again),
+                    drift(what, reference, again),
+                )
     return t
 
 
@@ -531,7 +553,8 @@ def main() -> None:
         if getattr(args, kind) is not None:
             counts[kind] = getattr(args, kind)
     root = Path(tempfile.mkdtemp(prefix="bench-soak-"))
-    console = Console(width=120)
+    console = Console(width=140)
+    err = Console(stderr=True)
     day = None
     try:
         render = not args.no_render
@@ -550,10 +573,17 @@ def main() -> None:
         start = day.measure(args.frames)
         again = day.measure(args.frames)  # nothing between: the noise band
         t0 = time.monotonic()
-        day.run(counts)
+
+        def progress(done: float) -> None:  # a long run says where it is (on stderr)
+            spent = time.monotonic() - t0
+            left = spent / done - spent
+            err.print(f"soak: {done:4.0%} of the day in {spent:,.0f} s, about {left:,.0f} s left")
+
+        day.run(counts, progress if sum(counts.values()) >= 2_000 else None)
         seconds = time.monotonic() - t0
         end = day.measure(args.frames)
-        console.print(table(counts, start, again, end, day, seconds))
+        end_again = day.measure(args.frames)
+        console.print(table(counts, start, again, end, end_again, day, seconds))
     finally:
         if day is not None:
             day.close()
