@@ -17,23 +17,34 @@ S = 1_000_000_000
 
 
 class Machine:
-    """Wall clock, this thread's CPU clock and its run-queue wait, moved by hand."""
+    """Wall clock, this thread's CPU clock, its run-queue wait and the times it was put on
+    a CPU (schedstat's), moved by hand; calling it reads the wait, as the scheduler's
+    schedstat reader does."""
 
     def __init__(self) -> None:
         self.wall_ns = 0
         self.cpu_ns = 0
         self.waited_ns = 0
+        self.slices = 0
+
+    def __call__(self) -> int:
+        return self.waited_ns
 
     def work(self, ms: float) -> None:
         self.wall_ns += round(ms * MS)
         self.cpu_ns += round(ms * MS)
 
-    def sleep(self, ms: float) -> None:
+    def sleep(self, ms: float) -> None:  # blocked: off the CPU, back on it after
         self.wall_ns += round(ms * MS)
+        self.slices += 1
 
     def preempted(self, ms: float) -> None:  # runnable, but another process had the CPU
         self.wall_ns += round(ms * MS)
         self.waited_ns += round(ms * MS)
+        self.slices += 1
+
+    def paused(self, ms: float) -> None:  # the hypervisor took the vCPU (steal): the
+        self.wall_ns += round(ms * MS)  # thread never left it, as the guest sees it
 
 
 @pytest.fixture
@@ -57,7 +68,7 @@ def scheduler(machine: Machine, systems, **policy) -> tuple[Scheduler, list[str]
         SchedulePolicy(**policy),
         clock_ns=lambda: machine.wall_ns,
         cpu_ns=lambda: machine.cpu_ns,
-        run_delay_ns=lambda: machine.waited_ns,
+        run_delay_ns=machine,
         report=messages.append,
     )
     frame = {"n": 0}
@@ -142,6 +153,28 @@ def test_time_stolen_by_preemption_is_not_charged(machine, world) -> None:
     assert run(sched, world, 10) == [[]] * 10  # every frame late, nobody's doing
     assert sched.frame_stats.frames_over_budget == 10
     assert sched.handles["game.unlucky"].enabled
+
+
+@pytest.mark.parametrize("how", ["paused", "sleep"])
+def test_a_vcpu_the_hypervisor_paused_is_not_charged_but_a_sleep_is(how, machine, world) -> None:
+    """On a VM the hypervisor pauses a vCPU (steal, 8 ms at a time measured on the CI
+    machine) while the guest's thread looks like it is running: the wall clock goes on,
+    the thread's CPU clock and run-queue wait do not, and it never leaves its CPU. That is
+    nobody's doing; a thread that blocks for as long (it left its CPU) is the system's."""
+
+    def unlucky(frame):
+        machine.work(0.5)
+        getattr(machine, how)(6.0)
+        machine.work(0.5)
+
+    sched, _ = scheduler(
+        machine,
+        [("render", 8.0, lambda f: machine.work(7.0)), ("unlucky", None, unlucky)],
+        over_budget_frames=1,
+    )
+    assert run(sched, world, 1) == ([[]] if how == "paused" else [["budget"]])
+    assert sched.frame_stats.frames_over_budget == 1
+    assert sched.handles["game.unlucky"].enabled is (how == "paused")
 
 
 def test_a_system_that_blocks_is_charged_its_wall_time(machine, world) -> None:
@@ -249,7 +282,7 @@ def test_an_essential_system_is_never_disabled_for_time_and_says_so_only_now_and
         SchedulePolicy(hard_limit_ns=50 * MS, over_budget_frames=3),
         clock_ns=lambda: machine.wall_ns,
         cpu_ns=lambda: machine.cpu_ns,
-        run_delay_ns=lambda: machine.waited_ns,
+        run_delay_ns=machine,
         report=messages.append,
     )
     calls = {"n": 0}

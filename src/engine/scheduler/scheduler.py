@@ -44,7 +44,7 @@ from engine.policy import Action, Decision, FailurePolicy, Fault, FaultKind, Set
 from engine.scheduler.pacing import FRAME_NS
 from engine.scheduler.spec import SystemSpec
 from engine.scheduler.stats import FrameStats, SystemStats
-from engine.scheduler.watchdog import FrameWatchdog, Overrun
+from engine.scheduler.watchdog import FrameWatchdog, Overrun, own_time
 
 CACHE_LINE = "esper cache"
 _NEVER = 1 << 62
@@ -520,8 +520,10 @@ class Scheduler:
     # -- what went wrong -----------------------------------------------------------------------
     def _own(self, wall_ns: int, cpu_ns: int) -> int:
         """A call's own time, at least: its CPU time, or its wall time less all the time the
-        main thread waited for a CPU in this frame, whichever is more."""
-        return max(cpu_ns, wall_ns - self.watchdog.stolen_ns())
+        main thread waited for a CPU in this frame, whichever is more; only its CPU time
+        where the thread never left its CPU in this frame (see :func:`own_time`)."""
+        waited, left_cpu = self.watchdog.frame_off_cpu()
+        return own_time(wall_ns, cpu_ns, waited, left_cpu)
 
     def _raised(self, h: SystemHandle, exc: BaseException, elapsed: int) -> SystemFault:
         wd = self.watchdog
@@ -574,17 +576,19 @@ class Scheduler:
 
         Each system is charged the time it used itself: its CPU time, or its wall time
         less the time the main thread waited for a CPU during the frame, whichever is
-        more (a sleep counts; preemption does not). Its *excess* is what it was charged
+        more (a sleep counts; preemption does not); only its CPU time where the thread
+        never left its CPU in the frame (a VM's steal does not count either; see
+        :func:`~engine.scheduler.watchdog.own_time`). Its *excess* is what it was charged
         over its budget (its own, or its fair share). The systems with the largest
         excess are blamed until their excess covers the frame's overrun: those put the
         frame over; a system within its budget, or in a frame that fits, never is. A
         system blamed ``max_over_budget`` frames in a row is reported as ``budget``.
         """
         overrun = frame_ns - self.frame_stats.budget_ns
-        stolen = self.watchdog.stolen_ns()
+        stolen, left_cpu = self.watchdog.frame_off_cpu()
         charged = []
         for h, wall, cpu in over:
-            used = max(cpu, wall - stolen)
+            used = own_time(wall, cpu, stolen, left_cpu)
             if used > h.budget_ns:
                 charged.append((used - h.budget_ns, used, h))
         charged.sort(key=lambda c: c[0], reverse=True)

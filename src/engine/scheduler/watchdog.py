@@ -89,9 +89,17 @@ except ImportError:  # pragma: no cover - other Pythons
 class _RunQueueWait:
     """Calling it gives a thread's total run-queue wait in ns (Linux schedstat: time spent
     runnable but not running), or 0 where there is none. About a microsecond per call: the
-    file is opened once; by default the opening thread's."""
+    file is opened once; by default the opening thread's.
+
+    Each read also keeps :attr:`slices`: how many times the thread has been put on a CPU
+    (schedstat's third field), ``None`` where unknown. Unchanged between two reads, the
+    thread never left its CPU between them: it neither blocked nor was preempted, and any
+    wall time its CPU clock did not count went to the hypervisor (steal: on a VM a vCPU is
+    paused, 8 ms at a time measured here, while the guest thinks its thread is running).
+    """
 
     def __init__(self, path: str = "/proc/thread-self/schedstat") -> None:
+        self.slices: int | None = None
         try:
             self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -106,8 +114,10 @@ class _RunQueueWait:
             return 0, 0
         try:
             fields = os.pread(self._fd, 128, 0).split()
+            self.slices = int(fields[2])
             return int(fields[0]), int(fields[1])
         except (OSError, ValueError, IndexError):
+            self.slices = None
             return 0, 0
 
     def close(self) -> None:
@@ -126,6 +136,24 @@ def schedstat_run_delay() -> _RunQueueWait:
 
 def _no_run_delay() -> int:
     return 0
+
+
+def own_time(wall_ns: int, cpu_ns: int, waited_ns: int, left_cpu: bool) -> int:
+    """How much of a stretch of the main thread's time was its code's own, given its wall
+    time, CPU time and run-queue wait over it, and whether the thread left its CPU during
+    it (``True`` where unknown).
+
+    A thread that left its CPU may have blocked (a sleep, a lock, I/O: its code's doing,
+    which its CPU clock does not count) or waited for a CPU (the machine's doing): its wall
+    time less that wait, or its CPU time, whichever is more. A thread that never left its
+    CPU did neither: only its CPU time is its own, the rest was taken by the hypervisor
+    (steal) and is nobody's doing here. Counting that as its own filed an essential
+    system's ordinary call as a runaway ("ran 8.71 ms, over the hard limit of 8.00 ms")
+    on a VM that paused the thread's vCPU for 8 ms.
+    """
+    if not left_cpu:
+        return cpu_ns
+    return max(cpu_ns, wall_ns - waited_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,8 +486,14 @@ class FrameWatchdog:
         self._sample_waited_ns = 0
         self._prev_sample_ns = 0
         self._prev_sample_waited_ns = 0
+        # The times the thread was put on a CPU, at each of those samples and at the frame's
+        # start (``None``: unknown; see :class:`_RunQueueWait`).
+        self._sample_slices: int | None = None
+        self._prev_sample_slices: int | None = None
+        self.frame_slices: int | None = None
         self._base_call_ns = -1
         self._base_waited_ns = 0
+        self._base_slices: int | None = None
         self.key: str | None = None
         self.call_start_ns = 0
         self.call_cpu_ns = 0  # the main thread's CPU time when the call started
@@ -570,25 +604,34 @@ class FrameWatchdog:
         if self._timer is not None:
             self._timer.set(delay_ns)
 
+    def _slices(self) -> int | None:
+        """The times the main thread was put on a CPU, as of the run-queue reader's last
+        read (``None`` where the reader does not say)."""
+        return getattr(self._run_delay_ns, "slices", None)
+
     def _sample(self, now_ns: int, waited_ns: int) -> None:
         self._prev_sample_ns, self._prev_sample_waited_ns = self._sample_ns, self._sample_waited_ns
+        self._prev_sample_slices = self._sample_slices
         self._sample_ns, self._sample_waited_ns = now_ns, waited_ns
+        self._sample_slices = self._slices()
 
-    def _base_for_call(self, waited_ns: int) -> int:
-        """The run-queue wait of the newest sample taken before the running call started
-        (one may come between the scheduler writing the call's start and its key)."""
+    def _base_for_call(self, waited_ns: int) -> tuple[int, int | None]:
+        """The run-queue wait and CPU count of the newest sample taken before the running
+        call started (one may come between the scheduler writing the call's start and its
+        key); with none, ``waited_ns`` and unknown."""
         start = self.call_start_ns
         if self._sample_ns <= start:
-            return self._sample_waited_ns
+            return self._sample_waited_ns, self._sample_slices
         if self._prev_sample_ns <= start:
-            return self._prev_sample_waited_ns
-        return waited_ns
+            return self._prev_sample_waited_ns, self._prev_sample_slices
+        return waited_ns, None
 
     def start_frame(self) -> None:
         """Arm for a frame of calls: handlers put back if user code took them, timer set."""
         if not self._installed:
             self.frame_waited_ns = self._run_delay_ns()
             self._sample(self.clock_ns(), self.frame_waited_ns)
+            self.frame_slices = self._sample_slices
             return
         if _getsignal(signal.SIGALRM) is not self._handler or (
             _getsignal(KICK_SIGNAL) is not self._handler
@@ -598,6 +641,7 @@ class FrameWatchdog:
         self._in_frame = True
         self._arm(self.min_limit_ns)
         self.frame_waited_ns = self._waited_at_arm_ns
+        self.frame_slices = self._sample_slices
 
     def end_frame(self) -> None:
         self._in_frame = False
@@ -645,19 +689,29 @@ class FrameWatchdog:
         """How long the main thread waited for a CPU since the frame started."""
         return max(0, self._run_delay_ns() - self.frame_waited_ns)
 
-    def own_ns(self, now_ns: int, cpu_ns: int, waited_ns: int) -> int:
-        """How much of the running call's time is its own, given the main thread's CPU
-        time and run-queue wait now: its CPU time, or its wall time less the time the
-        thread waited for a CPU since the last sample before it started, whichever is
-        more. So a loop is measured by its CPU time, a sleep by the clock, and neither is
-        charged for the time the machine gave to others (a stale sample can only credit
-        it more, by what was lost between that sample and its start)."""
+    def frame_off_cpu(self) -> tuple[int, bool]:
+        """Since the frame started: how long the main thread waited for a CPU, and whether
+        it left its CPU at all (``True`` where unknown); for :func:`own_time`."""
+        stolen = self.stolen_ns()
+        base, now = self.frame_slices, self._slices()
+        return stolen, base is None or now is None or now != base
+
+    def own_ns(self, now_ns: int, cpu_ns: int, waited_ns: int, slices: int | None = -1) -> int:
+        """How much of the running call's time is its own (:func:`own_time`), given the
+        main thread's CPU time, run-queue wait and CPU count now (``slices``; by default
+        the reader's last), measured from the last sample before the call started. So a
+        loop is measured by its CPU time, a sleep by the clock, and neither is charged for
+        the time the machine gave to others (a stale sample can only credit it more, by
+        what was lost between that sample and its start)."""
         if self._base_call_ns == self.call_start_ns:
-            base = self._base_waited_ns
+            base, base_slices = self._base_waited_ns, self._base_slices
         else:
-            base = self._base_for_call(waited_ns)
-        wall = now_ns - self.call_start_ns - max(0, waited_ns - base)
-        return max(cpu_ns - self.call_cpu_ns, wall)
+            base, base_slices = self._base_for_call(waited_ns)
+        if slices == -1:
+            slices = self._slices()
+        left_cpu = base_slices is None or slices is None or slices != base_slices
+        wall = now_ns - self.call_start_ns
+        return own_time(wall, cpu_ns - self.call_cpu_ns, max(0, waited_ns - base), left_cpu)
 
     def location(self, frame: FrameType | None) -> str | None:
         """``file:line`` of the user code at ``frame`` (see :func:`where`)."""
@@ -734,7 +788,9 @@ class FrameWatchdog:
             # The first look at this call, before this look samples: its baseline is the
             # last sample taken before it started.
             self._base_call_ns = self.call_start_ns
-            self._base_waited_ns = self._base_for_call(self._prev_sample_waited_ns)
+            self._base_waited_ns, self._base_slices = self._base_for_call(
+                self._prev_sample_waited_ns
+            )
         now = self.clock_ns()
         if self.interrupts and now - self._raised_ns < self.retry_ns:
             # A signal that was already pending when the last interrupt was raised (after a
@@ -894,7 +950,7 @@ class _Backstop:
         if wd.key != key or wd.call_start_ns != start:
             return idle  # the call ended while we read
         due = wd.due_ns()
-        own = wd.own_ns(wd.clock_ns(), cpu, waited)
+        own = wd.own_ns(wd.clock_ns(), cpu, waited, self._main_stat.slices)
         if own < due:
             return max(due - own, 100_000)
         wd.interrupts += 1
