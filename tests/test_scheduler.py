@@ -474,6 +474,34 @@ def test_time_the_hypervisor_paused_the_thread_is_not_a_calls_own(left_cpu) -> N
         wd.end_frame()
 
 
+@pytest.mark.parametrize("held_by", ["c-call", "paused"])
+def test_an_interrupt_late_by_a_hypervisor_pause_is_not_a_c_call(held_by) -> None:
+    """A handler that runs 5 ms after its timer was due was held by a C call (the thread
+    ran, its CPU clock went on) or by the hypervisor pausing the vCPU (it did not, and the
+    thread never left its CPU): only the first is a C call. The pause counts only where it
+    cannot have come before the timer was due (a pause before it is no lateness): here the
+    timer was armed 1 ms before (a handler's look at 7 ms re-armed it), and 5 ms of the
+    6 ms since went uncounted by the CPU clock."""
+    now = {"ns": 0, "cpu": 0}
+    reader = _Reader()
+    wd = FrameWatchdog(
+        8_000_000, clock_ns=lambda: now["ns"], cpu_ns=lambda: now["cpu"], run_delay_ns=reader
+    )
+    with without_the_real_timer(wd):
+        wd.start_frame()
+        wd.enter("m.s", 0)
+        now["ns"] = now["cpu"] = 7_000_000
+        wd._on_alarm(signal.SIGALRM, fake_frame("/game/x.py"))  # not over: armed for 1 ms
+        now["ns"] = 13_000_000  # the handler runs 5 ms after the timer was due
+        now["cpu"] = 13_000_000 if held_by == "c-call" else 8_000_000
+        with pytest.raises(Overrun) as caught:
+            wd._on_alarm(signal.SIGALRM, fake_frame("/game/x.py"))
+        wd.end_frame()
+    assert caught.value.interruption.in_c_call is (held_by == "c-call")
+    # Paused: 1 ms of the pause may have come before the timer was due, so 1 ms is left.
+    assert caught.value.interruption.late_ns == (5_000_000 if held_by == "c-call" else 1_000_000)
+
+
 def test_a_signal_pending_behind_a_c_call_is_the_same_stop_not_a_second_interrupt() -> None:
     """After a long C call both the timer's signal and the backstop's kick wait for it to
     return. The first raises (a C call); the second, handled a moment later in the code

@@ -479,6 +479,10 @@ class FrameWatchdog:
         self._injected_run_delay = run_delay_ns
         self._run_delay_ns: Callable[[], int] = run_delay_ns or _no_run_delay
         self._waited_at_arm_ns = 0
+        # When the timer was last armed, the main thread's CPU time and CPU count then.
+        self._armed_ns = 0
+        self._cpu_at_arm_ns = 0
+        self._slices_at_arm: int | None = None
         self.frame_waited_ns = 0  # run-queue wait when the frame started
         # The run-queue wait sampled at the frame's start and at every handler run, and
         # the sample the running call is measured from (the last one before it started).
@@ -601,6 +605,9 @@ class FrameWatchdog:
             waited_ns = self._run_delay_ns()
         self._sample(now, waited_ns)
         self._waited_at_arm_ns = waited_ns
+        self._armed_ns = now
+        self._cpu_at_arm_ns = self.cpu_ns()
+        self._slices_at_arm = self._sample_slices
         if self._timer is not None:
             self._timer.set(delay_ns)
 
@@ -806,7 +813,8 @@ class FrameWatchdog:
             return
         # The call's own time counts, not the time the machine gave the CPU to others.
         waited = self._run_delay_ns()
-        own = self.own_ns(now, self.cpu_ns(), waited)
+        cpu = self.cpu_ns()
+        own = self.own_ns(now, cpu, waited)
         stolen = max(0, waited - self._base_waited_ns)
         if own < due:
             self._arm(max(min(due - own, self.min_limit_ns), 50_000), waited)
@@ -819,7 +827,15 @@ class FrameWatchdog:
         # lateness counts from the signal that ran this handler (the timer's, or the
         # backstop's kick: when both are pending, the timer's runs first).
         starved = max(0, waited - self._waited_at_arm_ns)
-        late = max(0, now - (self._kick_ns if kicked else self._alarm_at_ns) - starved)
+        since = self._kick_ns if kicked else self._alarm_at_ns
+        late = max(0, now - since - starved)
+        slices = self._slices()
+        if late and slices is not None and slices == self._slices_at_arm:
+            # The thread never left its CPU since the timer was armed: wall time its CPU
+            # clock did not count was the hypervisor's (steal), not a C call holding the
+            # signal; what of it must have come after ``since`` is not lateness either.
+            paused = (now - self._armed_ns) - (cpu - self._cpu_at_arm_ns)
+            late = max(0, late - max(0, paused - (since - self._armed_ns)))
         location = self.location(frame)
         stuck = self.stuck_at
         if late >= C_CALL_LATE_NS and stuck is not None and stuck[0] == self.call_start_ns:
