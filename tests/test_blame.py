@@ -73,6 +73,9 @@ def test_the_scheduler_stores_which_system_version_runs(block):
         def update_queries(self) -> bool:
             return False
 
+        def lay_out_queries(self) -> bool:
+            return False
+
     sched.run_frame(World(), 1 / 90, 1)
     (now,) = seen
     assert (now.phase, now.module, now.version, now.name) == ("system", "spy", 4, "spy")

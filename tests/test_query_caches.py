@@ -11,6 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine.world import World
+from engine.world.layout import QueryLayout
 from engine.world.world import _changes
 
 
@@ -70,6 +71,7 @@ operation = st.one_of(
     st.tuples(st.just("clear_dead")),
     st.tuples(st.just("query"), st.sampled_from(QUERIES)),
     st.tuples(st.just("update")),
+    st.tuples(st.just("lay_out"), st.integers(1, 8)),  # frame boundaries (see below)
     # Around the world: esper itself, the way user code or a restore would.
     st.tuples(st.just("esper_add"), st.integers(0, 30), st.sampled_from(TYPES)),
     st.tuples(st.just("esper_query"), st.sampled_from(QUERIES)),
@@ -82,7 +84,10 @@ operation = st.one_of(
 @given(st.lists(operation, max_size=60))
 @example(ops=[("delete", 0, False), ("delete", 1, False)])  # one change, two entities
 def test_every_query_answers_what_a_rebuild_would(ops) -> None:
-    world = World()
+    # Every settled result is copied at once, a few rows per frame, so that changes land
+    # in the middle of copies (engine.world.layout).
+    eager = QueryLayout(8, settle_frames=1, min_rows=0, judge=lambda rows, single: True)
+    world = World(layout=eager)
     held: list[tuple[list, list]] = []  # (a list handed out, a copy of it then)
     try:
         for _ in range(8):  # a few entities and cached queries to start from
@@ -115,6 +120,9 @@ def test_every_query_answers_what_a_rebuild_would(ops) -> None:
                 assert same(asked(world, op[1]), truth(world, op[1]))
             elif kind == "update":
                 world.update_queries()
+            elif kind == "lay_out":
+                for _ in range(op[1]):
+                    world.lay_out_queries()
             elif kind == "esper_add" and pick is not None:
                 esper.add_component(pick, op[2]())
             elif kind == "esper_query":

@@ -78,6 +78,7 @@ from engine.world.components import component_key
 from engine.world.migration import (
     MigrationError,
     build_instance,
+    lay_out_floats,
     migrate_instance,
     shells_in_address_order,
 )
@@ -923,6 +924,7 @@ class Loader:
                     converted.append((entity, build_instance(new_cls, instance.fields, shell)))
                 else:
                     converted.append((entity, migrate_instance(instance, new_cls, shell)))
+            lay_out_floats([instance for _, instance in converted])
             plans.append((old_cls, new_cls, converted))
         return plans
 

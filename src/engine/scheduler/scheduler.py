@@ -25,7 +25,9 @@ esper rebuilds its query caches lazily, inside whichever query runs first after 
 structural change. The scheduler brings them up to date itself, between systems (the
 world catches them up with its own changes, :meth:`~engine.world.world.World.update_queries`;
 after a change made around it, they are rebuilt), and charges that time to its own line
-(``esper cache``) instead of to the next system.
+(``esper cache``) instead of to the next system. At the frame boundary the world lays
+long-lived results out again, a share per frame (:mod:`engine.world.layout`), on the same
+line.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ from engine.scheduler.pacing import FRAME_NS
 from engine.scheduler.spec import SystemSpec
 from engine.scheduler.stats import FrameStats, SystemStats
 from engine.scheduler.watchdog import FrameWatchdog, Overrun, own_time
+from engine.world.heap import FloatCycle
+
+#: A call this long keeps its floats from one call to the next (:class:`FloatCycle`, about a
+#: microsecond a call); a shorter one visits too few for where they lie to matter.
+FLOAT_CYCLE_NS = 100_000
 
 CACHE_LINE = "esper cache"
 _NEVER = 1 << 62
@@ -161,6 +168,7 @@ class SystemHandle:
     running_id: int = 0  # names this version in the heartbeat (RunningNow.name_handles)
     slow_noted_ns: int = -(1 << 62)  # an essential system's slowness, last said then
     slow_unsaid: int = 0  # ... and how often since without a word
+    floats: FloatCycle | None = None  # for a system that runs long enough (FLOAT_CYCLE_NS)
 
     @property
     def enabled(self) -> bool:
@@ -481,17 +489,26 @@ class Scheduler:
             wd.call_essential = h.spec.essential
             wd.key = h.key
             self.running_now[0] = h.running_id
+            floats = h.floats
+            if floats is not None:
+                floats.before()
             try:
                 h.fn(world, dt)
             except BaseException as exc:  # noqa: BLE001 - nothing a system raises may end the frame
                 wd.key = None
                 elapsed = clock() - t0
+                if floats is not None:
+                    floats.after()
                 h.stats.record(elapsed)
                 faults.append(self._raised(h, exc, elapsed))
                 cpu_mark = cpu()
                 continue
             wd.key = None
             elapsed = clock() - t0
+            if floats is not None:
+                floats.after()
+            elif elapsed > FLOAT_CYCLE_NS:
+                h.floats = FloatCycle()  # from its next call on (see engine.world.heap)
             cpu_now = cpu()
             if h.strikes:
                 h.strikes = 0
@@ -506,6 +523,9 @@ class Scheduler:
         world.clear_dead_entities()
         if esper._cache_dirty:
             self._rebuild_query_cache(world)
+        t0 = clock()
+        if world.lay_out_queries():
+            self.cache_stats.record(clock() - t0)
         frame_ns = clock() - frame_start
         if self.frame_stats.record(frame_ns) and over:
             faults.extend(self._late_frame(frame_ns, over))

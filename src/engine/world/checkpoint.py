@@ -40,6 +40,7 @@ from engine.world.migration import (
     build_instance,
     component_state,
     field_names,
+    lay_out_floats,
     shells_in_address_order,
 )
 
@@ -337,6 +338,7 @@ def load_into(
         counts.update(key for key, _ in items)
     # Each class's instances in the order the entities come (see shells_in_address_order).
     shells: dict[str, Iterator[Any]] = {}
+    of_class: dict[str, list[Any]] = {}  # the instances built, in entity order
     for entity, items in payload["entities"]:
         comps: list[tuple[Any, type | None]] = []
         for key, fields in items:
@@ -350,10 +352,13 @@ def load_into(
                 instance = pending_type(key)(fields)
             else:
                 instance = build_instance(cls, fields, next(shells[key]))
+                of_class.setdefault(key, []).append(instance)
             comps.append((instance, None))
         for k in held.get(int(entity), ()):  # in order of place: each lands where it was
             comps.insert(k.index, (k.instance, k.ctype))
         built.append((int(entity), comps))
+    for instances in of_class.values():
+        lay_out_floats(instances)  # the unpickled floats lie wherever the heap had room
     world.clear_database()
     world.activate()
     for entity, comps in built:

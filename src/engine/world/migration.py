@@ -17,6 +17,8 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
+from engine.world.heap import fresh_floats, lie_in_order
+
 
 class MigrationError(Exception):
     """A component instance could not be moved to its new class."""
@@ -89,41 +91,59 @@ def shells_in_address_order(cls: type, count: int) -> Iterator[Any] | None:
 def _shells(cls: type, count: int) -> Iterator[Any]:
     yield None
     new = object.__new__
+    # Made from the heap's holes, the shells (and their attribute arrays, which sorting
+    # them by address would not put in order) lie scattered: keep them, take up more
+    # holes, and make them again until they come from fresh memory (engine.world.heap).
+    held: list[list[Any]] = []
     shells = [new(cls) for _ in range(count - 1)]
-    shells.sort(key=id)
-    if scattered(shells):
-        # The heap's holes of this size are spread over many pages: take them all (the
-        # first shells, and more), so the next ones come from fresh pages, one after the
-        # other; then give the holes back.
-        fillers = [shells, [new(cls) for _ in range(HOLE_FILLERS * count)]]
+    extra = count
+    limit = max(MAX_HELD * count, MIN_SHELLS_HELD)
+    while not lie_in_order(shells) and sum(map(len, held)) < limit:
+        held.append(shells)
+        held.append([new(cls) for _ in range(extra)])
+        extra *= 2
         shells = [new(cls) for _ in range(count - 1)]
-        del fillers
-        shells.sort(key=id)
+    del held  # the holes are given back
+    shells.sort(key=id)  # where the heap had more holes than is worth taking up
     yield from shells
 
 
-#: Blank instances made per instance to migrate, when the first shells came out scattered,
-#: to take up the heap's holes of their size before the shells are made again. A day of
-#: play leaves about two per instance of each class of a size (the last migration's old
-#: instances, and its partner's: ``Position`` and ``Velocity`` share one); with 2, the
-#: bodies of ``bench/soak.py`` still spread from 159 to 178 pages over 30 migrations, with
-#: 3 (and the first shells, 4 in all) they stayed at 159-162 over 60 (and at 160 -> 232
-#: without).
-HOLE_FILLERS = 3
-#: Objects in address order spanning this many times the pages they would fill, packed,
-#: are scattered.
-SCATTERED_PAGES = 1.2
+#: Blank instances kept at most, per instance to migrate, and at least: to take up the
+#: heap's holes, in the swap's frame (about 0.3 µs each here); past this the shells are
+#: used as they come, in address order.
+MAX_HELD = 8
+MIN_SHELLS_HELD = 50_000
 
 
-def scattered(objects: list[Any]) -> bool:
-    """Whether ``objects`` (sorted by address, one size) span noticeably more memory pages
-    than they would fill lying one after the other."""
-    if len(objects) < 64:
-        return False
-    gaps = [b - a for a, b in zip(map(id, objects), map(id, objects[1:]), strict=False)]
-    size = min(g for g in gaps if g > 0) if any(g > 0 for g in gaps) else 1
-    pages = len({id(o) >> 12 for o in objects})
-    return pages > SCATTERED_PAGES * (len(objects) * size / 4096) + 2
+def lay_out_floats(instances: list[Any]) -> None:
+    """Give the float fields of ``instances`` (one dataclass, in the order queries visit
+    them) fresh floats of the same values, laid out in that order
+    (:func:`engine.world.heap.fresh_floats`).
+
+    Besides where they lie, this keeps a loop like ``p.x += v.dx * dt`` laying them out
+    itself: each new float takes the block the one before it just freed (see
+    :class:`engine.world.heap.FloatCycle`), but only while the float it replaces is
+    freed. Migrated instances sharing their floats with the old ones, which the loader
+    keeps for a while to roll back to, broke that chain at every reload: the floats took
+    blocks from all over the heap, and kept them.
+    """
+    if not instances:
+        return
+    names = field_names(type(instances[0]))
+    if not names:
+        return
+    ordered = [f.name for f in dataclasses.fields(type(instances[0]))]
+    slots: list[tuple[Any, str]] = []
+    values: list[float] = []
+    for instance in instances:
+        for name in ordered:
+            value = getattr(instance, name, None)
+            if type(value) is float:
+                slots.append((instance, name))
+                values.append(value)
+    setattr_ = object.__setattr__  # frozen dataclasses too: the value does not change
+    for (instance, name), fresh in zip(slots, fresh_floats(values), strict=True):
+        setattr_(instance, name, fresh)
 
 
 def build_instance(cls: type, state: dict[str, Any], shell: Any = None) -> Any:

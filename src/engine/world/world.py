@@ -42,6 +42,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import esper
 
 from engine.input.state import Input
+from engine.world.layout import QueryLayout
 
 if TYPE_CHECKING:
     from engine.world.checkpoint import Snapshot
@@ -131,7 +132,9 @@ class World:
         1.0
     """
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(self, name: str | None = None, layout: QueryLayout | None = None) -> None:
+        """``layout``: how long-lived query results are laid out again (the default's
+        settings unless given; see :mod:`engine.world.layout`)."""
         self.name = name or f"engine-world-{next(_world_ids)}"
         self.resources: dict[type, Any] = {}
         # Keyed by id(old class), so the alias does not keep the old class (and through its
@@ -140,6 +143,7 @@ class World:
         self._aliases: dict[int, type] = {}
         self._alias_refs: dict[int, weakref.ref[type]] = {}
         self._changes = _changes.setdefault(self.name, _Changes())
+        self._layout = layout if layout is not None else QueryLayout()
         previous = esper.current_world
         esper.switch_world(self.name)
         if previous != self.name:
@@ -154,6 +158,7 @@ class World:
     def delete(self) -> None:
         """Free this world's esper context. The world must not be used afterwards."""
         _changes.pop(self.name, None)
+        self._layout = QueryLayout()  # what it held (a copy being built) goes
         if esper.current_world == self.name:
             esper.switch_world("default")
         if self.name in esper.list_worlds():
@@ -287,6 +292,18 @@ class World:
         esper._cache_dirty = False
         changes.reset()
         return True
+
+    def lay_out_queries(self) -> bool:
+        """One frame's share of laying long-lived query results out again, in fresh memory
+        in the order a loop visits them (see :mod:`engine.world.layout`); the scheduler
+        calls it at each frame boundary. True if it did any work."""
+        self.activate()
+        return self._layout.tick()
+
+    @property
+    def queries_laid_out(self) -> int:
+        """How many cached query results have been laid out again so far."""
+        return self._layout.laid_out
 
     def clear_cache(self) -> None:
         """Mark the query caches stale; they are rebuilt by the next query."""
