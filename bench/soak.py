@@ -64,6 +64,7 @@ from engine import Engine  # noqa: E402
 from engine.scheduler.scheduler import SchedulePolicy, SystemState  # noqa: E402
 from engine.scheduler.stats import FRAME_BUDGET_NS, summarize  # noqa: E402
 from engine.world.checkpointer import Checkpointer  # noqa: E402
+from engine.world.heap import FloatCycle, fresh_floats, out_of_order  # noqa: E402
 from engine.world.ring import CheckpointRing  # noqa: E402
 
 DAY = {"checkpoints": 100_000, "reloads": 10_000, "shader_swaps": 10_000}
@@ -159,8 +160,8 @@ void main() {{
 
 class EsperReference:
     """The machine's speed now: the project's movement loop over 10,000 fresh entities in
-    raw esper (a world of its own, built once, never migrated), run right after each
-    measured frame.
+    raw esper (a world of its own, built once, never migrated, its floats laid out in
+    order and kept so), run right after each measured frame.
 
     The same loop on the same kind of objects, so what the machine does to one (another
     tenant filling the caches, a slower core) it does to the other: a standalone copy of
@@ -174,19 +175,26 @@ class EsperReference:
     def __init__(self) -> None:
         previous = esper.current_world
         esper.switch_world(self.WORLD)
+        xy = fresh_floats([float(v) for i in range(ENTITIES) for v in (i, 0)])
         for i in range(ENTITIES):
-            esper.create_entity(_Position(float(i), 0.0, 0.0), _Velocity(1.0, 0.5, 0.0))
+            esper.create_entity(_Position(xy[2 * i], xy[2 * i + 1], 0.0), _Velocity(1.0, 0.5))
+        del xy
         esper.get_components(_Position, _Velocity)  # its query cache, as the game's
         esper.switch_world(previous)
+        # Its floats stay where they are, as a system's do (see engine.world.heap): else
+        # the engine's work between its runs would scatter them over the day.
+        self.floats = FloatCycle()
 
     def __call__(self) -> int:
         previous = esper.current_world
         esper.switch_world(self.WORLD)
+        self.floats.before()
         t0 = time.perf_counter_ns()
         for _, (p, v) in esper.get_components(_Position, _Velocity):
             p.x += v.dx * 0.011
             p.y += v.dy * 0.011
         elapsed = time.perf_counter_ns() - t0
+        self.floats.after()
         esper.switch_world(previous)
         return elapsed
 
@@ -222,6 +230,8 @@ class Snapshot:
     step_p99_ms: float
     over_budget: int
     disabled: int
+    rows_scattered: float  # share of steps between the bodies' query rows jumping a page
+    floats_scattered: float  # ... between the floats the project's loop replaces
     rss_mb: float
     objects: int
     toy_versions_alive: int
@@ -347,9 +357,10 @@ class Day:
         Where 10,000 migrated instances lie decides how fast a loop over them runs
         (CPython never moves an object): built one by one into the holes a day of play
         leaves, the same frame measured 1.1 ms after one migration and 4.3 ms after the
-        next. The engine now lays them out in the order queries visit them (see
-        ``engine.world.migration.shells_in_address_order``); the fastest and slowest
-        layout's p50 are in the table to show that it holds.
+        next. The engine now lays out what the loop visits (rows, components, their
+        attribute arrays and floats) in the order it visits them, and keeps it so (see
+        ``engine.world.heap``); the fastest and slowest layout's p50, and how far out of
+        order the rows and floats lie, are in the table to show that it holds.
         """
         self.ring.close()  # files being removed are gone
         gc.collect()
@@ -383,6 +394,14 @@ class Day:
         c = summarize(cpu, FRAME_BUDGET_NS)
         log = self.project / ".engine" / "history" / "systems" / "toys" / "log.jsonl"
         self.eng.world.activate()
+        # Where what the loop visits lies (engine.world.heap), free of the machine's noise:
+        # the bodies' rows as the last frame left them, and the floats the loop replaces
+        # each frame (Position's x and y), in visit order.
+        rows = max(esper._get_components_cache.values(), key=len)
+        steps = max(1, len(rows) - 1)
+        rows_scattered = out_of_order([id(r[1]) for r in rows]) / steps
+        visited = [id(f) for _, (p, _v) in rows for f in (p.x, p.y)]
+        floats_scattered = out_of_order(visited) / max(1, len(visited) - 1)
         return Snapshot(
             step_p50_ms=statistics.median(layout_steps),
             cpu_p50_ms=statistics.median(layout_cpu),
@@ -399,6 +418,8 @@ class Day:
             disabled=sum(
                 1 for h in self.eng.scheduler.handles.values() if h.state is SystemState.DISABLED
             ),
+            rows_scattered=rows_scattered,
+            floats_scattered=floats_scattered,
             rss_mb=_rss_mb(),
             objects=len(gc.get_objects()),
             toy_versions_alive=len(self.toy_classes),
@@ -482,6 +503,8 @@ def table(
         ("frame p99 (ms, wall)", "step_p99_ms", "{:.3f}"),
         ("frames over 11.1 ms", "over_budget", "{}"),
         ("systems disabled", "disabled", "{}"),
+        ("bodies' query rows out of order (share of steps)", "rows_scattered", "{:.3f}"),
+        ("floats the loop replaces out of order", "floats_scattered", "{:.3f}"),
         ("RSS (MB)", "rss_mb", "{:.1f}"),
         ("live Python objects", "objects", "{:,}"),
         ("Toy class versions alive", "toy_versions_alive", "{}"),

@@ -8,9 +8,13 @@ import math
 import random
 from dataclasses import dataclass
 
+import pytest
+
 from engine.scheduler.scheduler import FLOAT_CYCLE_NS, Scheduler
 from engine.scheduler.spec import SystemSpec
 from engine.world.heap import FloatCycle, fresh_floats, in_order, out_of_order
+
+pytestmark = pytest.mark.usefixtures("holes_uncapped")
 
 
 def _float_holes(count: int, seed: int) -> list[float]:

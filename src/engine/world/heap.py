@@ -7,7 +7,7 @@ the heap has; after a day of reloads those holes are spread all over the heap (t
 thousands of them, each pinned between objects that live on), so what is built one by
 one lands scattered and out of order. The remedy used here (for migrated components,
 :mod:`engine.world.migration`, and cached query rows, :mod:`engine.world.layout`) is to
-make a batch, check it with :func:`in_order`, and while it is not, keep it (it has taken
+make a batch, check it with :func:`lie_in_order`, and while it is not, keep it (it has taken
 up holes) and make the batch again, until it comes from fresh memory; what was kept is
 then freed.
 
@@ -82,18 +82,17 @@ def _attribute_array_reader() -> Any:
 _attribute_array = _attribute_array_reader()
 
 
-#: Every how many instances an attribute array's address is read (reading one costs a
-#: microsecond; a run in order still steps less than a page from one read to the next).
-ARRAY_STRIDE = 8
+def _arrays(instances: Sequence[Any]) -> list[int]:
+    assert _attribute_array is not None
+    return [_attribute_array(i) for i in instances]
 
 
-def blocks(instances: Sequence[Any], stride: int = 1) -> list[list[int]]:
+def blocks(instances: Sequence[Any]) -> list[list[int]]:
     """The addresses of ``instances``' blocks, one list per kind: the objects, and (where
-    CPython's layout is known and they have one) the attribute arrays of every
-    ``stride``-th instance."""
+    CPython's layout is known and they have one) their attribute arrays."""
     kinds = [[id(i) for i in instances]]
-    if _attribute_array is not None and instances:
-        arrays = [_attribute_array(i) for i in instances[::stride]]
+    if _attribute_array is not None and instances and _attribute_array(instances[0]):
+        arrays = _arrays(instances)
         if all(arrays):
             kinds.append(arrays)
     return kinds
@@ -108,10 +107,33 @@ def samples(items: Sequence[Any], windows: int = 8, size: int = 128) -> list[Seq
     return [items[(n - size) * i // (windows - 1) :][:size] for i in range(windows)]
 
 
-def lie_in_order(instances: Sequence[Any]) -> bool:
-    """Whether ``instances``, in this order, lie one after the other, attribute arrays and
-    all (see :func:`blocks`; the arrays of every :data:`ARRAY_STRIDE`-th)."""
-    return all(in_order(kind) for kind in blocks(instances, ARRAY_STRIDE))
+#: Every how many objects' attribute arrays :func:`lie_in_order` reads.
+ARRAY_STRIDE = 2
+
+
+def lie_in_order(objects: Sequence[Any]) -> bool:
+    """Whether ``objects``, in this order, lie one after the other, attribute arrays and
+    all (see :func:`blocks`). The arrays are judged on every :data:`ARRAY_STRIDE`-th
+    object (reading where one is costs a microsecond), where a jump between two memory
+    pools weighs that many times more."""
+    if not in_order([id(o) for o in objects]):
+        return False
+    if _attribute_array is None or not objects or not _attribute_array(objects[0]):
+        return True
+    arrays = _arrays(objects[::ARRAY_STRIDE])
+    return not all(arrays) or in_order(arrays, TOLERANCE * ARRAY_STRIDE)
+
+
+_BYTES_HEADER = sys.getsizeof(b"")
+
+
+def fillers(size: int, count: int) -> list[bytes]:
+    """``count`` objects of ``size`` bytes (:func:`sys.getsizeof`, so of the same block
+    size as an object of that size) that the garbage collector does not follow: to take up
+    the heap's holes of that size without setting off collections (a batch of tuples kept
+    aside to hold holes would, and a full collection here takes 50-100 ms)."""
+    n = max(2, size - _BYTES_HEADER)  # bytes of length 0 and 1 are shared
+    return [bytes(n) for _ in range(count)]
 
 
 #: Objects made aside at most while a batch lands in holes: this many per object wanted,
@@ -121,6 +143,9 @@ def lie_in_order(instances: Sequence[Any]) -> bool:
 #: it is not worth the time (a batch is then used as it comes).
 MAX_HELD = 8
 MIN_HELD = 200_000
+#: Fewer objects than this are made as they come: a loop over them runs from the caches
+#: wherever they lie, and taking up the heap's holes for them would cost more.
+FEW = 256
 #: CPython keeps this many freed floats to hand out before it asks the heap for blocks.
 _FLOAT_STACK = 100
 
@@ -137,13 +162,18 @@ def fresh_floats(values: Sequence[float]) -> list[float]:
     holes, while it is made again (see the module doc).
     """
     one = 1.0
+    if len(values) < FEW:
+        return [v * one if v == v else v for v in values]
     held: list[list[float]] = [[one * one for _ in range(_FLOAT_STACK)]]
     limit = max(MAX_HELD * len(values), MIN_HELD)
+    extra = len(values)
     while True:
         batch = [v * one if v == v else v for v in values]
-        if in_order([id(f) for f in batch]) or sum(map(len, held)) > limit:
+        if lie_in_order(batch) or sum(map(len, held)) > limit:
             return batch
         held.append(batch)
+        held.append([one * one for _ in range(extra)])  # more holes taken, cheaply
+        extra *= 2
 
 
 #: Float blocks handed back to a system at each call (see :class:`FloatCycle`).

@@ -15,8 +15,10 @@ CPython never moves an object, so :class:`QueryLayout` builds a second copy of a
 long-lived query result (the same entities and component instances, in new tuples) in
 fresh memory and puts it in esper's cache in place of the first. The copy is made a batch
 of rows at a time; a batch that lands in the heap's holes (out of order, see
-:mod:`engine.world.heap`) is kept aside, holding those holes, and made again until the
-batches come from fresh memory; then what was kept aside is freed. The work is spread
+:mod:`engine.world.heap`) is kept aside and more of the holes are taken up by fillers
+the garbage collector does not follow (tuples alone would set off full collections of
+50-100 ms), and it is made again until batches come from fresh memory; then what was
+kept aside is freed. The work is spread
 over frames, a budget of tuples per frame, at the frame boundary. A result rebuilt every
 frame is never touched (only one that stayed the same list for :data:`SETTLE_FRAMES`
 frames is looked at), and one whose rows already lie in order is left as it is (a sample
@@ -26,24 +28,28 @@ it is put in the cache only in place of the very list it was made from.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import esper
 
-from engine.world.heap import MAX_HELD, MIN_HELD, in_order, out_of_order, samples
+from engine.world import heap
+from engine.world.heap import FEW, MAX_HELD, in_order, out_of_order, samples
 
 #: Frames a cached result must stay the same list before it is looked at: a result
 #: rebuilt every frame is not worth laying out.
 SETTLE_FRAMES = 3
 #: Results shorter than this are left alone (a loop over them is cheap wherever they lie).
-MIN_ROWS = 256
+MIN_ROWS = FEW
 #: New tuples made per frame (about 1 ms here).
-TUPLES_PER_FRAME = 8192
+TUPLES_PER_FRAME = 1024
+#: Fillers made per row of a batch that landed in holes (see :func:`heap.fillers`).
+FILLERS = 4
 #: The rows sampled to judge a result's layout: this many windows of this many rows.
-SAMPLE_WINDOWS = 4
-SAMPLE_ROWS = 64
+SAMPLE_WINDOWS = 8
+SAMPLE_ROWS = 128
 #: A result is scattered when more than this share of sampled steps from one row's tuple
 #: to the next jumps further than a page.
 SCATTERED_STEPS = 0.05
@@ -80,7 +86,7 @@ class _Copy:
     source: list[Any]
     single: bool
     rows: list[Any] = field(default_factory=list)
-    held: list[list[Any]] = field(default_factory=list)  # batches that landed in holes
+    held: list[list[Any]] = field(default_factory=list)  # what takes up holes meanwhile
     held_rows: int = 0
 
     def valid(self) -> bool:
@@ -100,9 +106,17 @@ class _Copy:
         if _rows_in_order(batch, self.single) or end - done < 2:
             self.rows.extend(batch)
             return end == len(self.source)
+        # Landed in holes: kept (freed, the tuples would wait on CPython's own stack of
+        # free tuples for the next batch), and more holes taken up with fillers the
+        # garbage collector does not follow; the next batch comes from further on.
+        sizes = [sys.getsizeof(batch[0])]
+        if not self.single:
+            sizes.append(sys.getsizeof(batch[0][1]))
         self.held.append(batch)
-        self.held_rows += len(batch)
-        if self.held_rows > max(MAX_HELD * len(self.source), MIN_HELD):
+        for size in sizes:
+            self.held.append(heap.fillers(size, FILLERS * len(batch)))
+        self.held_rows += (FILLERS + 1) * len(batch)
+        if self.held_rows > max(MAX_HELD * len(self.source), heap.MIN_HELD):
             return None
         return False
 
@@ -141,6 +155,7 @@ class QueryLayout:
         self.judge = judge
         self._watch: dict[tuple[bool, Any], _Watch] = {}
         self._copy: _Copy | None = None
+        self._releasing: list[list[Any]] = []
         #: Results laid out again so far (for the console and the tests).
         self.laid_out = 0
 
@@ -152,12 +167,12 @@ class QueryLayout:
     def tick(self) -> bool:
         """One frame's share of the work. True if any was done (the caller times it)."""
         if esper._cache_dirty:  # about to be rebuilt: nothing in them lasts
-            self._copy = None
+            self._abandon()
             return False
         copy = self._copy
         if copy is not None:
             if not copy.valid():
-                self._copy = None
+                self._abandon()
                 return False
             done = copy.work(self.tuples_per_frame)
             if done is None:  # left as it is; looked at again once it changes
@@ -167,8 +182,18 @@ class QueryLayout:
                 self._watch[(copy.single, copy.key)] = _Watch(copy.rows, judged=True)
                 self._copy = None
                 self.laid_out += 1
+            if self._copy is None:
+                self._releasing += copy.held  # given back a batch a frame, from the next
+            return True
+        if self._releasing:
+            self._releasing.pop()  # freeing tens of thousands at once costs milliseconds
             return True
         return self._look()
+
+    def _abandon(self) -> None:
+        if self._copy is not None:
+            self._releasing += self._copy.held
+            self._copy = None
 
     def _look(self) -> bool:
         """Follow each cached result; start a copy of one that stayed and lies scattered."""

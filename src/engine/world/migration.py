@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
-from engine.world.heap import fresh_floats, lie_in_order
+from engine.world.heap import FEW, fresh_floats, lie_in_order
 
 
 class MigrationError(Exception):
@@ -96,15 +96,23 @@ def _shells(cls: type, count: int) -> Iterator[Any]:
     # holes, and make them again until they come from fresh memory (engine.world.heap).
     held: list[list[Any]] = []
     shells = [new(cls) for _ in range(count - 1)]
+    if count < FEW:  # a loop over so few runs from the caches wherever they lie
+        shells.sort(key=id)
+        yield from shells
+        return
     extra = count
     limit = max(MAX_HELD * count, MIN_SHELLS_HELD)
-    while not lie_in_order(shells) and sum(map(len, held)) < limit:
+    while not lie_in_order(shells):
+        if sum(map(len, held)) >= limit:  # more holes than are worth taking up
+            shells.sort(key=id)  # the objects in order at least
+            break
         held.append(shells)
         held.append([new(cls) for _ in range(extra)])
         extra *= 2
         shells = [new(cls) for _ in range(count - 1)]
+    # In order as made (objects and arrays alike): not sorted, which would order the
+    # objects only.
     del held  # the holes are given back
-    shells.sort(key=id)  # where the heap had more holes than is worth taking up
     yield from shells
 
 
@@ -127,23 +135,19 @@ def lay_out_floats(instances: list[Any]) -> None:
     keeps for a while to roll back to, broke that chain at every reload: the floats took
     blocks from all over the heap, and kept them.
     """
-    if not instances:
+    if not instances or not dataclasses.is_dataclass(instances[0]):
         return
-    names = field_names(type(instances[0]))
-    if not names:
-        return
-    ordered = [f.name for f in dataclasses.fields(type(instances[0]))]
-    slots: list[tuple[Any, str]] = []
-    values: list[float] = []
-    for instance in instances:
-        for name in ordered:
-            value = getattr(instance, name, None)
-            if type(value) is float:
-                slots.append((instance, name))
-                values.append(value)
+    names = [f.name for f in dataclasses.fields(type(instances[0]))]
+    width = len(names)
+    values = [getattr(instance, name, None) for instance in instances for name in names]
+    copied = [type(v) is float and v == v for v in values]  # a NaN keeps its own
+    fresh = iter(fresh_floats([v for v, c in zip(values, copied, strict=True) if c]))
+    values = [next(fresh) if c else v for v, c in zip(values, copied, strict=True)]
     setattr_ = object.__setattr__  # frozen dataclasses too: the value does not change
-    for (instance, name), fresh in zip(slots, fresh_floats(values), strict=True):
-        setattr_(instance, name, fresh)
+    for j, name in enumerate(names):
+        if any(copied[j::width]):
+            for instance, value in zip(instances, values[j::width], strict=True):
+                setattr_(instance, name, value)
 
 
 def build_instance(cls: type, state: dict[str, Any], shell: Any = None) -> Any:
