@@ -482,6 +482,9 @@ class Scheduler:
                 cpu_mark = cpu()
             if wd.interrupts:
                 wd.interrupts = 0
+            floats = h.floats
+            if floats is not None:  # before the call is armed: the watchdog never stops it
+                floats.before()
             t0 = clock()
             wd.call_start_ns = t0
             wd.call_cpu_ns = cpu_mark
@@ -489,9 +492,6 @@ class Scheduler:
             wd.call_essential = h.spec.essential
             wd.key = h.key
             self.running_now[0] = h.running_id
-            floats = h.floats
-            if floats is not None:
-                floats.before()
             try:
                 h.fn(world, dt)
             except BaseException as exc:  # noqa: BLE001 - nothing a system raises may end the frame
