@@ -179,3 +179,18 @@ def holes_uncapped(monkeypatch):
 
     monkeypatch.setattr(heap, "MIN_HELD", 10**7)
     monkeypatch.setattr(migration, "MIN_SHELLS_HELD", 10**7)
+
+
+class StubWorld:
+    """What ``Scheduler.run_frame`` asks of a world, doing nothing: for scheduler tests
+    whose systems keep their own data."""
+
+    def activate(self) -> None: ...
+
+    def clear_dead_entities(self) -> None: ...
+
+    def update_queries(self) -> bool:
+        return False
+
+    def lay_out_queries(self) -> bool:
+        return False

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import StubWorld
 from engine.contracts.handoff import (
     CodeKind,
     HeartbeatReader,
@@ -65,18 +66,7 @@ def test_the_scheduler_stores_which_system_version_runs(block):
     sched.set_module_systems("spy", 4, [(SystemSpec("spy"), spy)], frame=0)
     running.name_handles(sched)
 
-    class World:
-        def activate(self) -> None: ...
-
-        def clear_dead_entities(self) -> None: ...
-
-        def update_queries(self) -> bool:
-            return False
-
-        def lay_out_queries(self) -> bool:
-            return False
-
-    sched.run_frame(World(), 1 / 90, 1)
+    sched.run_frame(StubWorld(), 1 / 90, 1)
     (now,) = seen
     assert (now.phase, now.module, now.version, now.name) == ("system", "spy", 4, "spy")
     assert now.file == __file__ and now.line == spy.__code__.co_firstlineno

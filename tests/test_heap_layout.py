@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from conftest import StubWorld
 from engine.scheduler.scheduler import FLOAT_CYCLE_NS, Scheduler
 from engine.scheduler.spec import SystemSpec
 from engine.world.heap import FloatCycle, fresh_floats, in_order, out_of_order
@@ -60,18 +61,6 @@ class _Vel:
     dy: float = 0.5
 
 
-class _World:
-    def activate(self) -> None: ...
-
-    def clear_dead_entities(self) -> None: ...
-
-    def update_queries(self) -> bool:
-        return True
-
-    def lay_out_queries(self) -> bool:
-        return False
-
-
 class _NoCycle:
     def before(self) -> None: ...
 
@@ -106,7 +95,7 @@ def _run(cycle: bool, rows: int = 1000, frames: int = 5000) -> int:
     for h in sched.handles.values():
         h.floats = FloatCycle() if cycle and h.name == "move" else _NoCycle()  # type: ignore[assignment]
 
-    world = _World()
+    world = StubWorld()
     for frame in range(1, frames + 1):
         sched.run_frame(world, 0.011, frame)
     return out_of_order([id(p.x) for p, _ in bodies])
@@ -135,7 +124,7 @@ def test_only_a_system_that_runs_long_keeps_its_floats() -> None:
     sched.set_module_systems("demo", 1, systems, frame=0, proven=True)
     assert all(h.floats is None for h in sched.handles.values())
     for frame in (1, 2):
-        sched.run_frame(_World(), 0.011, frame)
+        sched.run_frame(StubWorld(), 0.011, frame)
     assert isinstance(sched.handles["demo.long"].floats, FloatCycle)
     assert sched.handles["demo.short"].floats is None
 

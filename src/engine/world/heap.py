@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 #: A step from one block to the next that goes further than this is a jump.
 PAGE = 4096
@@ -150,6 +152,29 @@ FEW = 256
 _FLOAT_STACK = 100
 
 
+def made_in_order(
+    make: Callable[[], list[T]], filler: Callable[[], object], floor: int | None = None
+) -> tuple[list[T], bool]:
+    """``make()``'s batch, made again until it lies in order (:func:`lie_in_order`), and
+    whether it does. A batch that lands in holes is kept while the next is made, with
+    ``filler()`` objects (as many as the batch, doubling each time) taking up more holes
+    cheaply; past :data:`MAX_HELD` per object wanted (at least ``floor``) the last batch is
+    returned as it came (``floor`` defaults to :data:`MIN_HELD`). What was kept is freed
+    on return."""
+    batch = make()
+    held: list[list[Any]] = []
+    floor = MIN_HELD if floor is None else floor
+    kept, limit, extra = 0, max(MAX_HELD * len(batch), floor), len(batch)
+    while not lie_in_order(batch):
+        if kept >= limit:
+            return batch, False
+        held += [batch, [filler() for _ in range(extra)]]
+        kept += len(batch) + extra
+        extra *= 2
+        batch = make()
+    return batch, True
+
+
 def fresh_floats(values: Sequence[float]) -> list[float]:
     """Floats equal to ``values`` (the same bits: ``-0.0`` stays ``-0.0``), made in this
     order one after the other in fresh memory. A NaN is returned as it is.
@@ -158,22 +183,19 @@ def fresh_floats(values: Sequence[float]) -> list[float]:
     also visits their floats: laid out in the order of the loop they stream in, scattered
     each is a cache miss. Made one by one they land in the heap's holes (thousands of
     float-sized ones after hours of play) and on the stack of freed floats; so the stack
-    is emptied first, and a batch that lands out of order is kept aside, holding those
-    holes, while it is made again (see the module doc).
+    is emptied first, and the floats are made with :func:`made_in_order`.
     """
     one = 1.0
-    if len(values) < FEW:
+
+    def make() -> list[float]:
         return [v * one if v == v else v for v in values]
-    held: list[list[float]] = [[one * one for _ in range(_FLOAT_STACK)]]
-    limit = max(MAX_HELD * len(values), MIN_HELD)
-    extra = len(values)
-    while True:
-        batch = [v * one if v == v else v for v in values]
-        if lie_in_order(batch) or sum(map(len, held)) > limit:
-            return batch
-        held.append(batch)
-        held.append([one * one for _ in range(extra)])  # more holes taken, cheaply
-        extra *= 2
+
+    if len(values) < FEW:
+        return make()
+    stack = [one * one for _ in range(_FLOAT_STACK)]  # held while the floats are made
+    floats, _ = made_in_order(make, lambda: one * one)
+    del stack
+    return floats
 
 
 #: Float blocks handed back to a system at each call (see :class:`FloatCycle`).

@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
-from engine.world.heap import FEW, fresh_floats, lie_in_order
+from engine.world.heap import FEW, fresh_floats, made_in_order
 
 
 class MigrationError(Exception):
@@ -91,35 +91,22 @@ def shells_in_address_order(cls: type, count: int) -> Iterator[Any] | None:
 def _shells(cls: type, count: int) -> Iterator[Any]:
     yield None
     new = object.__new__
-    # Made from the heap's holes, the shells (and their attribute arrays, which sorting
-    # them by address would not put in order) lie scattered: keep them, take up more
-    # holes, and make them again until they come from fresh memory (engine.world.heap).
-    held: list[list[Any]] = []
-    shells = [new(cls) for _ in range(count - 1)]
+    # Sorted by address, shells made from the heap's holes would have their objects in
+    # order but not their attribute arrays: they are made until both come from fresh
+    # memory (engine.world.heap), and used in the order made.
     if count < FEW:  # a loop over so few runs from the caches wherever they lie
-        shells.sort(key=id)
-        yield from shells
-        return
-    extra = count
-    limit = max(MAX_HELD * count, MIN_SHELLS_HELD)
-    while not lie_in_order(shells):
-        if sum(map(len, held)) >= limit:  # more holes than are worth taking up
-            shells.sort(key=id)  # the objects in order at least
-            break
-        held.append(shells)
-        held.append([new(cls) for _ in range(extra)])
-        extra *= 2
-        shells = [new(cls) for _ in range(count - 1)]
-    # In order as made (objects and arrays alike): not sorted, which would order the
-    # objects only.
-    del held  # the holes are given back
+        shells, ordered = [new(cls) for _ in range(count - 1)], False
+    else:
+        shells, ordered = made_in_order(
+            lambda: [new(cls) for _ in range(count - 1)], lambda: new(cls), MIN_SHELLS_HELD
+        )
+    if not ordered:  # few, or more holes than are worth taking up
+        shells.sort(key=id)  # the objects in order at least
     yield from shells
 
 
-#: Blank instances kept at most, per instance to migrate, and at least: to take up the
-#: heap's holes, in the swap's frame (about 0.3 µs each here); past this the shells are
-#: used as they come, in address order.
-MAX_HELD = 8
+#: Blank instances kept at most to take up the heap's holes, at least (see
+#: :func:`engine.world.heap.made_in_order`): in the swap's frame, about 0.3 µs each here.
 MIN_SHELLS_HELD = 50_000
 
 
